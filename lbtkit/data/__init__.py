@@ -1,0 +1,17 @@
+"""Datasets as whole uint8 tensors on the device, and the batched augmentation around them."""
+
+from lbtkit.data.device import EpochDraw, augment, draw_epoch, iter_batches, normalize
+from lbtkit.data.readers import DATASETS, DatasetInfo, ImageData, dataset_info, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "EpochDraw",
+    "ImageData",
+    "augment",
+    "dataset_info",
+    "draw_epoch",
+    "iter_batches",
+    "load_dataset",
+    "normalize",
+]

@@ -1,0 +1,545 @@
+"""Dataset registry and on-disk readers.
+
+Every dataset is returned whole as uint8 ``(N, C, H, W)`` images plus int64 labels, for both
+splits, so the training loop can move it to the device once and never touch a DataLoader.
+
+Formats are read by our own code: CIFAR pickles through a restricted unpickler (a tampered file
+cannot run code), MNIST IDX files with a validated header. ``download=True`` only asks
+torchvision to fetch the archives into ``data_dir``; the result is read back by these readers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import gzip
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbtkit.errors import ConfigError, DataNotFoundError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of a dataset and its standard train-time augmentation."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
+    std: tuple[float, ...]
+    crop_padding: int
+    flip: bool
+
+
+# Digits: a fixed held-out split that no run seed can change. RandomState is used (not
+# default_rng) because its stream is frozen across numpy versions, so the split, and the
+# statistics below, stay valid forever.
+DIGITS_SPLIT_SEED = 0
+DIGITS_NUM_VAL = 360  # last 360 of the permutation; the other 1437 samples are train
+
+# Synthetic: fixed generator seed, so every run (and every rank) sees the same data.
+SYNTHETIC_SEED = 20240
+SYNTHETIC_NUM_TRAIN = 2048
+SYNTHETIC_NUM_VAL = 512
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        num_classes=10,
+        channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        crop_padding=4,
+        flip=True,
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100",
+        num_classes=100,
+        channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        crop_padding=4,
+        flip=True,
+    ),
+    "mnist": DatasetInfo(
+        name="mnist",
+        num_classes=10,
+        channels=1,
+        image_size=28,
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_padding=2,
+        flip=False,  # a mirrored digit is a different (or no) digit
+    ),
+    "digits": DatasetInfo(
+        name="digits",
+        num_classes=10,
+        channels=1,
+        image_size=8,
+        # Computed once from the 1437-sample train split (uint8 / 255, all pixels pooled,
+        # population std, i.e. ddof=0); tests/test_data.py recomputes and checks them.
+        mean=(0.305443,),
+        std=(0.375699,),
+        crop_padding=1,
+        flip=False,
+    ),
+    "synthetic": DatasetInfo(
+        name="synthetic",
+        num_classes=10,
+        channels=3,
+        image_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        crop_padding=4,
+        flip=True,
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Registry entry for ``name``; unknown names raise ConfigError listing the known ones."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(DATASETS))
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {known}") from None
+
+
+@dataclass
+class ImageData:
+    """One dataset, both splits, as uint8 ``(N, C, H, W)`` images and int64 labels."""
+
+    info: DatasetInfo
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        # Shape checks only (no .item()), so this stays free of device syncs.
+        for split in ("train", "val"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.ndim != 4:
+                raise ValueError(
+                    f"{split}_images must be uint8 (N, C, H, W), got {images.dtype} "
+                    f"{tuple(images.shape)}"
+                )
+            if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+                raise ValueError(
+                    f"{split}_labels must be int64 ({images.shape[0]},), got "
+                    f"{labels.dtype} {tuple(labels.shape)}"
+                )
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """A copy with all four tensors on ``device`` (contiguous, ready for indexing)."""
+        return ImageData(
+            info=self.info,
+            train_images=self.train_images.to(device).contiguous(),
+            train_labels=self.train_labels.to(device),
+            val_images=self.val_images.to(device).contiguous(),
+            val_labels=self.val_labels.to(device),
+        )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+) -> ImageData:
+    """Load both splits of dataset ``name`` on the CPU.
+
+    For ``synthetic``, ``image_size`` and ``num_classes`` choose the generated data. For real
+    datasets the images are always stored at their native size and ``image_size`` is ignored
+    (it is the model's input size; resizing happens when batches become model inputs), while
+    ``num_classes``, if given, must equal the dataset's. ``data_dir`` and ``download`` are
+    ignored for ``digits`` and ``synthetic``.
+    """
+    info = dataset_info(name)
+    if name == "synthetic":
+        return _load_synthetic(info, image_size=image_size, num_classes=num_classes)
+    if num_classes is not None and num_classes != info.num_classes:
+        raise ConfigError(
+            f"num_classes={num_classes!r} does not match dataset {name!r}, which has "
+            f"{info.num_classes} classes (only 'synthetic' takes a class count)"
+        )
+    if name == "digits":
+        return _load_digits(info)
+    root = Path(data_dir).expanduser().absolute()
+    if download:
+        _download(name, root)
+    if name in _CIFAR:
+        return _load_cifar(info, root)
+    return _load_mnist(info, root)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors shared by the readers
+
+
+def _missing(name: str, path: Path, root: Path) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"dataset {name!r} not found: looked for {path}; "
+        f"rerun with --download on a machine with internet (it fetches into {root})"
+    )
+
+
+def _corrupt(path: Path, problem: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"cannot read {path}: {problem}; delete it and rerun with --download to fetch a fresh copy"
+    )
+
+
+def _download(name: str, root: Path) -> None:
+    # torchvision verifies the archive's md5 before it unpickles anything itself, and we then
+    # read the extracted files with our own readers.
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as exc:
+        raise ConfigError(
+            f"--download for {name!r} needs torchvision, which is not installed"
+        ) from exc
+    try:
+        if name == "mnist":
+            tvd.MNIST(root=str(root), download=True)
+        else:
+            cls = getattr(tvd, _CIFAR[name].torchvision_class)
+            cls(root=str(root), train=True, download=True)
+            cls(root=str(root), train=False, download=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; bad checksums RuntimeError
+        raise DataNotFoundError(f"downloading dataset {name!r} into {root} failed: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR: python-pickle batches
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    dirname: str
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    label_key: str
+    torchvision_class: str
+
+
+_CIFAR: dict[str, _CifarLayout] = {
+    "cifar10": _CifarLayout(
+        dirname="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        val_files=("test_batch",),
+        label_key="labels",
+        torchvision_class="CIFAR10",
+    ),
+    "cifar100": _CifarLayout(
+        dirname="cifar-100-python",
+        train_files=("train",),
+        val_files=("test",),
+        label_key="fine_labels",
+        torchvision_class="CIFAR100",
+    ),
+}
+
+
+class _ForbiddenGlobalError(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
+    # Only that exact use is allowed, not arbitrary codecs.
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(
+            f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})"
+        )
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    try:  # numpy >= 2 (numpy.core still exists there but warns when touched)
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    # Both module spellings resolve to the same functions: the originals were pickled by
+    # numpy 1.x (numpy.core), files re-saved by numpy 2 say numpy._core. _frombuffer is what
+    # protocol >= 5 uses for contiguous arrays; it only reinterprets a buffer.
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals needed to rebuild numpy arrays; anything else is refused."""
+
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobalError(module, name) from None
+
+
+def _unpickle(path: Path) -> Any:
+    try:
+        with path.open("rb") as f:
+            # latin1 is how py2-pickled numpy arrays (the original CIFAR files) must be read.
+            return _RestrictedUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobalError as exc:
+        raise _corrupt(
+            path,
+            f"it references the global {exc.qualname}, which a dataset batch "
+            "never contains (refused; the file may have been tampered with)",
+        ) from None
+    except Exception as exc:  # a malformed stream can fail in many ways; all mean "corrupt"
+        raise _corrupt(path, f"not a valid pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def _field(batch: dict[Any, Any], key: str, path: Path) -> Any:
+    # Python-2 originals read with latin1 have str keys; Python-3 files have bytes keys.
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise _corrupt(path, f"missing the {key!r} entry")
+
+
+def _read_cifar_batch(
+    path: Path, label_key: str, info: DatasetInfo
+) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    if not isinstance(batch, dict):
+        raise _corrupt(path, f"expected a dict, found {type(batch).__name__}")
+    data = _field(batch, "data", path)
+    size, channels = info.image_size, info.channels
+    row = channels * size * size
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == row
+    ):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _corrupt(path, f"'data' should be a uint8 array of shape (N, {row}), found {got}")
+    try:
+        labels = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(path, f"{label_key!r} is not a list of integers") from exc
+    if labels.shape != (data.shape[0],):
+        raise _corrupt(
+            path,
+            f"{label_key!r} has shape {labels.shape}, expected ({data.shape[0]},) to match 'data'",
+        )
+    _check_label_range(labels, info.num_classes, path)
+    # Rows are the R, G, B planes of size x size, one after another: exactly NCHW.
+    return data.reshape(-1, channels, size, size), labels
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _corrupt(
+            path, f"labels outside 0..{num_classes - 1} (found {labels.min()}..{labels.max()})"
+        )
+
+
+def _load_cifar(info: DatasetInfo, root: Path) -> ImageData:
+    layout = _CIFAR[info.name]
+    folder = root / layout.dirname
+    if not folder.is_dir():
+        raise _missing(info.name, folder, root)
+    splits = []
+    for files in (layout.train_files, layout.val_files):
+        images, labels = [], []
+        for filename in files:
+            path = folder / filename
+            if not path.is_file():
+                raise _missing(info.name, path, root)
+            x, y = _read_cifar_batch(path, layout.label_key, info)
+            images.append(x)
+            labels.append(y)
+        splits.append((np.concatenate(images), np.concatenate(labels)))
+    (train_x, train_y), (val_x, val_y) = splits
+    return _image_data(info, train_x, train_y, val_x, val_y)
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST: IDX files
+
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dims
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim
+
+
+def _find_idx(raw: Path, basename: str, name: str, root: Path) -> Path:
+    for candidate in (raw / basename, raw / f"{basename}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise _missing(name, raw / f"{basename}[.gz]", root)
+
+
+def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                blob = f.read()
+        else:
+            blob = path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+    if len(blob) < 4:
+        raise _corrupt(path, f"only {len(blob)} bytes, too short for an IDX header")
+    found = int.from_bytes(blob[:4], "big")
+    if found != magic:
+        raise _corrupt(path, f"bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise _corrupt(path, f"truncated IDX header ({len(blob)} bytes)")
+    dims = tuple(int.from_bytes(blob[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if dims[1:] != item_shape:
+        raise _corrupt(path, f"IDX dims {dims}, expected (N, {', '.join(map(str, item_shape))})")
+    expected = math.prod(dims)
+    if len(blob) - header != expected:
+        raise _corrupt(
+            path,
+            f"size mismatch: header dims {dims} need {expected} data bytes, "
+            f"file has {len(blob) - header}",
+        )
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _load_mnist(info: DatasetInfo, root: Path) -> ImageData:
+    raw = root / "MNIST" / "raw"
+    if not raw.is_dir():
+        raise _missing(info.name, raw, root)
+    splits = []
+    for prefix in ("train", "t10k"):
+        image_path = _find_idx(raw, f"{prefix}-images-idx3-ubyte", info.name, root)
+        label_path = _find_idx(raw, f"{prefix}-labels-idx1-ubyte", info.name, root)
+        images = _read_idx(image_path, _IDX_IMAGES_MAGIC, (info.image_size, info.image_size))
+        labels = _read_idx(label_path, _IDX_LABELS_MAGIC, ()).astype(np.int64)
+        if labels.shape[0] != images.shape[0]:
+            raise _corrupt(
+                label_path,
+                f"{labels.shape[0]} labels but {image_path.name} has {images.shape[0]} images",
+            )
+        _check_label_range(labels, info.num_classes, label_path)
+        splits.append((images[:, None], labels))
+    (train_x, train_y), (val_x, val_y) = splits
+    return _image_data(info, train_x, train_y, val_x, val_y)
+
+
+# --------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled 8x8 handwritten digits
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of the fixed digits split; the same on every call and every run."""
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(1797)
+    return perm[:-DIGITS_NUM_VAL], perm[-DIGITS_NUM_VAL:]
+
+
+def _load_digits(info: DatasetInfo) -> ImageData:
+    from sklearn.datasets import load_digits  # deferred: sklearn is slow to import
+
+    bunch = load_digits()
+    # Pixel values are integers 0..16; map to the full uint8 range.
+    images = np.rint(bunch.data * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    train_idx, val_idx = digits_split()
+    return _image_data(info, images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic: learnable seeded images for smoke tests
+
+_SYNTHETIC_MAX_CLASSES = SYNTHETIC_NUM_VAL  # so every class can appear in both splits
+_SYNTHETIC_NOISE = 64.0  # per-pixel Gaussian noise std, in uint8 units
+
+
+def _load_synthetic(
+    info: DatasetInfo, *, image_size: int | None, num_classes: int | None
+) -> ImageData:
+    size = info.image_size if image_size is None else image_size
+    classes = info.num_classes if num_classes is None else num_classes
+    if not isinstance(size, int) or size <= info.crop_padding:
+        raise ConfigError(
+            f"image_size={size!r} is invalid for 'synthetic': it must be an "
+            f"integer larger than the crop padding {info.crop_padding}"
+        )
+    if not isinstance(classes, int) or not 2 <= classes <= _SYNTHETIC_MAX_CLASSES:
+        raise ConfigError(
+            f"num_classes={classes!r} is invalid for 'synthetic': it must be an "
+            f"integer in 2..{_SYNTHETIC_MAX_CLASSES}"
+        )
+    info = dataclasses.replace(info, image_size=size, num_classes=classes)
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    # Templates are smooth (a 4x4 random pattern upsampled) so they survive the random crop
+    # and flip: a translated template still looks like its class, which keeps the task
+    # learnable with the standard augmentation on.
+    coarse = torch.rand(classes, info.channels, 4, 4, generator=gen)
+    templates = torch.nn.functional.interpolate(
+        coarse, size=(size, size), mode="bilinear", align_corners=False
+    )
+    templates = 40.0 + 175.0 * templates  # keep headroom so the noise is rarely clipped
+    train = _synthetic_split(templates, SYNTHETIC_NUM_TRAIN, gen)
+    val = _synthetic_split(templates, SYNTHETIC_NUM_VAL, gen)
+    return ImageData(info, *train, *val)
+
+
+def _synthetic_split(
+    templates: torch.Tensor, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    classes = templates.shape[0]
+    labels = (torch.arange(n) % classes)[torch.randperm(n, generator=gen)]  # balanced
+    images = torch.empty((n, *templates.shape[1:]), dtype=torch.uint8)
+    chunk = 256  # bounds float memory for large image_size
+    for start in range(0, n, chunk):
+        y = labels[start : start + chunk]
+        noise = torch.randn((len(y), *templates.shape[1:]), generator=gen)
+        x = templates[y] + _SYNTHETIC_NOISE * noise
+        images[start : start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _image_data(
+    info: DatasetInfo,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+) -> ImageData:
+    def tensor(a: np.ndarray, dtype: Any) -> torch.Tensor:
+        # torch.from_numpy needs a writable array; np.frombuffer views are read-only, so those
+        # (and only those) get copied.
+        return torch.from_numpy(np.require(a, dtype=dtype, requirements=["C", "W"]))
+
+    return ImageData(
+        info,
+        tensor(train_x, np.uint8),
+        tensor(train_y, np.int64),
+        tensor(val_x, np.uint8),
+        tensor(val_y, np.int64),
+    )
