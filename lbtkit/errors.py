@@ -16,7 +16,7 @@ class ConfigError(UserError):
 
 
 class DataNotFoundError(UserError):
-    """A dataset is not where the config says; the message says where we looked and how to fetch it."""
+    """A dataset is not where the config says; the message says where we looked, how to fetch."""
 
 
 class CheckpointError(UserError):

@@ -1,0 +1,167 @@
+"""The ``lbtkit`` command line: parse, validate, call library functions. No logic of its own.
+
+Every ``RunConfig`` field is a ``run`` flag in kebab case (``--batch-size``); the flags are
+generated from the dataclass so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lbtkit.config import (
+    RunConfig,
+    build_config,
+    list_presets,
+    plan_batches,
+    preset_description,
+    preset_values,
+)
+from lbtkit.errors import UserError
+
+app = typer.Typer(
+    help="lbtkit: the large-batch training kit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Files and pipes get a wide console: Rich would otherwise fold tables to 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+EXIT_USER_ERROR = 2
+
+
+def user_errors(fn):
+    """Print a user mistake as one line on stderr and exit 2, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def with_config_flags(fn):
+    """Add one ``--kebab-case`` option per RunConfig field to a command's signature.
+
+    Each defaults to None ("not given"), so only flags the user typed override the preset
+    and the config file. The command receives them as ``config_flags: dict``.
+    """
+    original = inspect.signature(fn)
+    params = [p for p in original.parameters.values() if p.name != "config_flags"]
+    names = []
+    for f in dataclasses.fields(RunConfig):
+        flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
+        kind = _flag_type(f.type)
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(*decls, help=f.metadata.get("help"), show_default=False)
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY,
+            default=None, annotation=Annotated[Optional[kind], option],  # noqa: UP045
+        ))
+        names.append(f.name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        flags = {name: kwargs.pop(name) for name in names}
+        return fn(*args, config_flags=flags, **kwargs)
+
+    wrapper.__signature__ = original.replace(parameters=params)
+    return wrapper
+
+
+def _flag_type(annotation: Any) -> type:
+    text = str(annotation)
+    for kind in (bool, int, float, str):
+        if kind.__name__ in text:
+            return kind
+    return str
+
+
+@app.command()
+@user_errors
+@with_config_flags
+def run(
+    preset: Annotated[Optional[str], typer.Option(help="named preset (lbtkit presets)")] = None,  # noqa: UP045
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="TOML file, or a run's config.json to repeat it"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the resolved config as JSON and exit")
+    ] = False,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="launch N processes (accelerate launch, DDP)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    *,
+    config_flags: dict,
+) -> None:
+    """Train one model. Re-running the same command resumes from the last checkpoint."""
+    from lbtkit import launch
+
+    resolved = build_config(preset=preset, config_file=config, overrides=config_flags)
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    if num_processes and launch.in_launched_worker():
+        raise UserError("--num-processes launches processes; inside accelerate launch, omit it")
+    world = num_processes or launch.launched_world_size()
+    batch_plan = plan_batches(resolved, world)
+    if dry_run:
+        shown = {**resolved.to_dict(), **batch_plan.to_dict()}
+        print(json.dumps(shown, indent=2))
+        return
+    if num_processes and num_processes > 1:
+        raise typer.Exit(launch.launch_run(resolved, num_processes, progress=progress))
+
+    from lbtkit.train import exit_code
+    from lbtkit.train import run as train_run
+
+    results = train_run(resolved, progress=progress)
+    raise typer.Exit(exit_code(results["status"]))
+
+
+@app.command()
+def presets() -> None:
+    """List the named presets."""
+    table = Table("preset", "model", "dataset", "epochs", "batch", "lr rule", "description")
+    for name in list_presets():
+        values = preset_values(name)
+        rule = (f"{values.get('base_lr')} x ({values.get('lr_scaling', 'linear')}) "
+                f"batch/{values.get('base_batch_size')}")
+        table.add_row(
+            name, str(values.get("model")), str(values.get("dataset")),
+            str(values.get("epochs")), str(values.get("batch_size")), rule,
+            preset_description(name),
+        )
+    console.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model names."""
+    from lbtkit.models import list_models
+
+    for name in list_models():
+        print(name)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""RunConfig: the one typed, validated description of a training run.
+
+Sources are layered, later ones winning: dataclass defaults < preset < config file < CLI flags.
+A resolved config (derived values filled in) is what a run directory stores in ``config.json``,
+and ``RunConfig.from_dict`` reads it back, so every result says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lbtkit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCALING_RULES = ("linear", "sqrt", "none")
+SCHEDULERS = ("cosine", "step", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _opt(help_text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": help_text}, **kwargs)
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a training run. ``batch_size`` is the global batch."""
+
+    # What to train on what.
+    model: str = _opt("model name from the registry (lbtkit models)", default="f1")
+    dataset: str = _opt("cifar10 | cifar100 | mnist | digits | synthetic", default="digits")
+    data_dir: str = _opt("directory holding the datasets", default="data")
+    download: bool = _opt("fetch the dataset into data_dir if missing", default=False)
+    image_size: int | None = _opt(
+        "input resolution; images are resized on the device when it differs from the "
+        "dataset's (default: the dataset's own)",
+        default=None,
+    )
+    num_classes: int | None = _opt("number of classes (default: the dataset's)", default=None)
+    pretrained: str = _opt("none | imagenet | path to a weights file", default="none")
+
+    # Optimisation.
+    epochs: int = _opt("number of training epochs", default=10)
+    batch_size: int = _opt(
+        "GLOBAL batch: all processes and accumulation steps together", default=128
+    )
+    max_per_device_batch: int | None = _opt(
+        "largest batch one device takes; gradient accumulation makes up the rest",
+        default=None,
+    )
+    grad_accum_steps: int | None = _opt(
+        "gradient accumulation steps (default: derived from max_per_device_batch, else 1)",
+        default=None,
+    )
+    optimizer: str = _opt("sgd | adam | adamw", default="sgd")
+    momentum: float = _opt("SGD momentum (Adam: beta1)", default=0.9)
+    nesterov: bool = _opt("Nesterov momentum (SGD)", default=False)
+    weight_decay: float = _opt("weight decay", default=1e-4)
+    lr: float | None = _opt(
+        "initial learning rate; when unset it is base_lr scaled by lr_scaling", default=None
+    )
+    base_lr: float = _opt("learning rate at base_batch_size", default=0.1)
+    base_batch_size: int = _opt("batch size at which base_lr holds", default=256)
+    lr_scaling: str = _opt("linear | sqrt | none: how lr follows the batch size", default="linear")
+    warmup_epochs: float = _opt("linear warm-up length in epochs", default=0.0)
+    scheduler: str = _opt(
+        "cosine (over all optimizer steps) | step | constant", default="cosine"
+    )
+    step_epochs: int = _opt("step scheduler: decay every this many epochs", default=30)
+    step_gamma: float = _opt("step scheduler: decay factor", default=0.1)
+
+    # Speed and numerics.
+    mixed_precision: str = _opt("no | bf16 | fp16 (fp16 needs CUDA)", default="no")
+    channels_last: bool = _opt("channels-last memory format for conv nets", default=False)
+    eval_batch_size: int = _opt("per-device batch size for evaluation", default=1024)
+
+    # Bookkeeping.
+    seed: int = _opt("seed for initial weights, data order and augmentation", default=0)
+    eval_every: int = _opt("evaluate every N epochs (the last epoch always)", default=1)
+    checkpoint_every: int = _opt("checkpoint every N epochs (0: only on a signal)", default=1)
+    log_every: int = _opt("plain log line every N optimizer steps when not on a TTY", default=50)
+    output_dir: str | None = _opt("the run directory (default: runs/NAME)", default=None)
+    name: str | None = _opt("run name (default: model-dataset-bBATCH-sSEED)", default=None)
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from a plain dict, refusing unknown keys (a typo must not be ignored)."""
+        return cls().updated(values, source=source)
+
+    def updated(self, values: dict[str, Any], *, source: str = "override") -> RunConfig:
+        """A copy with ``values`` applied; None values mean "not given" and are skipped."""
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in {source}; known keys: {', '.join(known)}"
+            )
+        changes = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            changes[key] = _coerce(key, value, known[key].type, source)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # --- validation and derived values ----------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value."""
+        from lbtkit.data import dataset_info
+        from lbtkit.models import list_models
+
+        if self.model not in list_models():
+            raise ConfigError(
+                f"unknown model {self.model!r}; known models: {', '.join(list_models())}"
+            )
+        dataset_info(self.dataset)  # raises on an unknown dataset
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_scaling", self.lr_scaling, LR_SCALING_RULES)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _positive("base_batch_size", self.base_batch_size)
+        _positive("eval_batch_size", self.eval_batch_size)
+        _positive("eval_every", self.eval_every)
+        _positive("log_every", self.log_every)
+        _positive("step_epochs", self.step_epochs)
+        for name in ("max_per_device_batch", "grad_accum_steps", "image_size", "num_classes"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(name, value)
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
+            raise ConfigError(f"base_lr must be a positive number, got {self.base_lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ConfigError(
+                f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})"
+            )
+        if not 0 < self.step_gamma <= 1:
+            raise ConfigError(f"step_gamma must be in (0, 1], got {self.step_gamma}")
+        if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
+            raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
+
+    def resolved(self) -> RunConfig:
+        """Validate, then fill in every value derived from others (lr, dataset shape, paths).
+
+        Resolution is idempotent: ``c.resolved().resolved() == c.resolved()``.
+        """
+        from lbtkit.data import dataset_info
+
+        self.validate()
+        info = dataset_info(self.dataset)
+        lr = self.lr
+        if lr is None:
+            lr = scale_lr(self.base_lr, self.base_batch_size, self.batch_size, self.lr_scaling)
+        name = self.name or f"{self.model}-{self.dataset}-b{self.batch_size}-s{self.seed}"
+        return dataclasses.replace(
+            self,
+            lr=lr,
+            image_size=self.image_size or info.image_size,
+            num_classes=self.num_classes or info.num_classes,
+            name=name,
+            output_dir=self.output_dir or str(Path("runs") / name),
+        )
+
+
+# --- the batch arithmetic ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the global batch is split over processes and accumulation steps."""
+
+    world_size: int
+    grad_accum_steps: int
+    per_device_batch_size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def plan_batches(config: RunConfig, world_size: int) -> BatchPlan:
+    """Split ``config.batch_size`` over ``world_size`` processes and accumulation steps.
+
+    per_device_batch = batch_size / (world_size * grad_accum_steps) must be a whole number.
+    Without an explicit ``grad_accum_steps``, the smallest accumulation that keeps the
+    per-device batch within ``max_per_device_batch`` is chosen.
+    """
+    batch = config.batch_size
+    if world_size < 1:
+        raise ConfigError(f"world size must be >= 1, got {world_size}")
+    if batch % world_size:
+        raise ConfigError(
+            f"batch_size {batch} is not divisible by the number of processes {world_size}"
+        )
+    per_process = batch // world_size
+    accum = config.grad_accum_steps
+    if accum is None:
+        limit = config.max_per_device_batch or per_process
+        accum = next(
+            (a for a in range(1, per_process + 1) if per_process % a == 0 and per_process // a
+             <= limit),
+            None,
+        )
+        if accum is None:  # unreachable with limit >= 1, kept for a clear message
+            raise ConfigError(f"cannot fit batch_size {batch} in max_per_device_batch {limit}")
+    if per_process % accum:
+        raise ConfigError(
+            f"batch_size {batch} is not divisible by world_size * grad_accum_steps = "
+            f"{world_size} * {accum}"
+        )
+    per_device = per_process // accum
+    if config.max_per_device_batch is not None and per_device > config.max_per_device_batch:
+        raise ConfigError(
+            f"per-device batch {per_device} (batch_size {batch} / {world_size} processes / "
+            f"{accum} accumulation steps) exceeds max_per_device_batch "
+            f"{config.max_per_device_batch}"
+        )
+    return BatchPlan(world_size, grad_accum_steps=accum, per_device_batch_size=per_device)
+
+
+# --- pure math -------------------------------------------------------------------------------
+
+
+def scale_lr(base_lr: float, base_batch_size: int, batch_size: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` given ``base_lr`` at ``base_batch_size``.
+
+    linear (Goyal et al. 2017): lr grows with the batch; sqrt (Krizhevsky 2014, Hoffer et al.
+    2017): with its square root; none: unchanged.
+    """
+    ratio = batch_size / base_batch_size
+    if rule == "linear":
+        return base_lr * ratio
+    if rule == "sqrt":
+        return base_lr * math.sqrt(ratio)
+    if rule == "none":
+        return base_lr
+    raise ConfigError(f"unknown lr_scaling {rule!r}; known: {', '.join(LR_SCALING_RULES)}")
+
+
+# --- presets and files -----------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("lbtkit") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in list_presets():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+    text = (resources.files("lbtkit") / "presets" / f"{name}.toml").read_text()
+    values = tomllib.loads(text)
+    values.pop("description", None)
+    return values
+
+
+def preset_description(name: str) -> str:
+    text = (resources.files("lbtkit") / "presets" / f"{name}.toml").read_text()
+    return str(tomllib.loads(text).get("description", ""))
+
+
+def file_values(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file, or a run's ``config.json`` (so a run can be repeated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+        else:
+            values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of keys")
+    return values
+
+
+def build_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Layer defaults < preset < config file < overrides, then resolve."""
+    config = RunConfig()
+    if preset:
+        config = config.updated(preset_values(preset), source=f"preset {preset!r}")
+    if config_file:
+        config = config.updated(file_values(config_file), source=str(config_file))
+    if overrides:
+        config = config.updated(overrides, source="command line")
+    return config.resolved()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value}")
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Check a value from a file against the field's declared type (files are untyped)."""
+    text = str(annotation)
+    bad = ConfigError(f"{key} = {value!r} in {source} is not a valid {text.replace(' | None', '')}")
+    if "bool" in text:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if "int" in text:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if "float" in text:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if "str" in text:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value  # pragma: no cover - every field is one of the types above

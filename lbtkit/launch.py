@@ -1,0 +1,85 @@
+"""Start ``lbtkit run`` on N processes through ``accelerate launch`` and relay signals to it.
+
+``lbtkit run --num-processes N`` is a convenience over typing the launcher command; both end
+in the same code path (``lbtkit.train.run`` in every worker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from lbtkit.config import RunConfig
+from lbtkit.rundir import RunDir, write_json
+
+
+def in_launched_worker() -> bool:
+    """True inside a process started by accelerate launch / torchrun."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(config_file: Path, run_dir: Path, num_processes: int, port: int,
+                   *, progress: bool = True) -> list[str]:
+    """The accelerate launch command running this config on ``num_processes`` processes."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        "--main_process_port", str(port),
+        "-m", "lbtkit", "run", "--config", str(config_file), "--output", str(run_dir),
+    ]
+    if not progress:
+        command.append("--no-progress")
+    return command
+
+
+def launch_run(config: RunConfig, num_processes: int, *, progress: bool = True) -> int:
+    """Train ``config`` (resolved) on ``num_processes`` local processes; return the exit code."""
+    from lbtkit.train import check_same_run
+
+    run_dir = Path(config.output_dir)
+    check_same_run(RunDir(run_dir), config)  # fail here, not N times in the workers
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch_config = run_dir / "launch-config.json"
+    write_json(launch_config, config.to_dict())
+    command = launch_command(launch_config, run_dir, num_processes, free_port(), progress=progress)
+    return run_launched(command, run_dir)
+
+
+def run_launched(command: list[str], run_dir: Path) -> int:
+    """Run the launcher; forward SIGTERM/SIGUSR1/SIGINT to it as SIGTERM (which torchrun
+    relays to its workers, unlike SIGUSR1); return the exit code the run's status implies."""
+    from lbtkit.train import exit_code
+
+    results_file = RunDir(run_dir).results_path
+    before = results_file.stat().st_mtime_ns if results_file.exists() else None
+    child = subprocess.Popen(command)
+
+    def relay(signum, frame) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        returncode = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    results = RunDir(run_dir).read_results()
+    fresh = results_file.exists() and results_file.stat().st_mtime_ns != before
+    if results and fresh:
+        return exit_code(results.get("status", ""))
+    return returncode

@@ -1,0 +1,46 @@
+"""Shared helpers: run the real CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GLOO_SOCKET_IFNAME="lo",
+        MASTER_ADDR="127.0.0.1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    if tmp_path is not None:
+        # No stray Accelerate default config from the developer's home can leak in.
+        env["HF_HOME"] = str(tmp_path / "hf_home")
+    return env
+
+
+def run_cli(*args: str, tmp_path: Path | None = None, timeout: float = 300,
+            check: int | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "lbtkit", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=cli_env(tmp_path),
+    )
+    if check is not None and result.returncode != check:
+        raise AssertionError(
+            f"exit {result.returncode} != {check}\nstdout:\n{result.stdout}\n"
+            f"stderr:\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def call(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_cli(*args, tmp_path=tmp_path, **kwargs)
+
+    return call
