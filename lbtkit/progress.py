@@ -29,7 +29,8 @@ class TrainingProgress:
         self.log_every = log_every
         self.total_steps = total_steps
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
-        self.console = Console(highlight=False)
+        # A log file gets long lines: Rich would wrap them at 80 columns.
+        self.console = Console(highlight=False, width=None if self.interactive else 200)
         self._bar: Progress | None = None
         self._task = None
         self._done = done_steps

@@ -1,0 +1,147 @@
+"""The training loop end to end: run directory contents, resume, divergence, accumulation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lbtkit
+from lbtkit.config import build_config
+from lbtkit.rundir import RunDir
+from lbtkit.train import run
+
+
+def _smoke(tmp_path, **overrides):
+    values = {"epochs": 2, "output_dir": str(tmp_path / "run"), **overrides}
+    return build_config(preset="smoke", overrides=values)
+
+
+def test_tiny_run_writes_a_complete_run_directory(tmp_path):
+    config = _smoke(tmp_path, epochs=3)
+    results = run(config, progress=False)
+    rd = RunDir(config.output_dir)
+    stored = json.loads(rd.results_path.read_text())
+    assert stored == json.loads(json.dumps(results))
+    assert stored["status"] == "completed"
+    assert stored["config"] == config.to_dict()
+    assert (stored["world_size"], stored["per_device_batch_size"], stored["grad_accum_steps"]) \
+        == (1, 64, 1)
+    assert stored["epochs_completed"] == 3 and stored["lr"] == config.lr
+    assert set(stored["versions"]) >= {"python", "torch", "accelerate", "lbtkit"}
+    rows = rd.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert set(row) >= {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
+                            "val_acc", "images_per_second", "elapsed_s"}
+        assert 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
+    assert rows[-1]["step"] == 3 * (1437 // 64)
+    assert stored["final"]["val_acc"] == rows[-1]["val_acc"]
+    assert stored["best_val_acc"] == max(r["val_acc"] for r in rows)
+    # It learned: F1 on digits is far above chance after three epochs.
+    assert stored["final"]["val_acc"] > 0.8
+    assert json.loads(rd.config_path.read_text()) == config.to_dict()
+
+
+def test_load_run_gives_back_the_evaluated_model(tmp_path):
+    from lbtkit.data import load_dataset
+    from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+
+    config = _smoke(tmp_path)
+    results = run(config, progress=False)
+    model, loaded_config = lbtkit.load_run(config.output_dir)
+    assert loaded_config == config
+    data = load_dataset(config.dataset, config.data_dir)
+    totals = evaluate_sums(model, data.val_images, data.val_labels,
+                           InputSpec(data.info, config.image_size), batch_size=100)
+    val_loss, val_acc = mean_loss_and_accuracy(totals)
+    assert val_acc == results["final"]["val_acc"]
+    assert val_loss == pytest.approx(results["final"]["val_loss"], rel=1e-6)
+
+
+def test_completed_run_is_not_retrained(tmp_path):
+    config = _smoke(tmp_path, epochs=1)
+    run(config, progress=False)
+    rd = RunDir(config.output_dir)
+    before = (rd.results_path.stat().st_mtime_ns, rd.model_path.read_bytes())
+    run(config, progress=False)
+    assert (rd.results_path.stat().st_mtime_ns, rd.model_path.read_bytes()) == before
+    assert len(rd.read_metrics()) == 1
+
+
+def test_divergence_is_recorded(tmp_path):
+    config = _smoke(tmp_path, lr=1e8, log_every=5)
+    results = run(config, progress=False)
+    assert results["status"] == "diverged"
+    rd = RunDir(config.output_dir)
+    assert json.loads(rd.results_path.read_text())["status"] == "diverged"
+    assert not rd.model_path.exists()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    # A model without BatchNorm or dropout: accumulation must give the same update as one
+    # batch, up to float summation order.
+    from lbtkit.models import register_model
+
+    @register_model("_test_linear")
+    def _linear(*, num_classes, in_channels, image_size, pretrained):
+        return torch.nn.Sequential(torch.nn.Flatten(),
+                                   torch.nn.Linear(in_channels * image_size ** 2, num_classes))
+
+    weights = []
+    for accum in (1, 4):
+        config = _smoke(tmp_path, model="_test_linear", grad_accum_steps=accum,
+                        output_dir=str(tmp_path / f"accum{accum}"))
+        run(config, progress=False)
+        weights.append(load_file(str(RunDir(config.output_dir).model_path)))
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    config = _smoke(tmp_path, epochs=1, mixed_precision="bf16", model="c1",
+                    channels_last=True)
+    assert run(config, progress=False)["status"] == "completed"
+
+
+@pytest.mark.parametrize("stop_at_step", [50, 43])  # mid-epoch 2; last step of epoch 1
+def test_signal_stop_and_resume_is_exact_in_process(tmp_path, monkeypatch, stop_at_step):
+    import os
+    import signal
+
+    from lbtkit.schedule import Schedule
+
+    def make(name):
+        return _smoke(tmp_path, model="c1", batch_size=32, epochs=3,
+                      output_dir=str(tmp_path / name))
+
+    reference = make("reference")
+    run(reference, progress=False)
+
+    original = Schedule.lr_at_step
+
+    def signalling(self, step):
+        if step == stop_at_step:  # a SIGTERM arriving while this step runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step)
+
+    monkeypatch.setattr(Schedule, "lr_at_step", signalling)
+    stopped = make("stopped")
+    results = run(stopped, progress=False)
+    assert results["status"] == "interrupted"
+    assert results["global_step"] == (stop_at_step + 1 if stop_at_step != 43 else 44)
+    rd = RunDir(stopped.output_dir)
+    assert len(rd.read_metrics()) == 1  # epoch 1 logged, epoch 2 not (yet)
+    monkeypatch.setattr(Schedule, "lr_at_step", original)
+
+    assert run(stopped, progress=False)["status"] == "completed"
+    a = load_file(str(RunDir(reference.output_dir).model_path))
+    b = load_file(str(rd.model_path))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ref_rows, rows = RunDir(reference.output_dir).read_metrics(), rd.read_metrics()
+    strip = ("images_per_second", "elapsed_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in ref_rows]
