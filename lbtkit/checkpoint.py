@@ -87,8 +87,7 @@ def save_checkpoint(
         _save_rng(tmp / f"rng-rank{rank}.safetensors")
     barrier()
     if rank == 0 and not final.exists():
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_weights(model, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         meta = {"world_size": world_size, "state": state.to_dict()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
@@ -131,6 +130,27 @@ def load_checkpoint(
     if rng_file.exists():
         _load_rng(rng_file)
     return LoopState(**meta["state"])
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write a model's full state (parameters and buffers) as safetensors, atomically."""
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(weights, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a full state written by ``save_weights`` (strict: every key must match)."""
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read weights {path}: {exc}") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"weights {path} do not fit this model: {first}") from None
 
 
 def _save_rng(path: Path) -> None:

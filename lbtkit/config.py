@@ -49,6 +49,10 @@ class RunConfig:
     )
     num_classes: int | None = _opt("number of classes (default: the dataset's)", default=None)
     pretrained: str = _opt("none | imagenet | path to a weights file", default="none")
+    init_weights: str | None = _opt(
+        "start from these full model weights (.safetensors), e.g. a shared initialisation",
+        default=None,
+    )
 
     # Optimisation.
     epochs: int = _opt("number of training epochs", default=10)
@@ -173,6 +177,8 @@ class RunConfig:
             raise ConfigError(f"step_gamma must be in (0, 1], got {self.step_gamma}")
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ConfigError(f"init_weights file not found: {self.init_weights}")
 
     def resolved(self) -> RunConfig:
         """Validate, then fill in every value derived from others (lr, dataset shape, paths).

@@ -126,8 +126,7 @@ def _git_commit() -> str | None:
 
 def load_run(path: str | Path, *, device: str = "cpu"):  # -> tuple[nn.Module, RunConfig]
     """Return ``(model, config)`` of a completed run, its final weights loaded, in eval mode."""
-    from safetensors.torch import load_file
-
+    from lbtkit.checkpoint import load_weights
     from lbtkit.models import build_model
 
     run = RunDir(path)
@@ -149,9 +148,5 @@ def load_run(path: str | Path, *, device: str = "cpu"):  # -> tuple[nn.Module, R
         image_size=config.image_size or info.image_size,
         pretrained="none",
     )
-    try:
-        state = load_file(str(run.model_path), device=device)
-        model.load_state_dict(state)
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"cannot load weights {run.model_path}: {exc}") from None
+    load_weights(model, run.model_path)
     return model.to(device).eval(), config

@@ -12,7 +12,6 @@ checkpoint -> 75 (EX_TEMPFAIL: requeue me). User errors exit 2 (the CLI's busine
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -20,7 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lbtkit.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from lbtkit.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from lbtkit.config import RunConfig, plan_batches
 from lbtkit.data import augment, draw_epoch, load_dataset
 from lbtkit.errors import ConfigError
@@ -123,6 +129,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         config.model, num_classes=config.num_classes, in_channels=info.channels,
         image_size=config.image_size, pretrained=config.pretrained,
     )
+    if config.init_weights:
+        load_weights(model, config.init_weights)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
@@ -180,13 +188,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         }
         if is_main:
             if status == STATUS_COMPLETED:
-                from safetensors.torch import save_file
-
-                weights = {k: v.detach().contiguous().cpu()
-                           for k, v in raw_model.state_dict().items()}
-                tmp = run_dir.model_path.with_suffix(".tmp")
-                save_file(weights, str(tmp))
-                os.replace(tmp, run_dir.model_path)
+                save_weights(raw_model, run_dir.model_path)
             write_json(run_dir.results_path, results)
         accelerator.wait_for_everyone()
         return results

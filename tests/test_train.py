@@ -145,3 +145,26 @@ def test_signal_stop_and_resume_is_exact_in_process(tmp_path, monkeypatch, stop_
     strip = ("images_per_second", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == \
         [{k: v for k, v in r.items() if k not in strip} for r in ref_rows]
+
+
+def test_init_weights_starts_from_the_given_weights(tmp_path):
+    from lbtkit.checkpoint import save_weights
+    from lbtkit.errors import CheckpointError
+    from lbtkit.models import build_model
+
+    torch.manual_seed(0)  # what run() itself does for seed 0
+    init = tmp_path / "init.safetensors"
+    save_weights(build_model("f1", num_classes=10, in_channels=1, image_size=8), init)
+    plain = _smoke(tmp_path, epochs=1, output_dir=str(tmp_path / "plain"))
+    seeded = _smoke(tmp_path, epochs=1, init_weights=str(init), output_dir=str(tmp_path / "i"))
+    run(plain, progress=False)
+    run(seeded, progress=False)
+    a = load_file(str(RunDir(plain.output_dir).model_path))
+    b = load_file(str(RunDir(seeded.output_dir).model_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    torch.manual_seed(0)
+    save_weights(build_model("c1", num_classes=10, in_channels=1, image_size=8), init)
+    with pytest.raises(CheckpointError, match="init.safetensors"):
+        run(_smoke(tmp_path, init_weights=str(init), output_dir=str(tmp_path / "bad")),
+            progress=False)
