@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -53,16 +54,23 @@ def user_errors(fn):
     return wrapper
 
 
-def with_config_flags(fn):
+def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
     """Add one ``--kebab-case`` option per RunConfig field to a command's signature.
 
     Each defaults to None ("not given"), so only flags the user typed override the preset
     and the config file. The command receives them as ``config_flags: dict``.
     """
+    if fn is None:
+        return functools.partial(with_config_flags, exclude=exclude)
     original = inspect.signature(fn)
-    params = [p for p in original.parameters.values() if p.name != "config_flags"]
+    # Resolve the string annotations (postponed evaluation) so Typer sees real types.
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in original.parameters.values() if p.name != "config_flags"]
     names = []
     for f in dataclasses.fields(RunConfig):
+        if f.name in exclude:
+            continue
         flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
         kind = _flag_type(f.type)
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
@@ -132,6 +140,120 @@ def run(
 
     results = train_run(resolved, progress=progress)
     raise typer.Exit(exit_code(results["status"]))
+
+
+sweep_app = typer.Typer(
+    help="Plan and run a grid of runs (the batch-size study).", no_args_is_help=True
+)
+app.add_typer(sweep_app, name="sweep")
+
+
+@sweep_app.command("plan")
+@user_errors
+@with_config_flags(exclude=("output_dir", "name"))
+def sweep_plan(
+    output: Annotated[Path, typer.Option("--output", help="the sweep directory")],
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="comma list of global batch sizes")
+    ] = "32,64,128,256,512,1024",
+    seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds")] = None,  # noqa: UP045
+    grid: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--grid", help="sweep any other field: KEY=V1,V2 (repeatable)"),
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option(help="named preset (lbtkit presets)")] = None,  # noqa: UP045
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="TOML file with base settings"),
+    ] = None,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", help="processes each run will use (GPUs per node)")
+    ] = 1,
+    *,
+    config_flags: dict,
+) -> None:
+    """Write SWEEP_DIR/sweep.json: one entry per point of the grid, lr scaled per entry."""
+    from lbtkit.report import format_lr
+    from lbtkit.sweep import parse_grid, plan_sweep
+
+    base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
+    values = parse_grid(batch_sizes=batch_sizes, seeds=seeds, extra=grid or [])
+    plan = plan_sweep(base, values, output, world_size=num_processes)
+    table = Table("index", "name", "batch", "per-device batch", "accumulation", "lr",
+                  title=f"{output / 'sweep.json'}: {len(plan['runs'])} runs")
+    for entry in plan["runs"]:
+        table.add_row(
+            str(entry["index"]), entry["config"]["name"], str(entry["config"]["batch_size"]),
+            str(entry["batch_plan"]["per_device_batch_size"]),
+            str(entry["batch_plan"]["grad_accum_steps"]), format_lr(entry["config"]["lr"]),
+        )
+    console.print(table)
+
+
+@sweep_app.command("run-task")
+@user_errors
+def sweep_run_task(
+    sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
+    index: Annotated[int, typer.Option("--index", help="entry to run (array task id)")],
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """Run one entry of a sweep (what each SLURM array task calls)."""
+    from lbtkit.sweep import run_task
+
+    raise typer.Exit(run_task(sweep_dir, index, progress=progress))
+
+
+@sweep_app.command("run")
+@user_errors
+def sweep_run(
+    sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """Run every entry that is not completed, one after another, on this machine."""
+    from lbtkit.sweep import run_all, run_all_exit_code
+
+    statuses = run_all(sweep_dir, progress=progress)
+    _print_status(sweep_dir)
+    raise typer.Exit(run_all_exit_code(statuses))
+
+
+@sweep_app.command("status")
+@user_errors
+def sweep_status_command(
+    sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
+) -> None:
+    """Show each entry's state and its best validation accuracy so far."""
+    _print_status(sweep_dir)
+
+
+def _print_status(sweep_dir: Path) -> None:
+    from lbtkit.sweep import sweep_status
+
+    table = Table("index", "name", "batch", "seed", "state", "epochs", "best val top-1")
+    for row in sweep_status(sweep_dir):
+        best = row["best_val_acc"]
+        table.add_row(
+            str(row["index"]), row["name"], str(row["batch_size"]), str(row["seed"]),
+            row["state"], f"{row['epochs_completed']}/{row['epochs']}",
+            "—" if best is None else f"{100 * best:.2f}%",
+        )
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", help="where to write (default: the sweep directory)"),
+    ] = None,
+) -> None:
+    """Write report.md, results.csv and the figures for a sweep."""
+    from lbtkit.report import write_report
+
+    for kind, path in write_report(sweep_dir, output).items():
+        print(f"{kind}: {path}")
 
 
 @app.command()

@@ -321,8 +321,13 @@ def build_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    resolve: bool = True,
 ) -> RunConfig:
-    """Layer defaults < preset < config file < overrides, then resolve."""
+    """Layer defaults < preset < config file < overrides, then resolve.
+
+    ``resolve=False`` keeps derived values unset: a sweep's base config must not carry the
+    lr of the preset's own batch size into every entry.
+    """
     config = RunConfig()
     if preset:
         config = config.updated(preset_values(preset), source=f"preset {preset!r}")
@@ -330,6 +335,9 @@ def build_config(
         config = config.updated(file_values(config_file), source=str(config_file))
     if overrides:
         config = config.updated(overrides, source="command line")
+    if not resolve:
+        config.validate()
+        return config
     return config.resolved()
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
@@ -38,9 +39,23 @@ def run_cli(*args: str, tmp_path: Path | None = None, timeout: float = 300,
     return result
 
 
+def assert_user_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    """A user mistake: exit 2, one line on stderr naming the bad value, no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+
+
 @pytest.fixture
 def cli(tmp_path):
     def call(*args: str, **kwargs) -> subprocess.CompletedProcess:
         return run_cli(*args, tmp_path=tmp_path, **kwargs)
 
     return call
+
+
+# In-process training on a 2-core machine that also runs subprocess tests: one thread each
+# avoids oversubscription (several times faster here, and the same numbers).
+torch.set_num_threads(1)

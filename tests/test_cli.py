@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from conftest import assert_user_error
+
 
 def test_dry_run_prints_resolved_config_with_batch_plan(cli):
     result = cli("run", "--preset", "seed-mobilenetv2-finetune", "--batch-size", "1024",
@@ -25,14 +27,6 @@ def test_presets_and_models_are_listed(cli):
     assert {"mobilenet_v2", "mobilenet_v2_cifar", "vgg11_bn", "c1", "c2", "f1"} <= set(names)
 
 
-def _assert_user_error(result, needle: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -47,29 +41,29 @@ def _assert_user_error(result, needle: str) -> None:
     ],
 )
 def test_bad_values_exit_2_with_one_line(cli, args, needle):
-    _assert_user_error(cli("run", *args, "--dry-run"), needle)
+    assert_user_error(cli("run", *args, "--dry-run"), needle)
 
 
 def test_config_file_with_unknown_key(cli, tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("batch_size = 64\nlearning_rate = 0.1\n")
-    _assert_user_error(cli("run", "--config", path, "--dry-run"), "learning_rate")
+    assert_user_error(cli("run", "--config", path, "--dry-run"), "learning_rate")
 
 
 def test_missing_config_file(cli, tmp_path):
-    _assert_user_error(cli("run", "--config", tmp_path / "nope.toml"), "nope.toml")
+    assert_user_error(cli("run", "--config", tmp_path / "nope.toml"), "nope.toml")
 
 
 def test_missing_dataset_says_where_and_how(cli, tmp_path):
     result = cli("run", "--dataset", "cifar10", "--model", "c1", "--data-dir", tmp_path / "d",
                  "--output", tmp_path / "run")
-    _assert_user_error(result, str(tmp_path / "d"))
+    assert_user_error(result, str(tmp_path / "d"))
     assert "--download" in result.stderr
 
 
 def test_batch_larger_than_dataset(cli, tmp_path):
     result = cli("run", "--preset", "smoke", "--batch-size", "4096", "--output", tmp_path / "r")
-    _assert_user_error(result, "4096")
+    assert_user_error(result, "4096")
 
 
 def test_unreadable_checkpoint(cli, tmp_path):
@@ -79,7 +73,7 @@ def test_unreadable_checkpoint(cli, tmp_path):
     (run_dir / "model.safetensors").unlink()
     (ckpt,) = (run_dir / "checkpoints").iterdir()
     (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
-    _assert_user_error(cli("run", "--preset", "smoke", "--epochs", "3", "--output", run_dir),
+    assert_user_error(cli("run", "--preset", "smoke", "--epochs", "3", "--output", run_dir),
                        str(ckpt))
 
 
@@ -88,10 +82,10 @@ def test_reusing_a_run_dir_with_other_settings(cli, tmp_path):
     cli("run", "--preset", "smoke", "--epochs", "1", "--output", run_dir, check=0)
     result = cli("run", "--preset", "smoke", "--epochs", "1", "--batch-size", "32",
                  "--output", run_dir)
-    _assert_user_error(result, "batch_size")
+    assert_user_error(result, "batch_size")
 
 
 def test_fp16_without_cuda_is_a_user_error(cli, tmp_path):
     result = cli("run", "--preset", "smoke", "--mixed-precision", "fp16",
                  "--output", tmp_path / "r")
-    _assert_user_error(result, "fp16")
+    assert_user_error(result, "fp16")

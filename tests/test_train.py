@@ -165,6 +165,6 @@ def test_init_weights_starts_from_the_given_weights(tmp_path):
 
     torch.manual_seed(0)
     save_weights(build_model("c1", num_classes=10, in_channels=1, image_size=8), init)
-    with pytest.raises(CheckpointError, match="init.safetensors"):
+    with pytest.raises(CheckpointError, match=r"init\.safetensors"):
         run(_smoke(tmp_path, init_weights=str(init), output_dir=str(tmp_path / "bad")),
             progress=False)

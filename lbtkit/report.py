@@ -1,0 +1,453 @@
+"""The sweep report: ``report.md`` with the seed-style table, ``results.csv``, and figures.
+
+Every sweep entry gets a row, whatever state its run is in; a missing or damaged run file
+shows up as a status ("pending", "unreadable", ...) with empty numbers, never as an
+exception or a silently shorter table.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, not
+through pyplot: nothing global is switched (a notebook calling this keeps its backend) and
+no figure outlives the call.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, atomic_write_text
+from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
+
+DASH = "—"
+# Keys every row has; swept keys other than these get their own columns.
+_FIXED_KEYS = ("batch_size", "seed")
+_BAD = (STATUS_DIVERGED, STATUS_FAILED)
+
+
+# --- formatting --------------------------------------------------------------------------
+
+
+def format_lr(x: float) -> str:
+    """A learning rate as the seed's table writes it: 3e-4, 1.2e-3, 9.6e-3, 0.1, 0.05.
+
+    Three significant digits; scientific notation when the rounded value is below 0.01 or
+    10000 and above.
+    """
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    mantissa, exponent = f"{x:.2e}".split("e")
+    power = int(exponent)
+    if -2 <= power <= 3:
+        return _strip_zeros(f"{x:.{max(0, 2 - power)}f}")
+    return f"{_strip_zeros(mantissa)}e{power}"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds (>= 0) as h:mm:ss, hours unbounded: 3725 -> "1:02:05"."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _strip_zeros(text: str) -> str:
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _percent(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.2f}%"
+
+
+def _mean_std(values: list[float]) -> str:
+    """Mean ± sample std of fractions, as percentages; one value is shown alone."""
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return _percent(values[0])
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
+
+
+def _optional(value: float | None, fmt) -> str:
+    return DASH if value is None else fmt(value)
+
+
+def _value(value: Any) -> str:
+    """A swept value for a table or legend: floats the way the lr column writes them."""
+    return format_lr(value) if isinstance(value, float) else str(value)
+
+
+# --- collecting --------------------------------------------------------------------------
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per sweep entry, in plan order, whatever the state of its run."""
+    return [row for row, _ in _collect(load_sweep(sweep_dir))]
+
+
+def _collect(sweep: dict[str, Any]) -> list[tuple[dict[str, Any], RunRecord]]:
+    extra = _extra_keys(sweep)
+    pairs = []
+    for entry in sweep["runs"]:
+        record = read_run(entry)
+        pairs.append((_row(entry, record, extra, Path(sweep["sweep_dir"])), record))
+    return pairs
+
+
+def _extra_keys(sweep: dict[str, Any]) -> list[str]:
+    return [key for key in sweep["grid"] if key not in _FIXED_KEYS]
+
+
+def _row(entry: dict[str, Any], record: RunRecord, extra: list[str], root: Path
+         ) -> dict[str, Any]:
+    config, planned = entry["config"], entry["batch_plan"]
+    results = record.results or {}
+    final = results.get("final") if isinstance(results.get("final"), dict) else {}
+
+    def actual(key: str) -> int:
+        """The batch split the run really used (its world size may differ from the plan's)."""
+        value = number(results.get(key))
+        return int(value) if value is not None else planned[key]
+
+    seconds = number(results.get("train_seconds"))
+    if seconds is None and record.results is None and record.metrics:
+        seconds = number(record.metrics[-1].get("elapsed_s"))  # a run still going
+    return {
+        "index": entry["index"],
+        "name": config["name"],
+        **{key: config[key] for key in extra},
+        "batch_size": config["batch_size"],
+        "seed": config["seed"],
+        "world_size": actual("world_size"),
+        "per_device_batch_size": actual("per_device_batch_size"),
+        "grad_accum_steps": actual("grad_accum_steps"),
+        "lr": config["lr"],
+        "epochs": config["epochs"],
+        "epochs_completed": record.epochs_completed,
+        "best_val_acc": record.best_val_acc,
+        "final_val_acc": number(final.get("val_acc")),
+        "final_train_loss": number(final.get("train_loss")),
+        "train_seconds": seconds,
+        "images_per_second": number(results.get("images_per_second")),
+        "status": record.state,
+        "run_dir": Path(os.path.relpath(entry["run_dir"], root)).as_posix(),
+    }
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str, Path]:
+    """Write report.md, results.csv, accuracy_vs_batch.png and learning_curves.png.
+
+    They go into ``output`` (default: the sweep directory); returns their paths by kind.
+    """
+    sweep = load_sweep(sweep_dir)
+    out = Path(output) if output is not None else Path(sweep["sweep_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = _collect(sweep)
+    rows = [row for row, _ in pairs]
+    paths = {
+        "report": out / "report.md",
+        "csv": out / "results.csv",
+        "accuracy_vs_batch": out / "accuracy_vs_batch.png",
+        "learning_curves": out / "learning_curves.png",
+    }
+    _write_csv(rows, paths["csv"])
+    extra = _extra_keys(sweep)
+    _plot_accuracy(rows, extra, paths["accuracy_vs_batch"])
+    _plot_curves(pairs, extra, paths["learning_curves"])
+    atomic_write_text(paths["report"], _markdown(sweep, rows, extra, paths))
+    return paths
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    buffer = StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], extra: list[str],
+              paths: dict[str, Path]) -> str:
+    root = Path(sweep["sweep_dir"])
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines = [
+        f"# Batch-size sweep: {root.name}",
+        "",
+        _plan_summary(sweep),
+        "",
+        f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + ".",
+        "",
+    ]
+    if not counts.get(STATUS_COMPLETED):
+        lines += ["**No completed runs yet**: the table lists what there is.", ""]
+    several_seeds = len(sweep["grid"].get("seed", [])) > 1
+    if several_seeds:
+        lines += ["## Summary over seeds", "", *_summary_table(rows, extra), "",
+                  "## Per-run results", ""]
+    else:
+        lines += ["## Results", ""]
+    lines += [*_run_table(rows, extra, with_seed=several_seeds), ""]
+    lines += [
+        "Accuracies are top-1 on the validation split; best is the highest over evaluated "
+        "epochs, final the last. Wall time is training time across resumes (evaluation "
+        "excluded from images/s).",
+        "",
+        "## Figures",
+        "",
+        f"![best val top-1 vs batch size]({paths['accuracy_vs_batch'].name})",
+        "",
+        f"![learning curves]({paths['learning_curves'].name})",
+        "",
+        f"All numbers: [{paths['csv'].name}]({paths['csv'].name}). "
+        f"Plan: `{os.path.relpath(root / SWEEP_FILE, paths['report'].parent)}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_summary(sweep: dict[str, Any]) -> str:
+    """One line: model, dataset, epochs, optimizer, lr rule, processes."""
+    base, grid = sweep["base"], sweep["grid"]
+
+    def shown(key: str, text: str) -> str:
+        if key in grid:
+            return f"{key} ∈ {{{', '.join(map(_value, grid[key]))}}}"
+        return text
+
+    base_lr = shown("base_lr", format_lr(base["base_lr"]))
+    rule = base["lr_scaling"]
+    scaled = {
+        "linear": f"lr = {base_lr} × batch/{base['base_batch_size']} (linear scaling)",
+        "sqrt": f"lr = {base_lr} × √(batch/{base['base_batch_size']}) (sqrt scaling)",
+        "none": f"lr = {base_lr} at every batch size (no scaling)",
+    }.get(rule, f"lr rule {rule}")
+    if "lr_scaling" in grid:
+        scaled = (f"lr = {base_lr} at batch {base['base_batch_size']}, scaled by "
+                  f"{shown('lr_scaling', rule)}")
+    if base.get("lr") is not None and "lr" not in grid:
+        scaled = f"fixed lr {format_lr(base['lr'])} at every batch size"
+    elif "lr" in grid:
+        scaled = shown("lr", "")
+    world = sweep["world_size"]
+    epochs = shown("epochs", f"{base['epochs']} epoch{'s' if base['epochs'] != 1 else ''}")
+    return (f"{shown('model', str(base['model']))} on {shown('dataset', str(base['dataset']))}, "
+            f"{epochs}, "
+            f"{shown('optimizer', str(base['optimizer']))}, {scaled}; planned for "
+            f"{world} process{'es' if world != 1 else ''}.")
+
+
+def _run_table(rows: list[dict[str, Any]], extra: list[str], *, with_seed: bool) -> list[str]:
+    header = ["batch size", *extra, *(["seed"] if with_seed else []), "per-GPU batch",
+              "initial lr (scaled)", "best val top-1", "final val top-1", "epochs",
+              "wall time", "images/s", "status"]
+    body = [
+        [str(row["batch_size"]), *(_value(row[k]) for k in extra),
+         *([str(row["seed"])] if with_seed else []), _per_device(row), format_lr(row["lr"]),
+         _percent(row["best_val_acc"]), _percent(row["final_val_acc"]),
+         f"{row['epochs_completed']}/{row['epochs']}",
+         _optional(row["train_seconds"], format_duration),
+         _optional(row["images_per_second"], lambda v: f"{v:,.0f}"), row["status"]]
+        for row in rows
+    ]
+    return _table(header, body)
+
+
+def _summary_table(rows: list[dict[str, Any]], extra: list[str]) -> list[str]:
+    """One row per batch size (and other swept values): mean ± std over completed seeds."""
+    header = ["batch size", *extra, "per-GPU batch", "initial lr (scaled)", "seeds",
+              "best val top-1", "final val top-1", "epochs", "wall time", "images/s", "status"]
+    body = []
+    for group in _groups(rows, extra).values():
+        done = [r for r in group if r["status"] == STATUS_COMPLETED]
+        first = group[0]
+        states: dict[str, int] = {}
+        for row in group:
+            states[row["status"]] = states.get(row["status"], 0) + 1
+        body.append([
+            str(first["batch_size"]), *(_value(first[k]) for k in extra), _per_device(first),
+            format_lr(first["lr"]), f"{len(done)}/{len(group)}",
+            _mean_std(_present(done, "best_val_acc")), _mean_std(_present(done, "final_val_acc")),
+            str(first["epochs"]),
+            _optional(_mean(_present(done, "train_seconds")), format_duration),
+            _optional(_mean(_present(done, "images_per_second")), lambda v: f"{v:,.0f}"),
+            ", ".join(f"{n} {state}" for state, n in states.items()),
+        ])
+    return _table(header, body)
+
+
+def _per_device(row: dict[str, Any]) -> str:
+    text = str(row["per_device_batch_size"])
+    if row["grad_accum_steps"] > 1:
+        text += f" (×{row['grad_accum_steps']} accum)"
+    return text
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in body)]
+
+
+def _groups(rows: list[dict[str, Any]], extra: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows by (batch size, other swept values), in plan order: seeds are pooled."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["batch_size"], *(row[k] for k in extra)), []).append(row)
+    return groups
+
+
+def _present(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [row[key] for row in rows if row[key] is not None]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, panels: int = 1):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(1, panels)
+    return figure, axes
+
+
+def _label(key: tuple, extra: list[str]) -> str:
+    return ", ".join(f"{k}={_value(v)}" for k, v in zip(extra, key, strict=True))
+
+
+def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path) -> None:
+    """Best val top-1 against batch size (log2 axis): mean ± std over completed seeds,
+    seeds as dots; batch sizes with a diverged/failed or unfinished run marked on the axis."""
+    from matplotlib.ticker import NullLocator
+
+    figure, ax = _figure(6.4, 4.4)
+    batches = sorted({row["batch_size"] for row in rows})
+    # One series per combination of the other swept values (just one when only batch varies).
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        series.setdefault(tuple(row[k] for k in extra), []).append(row)
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    several_seeds = len({row["seed"] for row in rows}) > 1
+    plotted = False
+    for color, (key, group) in zip(colors, series.items(), strict=True):
+        xs, means, stds = [], [], []
+        for batch in batches:
+            accs = [100 * r["best_val_acc"] for r in group if r["batch_size"] == batch
+                    and r["status"] == STATUS_COMPLETED and r["best_val_acc"] is not None]
+            if not accs:
+                continue
+            xs.append(batch)
+            means.append(statistics.mean(accs))
+            stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
+            if several_seeds:
+                ax.scatter([batch] * len(accs), accs, s=12, color=color, alpha=0.45, zorder=3)
+        if not xs:
+            continue
+        plotted = True
+        label = _label(key, extra) or ("mean ± std over seeds" if several_seeds
+                                       else "best val top-1")
+        ax.errorbar(xs, means, yerr=stds, fmt="o-", color=color, capsize=3, label=label)
+        if several_seeds:
+            low = [m - s for m, s in zip(means, stds, strict=True)]
+            high = [m + s for m, s in zip(means, stds, strict=True)]
+            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+
+    axis = ax.get_xaxis_transform()  # x in data, y in axes units: marks sit on the axis
+    bad = sorted({row["batch_size"] for row in rows if row["status"] in _BAD})
+    if bad:
+        ax.plot(bad, [0.0] * len(bad), "x", color="tab:red", markersize=10, mew=2,
+                transform=axis, clip_on=False, zorder=4, label="diverged / failed")
+    open_batches = sorted({row["batch_size"] for row in rows
+                           if row["status"] not in (STATUS_COMPLETED, *_BAD)})
+    if open_batches:
+        ax.plot(open_batches, [0.0] * len(open_batches), "o", color="0.5", mfc="none",
+                markersize=8, transform=axis, clip_on=False, zorder=4, label="no result yet")
+    if not plotted:
+        ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center",
+                va="center", fontsize=14, color="0.4")
+        ax.set_yticks([])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(batches) == 1:
+        ax.set_xlim(batches[0] / 2, batches[0] * 2)
+    ax.set_xlabel("batch size (global)")
+    ax.set_ylabel("best val top-1 (%)")
+    ax.set_title("Validation accuracy vs batch size")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    _save(figure, path)
+
+
+def _plot_curves(pairs: list[tuple[dict[str, Any], RunRecord]], extra: list[str],
+                 path: Path) -> None:
+    """Val accuracy and train loss per epoch, one line per batch size (mean over completed
+    seeds), coloured by batch size; other swept values get their own line styles."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (ax_acc, ax_loss) = _figure(11.0, 4.2, panels=2)
+    done = [(row, rec) for row, rec in pairs if row["status"] == STATUS_COMPLETED]
+    batches = sorted({row["batch_size"] for row, _ in pairs})
+    span = math.log2(batches[-1] / batches[0]) or 1.0
+    cmap = colormaps["viridis"]
+    styles = ["-", "--", ":", "-."]
+    others = list(dict.fromkeys(tuple(row[k] for k in extra) for row, _ in pairs))
+
+    lines: dict[tuple, list[RunRecord]] = {}
+    for row, rec in done:
+        lines.setdefault((row["batch_size"], *(row[k] for k in extra)), []).append(rec)
+    for key in sorted(lines, key=lambda k: (k[0], others.index(k[1:]))):
+        batch, other = key[0], key[1:]
+        color = cmap(0.9 * math.log2(batch / batches[0]) / span)
+        style = styles[others.index(other) % len(styles)]
+        label = ", ".join([f"b={batch}", *filter(None, [_label(other, extra)])])
+        for ax, field, scale in ((ax_acc, "val_acc", 100.0), (ax_loss, "train_loss", 1.0)):
+            epochs, values = _mean_curve(lines[key], field)
+            ax.plot(epochs, [scale * v for v in values], style, color=color, label=label,
+                    marker="o" if len(epochs) < 3 else None, markersize=4)
+    for ax, ylabel, title in ((ax_acc, "val top-1 (%)", "Validation accuracy"),
+                              (ax_loss, "train loss", "Training loss")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if not done:
+            ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=14, color="0.4")
+    if done:
+        ax_loss.legend(fontsize="small", title="batch size")
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    """Write a PNG under a temporary name, then rename: a kill never leaves a torn image."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
+
+
+def _mean_curve(records: list[RunRecord], field: str) -> tuple[list[int], list[float]]:
+    """Per-epoch mean of ``field`` over runs, skipping epochs without a value (not evaluated)."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in records:
+        for row in record.metrics:
+            value = number(row.get(field))
+            if value is not None:
+                by_epoch.setdefault(int(row["epoch"]), []).append(value)
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.mean(by_epoch[e]) for e in epochs]

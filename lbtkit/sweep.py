@@ -1,0 +1,497 @@
+"""Sweeps: a grid of runs planned once into ``sweep.json``, then run anywhere, in any order.
+
+    SWEEP/sweep.json      the plan: base config, grid, one resolved config per entry
+    SWEEP/runs/NAME/      each entry's run directory (see lbtkit.rundir)
+
+The entries are the product of the grid with ``batch_size`` varying slowest, ``seed``
+fastest and any other swept keys in between (in RunConfig field order), so the seeds of one
+batch size are neighbours. Paths in ``sweep.json`` are relative to the sweep directory, so
+the directory can be moved or mounted elsewhere (a container, another cluster's scratch);
+``load_sweep`` makes them absolute again.
+
+An entry's state is read from its run directory alone, so ``sweep_status`` works the same
+whether the runs were made by ``run_all`` on a laptop or by SLURM array tasks (``run_task``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lbtkit.config import RunConfig, plan_batches
+from lbtkit.errors import ConfigError, UserError
+from lbtkit.rundir import (
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_INTERRUPTED,
+    RunDir,
+    versions,
+    write_json,
+)
+
+SWEEP_FILE = "sweep.json"
+SWEEP_VERSION = 1
+RUNS_FOLDER = "runs"
+
+STATUS_FAILED = "failed"  # an exception stopped the run (recorded by run_all)
+STATE_PENDING = "pending"
+STATE_RUNNING = "running"
+STATE_STALE = "stale"  # started, unfinished, and silent for a while: killed or hung
+STATE_UNREADABLE = "unreadable"
+
+# A run that wrote nothing for this long is reported stale rather than running. A checkpoint
+# per epoch is the slowest regular write, so keep this above the longest expected epoch.
+ACTIVE_WINDOW_SECONDS = 15 * 60
+# Outcomes that a rerun would only repeat: run_all does not retrain them.
+_FINAL = (STATUS_COMPLETED, STATUS_DIVERGED)
+# The sweep sets these per entry.
+_NOT_SWEEPABLE = ("name", "output_dir")
+
+
+class SweepError(UserError):
+    """A sweep directory whose plan is missing or cannot be read."""
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def plan_sweep(
+    base: RunConfig, grid: dict[str, list], output: Path, *, world_size: int = 1
+) -> dict[str, Any]:
+    """Write ``output/sweep.json`` for the product of ``grid`` over ``base``; return the plan.
+
+    ``base`` should be unresolved (``lr`` None) so that each entry's lr is scaled from its own
+    batch size; a base with ``lr`` set keeps that lr for every entry. Grid keys are RunConfig
+    field names. Every entry is resolved and its batch plan checked for ``world_size``
+    processes here, so a bad grid fails now rather than in the middle of the sweep. Planning
+    the same sweep again is a no-op; a different plan over an existing one is refused.
+    """
+    if world_size < 1:
+        raise ConfigError(f"world size must be >= 1, got {world_size}")
+    output = Path(output)
+    keys = _ordered_keys(grid)
+    values = {key: _grid_values(key, grid[key]) for key in keys}
+    base = dataclasses.replace(base, name=None, output_dir=None)
+
+    runs = []
+    for index, combo in enumerate(itertools.product(*(values[key] for key in keys))):
+        config = base.updated(dict(zip(keys, combo, strict=True)), source="sweep grid")
+        name = _entry_name(config, keys)
+        run_dir = f"{RUNS_FOLDER}/{name}"
+        try:
+            config = dataclasses.replace(config, name=name, output_dir=run_dir).resolved()
+            batch_plan = plan_batches(config, world_size)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep entry {index} ({name}): {exc}") from None
+        runs.append({
+            "index": index,
+            "config": config.to_dict(),
+            "run_dir": run_dir,
+            "batch_plan": batch_plan.to_dict(),
+        })
+    names = [entry["config"]["name"] for entry in runs]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"two sweep entries would share the run name {twice!r}")
+
+    plan = {
+        "version": SWEEP_VERSION,
+        "base": base.to_dict(),
+        "grid": values,
+        "world_size": world_size,
+        "runs": runs,
+    }
+    plan = json.loads(json.dumps(plan))  # compare as it will read back from disk
+    path = output / SWEEP_FILE
+    if path.exists():
+        existing = _read_plan_file(path)
+        if existing != plan:
+            raise ConfigError(
+                f"{path} holds a different sweep ({_difference(existing, plan)}); "
+                f"choose another output directory, or delete it to re-plan"
+            )
+    else:
+        write_json(path, plan)
+    return load_sweep(output)
+
+
+def parse_grid(*, batch_sizes: str, seeds: str | None = None,
+               extra: list[str] | tuple[str, ...] = ()) -> dict[str, list]:
+    """The grid from command-line text: ``"32,64"``, ``"0,1"`` and ``KEY=V1,V2`` items.
+
+    Values are parsed by the field's declared type, so ``--grid lr_scaling=linear,sqrt``
+    and ``--grid base_lr=0.1,0.2`` both work; a bad item raises ConfigError naming it.
+    """
+    grid: dict[str, list] = {"batch_size": _parse_values("batch_size", batch_sizes)}
+    if seeds:
+        grid["seed"] = _parse_values("seed", seeds)
+    for item in extra:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2")
+        if key in grid:
+            raise ConfigError(f"--grid {item!r}: {key} is already swept")
+        grid[key] = _parse_values(key, text)
+    return grid
+
+
+def _parse_values(key: str, text: str) -> list[Any]:
+    field_types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    if key not in field_types:
+        known = ", ".join(field_types)
+        raise ConfigError(f"unknown sweep key {key!r}; known keys: {known}")
+    kind = field_types[key]
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise ConfigError(f"sweep key {key!r} has no values in {text!r}")
+    values: list[Any] = []
+    for item in items:
+        try:
+            if "bool" in kind:
+                if item.lower() not in ("true", "false"):
+                    raise ValueError(item)
+                values.append(item.lower() == "true")
+            elif "int" in kind:
+                values.append(int(item))
+            elif "float" in kind:
+                values.append(float(item))
+            else:
+                values.append(item)
+        except ValueError:
+            raise ConfigError(f"sweep key {key!r}: {item!r} is not a valid value") from None
+    return values
+
+
+def _ordered_keys(grid: dict[str, list]) -> list[str]:
+    known = RunConfig.field_names()
+    for key in grid:
+        if key not in known:
+            raise ConfigError(f"unknown sweep key {key!r}; known keys: {', '.join(known)}")
+        if key in _NOT_SWEEPABLE:
+            raise ConfigError(f"{key!r} cannot be swept: the sweep sets it for every entry")
+    middle = [k for k in known if k in grid and k not in ("batch_size", "seed")]
+    return [k for k in ("batch_size", *middle, "seed") if k in grid]
+
+
+def _grid_values(key: str, values: Any) -> list[Any]:
+    """The values of one grid key, type-checked like a config file's, without repeats."""
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"sweep key {key!r} needs a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"sweep key {key!r} has no values")
+    checked: list[Any] = []
+    for value in values:
+        if value is None:
+            raise ConfigError(f"sweep key {key!r} lists null; give explicit values")
+        coerced = getattr(RunConfig().updated({key: value}, source="sweep grid"), key)
+        if coerced in checked:
+            raise ConfigError(f"sweep key {key!r} lists {value!r} twice")
+        checked.append(coerced)
+    return checked
+
+
+def _entry_name(config: RunConfig, keys: list[str]) -> str:
+    """A short run name from the swept values: ``b256-s0``, ``b256-s0-sqrt``, ``b64-s1-epochs9``."""
+    parts = [f"b{config.batch_size}", f"s{config.seed}"]
+    for key in keys:
+        if key in ("batch_size", "seed"):
+            continue
+        value = getattr(config, key)
+        if isinstance(value, str):
+            parts.append(value)  # model and rule names speak for themselves
+        elif isinstance(value, bool):
+            parts.append(key if value else f"no-{key}")
+        elif isinstance(value, float):
+            parts.append(key + re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{value:g}"))
+        else:
+            parts.append(f"{key}{value}")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts))
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first thing that differs between two plans, for the refusal message."""
+    for key in ("world_size", "grid"):
+        if old.get(key) != new[key]:
+            return f"{key} {old.get(key)!r} there, {new[key]!r} now"
+    old_base = old.get("base") if isinstance(old.get("base"), dict) else {}
+    for key, value in new["base"].items():
+        if old_base.get(key) != value:
+            return f"base {key} = {old_base.get(key)!r} there, {value!r} now"
+    return "its entries differ"
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """Read ``sweep_dir/sweep.json``; run dirs and output_dirs come back absolute.
+
+    The returned dict is the plan plus ``sweep_dir`` (absolute).
+    """
+    root = Path(sweep_dir).absolute()
+    path = root / SWEEP_FILE
+    if not path.is_file():
+        raise SweepError(f"no sweep plan at {path} (make one with: lbtkit sweep plan)")
+    plan = _read_plan_file(path)
+    if plan.get("version") != SWEEP_VERSION:
+        raise SweepError(
+            f"{path} has format version {plan.get('version')!r}; this lbtkit reads "
+            f"version {SWEEP_VERSION}"
+        )
+    missing = [key for key in ("base", "grid", "world_size", "runs") if key not in plan]
+    if missing:
+        raise SweepError(f"{path} is not a valid sweep plan (no {missing[0]!r})")
+    try:
+        runs = []
+        for position, entry in enumerate(plan["runs"]):
+            if entry["index"] != position:
+                raise SweepError(f"{path}: entry {position} says index {entry['index']!r}")
+            config = dict(entry["config"])
+            config["output_dir"] = str(root / config["output_dir"])
+            RunConfig.from_dict(config, source=f"{path} entry {position}")  # fail here, not later
+            runs.append({**entry, "config": config, "run_dir": str(root / entry["run_dir"])})
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise SweepError(f"{path} is not a valid sweep plan (bad or missing {exc})") from None
+    if not runs:
+        raise SweepError(f"{path} is not a valid sweep plan (no entries)")
+    return {**plan, "runs": runs, "sweep_dir": str(root)}
+
+
+def _read_plan_file(path: Path) -> dict[str, Any]:
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"cannot read sweep plan {path}: {exc}") from None
+    if not isinstance(plan, dict):
+        raise SweepError(f"{path} is not a valid sweep plan (not a JSON object)")
+    return plan
+
+
+def entry_config(sweep: dict[str, Any], index: int) -> RunConfig:
+    """The resolved config of entry ``index`` of a loaded sweep (absolute output_dir)."""
+    runs = sweep["runs"]
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(runs):
+        raise ConfigError(
+            f"sweep index {index!r} is out of range: valid indices are 0..{len(runs) - 1} "
+            f"({len(runs)} entries in {sweep['sweep_dir']})"
+        )
+    return RunConfig.from_dict(runs[index]["config"], source=f"sweep entry {index}")
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def run_task(sweep_dir: str | Path, index: int, *, progress: bool = True) -> int:
+    """Train entry ``index``; return its process exit code (see ``lbtkit.train.exit_code``).
+
+    This is what one SLURM array task calls, in every process of an ``accelerate launch``:
+    ``lbtkit.train.run`` does the distribution, the resume and the completed-run shortcut.
+    """
+    from lbtkit.train import exit_code, run
+
+    config = entry_config(load_sweep(sweep_dir), index)
+    return exit_code(run(config, progress=progress)["status"])
+
+
+def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
+    """Run the sweep's entries one after another in this process; return index -> status.
+
+    Completed and diverged entries are skipped (a rerun would only repeat them); interrupted
+    and failed ones are retried, resuming from their last checkpoint. An exception in one run
+    is recorded as ``failed`` in its results.json and the sweep goes on. An interruption
+    (signal, Ctrl-C) stops the loop: the entries after it are missing from the result.
+    """
+    from lbtkit.train import run
+
+    sweep = load_sweep(sweep_dir)
+    total = len(sweep["runs"])
+    statuses: dict[int, str] = {}
+    for entry in sweep["runs"]:
+        index = entry["index"]
+        label = f"sweep [{index + 1}/{total}] {entry['config']['name']}"
+        state = read_run(entry).state
+        if state in _FINAL:
+            statuses[index] = state
+            print(f"{label}: {state} already; skipping", flush=True)
+            continue
+        print(f"{label}: batch {entry['config']['batch_size']}, lr {entry['config']['lr']:g}",
+              flush=True)
+        results_path = RunDir(entry["run_dir"]).results_path
+        before = _mtime(results_path)
+        try:
+            status = run(entry_config(sweep, index), progress=progress)["status"]
+        except KeyboardInterrupt:
+            statuses[index] = STATUS_INTERRUPTED
+            print(f"{label}: interrupted; stopping the sweep", flush=True)
+            break
+        except Exception as exc:
+            status = STATUS_FAILED
+            text = traceback.format_exc()
+            print(text, file=sys.stderr, flush=True)
+            # A run that got as far as writing its own results.json said what happened.
+            if _mtime(results_path) == before:
+                _record_failure(results_path, entry, exc, text)
+        statuses[index] = status
+        print(f"{label}: {status}", flush=True)
+        if status == STATUS_INTERRUPTED:
+            break
+    return statuses
+
+
+def run_all_exit_code(statuses: dict[int, str]) -> int:
+    """Exit code for ``lbtkit sweep run``: 75 when stopped early, 1 when a run failed, else 0.
+
+    Diverged runs are results of a sweep, not errors, so they leave the code at 0.
+    """
+    from lbtkit.train import EXIT_INTERRUPTED
+
+    values = set(statuses.values())
+    if STATUS_INTERRUPTED in values:
+        return EXIT_INTERRUPTED
+    return 1 if STATUS_FAILED in values else 0
+
+
+def _record_failure(path: Path, entry: dict[str, Any], exc: Exception, text: str) -> None:
+    write_json(path, {
+        "status": STATUS_FAILED,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": text,
+        "config": entry["config"],
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    })
+
+
+# --- state -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What an entry's run directory says, read defensively (never raises)."""
+
+    entry: dict[str, Any]
+    state: str
+    results: dict[str, Any] | None  # the run's results.json, when it speaks for the run
+    metrics: list[dict[str, Any]]  # readable metrics.jsonl rows
+
+    @property
+    def best_val_acc(self) -> float | None:
+        if self.results is not None:
+            return number(self.results.get("best_val_acc"))
+        accs = [number(row.get("val_acc")) for row in self.metrics]
+        return max((a for a in accs if a is not None), default=None)
+
+    @property
+    def epochs_completed(self) -> int:
+        if self.results is not None:
+            done = number(self.results.get("epochs_completed"))
+            return int(done) if done is not None else 0
+        return max((int(row["epoch"]) for row in self.metrics), default=0)
+
+
+def read_run(entry: dict[str, Any], *, now: float | None = None) -> RunRecord:
+    """The state of one loaded sweep entry, from its run directory.
+
+    pending: not started. completed / diverged / failed / interrupted: the results.json
+    status. running: started (or resumed after an interruption or failure) and written to
+    within ``ACTIVE_WINDOW_SECONDS``; stale: the same but silent for longer. unreadable:
+    results.json exists but cannot be parsed.
+    """
+    run = RunDir(entry["run_dir"])
+    now = time.time() if now is None else now
+    metrics = _read_metrics(run.metrics_path)
+    results_time = _mtime(run.results_path)
+    if results_time is not None:
+        results = _read_results(run.results_path)
+        if results is None:
+            return RunRecord(entry, STATE_UNREADABLE, None, [])
+        # After an interruption or failure, a newer config.json means a new attempt began.
+        if results["status"] in _FINAL or _last_activity(run) <= results_time:
+            return RunRecord(entry, results["status"], results, metrics)
+    elif not run.config_path.exists():
+        return RunRecord(entry, STATE_PENDING, None, metrics)
+    fresh = now - _last_activity(run) < ACTIVE_WINDOW_SECONDS
+    return RunRecord(entry, STATE_RUNNING if fresh else STATE_STALE, None, metrics)
+
+
+def sweep_status(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per entry: index, name, batch_size, seed, state, best_val_acc (so far),
+    epochs_completed, epochs."""
+    sweep = load_sweep(sweep_dir)
+    now = time.time()
+    rows = []
+    for entry in sweep["runs"]:
+        record = read_run(entry, now=now)
+        config = entry["config"]
+        rows.append({
+            "index": entry["index"],
+            "name": config["name"],
+            "batch_size": config["batch_size"],
+            "seed": config["seed"],
+            "state": record.state,
+            "best_val_acc": record.best_val_acc,
+            "epochs_completed": record.epochs_completed,
+            "epochs": config["epochs"],
+        })
+    return rows
+
+
+def number(value: Any) -> float | None:
+    """``value`` when it is a finite real number, else None (run files are read untrusted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _read_results(path: Path) -> dict[str, Any] | None:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or not isinstance(results.get("status"), str):
+        return None
+    return results
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The readable epoch rows; a line torn by a kill mid-append is skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and number(row.get("epoch")) is not None:
+            rows.append(row)
+    return rows
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _last_activity(run: RunDir) -> float:
+    """Newest write time among the files a live run keeps touching."""
+    paths = [run.config_path, run.metrics_path, run.checkpoints]
+    with contextlib.suppress(OSError):  # no checkpoints yet, or one deleted as we looked
+        paths += list(run.checkpoints.iterdir())
+    return max((t for t in map(_mtime, paths) if t is not None), default=0.0)
