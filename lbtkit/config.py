@@ -87,6 +87,8 @@ class RunConfig:
     # Speed and numerics.
     mixed_precision: str = _opt("no | bf16 | fp16 (fp16 needs CUDA)", default="no")
     channels_last: bool = _opt("channels-last memory format for conv nets", default=False)
+    compile: bool = _opt("torch.compile the model for training (slow first steps)",
+                         default=False)
     eval_batch_size: int = _opt("per-device batch size for evaluation", default=1024)
 
     # Bookkeeping.

@@ -135,8 +135,10 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
     optimizer = build_optimizer(config, model, device)
+    raw_model = model  # what checkpoints and evaluation use: no DDP or compile wrapper
+    if config.compile:
+        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
     # Dropout draws differ per process, as they would on separate GPUs.
     torch.manual_seed(config.seed * 1000 + rank + 1)
 

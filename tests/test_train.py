@@ -168,3 +168,15 @@ def test_init_weights_starts_from_the_given_weights(tmp_path):
     with pytest.raises(CheckpointError, match=r"init\.safetensors"):
         run(_smoke(tmp_path, init_weights=str(init), output_dir=str(tmp_path / "bad")),
             progress=False)
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path):
+    eager = run(_smoke(tmp_path, epochs=1, output_dir=str(tmp_path / "eager")), progress=False)
+    compiled = run(_smoke(tmp_path, epochs=1, compile=True, output_dir=str(tmp_path / "c")),
+                   progress=False)
+    assert compiled["status"] == "completed"
+    # Same data, init and updates; only kernel fusion differs (float rounding).
+    assert compiled["final"]["train_loss"] == pytest.approx(eager["final"]["train_loss"],
+                                                            rel=1e-3)
+    assert compiled["final"]["val_acc"] == pytest.approx(eager["final"]["val_acc"], abs=0.01)
