@@ -257,6 +257,136 @@ def report(
 
 
 @app.command()
+@user_errors
+def interpolate(
+    sb_run: Annotated[Path, typer.Argument(help="the small-batch run directory")],
+    lb_run: Annotated[Path, typer.Argument(help="the large-batch run directory")],
+    output: Annotated[Path, typer.Option("--output", help="where to write")],
+    alphas: Annotated[
+        str, typer.Option(help="START:STOP:COUNT (inclusive) or a comma list")
+    ] = "-1:2:25",
+    splits: Annotated[str, typer.Option(help="comma list of train, test")] = "train,test",
+    bn: Annotated[
+        str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics)")
+    ] = "recalibrate",
+    bn_samples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="training samples for BN re-estimation (default: all)"),
+    ] = None,
+    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch per process")] = 1024,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="split the alpha grid over N processes"),
+    ] = None,
+) -> None:
+    """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot)."""
+    from lbtkit import launch
+    from lbtkit.landscape import parse_alphas, parse_splits, run_interpolation
+
+    grid, split_names = parse_alphas(alphas), parse_splits(splits)
+    if num_processes is not None and num_processes > 1:
+        args = ["interpolate", str(sb_run), str(lb_run), "--output", str(output),
+                "--alphas", alphas, "--splits", splits, "--bn", bn,
+                "--eval-batch-size", str(eval_batch_size)]
+        if bn_samples is not None:
+            args += ["--bn-samples", str(bn_samples)]
+        command = launch.lbtkit_launch_command(args, num_processes, launch.free_port())
+        raise typer.Exit(launch.run_launched(command, output))
+    paths = run_interpolation(
+        sb_run, lb_run, output, alphas=grid, splits=split_names, bn=bn, bn_samples=bn_samples,
+        eval_batch_size=eval_batch_size,
+    )
+    for kind, path in (paths or {}).items():
+        print(f"{kind}: {path}")
+
+
+@app.command()
+@user_errors
+def sharpness(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    eps: Annotated[str, typer.Option(help="comma list of box sizes")] = "1e-3,5e-4",
+    subspace: Annotated[
+        str, typer.Option(help="full | random:P, or several comma-separated")
+    ] = "full",
+    iters: Annotated[int, typer.Option(help="L-BFGS-B iterations")] = 10,
+    hessian: Annotated[bool, typer.Option(help="top Hessian eigenvalues (Lanczos)")] = False,
+    top_k: Annotated[int, typer.Option(help="how many eigenvalues")] = 1,
+    hessian_iters: Annotated[int, typer.Option(help="Lanczos iterations")] = 20,
+    trace: Annotated[bool, typer.Option(help="Hutchinson estimate of the trace")] = False,
+    trace_samples: Annotated[int, typer.Option(help="Hutchinson probe vectors")] = 100,
+    samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
+    batch_size: Annotated[int, typer.Option(help="evaluation batch")] = 1024,
+    seed: Annotated[int, typer.Option(help="seed for samples, subspace and probes")] = 0,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
+    ] = None,
+) -> None:
+    """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace."""
+    from lbtkit.landscape import run_sharpness
+
+    result = run_sharpness(
+        run_dir, eps=_floats(eps, "--eps"), subspace=subspace, iters=iters, hessian=hessian,
+        top_k=top_k, hessian_iters=hessian_iters, trace=trace, trace_samples=trace_samples,
+        samples=samples, batch_size=batch_size, seed=seed, output=output,
+    )
+    print(json.dumps(result, indent=2))
+
+
+study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("keskar")
+@user_errors
+@with_config_flags(exclude=("output_dir", "name", "batch_size"))
+def study_keskar(
+    output: Annotated[Path, typer.Option("--output", help="the study directory")],
+    preset: Annotated[Optional[str], typer.Option(help="e.g. keskar-c1")] = None,  # noqa: UP045
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="TOML file with base settings"),
+    ] = None,
+    sb: Annotated[int, typer.Option("--sb", help="small batch size")] = 256,
+    lb: Annotated[int, typer.Option("--lb", help="large batch size")] = 5000,
+    alphas: Annotated[str, typer.Option(help="interpolation grid")] = "-1:2:25",
+    bn: Annotated[str, typer.Option(help="BatchNorm handling (see interpolate)")] = "recalibrate",
+    eps: Annotated[str, typer.Option(help="comma list of sharpness box sizes")] = "1e-3,5e-4",
+    subspace: Annotated[str, typer.Option(help="full | random:P")] = "full",
+    iters: Annotated[int, typer.Option(help="L-BFGS-B iterations")] = 10,
+    hessian_k: Annotated[int, typer.Option(help="top Hessian eigenvalues (0: skip)")] = 1,
+    trace: Annotated[bool, typer.Option(help="Hutchinson trace")] = True,
+    samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    *,
+    config_flags: dict,
+) -> None:
+    """Train SB and LB from one initialisation, interpolate, measure sharpness, report."""
+    from lbtkit.landscape import parse_alphas
+    from lbtkit.study import keskar_study
+    from lbtkit.train import exit_code
+
+    base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
+    summary = keskar_study(
+        base, sb=sb, lb=lb, output=output, alphas=parse_alphas(alphas), bn=bn,
+        eps=_floats(eps, "--eps"), subspace=subspace, iters=iters, hessian_k=hessian_k,
+        trace=trace, samples=samples, progress=progress,
+    )
+    print(f"report: {output / 'report.md'}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected a comma list of numbers") from None
+    if not values:
+        raise UserError(f"{flag} {text!r}: expected at least one number")
+    return values
+
+
+@app.command()
 def presets() -> None:
     """List the named presets."""
     table = Table("preset", "model", "dataset", "epochs", "batch", "lr rule", "description")

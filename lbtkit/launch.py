@@ -32,18 +32,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_command(config_file: Path, run_dir: Path, num_processes: int, port: int,
-                   *, progress: bool = True) -> list[str]:
-    """The accelerate launch command running this config on ``num_processes`` processes."""
-    command = [
+def lbtkit_launch_command(lbtkit_args: list[str], num_processes: int, port: int) -> list[str]:
+    """``accelerate launch`` running ``lbtkit <lbtkit_args>`` on ``num_processes`` processes."""
+    return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
         "--main_process_port", str(port),
-        "-m", "lbtkit", "run", "--config", str(config_file), "--output", str(run_dir),
+        "-m", "lbtkit", *lbtkit_args,
     ]
+
+
+def launch_command(config_file: Path, run_dir: Path, num_processes: int, port: int,
+                   *, progress: bool = True) -> list[str]:
+    """The accelerate launch command running this config on ``num_processes`` processes."""
+    args = ["run", "--config", str(config_file), "--output", str(run_dir)]
     if not progress:
-        command.append("--no-progress")
-    return command
+        args.append("--no-progress")
+    return lbtkit_launch_command(args, num_processes, port)
 
 
 def launch_run(config: RunConfig, num_processes: int, *, progress: bool = True) -> int:

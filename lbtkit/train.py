@@ -303,6 +303,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                 }
                 last_epoch = epoch + 1 == config.epochs
                 if (epoch + 1) % config.eval_every == 0 or last_epoch:
+                    _share_buffers_from_main(raw_model, world)
                     totals = evaluate_sums(
                         raw_model, data.val_images, data.val_labels, inputs,
                         batch_size=config.eval_batch_size, rank=rank, world_size=world,
@@ -389,6 +390,21 @@ def _any_process(accelerator, flag: torch.Tensor | bool) -> bool:
     if accelerator.num_processes > 1:
         value = accelerator.reduce(value, reduction="sum")
     return bool(value.item() > 0)
+
+
+def _share_buffers_from_main(model: torch.nn.Module, world_size: int) -> None:
+    """Give every process the main process's BatchNorm statistics before evaluating.
+
+    DDP broadcasts buffers only at the start of a forward pass, so after the last step each
+    process holds the statistics of its own last batch; evaluation must use the ones saved
+    with the model (rank 0's). Training is unaffected: the next forward broadcasts anyway.
+    """
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def _store_sums(state: LoopState, sums: torch.Tensor, step_seconds: float) -> None:

@@ -1,0 +1,331 @@
+"""Keskar's parametric plot: loss and accuracy along theta(a) = a*theta_LB + (1-a)*theta_SB.
+
+One model, one resident copy of the data and of both parameter sets on the device: per alpha
+the mixture is written into the model's parameters in place (no state-dict reloads, no data
+loaders). Only parameters are interpolated; BatchNorm statistics follow one of ``BN_MODES``:
+
+- ``recalibrate``: reset and re-estimate them on un-augmented training images at every alpha;
+- ``batch-stats``: normalise with each evaluated batch's statistics (Keskar's PyTorch script);
+- ``interpolate``: mix the running statistics too (the seed's behaviour, for comparison). An
+  extrapolated variance can drop below zero; such alphas are reported (``negative_variances``)
+  and their loss is NaN in the CSV, never silently plotted.
+
+Cross-entropy is the mean over samples of the log-softmax loss (``lbtkit.evaluate``), finite
+for any finite logits. With several processes (Accelerate), each takes every world-th alpha.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from collections.abc import Sequence
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbtkit.config import RunConfig
+from lbtkit.data import load_dataset
+from lbtkit.errors import ConfigError
+from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
+from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+
+BN_MODES = ("recalibrate", "batch-stats", "interpolate")
+SPLITS = ("train", "test")
+CSV_FIELDS = ("alpha", "split", "loss", "accuracy", "negative_variances")
+# The run settings that must agree for two solutions to live in one parameter space.
+_SAME_SETUP_FIELDS = ("model", "dataset", "num_classes", "image_size")
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) or a comma list ``"0,0.5,1"``."""
+    usage = "use START:STOP:COUNT (e.g. -1:2:25) or a comma-separated list (e.g. 0,0.5,1)"
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            first, last, n = float(start), float(stop), int(count)
+            if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
+                raise ValueError
+            values = np.linspace(first, last, n).tolist()
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot parse alphas {text!r}: {usage}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"cannot parse alphas {text!r}: {usage}")
+    return values
+
+
+def parse_splits(text: str | Sequence[str]) -> list[str]:
+    """``"train,test"`` or a sequence of split names -> a list, checked."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    splits = [s.strip() for s in items if s.strip()]
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ConfigError(f"unknown split {bad[0] if bad else text!r}; choose from {SPLITS}")
+    return splits
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """This process's share of ``items``: every ``world_size``-th one, starting at ``rank``.
+
+    Strided rather than contiguous so that the expensive extrapolated ends of a grid are spread
+    over the processes.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    return list(items[rank::world_size])
+
+
+def check_same_setup(
+    sb: tuple[RunConfig, torch.nn.Module, Path], lb: tuple[RunConfig, torch.nn.Module, Path]
+) -> None:
+    """Raise ConfigError unless both runs have the same architecture, data and tensor shapes."""
+    (sb_config, sb_model, sb_dir), (lb_config, lb_model, lb_dir) = sb, lb
+    for key in _SAME_SETUP_FIELDS:
+        a, b = getattr(sb_config, key), getattr(lb_config, key)
+        if a != b:
+            raise ConfigError(
+                f"the runs differ in {key}: {sb_dir} has {a!r}, {lb_dir} has {b!r}; "
+                "interpolation needs the same architecture and dataset"
+            )
+    sb_shapes = {k: tuple(v.shape) for k, v in sb_model.state_dict().items()}
+    lb_shapes = {k: tuple(v.shape) for k, v in lb_model.state_dict().items()}
+    if sb_shapes != lb_shapes:
+        key = next(k for k in sorted(sb_shapes.keys() | lb_shapes.keys())
+                   if sb_shapes.get(k) != lb_shapes.get(k))
+        raise ConfigError(
+            f"the runs' weights differ at {key}: {sb_dir} has shape {sb_shapes.get(key)}, "
+            f"{lb_dir} has {lb_shapes.get(key)}"
+        )
+
+
+def interpolate_runs(
+    sb_dir: str | Path,
+    lb_dir: str | Path,
+    *,
+    alphas: Sequence[float],
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+    accelerator=None,
+) -> list[dict[str, Any]]:
+    """Evaluate theta(a) for every alpha; rows {alpha, split, loss, accuracy, negative_variances}.
+
+    ``splits``: "train" (the training set, un-augmented) and/or "test" (the validation set the
+    runs report in results.json). ``bn_samples``: the first N training images re-estimate
+    BatchNorm statistics (default: all). ``eval_batch_size`` is also the fixed batch size of
+    ``batch-stats``. With an ``accelerator`` of several processes, the alphas are shared out
+    and every process returns all rows. Rows are sorted by alpha, then split.
+    """
+    if bn not in BN_MODES:
+        raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
+    splits = parse_splits(splits)
+    if not alphas:
+        raise ConfigError("no alphas to evaluate")
+    if eval_batch_size < 1:
+        raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+    if bn_samples is not None and bn_samples < 2:
+        raise ConfigError(f"bn_samples must be at least 2, got {bn_samples}")
+    rank, world = (0, 1) if accelerator is None else (
+        accelerator.process_index, accelerator.num_processes)
+    device = accelerator.device if accelerator is not None else _default_device()
+
+    model, config = load_run(sb_dir, device=device)
+    lb_model, lb_config = load_run(lb_dir, device=device)
+    check_same_setup((config, model, Path(sb_dir)), (lb_config, lb_model, Path(lb_dir)))
+
+    # The tensors written per alpha are the model's own; the two endpoints stay resident.
+    names = [name for name, _ in model.named_parameters()]
+    if bn == "interpolate":
+        names += [name for name, b in model.named_buffers() if b.is_floating_point()]
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    other = {**dict(lb_model.named_parameters()), **dict(lb_model.named_buffers())}
+    targets = [own[name].data for name in names]
+    theta_sb = [t.detach().clone() for t in targets]
+    theta_lb = [other[name].detach() for name in names]  # the LB module itself is dropped
+    del lb_model, other
+
+    data = load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size,
+        num_classes=config.num_classes,
+    ).to(device)
+    inputs = InputSpec(data.info, config.image_size, config.channels_last)
+    split_data = {"train": (data.train_images, data.train_labels),
+                  "test": (data.val_images, data.val_labels)}
+    bn_images = data.train_images[:bn_samples]
+
+    rows: list[dict[str, Any]] = []
+    for alpha in shard(list(alphas), rank, world):
+        with torch.no_grad():
+            torch._foreach_copy_(targets, theta_sb)
+            torch._foreach_lerp_(targets, theta_lb, float(alpha))
+        negative = negative_variances(model) if bn == "interpolate" else 0
+        if negative:
+            print(f"warning: alpha={alpha:g}: {negative} BatchNorm running variances are "
+                  f"negative after interpolating them; the loss there is NaN "
+                  f"(use --bn recalibrate)", file=sys.stderr)
+        if bn == "recalibrate":
+            recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
+        for split in splits:
+            images, labels = split_data[split]
+            if bn == "batch-stats":
+                totals = evaluate_batch_stats(model, images, labels, inputs,
+                                              batch_size=eval_batch_size)
+            else:
+                totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
+            loss, accuracy = mean_loss_and_accuracy(totals)
+            if math.isnan(loss):
+                accuracy = float("nan")  # argmax over NaN logits is no prediction
+            rows.append({"alpha": float(alpha), "split": split, "loss": loss,
+                         "accuracy": accuracy, "negative_variances": negative})
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    return sorted(rows, key=lambda r: (r["alpha"], splits.index(r["split"])))
+
+
+def write_interpolation(
+    rows: list[dict[str, Any]], output_dir: str | Path, *, meta: dict[str, Any]
+) -> dict[str, Path]:
+    """Write ``interpolation.csv``, ``interpolation.png`` and ``interpolation.json`` (meta)."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": output / "interpolation.csv", "png": output / "interpolation.png",
+             "json": output / "interpolation.json"}
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in CSV_FIELDS})
+    atomic_write_text(paths["csv"], text.getvalue())
+    plot_interpolation(rows, paths["png"])
+    # strict JSON has no NaN: a missing value is null there (the CSV says nan)
+    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+             for r in rows]
+    write_json(paths["json"], {**meta, "rows": clean})
+    return paths
+
+
+def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
+    """The paper's figure: cross-entropy (log axis, left), accuracy in % (twin axis, right);
+    solid train, dashed test. Non-finite points are left out (the CSV keeps them)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    loss_axis = figure.subplots()
+    acc_axis = loss_axis.twinx()
+    styles = {"train": "-", "test": "--"}
+    for split in SPLITS:
+        points = [r for r in rows if r["split"] == split]
+        if not points:
+            continue
+        loss = [r for r in points if _finite(r["loss"]) and r["loss"] > 0]
+        acc = [r for r in points if _finite(r["accuracy"])]
+        if loss:
+            loss_axis.semilogy([r["alpha"] for r in loss], [r["loss"] for r in loss],
+                               "b" + styles[split], marker=".", label=split)
+        if acc:
+            acc_axis.plot([r["alpha"] for r in acc], [100 * r["accuracy"] for r in acc],
+                          "r" + styles[split], marker=".")
+    for alpha, name in ((0.0, "SB"), (1.0, "LB")):
+        loss_axis.axvline(alpha, color="0.8", linewidth=0.8, zorder=0)
+        loss_axis.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"),
+                           ha="center", va="bottom", fontsize=8)
+    loss_axis.set_xlabel("alpha  (0: small-batch solution, 1: large-batch solution)")
+    loss_axis.set_ylabel("cross-entropy", color="b")
+    acc_axis.set_ylabel("accuracy (%)", color="r")
+    loss_axis.grid(True, which="both", alpha=0.3)
+    if loss_axis.get_legend_handles_labels()[0]:
+        loss_axis.legend(loc="upper left")
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
+
+
+def run_interpolation(
+    sb_dir: str | Path,
+    lb_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    alphas: Sequence[float],
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+    accelerator=None,
+) -> dict[str, Path] | None:
+    """``interpolate_runs`` then ``write_interpolation`` on the main process; its paths
+    (None on the other processes).
+
+    Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
+    created (CPU/gloo without CUDA) and shut down at the end.
+    """
+    owned = accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if owned:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        rows = interpolate_runs(
+            sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
+            eval_batch_size=eval_batch_size, accelerator=accelerator,
+        )
+        paths = None
+        if accelerator is None or accelerator.is_main_process:
+            meta = interpolation_meta(
+                sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
+                eval_batch_size=eval_batch_size,
+            )
+            meta["processes"] = 1 if accelerator is None else accelerator.num_processes
+            meta["versions"] = versions()
+            paths = write_interpolation(rows, output_dir, meta=meta)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return paths
+    finally:
+        if owned:
+            accelerator.end_training()
+
+
+def interpolation_meta(
+    sb_dir: str | Path,
+    lb_dir: str | Path,
+    *,
+    alphas: Sequence[float],
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Everything that determines an interpolation's numbers, as stored in its JSON."""
+    return {
+        "sb_run": str(Path(sb_dir).resolve()),
+        "lb_run": str(Path(lb_dir).resolve()),
+        "alphas": [float(a) for a in alphas],
+        "splits": parse_splits(splits),
+        "bn": bn,
+        "bn_samples": None if bn != "recalibrate" else (
+            "all training images" if bn_samples is None else f"first {bn_samples} training images"
+        ),
+        "eval_batch_size": eval_batch_size,
+        "bn_batches": "near-equal consecutive batches of at most eval_batch_size images",
+        "train_split": "training set without augmentation",
+        "test_split": "the validation set of the runs' results.json",
+        "loss": "mean cross-entropy over samples (log-softmax of float32 logits)",
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

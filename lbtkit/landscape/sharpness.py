@@ -1,0 +1,371 @@
+"""Sharpness of a solution: Keskar's metric, top Hessian eigenvalues, the Hessian trace.
+
+The measures are pure functions of a loss ``f`` on a flat parameter vector, so they are tested on
+quadratics whose answers are known in closed form. ``f`` is either one callable ``x -> scalar``
+or a sequence of them whose sum is ``f`` (a large sample differentiated one chunk at a time).
+``run_sharpness`` builds that ``f`` for a trained run: the mean training cross-entropy over a
+stated, seeded sample, with BatchNorm on its running statistics and dropout off.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import Bounds, minimize
+from torch import nn
+
+from lbtkit.data import iter_batches, load_dataset
+from lbtkit.errors import ConfigError
+from lbtkit.evaluate import InputSpec
+from lbtkit.rundir import RunDir, load_run, versions, write_json
+
+Term = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Term | Sequence[Term]
+
+# Row blocks for A^T A and A^T x: float64 accuracy without a float64 copy of all of A.
+_GRAM_BLOCK_ROWS = 1 << 16
+
+
+# --- the loss and its derivatives ---------------------------------------------------------
+
+
+def _terms(loss_fn: LossFn) -> list[Term]:
+    return list(loss_fn) if isinstance(loss_fn, Sequence) else [loss_fn]
+
+
+def _value(terms: list[Term], x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return math.fsum(float(term(x)) for term in terms)
+
+
+def _value_and_grad(terms: list[Term], x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    values, grad = [], torch.zeros_like(x)
+    for term in terms:
+        value = term(x)
+        (g,) = torch.autograd.grad(value, x)
+        grad += g
+        values.append(float(value.detach()))
+    return math.fsum(values), grad
+
+
+def _hvp(terms: list[Term], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Hessian-vector product H(x) v by double backward, one term at a time."""
+    x = x.detach().requires_grad_(True)
+    out = torch.zeros_like(x)
+    for term in terms:
+        (g,) = torch.autograd.grad(term(x), x, create_graph=True)
+        (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
+        out += hv
+    return out
+
+
+# --- Keskar's metric ----------------------------------------------------------------------
+
+
+def random_subspace(
+    n: int, p: int, *, seed: int, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Keskar's random n x p matrix A with standard normal entries, reproducible from ``seed``.
+
+    Memory is n * p elements (4 bytes each in float32) on ``device``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, p, generator=generator, dtype=dtype).to(device)
+
+
+def pinv_apply(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A^+ x = (A^T A)^{-1} A^T x for a tall A of full column rank, in float64, without any
+    n x n matrix."""
+    p = A.shape[1]
+    gram = torch.zeros(p, p, dtype=torch.float64, device=A.device)
+    rhs = torch.zeros(p, dtype=torch.float64, device=A.device)
+    for rows in iter_batches(A.shape[0], _GRAM_BLOCK_ROWS):
+        block = A[rows].double()
+        gram += block.T @ block
+        rhs += block.T @ x[rows].double()
+    return torch.linalg.solve(gram, rhs)
+
+
+def keskar_sharpness(
+    loss_fn: LossFn,
+    x0: torch.Tensor,
+    *,
+    eps: float,
+    A: torch.Tensor | None = None,
+    iters: int = 10,
+    seed: int = 0,
+) -> float:
+    """phi = (max_{y in C_eps} f(x0 + A y) - f(x0)) / (1 + f(x0)) * 100 (Keskar et al. 2016, eq. 4).
+
+    C_eps = {y : |y_i| <= eps (|(A^+ x0)_i| + 1)}; A None is the identity (the full space).
+    The maximum is sought by scipy's L-BFGS-B on -f for ``iters`` iterations, from a seeded
+    point drawn uniformly in the box (at a stationary x0 the gradient at y = 0 would be zero and
+    the search would not move). The largest f met at any evaluated point counts, and y = 0
+    belongs to the box, so phi >= 0.
+    """
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ConfigError(f"eps must be a non-negative number, got {eps}")
+    if iters < 1:
+        raise ConfigError(f"iters must be >= 1, got {iters}")
+    terms = _terms(loss_fn)
+    x0 = x0.detach()
+    f0 = _value(terms, x0)
+    center = x0 if A is None else pinv_apply(A, x0)
+    bound = eps * (center.double().abs().cpu().numpy() + 1.0)
+    start = np.random.default_rng(seed).uniform(-1.0, 1.0, size=bound.shape) * bound
+    best = f0
+
+    def negative_f(y: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal best
+        step = torch.tensor(y, device=x0.device, dtype=x0.dtype)
+        value, grad = _value_and_grad(terms, x0 + (step if A is None else A @ step))
+        if math.isfinite(value):
+            best = max(best, value)
+        grad_y = grad if A is None else A.T @ grad
+        return -value, -grad_y.double().cpu().numpy()
+
+    # No tolerance stops: f and its changes are tiny at small eps, and the metric is defined
+    # by the iteration count.
+    minimize(negative_f, start, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
+             options={"maxiter": iters, "ftol": 0.0, "gtol": 0.0})
+    return (best - f0) / (1.0 + f0) * 100.0
+
+
+# --- Hessian spectrum and trace -----------------------------------------------------------
+
+
+def hessian_top_eigenvalues(
+    loss_fn: LossFn, x0: torch.Tensor, *, k: int = 1, iters: int = 20, seed: int = 0
+) -> list[float]:
+    """The ``k`` largest eigenvalues of the Hessian of ``f`` at ``x0``, largest first.
+
+    Lanczos with full re-orthogonalisation on Hessian-vector products: ``iters`` products
+    (fewer when the Krylov space is exhausted, which can also leave fewer than ``k`` values),
+    exact once ``iters`` reaches the dimension.
+    The extreme eigenvalues converge much faster than with power iteration, at the memory cost
+    of ``iters`` vectors of the parameters' size.
+    """
+    if k < 1 or iters < k:
+        raise ConfigError(f"need 1 <= k <= iters, got k={k}, iters={iters}")
+    terms = _terms(loss_fn)
+    x0 = x0.detach()
+    n = x0.numel()
+    steps = min(iters, n)
+    basis = torch.empty(steps, n, dtype=x0.dtype, device=x0.device)
+    start = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    basis[0] = (start / start.norm()).to(basis)
+    diagonal: list[float] = []
+    off_diagonal: list[float] = []
+    scale = 0.0
+    for j in range(steps):
+        w = _hvp(terms, x0, basis[j])
+        diagonal.append(float(w @ basis[j]))
+        done = basis[: j + 1]
+        for _ in range(2):  # twice is enough (Kahan): keeps the Ritz values free of ghosts
+            w -= done.T @ (done @ w)
+        beta = float(w.norm())
+        scale = max(scale, abs(diagonal[-1]), beta)
+        if j + 1 == steps or beta <= 1e-10 * scale:
+            break
+        off_diagonal.append(beta)
+        basis[j + 1] = w / beta
+    ritz = np.linalg.eigvalsh(
+        np.diag(diagonal) + np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    )
+    return sorted(ritz.tolist(), reverse=True)[:k]
+
+
+def hutchinson_trace(
+    loss_fn: LossFn, x0: torch.Tensor, *, samples: int = 100, seed: int = 0
+) -> tuple[float, float]:
+    """Hutchinson's estimate of tr(H) = E[z^T H z] with Rademacher z: (mean, standard error)."""
+    if samples < 2:
+        raise ConfigError(f"the trace needs at least 2 samples for an error bar, got {samples}")
+    terms = _terms(loss_fn)
+    x0 = x0.detach()
+    generator = torch.Generator().manual_seed(seed)
+    estimates = []
+    for _ in range(samples):
+        z = (torch.randint(0, 2, (x0.numel(),), generator=generator) * 2 - 1).to(x0)
+        estimates.append(float(z @ _hvp(terms, x0, z)))
+    return statistics.fmean(estimates), statistics.stdev(estimates) / math.sqrt(samples)
+
+
+# --- a trained network as f(x) ------------------------------------------------------------
+
+
+def network_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    inputs: InputSpec,
+    *,
+    batch_size: int = 1024,
+) -> tuple[torch.Tensor, list[Term]]:
+    """(x0, terms): the model's parameters as one flat vector, and f(x) = mean cross-entropy
+    over the samples as one term per batch, with the model in eval mode."""
+    model.eval()
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    buffers = dict(model.named_buffers())
+    x0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    count = labels.shape[0]
+
+    def unflatten(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, p in named:
+            out[name] = x[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return out
+
+    def term(sel: slice) -> Term:
+        def f(x: torch.Tensor) -> torch.Tensor:
+            state = {**unflatten(x), **buffers}
+            logits = torch.func.functional_call(model, state, (inputs(images[sel]),))
+            # at least float32, as in evaluation (a float64 model keeps its precision)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return F.cross_entropy(logits, labels[sel], reduction="sum") / count
+
+        return f
+
+    return x0, [term(sel) for sel in iter_batches(count, batch_size)]
+
+
+def parse_subspace(text: str) -> int | None:
+    """``"full"`` -> None; ``"random:P"`` -> P (the dimension of Keskar's random subspace)."""
+    text = text.strip()
+    if text == "full":
+        return None
+    kind, _, size = text.partition(":")
+    if kind == "random" and size.isdigit() and int(size) >= 1:
+        return int(size)
+    raise ConfigError(f"unknown subspace {text!r}; use 'full' or 'random:P' (e.g. random:100)")
+
+
+def sharpness_settings(
+    *,
+    eps: Sequence[float] = (1e-3, 5e-4),
+    subspace: str | Sequence[str] = "full",
+    iters: int = 10,
+    hessian: bool = False,
+    top_k: int = 1,
+    hessian_iters: int = 20,
+    trace: bool = False,
+    trace_samples: int = 100,
+    samples: int = 4096,
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The settings of ``run_sharpness`` as stored in sharpness.json (validated)."""
+    subspaces = subspace.split(",") if isinstance(subspace, str) else list(subspace)
+    subspaces = [s.strip() for s in subspaces if s.strip()]
+    for s in subspaces:
+        parse_subspace(s)
+    eps = [float(e) for e in eps]
+    if not eps or any(not (math.isfinite(e) and e >= 0) for e in eps):
+        raise ConfigError(f"eps must be non-negative numbers, got {eps}")
+    for name, value in (("iters", iters), ("samples", samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if hessian and not 1 <= top_k <= hessian_iters:
+        raise ConfigError(f"need 1 <= top_k <= hessian_iters, got {top_k} and {hessian_iters}")
+    if trace and trace_samples < 2:
+        raise ConfigError(f"trace_samples must be >= 2, got {trace_samples}")
+    return {
+        "f": "mean training cross-entropy, BatchNorm on running statistics, dropout off",
+        "samples": samples,
+        "sample_selection": "seeded random subset of the training set, no augmentation",
+        "seed": seed,
+        "batch_size": batch_size,
+        "eps": eps,
+        "subspaces": subspaces,
+        "iters": iters,
+        "maximiser": "scipy L-BFGS-B from a seeded uniform point in the box",
+        "hessian": {"top_k": top_k, "iters": hessian_iters, "method": "lanczos"} if hessian
+        else None,
+        "trace": {"samples": trace_samples, "method": "hutchinson, rademacher"} if trace
+        else None,
+    }
+
+
+def run_sharpness(
+    run_dir: str | Path,
+    *,
+    eps: Sequence[float] = (1e-3, 5e-4),
+    subspace: str | Sequence[str] = "full",
+    iters: int = 10,
+    hessian: bool = False,
+    top_k: int = 1,
+    hessian_iters: int = 20,
+    trace: bool = False,
+    trace_samples: int = 100,
+    samples: int = 4096,
+    batch_size: int = 1024,
+    seed: int = 0,
+    output: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Measure a finished run's sharpness; write and return ``sharpness.json``.
+
+    ``subspace``: "full", "random:P" or several, comma-separated. ``samples``: training images
+    in f (a seeded subset; all when the set is smaller). Written to ``output`` (default
+    ``RUN/sharpness.json``); every setting is stored with the numbers.
+    """
+    settings = sharpness_settings(
+        eps=eps, subspace=subspace, iters=iters, hessian=hessian, top_k=top_k,
+        hessian_iters=hessian_iters, trace=trace, trace_samples=trace_samples, samples=samples,
+        batch_size=batch_size, seed=seed,
+    )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config = load_run(run_dir, device=device)
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
+                        num_classes=config.num_classes)
+    n_train = data.train_labels.shape[0]
+    chosen = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:samples]
+    chosen = chosen.sort().values
+    images = data.train_images[chosen].to(device)
+    labels = data.train_labels[chosen].to(device)
+    inputs = InputSpec(data.info, config.image_size, config.channels_last)
+    x0, terms = network_loss(model, images, labels, inputs, batch_size=batch_size)
+
+    results: dict[str, Any] = {
+        "run": str(Path(run_dir).resolve()),
+        "model": config.model,
+        "dataset": config.dataset,
+        "parameters": x0.numel(),
+        "samples_used": int(labels.shape[0]),
+        "settings": settings,
+        "train_loss": _value(terms, x0),
+        "sharpness": [],
+        "hessian": None,
+        "trace": None,
+    }
+    for space in settings["subspaces"]:
+        p = parse_subspace(space)
+        A = None if p is None else random_subspace(x0.numel(), p, seed=seed, device=device)
+        for e in settings["eps"]:
+            clock = time.monotonic()
+            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=iters, seed=seed)
+            results["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
+                                         "seconds": time.monotonic() - clock})
+        del A
+    if hessian:
+        clock = time.monotonic()
+        values = hessian_top_eigenvalues(terms, x0, k=top_k, iters=hessian_iters, seed=seed)
+        results["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
+    if trace:
+        clock = time.monotonic()
+        mean, stderr = hutchinson_trace(terms, x0, samples=trace_samples, seed=seed)
+        results["trace"] = {"mean": mean, "stderr": stderr, "seconds": time.monotonic() - clock}
+    results["versions"] = versions()
+    write_json(Path(output) if output else RunDir(run_dir).root / "sharpness.json", results)
+    return results

@@ -1,0 +1,188 @@
+"""Interpolation between two trained runs: exact endpoints, BatchNorm modes, files, processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from lbtkit.config import RunConfig, preset_values
+from lbtkit.data import load_dataset
+from lbtkit.errors import ConfigError
+from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+from lbtkit.landscape import (
+    interpolate_runs,
+    parse_alphas,
+    recalibrate_bn,
+    run_interpolation,
+    shard,
+)
+from lbtkit.rundir import load_run
+
+from conftest import cli_env
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def train(run_dir, **values):
+    from lbtkit.train import run
+
+    config = RunConfig().updated(preset_values("smoke")).updated(
+        {"epochs": 1, "output_dir": str(run_dir), **values})
+    return run(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An SB (batch 32) and an LB (batch 512) solution of F1 on digits, one epoch each."""
+    root = tmp_path_factory.mktemp("runs")
+    results = {label: train(root / label, batch_size=size)
+               for label, size in (("sb", 32), ("lb", 512))}
+    return root / "sb", root / "lb", results
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def test_parse_alphas():
+    grid = parse_alphas("-1:2:25")
+    assert len(grid) == 25 and grid[0] == -1.0 and grid[-1] == 2.0
+    assert grid[8] == 0.0 and grid[16] == 1.0 and grid[1] == -0.875
+    assert parse_alphas("0,0.5, 1") == [0.0, 0.5, 1.0]
+    assert parse_alphas("0.25:0.25:1") == [0.25]
+    assert parse_alphas("0:1:3") == [0.0, 0.5, 1.0]
+    for bad in ("", "a:b:3", "1:2", "0:1:0", "0:1:2.5", "0,x", "nan", "0:inf:3"):
+        with pytest.raises(ConfigError, match="alphas"):
+            parse_alphas(bad)
+
+
+def test_shard_covers_every_alpha_once():
+    alphas = parse_alphas("-1:2:7")
+    parts = [shard(alphas, rank, 3) for rank in range(3)]
+    assert sorted(a for part in parts for a in part) == alphas
+    assert parts[0] == [alphas[0], alphas[3], alphas[6]]
+    assert shard(alphas, 0, 1) == alphas
+    with pytest.raises(ValueError):
+        shard(alphas, 3, 3)
+
+
+# --- endpoints and BatchNorm modes -----------------------------------------------------------
+
+
+def test_endpoints_reproduce_each_runs_own_evaluation(runs):
+    sb, lb, results = runs
+    rows = interpolate_runs(sb, lb, alphas=[0.0, 1.0], splits=["test"], bn="interpolate")
+    assert [(r["alpha"], r["split"]) for r in rows] == [(0.0, "test"), (1.0, "test")]
+    for row, label in zip(rows, ("sb", "lb"), strict=True):
+        final = results[label]["final"]
+        assert row["accuracy"] == final["val_acc"]
+        assert row["loss"] == pytest.approx(final["val_loss"], rel=1e-6)
+        assert row["negative_variances"] == 0
+
+
+def test_recalibrated_endpoint_equals_the_recalibrated_run(runs):
+    sb, lb, _ = runs
+    rows = interpolate_runs(sb, lb, alphas=[0.0], splits=["train"], bn="recalibrate",
+                            bn_samples=500, eval_batch_size=256)
+    model, config = load_run(sb)
+    data = load_dataset(config.dataset, config.data_dir)
+    inputs = InputSpec(data.info, config.image_size)
+    recalibrate_bn(model, data.train_images[:500], inputs, batch_size=256)
+    loss, accuracy = mean_loss_and_accuracy(
+        evaluate_sums(model, data.train_images, data.train_labels, inputs, batch_size=256))
+    assert (rows[0]["loss"], rows[0]["accuracy"]) == (loss, accuracy)
+
+
+def test_interpolated_variances_go_negative_but_recalibration_stays_finite(runs, capsys):
+    sb, lb, _ = runs
+    alphas = parse_alphas("-1:2:7")
+    seed_like = interpolate_runs(sb, lb, alphas=alphas, bn="interpolate")
+    broken = [r for r in seed_like if r["negative_variances"] > 0]
+    assert broken, "expected negative running variances when extrapolating them"
+    assert all(math.isnan(r["loss"]) and math.isnan(r["accuracy"]) for r in broken)
+    assert "warning: alpha=" in capsys.readouterr().err
+    for bn in ("recalibrate", "batch-stats"):
+        rows = interpolate_runs(sb, lb, alphas=alphas, bn=bn)
+        assert len(rows) == 2 * len(alphas)
+        assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows), bn
+
+
+def test_runs_of_different_architectures_are_refused(runs, tmp_path):
+    sb, _, _ = runs
+    other = tmp_path / "c1"
+    train(other, model="c1", batch_size=512)
+    with pytest.raises(ConfigError, match=r"model.*'f1'.*'c1'"):
+        interpolate_runs(sb, other, alphas=[0.5])
+    with pytest.raises(ConfigError, match="BatchNorm mode"):
+        interpolate_runs(sb, sb, alphas=[0.5], bn="running")
+
+
+def test_files_keep_nan_in_csv_and_plot_the_rest(runs, tmp_path):
+    sb, lb, _ = runs
+    paths = run_interpolation(sb, lb, tmp_path / "out", alphas=[-1.0, 0.0, 1.0, 2.0],
+                              bn="interpolate")
+    with paths["csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["alpha", "split", "loss", "accuracy", "negative_variances"]
+    assert len(rows) == 8 and any(r["loss"] == "nan" for r in rows)
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+    meta = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
+    assert meta["bn"] == "interpolate" and meta["alphas"] == [-1.0, 0.0, 1.0, 2.0]
+    assert any(r["loss"] is None for r in meta["rows"])
+
+
+# --- several processes -----------------------------------------------------------------------
+
+GRID = [-1.0, -0.5, 0.0, 1.0, 2.0]
+
+
+def launch(command: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """Run a launcher in its own session, so a hang cannot leave orphaned workers behind."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cli_env(tmp_path), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"timed out:\n{out}") from None
+    assert proc.returncode == 0, out
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ddp_lb(tmp_path_factory):
+    """An LB run trained with 2 processes (DDP over gloo)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    lb = tmp_path / "lb-ddp"
+    launch([sys.executable, "-m", "lbtkit", "run", "--preset", "smoke", "--epochs", "1",
+            "--batch-size", "512", "--num-processes", "2", "--no-progress", "--output", str(lb)],
+           tmp_path)
+    assert json.loads((lb / "results.json").read_text())["world_size"] == 2
+    return lb
+
+
+@pytest.mark.slow
+def test_runs_trained_with_two_processes_interpolate_like_single_process_runs(runs, ddp_lb):
+    sb, lb, _ = runs
+    single = interpolate_runs(sb, lb, alphas=GRID, bn="recalibrate")
+    rows = interpolate_runs(sb, ddp_lb, alphas=GRID, bn="recalibrate")
+    assert [(r["alpha"], r["split"]) for r in rows] == [(r["alpha"], r["split"]) for r in single]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    final = json.loads((ddp_lb / "results.json").read_text())["final"]
+    endpoint = interpolate_runs(sb, ddp_lb, alphas=[1.0], splits=["test"], bn="interpolate")[0]
+    assert endpoint["accuracy"] == final["val_acc"]
+
+
+@pytest.mark.slow
+def test_run_trained_with_two_processes_reproduces_its_own_val_loss(runs, ddp_lb):
+    sb, _, _ = runs
+    final = json.loads((ddp_lb / "results.json").read_text())["final"]
+    endpoint = interpolate_runs(sb, ddp_lb, alphas=[1.0], splits=["test"], bn="interpolate")[0]
+    assert endpoint["loss"] == pytest.approx(final["val_loss"], rel=1e-6)

@@ -1,0 +1,62 @@
+"""`lbtkit interpolate`, `lbtkit sharpness` and `lbtkit study keskar` through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    for name, batch in (("sb", "32"), ("lb", "256")):
+        run_cli("run", "--preset", "smoke", "--epochs", "1", "--batch-size", batch,
+                "--no-progress", "--output", tmp / name, tmp_path=tmp, check=0)
+    return tmp / "sb", tmp / "lb"
+
+
+def _rows(path):
+    with open(path) as handle:
+        return [(float(r["alpha"]), r["split"], float(r["loss"]), float(r["accuracy"]))
+                for r in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_interpolate_split_over_two_processes_equals_one(two_runs, tmp_path):
+    sb, lb = two_runs
+    common = ["--alphas", "-0.5:1.5:5", "--bn", "recalibrate", "--bn-samples", "512"]
+    run_cli("interpolate", sb, lb, *common, "--output", tmp_path / "one",
+            tmp_path=tmp_path, check=0)
+    run_cli("interpolate", sb, lb, *common, "--num-processes", "2", "--output",
+            tmp_path / "two", tmp_path=tmp_path, check=0, timeout=400)
+    one, two = _rows(tmp_path / "one" / "interpolation.csv"), _rows(tmp_path / "two" /
+                                                                   "interpolation.csv")
+    assert len(one) == 10 and [r[:2] for r in one] == [r[:2] for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert a[2] == pytest.approx(b[2], rel=1e-5) and a[3] == pytest.approx(b[3], abs=1e-9)
+    assert (tmp_path / "two" / "interpolation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sharpness_writes_json(two_runs, tmp_path):
+    sb, _ = two_runs
+    out = tmp_path / "s.json"
+    run_cli("sharpness", sb, "--eps", "1e-3", "--subspace", "random:10", "--iters", "2",
+            "--samples", "256", "--output", out, tmp_path=tmp_path, check=0)
+    result = json.loads(out.read_text())
+    assert result["samples_used"] == 256 and result["settings"]["iters"] == 2
+    (row,) = result["sharpness"]
+    assert (row["subspace"], row["eps"]) == ("random:10", 1e-3)
+    assert row["phi"] >= 0 and result["train_loss"] > 0
+
+
+def test_bad_landscape_input(two_runs, tmp_path):
+    sb, lb = two_runs
+    assert_user_error(run_cli("interpolate", sb, lb, "--alphas", "1:x:3", "--output",
+                              tmp_path / "o", tmp_path=tmp_path), "1:x:3")
+    assert_user_error(run_cli("interpolate", sb, tmp_path / "missing", "--output",
+                              tmp_path / "o", tmp_path=tmp_path), "missing")
+    assert_user_error(run_cli("sharpness", sb, "--eps", "big", tmp_path=tmp_path), "big")

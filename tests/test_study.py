@@ -1,0 +1,88 @@
+"""``keskar_study`` end to end on the smoke preset, and its report's computed sentences."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lbtkit.config import RunConfig, preset_values
+from lbtkit.errors import ConfigError
+from lbtkit.models import build_model
+from lbtkit.study import compare_sharpness, keskar_study
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def smoke(**values) -> RunConfig:
+    return RunConfig().updated(preset_values("smoke")).updated({"epochs": 1, **values})
+
+
+def test_keskar_study_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    kwargs = dict(sb=32, lb=512, output=out, alphas=[-1.0, 0.0, 0.5, 1.0, 2.0], eps=(1e-3,),
+                  subspace="random:5", iters=2, hessian_k=1, hessian_iters=3, trace=True,
+                  trace_samples=2, samples=256, progress=False)
+    summary = keskar_study(smoke(), **kwargs)
+    assert summary["status"] == "completed"
+
+    # Both runs started from the saved initialisation, which is the seeded model.
+    init = out / "init.safetensors"
+    torch.manual_seed(0)
+    expected = build_model("f1", num_classes=10, in_channels=1, image_size=8).state_dict()
+    stored = load_file(str(init))
+    assert stored.keys() == expected.keys()
+    assert all(torch.equal(stored[k], expected[k]) for k in expected)
+    results = {}
+    for label, batch in (("sb", 32), ("lb", 512)):
+        config = json.loads((out / label / "config.json").read_text())
+        assert (config["init_weights"], config["batch_size"]) == (str(init), batch)
+        results[label] = json.loads((out / label / "results.json").read_text())
+        assert (out / label / "sharpness.json").exists()
+
+    with (out / "interpolation" / "interpolation.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10 and {r["split"] for r in rows} == {"train", "test"}
+    assert len({r["alpha"] for r in rows}) == 5
+    assert (out / "interpolation" / "interpolation.png").read_bytes()[:8] == PNG_MAGIC
+
+    report = (out / "report.md").read_text()
+    assert "![parametric plot](interpolation/interpolation.png)" in report
+    for label in ("SB", "LB"):
+        final = results[label.lower()]["final"]
+        cells = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in cells.strip("|").split("|")]
+        assert float(cells[3]) == round(100 * final["train_acc"], 2)
+        assert float(cells[4]) == round(100 * final["val_acc"], 2)
+        phi = json.loads((out / label.lower() / "sharpness.json").read_text())["sharpness"][0]
+        assert float(cells[5]) == pytest.approx(phi["phi"], rel=1e-3)
+    assert re.search(r"sharper than|No sharpness gap", report)
+
+    # A second call resumes: nothing is retrained or re-measured.
+    sharpness_file = out / "sb" / "sharpness.json"
+    before = sharpness_file.stat().st_mtime_ns
+    assert keskar_study(smoke(), **kwargs)["status"] == "completed"
+    assert sharpness_file.stat().st_mtime_ns == before
+
+
+def test_study_refuses_bad_batch_sizes_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"exceeds the training set.*1437"):
+        keskar_study(smoke(), sb=32, lb=5000, output=tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match="sb < lb"):
+        keskar_study(smoke(), sb=512, lb=512, output=tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match="subspace"):
+        keskar_study(smoke(), sb=32, lb=512, output=tmp_path / "s", subspace="half",
+                     progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_compare_sharpness_sentence_follows_the_numbers():
+    sentence = compare_sharpness(1.0, 10.0, what="x")
+    assert sentence.startswith("LB is sharper than SB by a factor of 10")
+    assert compare_sharpness(10.0, 1.0, what="x").startswith("SB is sharper than LB")
+    assert compare_sharpness(1.0, 1.01, what="x").startswith("No sharpness gap measured")
+    assert compare_sharpness(0.0, 0.0, what="x").startswith("No sharpness gap measured")
