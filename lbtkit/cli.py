@@ -217,6 +217,39 @@ def sweep_run(
     raise typer.Exit(run_all_exit_code(statuses))
 
 
+@sweep_app.command("submit")
+@user_errors
+def sweep_submit(
+    sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
+    max_parallel: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--max-parallel", help="at most K array tasks at once (%K)"),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="submit the report job after the array")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the sbatch commands only")
+    ] = False,
+    sbatch_args: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="sbatch flags, after --: -- -p gpu -A proj -t 4:00:00"),
+    ] = None,
+) -> None:
+    """Submit the sweep as one SLURM job array (jobs/sweep.sh) plus a report job after it."""
+    import shlex
+
+    from lbtkit.slurm import submit_sweep
+
+    result = submit_sweep(sweep_dir, max_parallel=max_parallel, extra=sbatch_args or [],
+                          with_report=report, dry_run=dry_run)
+    for command in result["commands"]:
+        print(shlex.join(command))
+    if not dry_run:
+        print(f"array job {result['array_job_id']}; report job {result['report_job_id']}; "
+              f"logs lbtkit-sweep_{result['array_job_id']}_<index>.out in {Path.cwd()}")
+
+
 @sweep_app.command("status")
 @user_errors
 def sweep_status_command(

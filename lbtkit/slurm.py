@@ -1,0 +1,176 @@
+"""Submit a sweep to SLURM: one job array over its entries, then a report job after it.
+
+    sbatch --parsable --array=0-(N-1)[%K] [extra...] JOBS/sweep.sh SWEEP_DIR
+    sbatch --parsable --dependency=afterany:<array job id> [extra...] JOBS/report.sh SWEEP_DIR
+
+The job scripts are the ``jobs/`` folder of an lbtkit checkout (``jobs_dir`` finds it); what
+they do on the nodes (GPU count, accelerate launch, checkpoint-and-requeue on SIGUSR1) is
+documented in ``jobs/common.sh``. The command builders are pure functions; ``submit_sweep``
+runs them. The jobs run the lbtkit of the submitting interpreter: ``submit_sweep`` exports
+``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this Python's ``-m lbtkit`` / ``-m accelerate...``
+(sbatch passes the environment on), unless they are set already or ``LBT_EXEC`` (a container
+prefix) is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lbtkit.errors import UserError
+
+SBATCH = "sbatch"
+SWEEP_SCRIPT = "sweep.sh"
+REPORT_SCRIPT = "report.sh"
+JOBS_DIR_ENV = "LBT_JOBS_DIR"
+
+
+def jobs_dir() -> Path:
+    """The folder holding the job scripts: ``$LBT_JOBS_DIR``, else the checkout's ``jobs/``.
+
+    A wheel does not carry them (they live outside the package): from an installed lbtkit,
+    point ``LBT_JOBS_DIR`` at a checkout's ``jobs/`` folder.
+    """
+    configured = os.environ.get(JOBS_DIR_ENV)
+    if configured:
+        folder = Path(configured).absolute()
+        if not (folder / SWEEP_SCRIPT).is_file():
+            raise UserError(f"{JOBS_DIR_ENV}={configured} has no {SWEEP_SCRIPT}")
+        return folder
+    checkout = Path(__file__).resolve().parent.parent / "jobs"
+    if (checkout / SWEEP_SCRIPT).is_file():
+        return checkout
+    raise UserError(
+        f"cannot find lbtkit's SLURM job scripts (jobs/{SWEEP_SCRIPT}) next to this installation; "
+        f"set {JOBS_DIR_ENV} to the jobs/ folder of an lbtkit checkout"
+    )
+
+
+def sweep_submit_command(
+    sweep_dir: str | Path,
+    *,
+    num_entries: int,
+    max_parallel: int | None,
+    jobs_dir: str | Path,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``sbatch --parsable --array=0-(N-1)[%K] [extra...] JOBS/sweep.sh SWEEP_DIR`` (absolute)."""
+    if isinstance(num_entries, bool) or not isinstance(num_entries, int) or num_entries < 1:
+        raise UserError(f"a sweep needs at least one entry, got {num_entries!r}")
+    if max_parallel is not None and (isinstance(max_parallel, bool) or max_parallel < 1):
+        raise UserError(f"--max-parallel must be >= 1, got {max_parallel!r}")
+    _check_extra(extra)
+    array = f"0-{num_entries - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    return [
+        SBATCH, "--parsable", f"--array={array}", *extra,
+        str(Path(jobs_dir) / SWEEP_SCRIPT), str(Path(sweep_dir).absolute()),
+    ]
+
+
+def report_submit_command(
+    array_job_id: str | int,
+    sweep_dir: str | Path,
+    jobs_dir: str | Path,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``sbatch --parsable --dependency=afterany:ID [extra...] JOBS/report.sh SWEEP_DIR``.
+
+    afterany: the report also runs when some array tasks failed, and shows them.
+    """
+    job_id = str(array_job_id)
+    if not job_id.isdigit():
+        raise UserError(f"not a SLURM job id: {array_job_id!r}")
+    return [
+        SBATCH, "--parsable", f"--dependency=afterany:{job_id}", *extra,
+        str(Path(jobs_dir) / REPORT_SCRIPT), str(Path(sweep_dir).absolute()),
+    ]
+
+
+def submit_sweep(
+    sweep_dir: str | Path,
+    *,
+    max_parallel: int | None = None,
+    extra: Sequence[str] = (),
+    with_report: bool = True,
+    report_extra: Sequence[str] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Submit the sweep's job array (and a report job after it); return what was done.
+
+    ``extra`` are sbatch flags for the array (partition, account, time, GPUs, CPUs...);
+    the report job gets ``report_extra``, by default the same flags. Returns
+    ``{"array_job_id", "report_job_id", "commands"}`` (ids None with ``dry_run``, or
+    ``report_job_id`` None without a report).
+    """
+    from lbtkit.sweep import load_sweep
+
+    sweep = load_sweep(sweep_dir)  # a missing or broken plan fails here, before sbatch
+    root = Path(sweep["sweep_dir"])
+    folder = jobs_dir()
+    extra = list(extra)
+    report_extra = extra if report_extra is None else list(report_extra)
+    array_command = sweep_submit_command(
+        root, num_entries=len(sweep["runs"]), max_parallel=max_parallel, jobs_dir=folder,
+        extra=extra,
+    )
+    result: dict[str, Any] = {
+        "array_job_id": None, "report_job_id": None, "commands": [array_command],
+    }
+    if dry_run:
+        if with_report:
+            # The real id exists only once the array is submitted: show where it goes.
+            command = report_submit_command(0, root, folder, report_extra)
+            result["commands"].append(
+                [part.replace("afterany:0", "afterany:<array-job-id>") for part in command]
+            )
+        return result
+    if shutil.which(SBATCH) is None:
+        raise UserError("sbatch not found: run this on a SLURM login node")
+    env = submit_environment(folder)
+    result["array_job_id"] = _sbatch(array_command, env)
+    if with_report:
+        report_command = report_submit_command(result["array_job_id"], root, folder, report_extra)
+        result["commands"].append(report_command)
+        result["report_job_id"] = _sbatch(report_command, env)
+    return result
+
+
+def submit_environment(folder: Path) -> dict[str, str]:
+    """The environment sbatch passes to the jobs: ours, plus where the scripts and lbtkit are."""
+    env = dict(os.environ)
+    env[JOBS_DIR_ENV] = str(folder)
+    python = sys.executable
+    if not env.get("LBT_EXEC") and python and " " not in python:
+        env.setdefault("LBT_LBTKIT", f"{python} -m lbtkit")
+        env.setdefault("LBT_ACCELERATE", f"{python} -m accelerate.commands.accelerate_cli")
+    return env
+
+
+def _check_extra(extra: Sequence[str]) -> None:
+    for arg in extra:
+        if not isinstance(arg, str):
+            raise UserError(f"sbatch arguments must be strings, got {arg!r}")
+        if arg in ("-a", "--array") or arg.startswith("--array="):
+            raise UserError("the array is set from the sweep's entries: use --max-parallel K "
+                            "for the %K limit instead of passing --array")
+
+
+def _sbatch(command: list[str], env: dict[str, str]) -> str:
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        raise UserError(f"cannot run sbatch: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise UserError("sbatch did not answer within 120 s: is slurmctld up?") from None
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip()
+        raise UserError(f"sbatch failed (exit {done.returncode}): {message}")
+    job_id = done.stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
+    if not job_id.isdigit():
+        raise UserError(f"unexpected sbatch output: {done.stdout.strip()!r}")
+    return job_id
