@@ -3,7 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast lint format clean
+.PHONY: install test test-fast lint format clean image sif image-test
+
+# Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
+IMAGE_NAME ?= lbtkit
+IMAGE_TAG ?= 0.1.0
+DOCKER     ?= docker
+APPTAINER  ?= apptainer
+BAKE_WEIGHTS ?= 0
+SIF        ?= $(IMAGE_NAME)-$(IMAGE_TAG).sif
+# BASE_IMAGE=... overrides the Dockerfile's pinned pytorch/pytorch base.
+DOCKER_BUILD_ARGS = --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) \
+	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE))
 
 $(BIN)/lbtkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +30,22 @@ test: $(BIN)/lbtkit  ## the whole suite (CPU; a few minutes)
 test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration tests
 	$(BIN)/pytest -q -m "not slow"
 
-lint: $(BIN)/lbtkit
+lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
+	$(BIN)/shellcheck $(wildcard jobs/*.sh jobs/*.sbatch docker/*.sh)
+	$(BIN)/hadolint --failure-threshold warning Dockerfile $(wildcard docker/*.Dockerfile)
 
 format: $(BIN)/lbtkit
 	$(BIN)/ruff format lbtkit tests
+
+image:  ## the Docker image $(IMAGE_NAME):$(IMAGE_TAG) (BAKE_WEIGHTS=1 bakes the ImageNet weights)
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -t $(IMAGE_NAME):$(IMAGE_TAG) .
+
+sif:  ## the Apptainer image $(SIF) from the local Docker image (make image first)
+	$(APPTAINER) build $(SIF) apptainer.def
+
+image-test: $(BIN)/lbtkit  ## build on a locally made CPU base, run doctor and tiny runs inside
+	PYTHON=$(BIN)/python DOCKER=$(DOCKER) bash docker/image-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

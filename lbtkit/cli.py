@@ -420,6 +420,63 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 @app.command()
+@user_errors
+def doctor(
+    preset: Annotated[
+        Optional[str], typer.Option(help="check for what this preset needs")  # noqa: UP045
+    ] = None,
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="check for what this config file needs"),
+    ] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="data set to look for")  # noqa: UP045
+    ] = None,
+    data_dir: Annotated[
+        Optional[str], typer.Option("--data-dir", help="where the data sets are")  # noqa: UP045
+    ] = None,
+    pretrained: Annotated[
+        Optional[str], typer.Option(help="none | imagenet | weights file")  # noqa: UP045
+    ] = None,
+    output: Annotated[
+        Optional[str], typer.Option("--output", help="run directory to check")  # noqa: UP045
+    ] = None,
+    require_gpu: Annotated[
+        bool, typer.Option("--require-gpu", help="fail (not warn) when no GPU is visible")
+    ] = False,
+) -> None:
+    """Check this environment before a run: versions, GPUs, data, weights, output dir.
+
+    Exits 1 when something required is missing; each problem names its fix.
+    """
+    from lbtkit.doctor import doctor_settings, run_doctor
+
+    settings = doctor_settings(
+        preset=preset, config_file=config,
+        overrides={"dataset": dataset, "data_dir": data_dir, "pretrained": pretrained,
+                   "output_dir": output},
+    )
+    raise typer.Exit(run_doctor(**settings, require_gpu=require_gpu, console=console))
+
+
+@app.command()
+@user_errors
+def fetch(
+    what: Annotated[str, typer.Argument(help="cifar10 | cifar100 | mnist | weights")],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="where data sets go: the directory jobs read")
+    ] = Path(RunConfig.data_dir),
+) -> None:
+    """Download a data set, or the ImageNet weights into $TORCH_HOME, on a machine with internet.
+
+    Run it on a login node into the shared directories that jobs on compute nodes read.
+    """
+    from lbtkit.fetch import fetch as fetch_item
+
+    print(f"{what}: {fetch_item(what, data_dir=data_dir)}")
+
+
+@app.command()
 def presets() -> None:
     """List the named presets."""
     table = Table("preset", "model", "dataset", "epochs", "batch", "lr rule", "description")
