@@ -49,9 +49,12 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 75
 
-# Fields that may differ when a run directory is reused: they change where data comes
-# from or how it is fetched, not what is trained.
-_RESUME_FREE_FIELDS = {"data_dir", "download", "output_dir", "log_every"}
+# Fields that may differ when a run directory is reused: they change where data comes from,
+# how often we log or save, or how fast a step runs, not what is trained.
+_RESUME_FREE_FIELDS = {
+    "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
+    "eval_batch_size",
+}
 # Multi-process runs agree on a stop request every this many steps (one tiny all-reduce).
 _STOP_CHECK_EVERY = 10
 
