@@ -13,8 +13,8 @@
 #   LBT_LBTKIT         the lbtkit command                     [lbtkit, from PATH]
 #   LBT_ACCELERATE     the accelerate command, same env       [accelerate, from PATH]
 #                      (both are split on spaces: LBT_LBTKIT="/opt/venv/bin/python -m lbtkit")
-#   LBT_EXEC           a prefix for both, e.g. a container    [none]
-#                      (LBT_EXEC="apptainer exec --nv lbtkit.sif")
+#   LBT_EXEC           a prefix for both, a wrapper command   [none]
+#                      (e.g. the pyxis srun below; for Apptainer use LBT_IMAGE)
 #   LBT_GPUS_PER_NODE  processes per node                     [detected: CUDA_VISIBLE_DEVICES,
 #                      else SLURM_GPUS_ON_NODE, else `nvidia-smi -L`; 0 without GPUs]
 #   LBT_PORT           rendezvous port of accelerate launch   [20000 + SLURM_JOB_ID % 20000]
@@ -24,6 +24,82 @@
 #                      ~/.cache/huggingface), which otherwise silently adds its settings
 #                      (mixed precision, dynamo, gpu_ids, ...) to every launch.
 #   LBT_JOBS_DIR       where these scripts live               [found; `lbtkit sweep submit` sets it]
+#   LBT_TORCH_HOME     a shared torch cache (filled with `TORCH_HOME=DIR lbtkit fetch weights`):
+#                      the job's TORCH_HOME, on the host and in the container  [unset: TORCH_HOME]
+#
+# Containers (Apptainer >= 1.0, or SingularityCE >= 3.6 for --env): with LBT_IMAGE set, every
+# lbtkit and accelerate command of the job runs in that image; the batch shell (the signal
+# relay, scontrol requeue, srun) stays on the host. The nodes need the runtime and must see
+# the image; the job needs no lbtkit on the host:
+#
+#   LBT_IMAGE=/shared/lbtkit-0.1.0.sif LBT_BIND=/scratch lbtkit sweep submit SWEEP_DIR -- ...
+#   each task: apptainer exec --nv --bind /scratch,<dirs> IMAGE lbtkit sweep run-task ...
+#
+#   LBT_IMAGE          the image: a .sif file (`make sif`) or a sandbox directory  [none: host]
+#   LBT_BIND           more bind paths, comma-separated, as apptainer --bind takes them
+#                      (LBT_BIND=/scratch,/shared or SRC:DEST[:ro]; each SRC must exist)
+#   LBT_DATA_DIR       the data directory, bound (run.sh and multinode.sh also bind --data-dir,
+#                      sweep.sh the data_dir values of sweep.json)
+#   LBT_APPTAINER_ARGS more `apptainer exec` options, split on spaces (e.g. --nvccli, --cleanenv)
+#
+# - The runtime is `apptainer`, else `singularity`, from PATH. Before running anything the job
+#   checks that the image exists, that one of them is found, that every LBT_BIND source exists
+#   and that LBT_EXEC is not set as well; if not it exits 2 with the reason, and is not requeued.
+# - LBT_LBTKIT and LBT_ACCELERATE then name commands in the image: lbtkit and accelerate, from
+#   the image's PATH, unless set (`lbtkit sweep submit` does not pin them when LBT_IMAGE is set:
+#   a host interpreter's path does not exist in the image). The multi-GPU launch is
+#   `apptainer exec ... IMAGE accelerate launch ... -m lbtkit ...`, so accelerate, torchrun and
+#   the workers all run in the image; in multinode.sh each node's srun task runs that command,
+#   its --machine_rank still expanded per node (in bash on the node, before apptainer).
+# - --nv (the host's NVIDIA driver libraries and devices) is passed when the job has GPUs on
+#   the node (the GPU count below is >= 1, LBT_GPUS_PER_NODE included), not otherwise (the
+#   report job, CPU nodes: Apptainer would only warn about the missing driver files). Add it
+#   with LBT_APPTAINER_ARGS=--nv if the count misses your GPUs.
+# - Bound: the parent directories of the sweep directory, the run directory (--output), the data
+#   directory, the directories of --config and --init-weights files, LBT_TORCH_HOME and the
+#   temporary accelerate config (LBT_IGNORE_ACCELERATE_CONFIG=1): parents, because a run
+#   directory need not exist before the first run; the nearest existing ancestor when the parent
+#   does not exist yet either; a directory right under / itself. Plus LBT_BIND. A path covered
+#   by another bound directory is left out. Apptainer binds $HOME, /tmp and the working
+#   directory (the submit directory, where relative paths start) by itself. Bind paths cannot
+#   contain ',' or ':' (apptainer's separators): such a directory is an error (exit 2).
+#   Anything else a run reads (a data_dir set in a config file, ...) needs LBT_BIND.
+# - LBT_TORCH_HOME is bound and passed with --env TORCH_HOME=..., which wins over the image's
+#   TORCH_HOME=/opt/lbtkit/torch (baked weights, with BAKE_WEIGHTS=1).
+# - No --cleanenv by default: the job's environment must reach lbtkit in the container:
+#   CUDA_VISIBLE_DEVICES (which GPUs of a shared node are this task's), SLURM_* (job id, node
+#   id), LBT_*, NCCL_* / GLOO_* / OMP_NUM_THREADS settings. Apptainer sets PATH and
+#   LD_LIBRARY_PATH for the image, and a variable the image sets wins over the host's: the
+#   image (the Dockerfile's ENV, apptainer.def's %environment) sets HF_HOME=/opt/lbtkit/hf and
+#   TORCH_HOME=/opt/lbtkit/torch, so an Accelerate default config of the host
+#   (~/.cache/huggingface, or a host $HF_HOME) cannot reach the launches in the container.
+#   A host PYTHONPATH or PYTHONHOME does pass in and can break the image's Python: unset them
+#   before submitting. LBT_APPTAINER_ARGS=--cleanenv drops the whole host environment,
+#   CUDA_VISIBLE_DEVICES and SLURM_* included; only for jobs that have the node to themselves.
+# - Signals: the relay below is unchanged. The SIGTERM it sends in sweep.sh and run.sh reaches
+#   the `apptainer exec` process, whose starter forwards it to the container's process (lbtkit,
+#   or accelerate launch -> torchrun -> workers). That is Apptainer's documented behaviour, not
+#   verified here (no Apptainer on the development machine; the tests use a stand-in). In
+#   multinode.sh `scancel --signal=TERM JOB.STEP` signals every process of the step, the
+#   container's included.
+#
+# Pyxis/enroot (`srun --container-image`) instead of Apptainer: not built in, and untested (no
+# pyxis here). The training command can run as a job step in the container while the batch
+# shell stays on the host (it needs scontrol; `sbatch --container-image` would put it in the
+# image), for sweep.sh and run.sh:
+#
+#   export LBT_EXEC="srun --ntasks=1 --cpus-per-task=32 --container-image=/shared/lbtkit.sqsh
+#                    --container-mounts=/shared:/shared,/scratch:/scratch --container-workdir=$PWD"
+#   export LBT_LBTKIT=lbtkit LBT_ACCELERATE=accelerate  # the image's; `sweep submit` pins none
+#   lbtkit sweep submit SWEEP_DIR -- ...                 # or sbatch ... jobs/run.sh ...
+#
+# (the .sqsh e.g. from `enroot import dockerd://lbtkit:0.1.0`). With an srun prefix the relay
+# signals the job step (`scancel --signal=TERM JOB.STEP`, as in multinode.sh), not srun: a
+# SIGTERM to srun cancels the step and kills the task before it can checkpoint (seen on SLURM
+# 22.05). Tested with LBT_EXEC="srun --ntasks=1" (no container): USR1, checkpoint, requeue,
+# resume. srun does not inherit --cpus-per-task from sbatch (SLURM >= 22.05): put it in
+# LBT_EXEC. multinode.sh runs srun itself and refuses an srun LBT_EXEC (a step in a step); for
+# pyxis there, add the --container-* flags to its srun_args.
 #
 # Processes: G >= 2 GPUs on the node -> `accelerate launch --multi_gpu --num_processes G`
 # (DDP, one process per GPU); G <= 1 -> one plain `lbtkit` process (one GPU, or the CPU).
@@ -31,11 +107,12 @@
 #
 # Signals: the scripts submit with --signal=B:USR1@<margin>, so before the time limit SLURM sends
 # SIGUSR1 to the batch shell only. The shell runs the work in the background and relays USR1 (and
-# TERM) to it as SIGTERM: torchrun (under accelerate launch) forwards SIGTERM to its workers but
-# not SIGUSR1 (a SIGUSR1 would kill its agent and orphan the workers), and lbtkit's loop answers
-# SIGTERM by finishing its step, writing a checkpoint and results.json status "interrupted", and
-# exiting 75. After a USR1 the job then requeues itself (`scontrol requeue`, which needs the
-# job's --requeue) and the requeued job resumes from the checkpoint. After a TERM alone (scancel,
+# TERM) to it as SIGTERM (to its job steps when the work is an srun): torchrun (under
+# accelerate launch) forwards SIGTERM to its workers but not SIGUSR1 (a SIGUSR1 would kill its
+# agent and orphan the workers), and lbtkit's loop answers SIGTERM by finishing its step,
+# writing a checkpoint and results.json status "interrupted", and exiting 75. After a USR1 the
+# job then requeues itself (`scontrol requeue`, which needs the job's --requeue) and the
+# requeued job resumes from the checkpoint. After a TERM alone (scancel,
 # or a preemption that SLURM requeues by itself) the job only checkpoints: requeueing a job that
 # is being cancelled would bring it back.
 
@@ -57,13 +134,19 @@ lbt_die() {  # lbt_die CODE MESSAGE...
 
 # --- the commands ------------------------------------------------------------------------------
 
-# Sets the arrays LBT_EXEC_CMD, LBT_LBTKIT_CMD, LBT_ACCELERATE_CMD and LBT_LAUNCH_ARGS (the
-# `accelerate launch` options every launch gets).
+# lbt_setup [PATH...]: sets the arrays LBT_EXEC_CMD, LBT_LBTKIT_CMD, LBT_ACCELERATE_CMD and
+# LBT_LAUNCH_ARGS (the `accelerate launch` options every launch gets). With LBT_IMAGE, PATHs
+# (the sweep, run and data directories, files the run reads) are bound into the container.
 lbt_setup() {
     read -r -a LBT_EXEC_CMD <<<"${LBT_EXEC:-}"
     read -r -a LBT_LBTKIT_CMD <<<"${LBT_LBTKIT:-lbtkit}"
     read -r -a LBT_ACCELERATE_CMD <<<"${LBT_ACCELERATE:-accelerate}"
-    if [ "${#LBT_EXEC_CMD[@]}" -eq 0 ] && ! command -v "${LBT_LBTKIT_CMD[0]}" >/dev/null 2>&1; then
+    if [ -n "${LBT_IMAGE:-}" ] && [ "${#LBT_EXEC_CMD[@]}" -gt 0 ]; then
+        lbt_die "$LBT_EXIT_USAGE" "LBT_IMAGE and LBT_EXEC are both set: LBT_IMAGE runs the" \
+            "commands in the image itself; unset LBT_EXEC"
+    fi
+    if [ -z "${LBT_IMAGE:-}" ] && [ "${#LBT_EXEC_CMD[@]}" -eq 0 ] &&
+        ! command -v "${LBT_LBTKIT_CMD[0]}" >/dev/null 2>&1; then
         lbt_die "$LBT_EXIT_USAGE" "'${LBT_LBTKIT_CMD[0]}' not found (PATH=$PATH): activate" \
             "lbtkit's environment before sbatch (sbatch passes your environment on)," \
             "or set LBT_LBTKIT=/path/to/venv/bin/lbtkit"
@@ -78,10 +161,112 @@ lbt_setup() {
         printf 'compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\n' \
             >"$LBT_ACCELERATE_CONFIG"
         LBT_LAUNCH_ARGS+=(--config_file "$LBT_ACCELERATE_CONFIG")
-    elif [ -f "$hf_home/accelerate/default_config.yaml" ]; then
+    elif [ -z "${LBT_IMAGE:-}" ] && [ -f "$hf_home/accelerate/default_config.yaml" ]; then
+        # (In the image HF_HOME is the image's own: no host config applies there.)
         lbt_log "note: accelerate launch will read $hf_home/accelerate/default_config.yaml" \
             "(set LBT_IGNORE_ACCELERATE_CONFIG=1 to ignore it)"
     fi
+    # A job step as the prefix (pyxis: LBT_EXEC="srun --container-image=..."): a SIGTERM to
+    # srun would cancel the step at once, without a checkpoint; the relay signals the step.
+    case ${LBT_EXEC_CMD[0]:-} in
+    srun | */srun) LBT_RELAY_TO_STEPS=1 ;;
+    esac
+    if [ -n "${LBT_IMAGE:-}" ]; then
+        lbt_container "$@" ${LBT_ACCELERATE_CONFIG:+"$LBT_ACCELERATE_CONFIG"}
+    elif [ -n "${LBT_TORCH_HOME:-}" ]; then
+        export TORCH_HOME=$LBT_TORCH_HOME
+    fi
+}
+
+# --- containers (LBT_IMAGE) ----------------------------------------------------------------
+
+# lbt_bind_dir PATH: the directory to bind so that PATH is seen in the container: its absolute
+# parent, else the nearest existing ancestor; PATH itself when that is /; nothing if it is /
+# and PATH does not exist. Relative paths start at $PWD, the job's working directory.
+lbt_bind_dir() {
+    local path=$1 dir
+    case $path in
+    /*) ;;
+    *) path=$PWD/$path ;;
+    esac
+    path=$(realpath -ms -- "$path")  # absolute, without . and .., symlinks kept
+    dir=$(dirname -- "$path")
+    while [ "$dir" != / ] && [ ! -d "$dir" ]; do
+        dir=$(dirname -- "$dir")
+    done
+    if [ "$dir" != / ]; then
+        echo "$dir"
+    elif [ "$path" != / ] && [ -e "$path" ]; then
+        echo "$path"
+    fi
+}
+
+# lbt_container PATH...: LBT_EXEC_CMD=(apptainer exec [--nv] --bind ... [--env ...] IMAGE), or
+# exit 2 (no requeue) if the image or the runtime is missing.
+lbt_container() {
+    local runtime="" name gpus spec path dir covered kept
+    local specs=() binds=() dirs=() extra=()
+    [ -e "$LBT_IMAGE" ] || lbt_die "$LBT_EXIT_USAGE" "LBT_IMAGE=$LBT_IMAGE does not exist" \
+        "(on $(hostname)): give the path of the image (a .sif file, \`make sif\`) on a file" \
+        "system the compute nodes see, or unset LBT_IMAGE to run lbtkit on the host"
+    for name in apptainer singularity; do
+        if command -v "$name" >/dev/null 2>&1; then
+            runtime=$name
+            break
+        fi
+    done
+    [ -n "$runtime" ] || lbt_die "$LBT_EXIT_USAGE" "LBT_IMAGE is set but neither apptainer" \
+        "nor singularity is on PATH (on $(hostname), PATH=$PATH): load it (module load" \
+        "apptainer?) before submitting, or unset LBT_IMAGE to run lbtkit on the host"
+    IFS=, read -r -a specs <<<"${LBT_BIND:-}"
+    for spec in ${specs[@]+"${specs[@]}"}; do
+        [ -n "$spec" ] || continue
+        [ -e "${spec%%:*}" ] || lbt_die "$LBT_EXIT_USAGE" "LBT_BIND: ${spec%%:*} does not" \
+            "exist (on $(hostname))"
+        binds+=("$spec")
+    done
+    for path in "$@" ${LBT_DATA_DIR:+"$LBT_DATA_DIR"} ${LBT_TORCH_HOME:+"$LBT_TORCH_HOME"}; do
+        [ -n "$path" ] || continue
+        dir=$(lbt_bind_dir "$path")
+        if [ -z "$dir" ]; then
+            lbt_log "note: $path is not bound into the container (bind it with LBT_BIND)"
+            continue
+        fi
+        case $dir in
+        *,* | *:*) lbt_die "$LBT_EXIT_USAGE" "cannot bind $dir into the container:" \
+            "apptainer bind paths cannot contain ',' or ':'" ;;
+        esac
+        dirs+=("$dir")
+    done
+    # Sorted, an ancestor comes before what it covers: keep a directory unless a plain bind
+    # (no ':', same path inside) already covers it.
+    if [ "${#dirs[@]}" -gt 0 ]; then
+        while IFS= read -r dir; do
+            covered=0
+            for kept in ${binds[@]+"${binds[@]}"}; do
+                case $kept in *:*) continue ;; esac
+                case $dir/ in "${kept%/}"/*) covered=1 && break ;; esac
+            done
+            [ "$covered" = 1 ] || binds+=("$dir")
+        done < <(printf '%s\n' "${dirs[@]}" | LC_ALL=C sort -u)
+    fi
+    gpus=$(lbt_gpus_per_node) || exit "$LBT_EXIT_USAGE"
+    LBT_EXEC_CMD=("$runtime" exec)
+    [ "$gpus" -gt 0 ] && LBT_EXEC_CMD+=(--nv)
+    if [ "${#binds[@]}" -gt 0 ]; then
+        LBT_EXEC_CMD+=(--bind "$(IFS=,; echo "${binds[*]}")")
+    fi
+    if [ -n "${LBT_TORCH_HOME:-}" ]; then
+        path=$(realpath -ms -- "$LBT_TORCH_HOME")
+        case $path in
+        *,*) lbt_die "$LBT_EXIT_USAGE" "LBT_TORCH_HOME cannot contain ',': $path" ;;
+        esac
+        LBT_EXEC_CMD+=(--env "TORCH_HOME=$path")
+    fi
+    read -r -a extra <<<"${LBT_APPTAINER_ARGS:-}"
+    LBT_EXEC_CMD+=(${extra[@]+"${extra[@]}"} "$LBT_IMAGE")
+    lbt_log "container: $LBT_IMAGE via $runtime ($gpus GPU(s): $([ "$gpus" -gt 0 ] &&
+        echo --nv || echo no --nv)); bound: $(IFS=,; echo "${binds[*]:-nothing}")"
 }
 
 # The number of GPUs this job may use on this node (0 without any).
@@ -134,7 +319,7 @@ lbt_command() {
 LBT_SIGNALS=""
 LBT_CHILD=""
 LBT_ACCELERATE_CONFIG=""  # a temporary file (LBT_IGNORE_ACCELERATE_CONFIG=1)
-LBT_RELAY_TO_STEPS=0  # 1: relay to this job's srun steps (multinode.sh), not the child process
+LBT_RELAY_TO_STEPS=0  # 1: relay to this job's srun steps (multinode.sh, an srun LBT_EXEC)
 
 lbt_relay() {  # the trap: lbt_relay USR1|TERM
     LBT_SIGNALS="${LBT_SIGNALS:+$LBT_SIGNALS }$1"
@@ -261,17 +446,16 @@ lbt_finish() {
     exit "$LBT_STATUS"
 }
 
-# lbt_output_arg ARGS...: the value of --output (or --output=) among lbtkit run flags.
-lbt_output_arg() {
-    local previous=""
+# lbt_flag_value FLAG ARGS...: the value of FLAG (FLAG VALUE or FLAG=VALUE) among ARGS.
+lbt_flag_value() {
+    local flag=$1 previous="" arg
+    shift
     for arg in "$@"; do
-        case $arg in
-        --output=*)
-            echo "${arg#--output=}"
+        if [ "${arg#"$flag"=}" != "$arg" ]; then
+            echo "${arg#"$flag"=}"
             return 0
-            ;;
-        esac
-        if [ "$previous" = --output ]; then
+        fi
+        if [ "$previous" = "$flag" ]; then
             echo "$arg"
             return 0
         fi
@@ -279,7 +463,28 @@ lbt_output_arg() {
     done
 }
 
+# lbt_output_arg ARGS...: the value of --output (or --output=) among lbtkit run flags.
+lbt_output_arg() {
+    lbt_flag_value --output "$@"
+}
+
+# lbt_run_paths ARGS...: the paths of lbtkit run flags that a container must see besides
+# --output: --data-dir, and the files of --config and --init-weights; one a line.
+lbt_run_paths() {
+    local flag value
+    for flag in --data-dir --config --init-weights; do
+        value=$(lbt_flag_value "$flag" "$@")
+        [ -z "$value" ] || echo "$value"
+    done
+}
+
 # --- sweeps ------------------------------------------------------------------------------------
+
+# lbt_sweep_data_dirs SWEEP_DIR: the distinct data_dir values of sweep.json, one a line.
+lbt_sweep_data_dirs() {
+    grep -o '"data_dir": *"[^"]*"' "$1/sweep.json" | sed 's/^"data_dir": *"\(.*\)"$/\1/' |
+        sort -u || true
+}
 
 # lbt_sweep_run_dirs SWEEP_DIR: the entries' run directories in index order, one a line, as
 # sweep.json records them (relative to SWEEP_DIR). Read with grep: no Python needed here.

@@ -15,6 +15,11 @@
 # without GPUs run one CPU process each (gloo). --cpus-per-task is passed on to srun (since
 # SLURM 22.05 srun does not inherit it from sbatch).
 #
+# In a container (LBT_IMAGE=IMAGE.sif, see jobs/common.sh) each node's task is `apptainer exec
+# [--nv] --bind ... IMAGE accelerate launch ... --machine_rank <its SLURM_NODEID> -m lbtkit run
+# ...`: the rank is still expanded per node, by bash on the node before apptainer starts, and
+# the image and the bound directories must be on file systems every node sees.
+#
 # --output is required (the checkpoint and resume directory, on a file system all nodes see).
 # Site settings are sbatch flags or SBATCH_* variables (see jobs/sweep.sh), LBT_* overrides are
 # in jobs/common.sh. Before the time limit (--signal=B:USR1@120) the batch shell sends SIGTERM
@@ -63,7 +68,13 @@ run_dir=$(lbt_output_arg "$@")
 [ -n "${SLURM_JOB_ID:-}" ] || lbt_die "$LBT_EXIT_USAGE" "jobs/multinode.sh runs under SLURM:" \
     "submit it with sbatch -N NODES jobs/multinode.sh --output RUN_DIR ..."
 
-lbt_setup
+mapfile -t paths < <(lbt_run_paths "$@")
+lbt_setup "$run_dir" ${paths[@]+"${paths[@]}"}
+if [ "$LBT_RELAY_TO_STEPS" = 1 ]; then
+    lbt_die "$LBT_EXIT_USAGE" "LBT_EXEC starts with srun, and jobs/multinode.sh runs srun" \
+        "itself (one task per node): a step inside a step would not start. For a container" \
+        "use LBT_IMAGE (Apptainer); for pyxis add the --container-* flags to srun_args here"
+fi
 nodes=${SLURM_NNODES:-1}
 gpus=$(lbt_gpus_per_node)
 per_node=$((gpus > 1 ? gpus : 1))

@@ -43,7 +43,7 @@ usage="usage: sbatch --dependency=afterany:<array job id> jobs/report.sh SWEEP_D
 sweep_dir=$1
 shift
 
-lbt_setup
+lbt_setup "$sweep_dir" "$(lbt_flag_value --output "$@")"
 lbt_log "report of $sweep_dir; job ${SLURM_JOB_ID:-none} on $(hostname)"
 ${LBT_EXEC_CMD[@]+"${LBT_EXEC_CMD[@]}"} "${LBT_LBTKIT_CMD[@]}" sweep status "$sweep_dir" || true
 exec ${LBT_EXEC_CMD[@]+"${LBT_EXEC_CMD[@]}"} "${LBT_LBTKIT_CMD[@]}" report "$sweep_dir" "$@"

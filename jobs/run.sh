@@ -10,7 +10,9 @@
 # (one GPU, or the CPU). Do not pass --num-processes: the GPU count decides.
 #
 # Site settings (partition, account, time, GPUs, CPUs) are sbatch flags or SBATCH_* variables,
-# never lines here; see jobs/sweep.sh for the list and jobs/common.sh for the LBT_* overrides.
+# never lines here; see jobs/sweep.sh for the list and jobs/common.sh for the LBT_* overrides,
+# among them LBT_IMAGE=IMAGE.sif: run lbtkit in that Apptainer image (the directories of
+# --output, --data-dir, --config and --init-weights are bound into it).
 # Before the time limit (--signal=B:USR1@120) the run checkpoints, the job requeues itself
 # and resumes. Log: lbtkit-run_<job id>.out in the submit directory, appended across requeues.
 #
@@ -54,7 +56,8 @@ run_dir=$(lbt_output_arg "$@")
 [ -n "$run_dir" ] || lbt_die "$LBT_EXIT_USAGE" "usage: sbatch [sbatch flags] jobs/run.sh" \
     "--output RUN_DIR [lbtkit run flags...] (--output is required: the job resumes from it)"
 
-lbt_setup
+mapfile -t paths < <(lbt_run_paths "$@")
+lbt_setup "$run_dir" ${paths[@]+"${paths[@]}"}
 gpus=$(lbt_gpus_per_node)
 lbt_log "run -> $run_dir; job ${SLURM_JOB_ID:-none} (restart ${SLURM_RESTART_COUNT:-0})" \
     "on $(hostname), $gpus GPU(s)"

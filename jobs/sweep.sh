@@ -27,6 +27,10 @@
 # Request GPUs (--gpus-per-node / --gres) so SLURM sets CUDA_VISIBLE_DEVICES: array tasks may
 # share a node, and the GPU count comes from that (see jobs/common.sh for LBT_* overrides).
 #
+# In a container: LBT_IMAGE=/shared/lbtkit-0.1.0.sif [LBT_BIND=/scratch,...] lbtkit sweep submit ...
+# runs each task as `apptainer exec [--nv] --bind <the sweep's parent,...> IMAGE lbtkit sweep
+# run-task ...` (jobs/common.sh has the rules: binds, --nv, environment, pyxis).
+#
 # Time limit: --signal=B:USR1@120 asks SLURM for SIGUSR1 120 s before the time limit (SLURM may
 # send it up to 60 s earlier: it checks on a periodic pass). The task then finishes its step,
 # checkpoints, requeues itself and resumes; 120 s covers a step plus a checkpoint of the models
@@ -97,7 +101,8 @@ fi
 run_dir=${run_dirs[$index]}
 [ "${run_dir#/}" != "$run_dir" ] || run_dir=$sweep_dir/$run_dir
 
-lbt_setup
+mapfile -t data_dirs < <(lbt_sweep_data_dirs "$sweep_dir")
+lbt_setup "$sweep_dir" "$run_dir" ${data_dirs[@]+"${data_dirs[@]}"}
 gpus=$(lbt_gpus_per_node)
 lbt_log "sweep $sweep_dir entry $index of $n -> $run_dir"
 lbt_log "job ${SLURM_JOB_ID:-} (array ${SLURM_ARRAY_JOB_ID:-}_$index," \

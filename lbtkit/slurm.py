@@ -8,8 +8,9 @@ they do on the nodes (GPU count, accelerate launch, checkpoint-and-requeue on SI
 documented in ``jobs/common.sh``. The command builders are pure functions; ``submit_sweep``
 runs them. The jobs run the lbtkit of the submitting interpreter: ``submit_sweep`` exports
 ``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this Python's ``-m lbtkit`` / ``-m accelerate...``
-(sbatch passes the environment on), unless they are set already or ``LBT_EXEC`` (a container
-prefix) is.
+(sbatch passes the environment on), unless they are set already, or ``LBT_IMAGE`` (run in a
+container image, whose lbtkit is on the image's PATH: this Python's path does not exist there)
+or ``LBT_EXEC`` (a command prefix) is.
 """
 
 from __future__ import annotations
@@ -141,11 +142,16 @@ def submit_sweep(
 
 
 def submit_environment(folder: Path) -> dict[str, str]:
-    """The environment sbatch passes to the jobs: ours, plus where the scripts and lbtkit are."""
+    """The environment sbatch passes to the jobs: ours, plus where the scripts and lbtkit are.
+
+    In a container (``LBT_IMAGE``) or behind a prefix (``LBT_EXEC``) the jobs' lbtkit is not
+    this interpreter: nothing is pinned, the scripts default to ``lbtkit`` / ``accelerate``.
+    """
     env = dict(os.environ)
     env[JOBS_DIR_ENV] = str(folder)
     python = sys.executable
-    if not env.get("LBT_EXEC") and python and " " not in python:
+    in_container = env.get("LBT_IMAGE") or env.get("LBT_EXEC")
+    if not in_container and python and " " not in python:
         env.setdefault("LBT_LBTKIT", f"{python} -m lbtkit")
         env.setdefault("LBT_ACCELERATE", f"{python} -m accelerate.commands.accelerate_cli")
     return env

@@ -3,6 +3,7 @@ of jobs/common.sh, and the sbatch command lines of lbtkit.slurm (fast; always ru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -301,6 +302,313 @@ def test_a_failure_keeps_its_exit_code(tmp_path):
     assert result.returncode == 7
 
 
+# --- container mode (LBT_IMAGE) -------------------------------------------------------------------
+
+# A stand-in for apptainer (there is none on this machine): it logs its argv (one call a line,
+# arguments separated by \x1f), refuses missing bind sources and images as apptainer does,
+# applies --env, then runs the command after the image on the host.
+FAKE_APPTAINER = r"""#!/bin/bash
+(IFS=$'\x1f'; printf '%s\n' "$*") >> "@LOG@"
+[ "$1" = exec ] || { echo "fake apptainer: only exec" >&2; exit 99; }
+shift
+while [ $# -gt 0 ]; do
+    case $1 in
+    --bind | -B)
+        IFS=, read -r -a specs <<<"$2"
+        for spec in "${specs[@]}"; do
+            [ -e "${spec%%:*}" ] || { echo "FATAL: bind source ${spec%%:*} missing" >&2; exit 255; }
+        done
+        shift 2 ;;
+    --env) export "$2"; shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+    esac
+done
+[ -e "$1" ] || { echo "FATAL: could not open image $1" >&2; exit 255; }
+shift
+exec "$@"
+"""
+# Stand-ins for what a test does not want to run for real: log argv, exit 0.
+FAKE_LOGGER = """#!/bin/bash
+(IFS=$'\\x1f'; printf '%s\\n' "$*") >> "@LOG@"
+"""
+# srun of a 2-node allocation: runs the command once per node, with that node's SLURM_NODEID.
+FAKE_SRUN = """#!/bin/bash
+while [ "${1#-}" != "$1" ]; do shift; done
+for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" || exit; done
+"""
+FAKE_SCONTROL = """#!/bin/bash
+[ "$1 $2" = "show hostnames" ] && printf 'node1\\nnode2\\n'
+"""
+
+
+class Container:
+    """A fake image, a bin/ with the fake apptainer (and other stand-ins) and their logs."""
+
+    def __init__(self, tmp_path: Path, runtime: str = "apptainer"):
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir()
+        self.image = tmp_path / "images" / "lbtkit.sif"
+        self.image.parent.mkdir()
+        self.image.write_text("not really an image")
+        self.log = tmp_path / "apptainer.log"
+        self.add(runtime, FAKE_APPTAINER.replace("@LOG@", str(self.log)))
+
+    def add(self, name: str, text: str) -> Path:
+        path = self.bin / name
+        path.write_text(text)
+        path.chmod(0o755)
+        return path
+
+    def add_logger(self, name: str) -> Path:
+        log = self.bin.parent / f"{name}.log"
+        self.add(name, FAKE_LOGGER.replace("@LOG@", str(log)))
+        return log
+
+    def env(self, **more: str) -> dict[str, str]:
+        """The job's environment: the fakes, then this venv (the host lbtkit the fake runs)."""
+        return {"PATH": f"{self.bin}:{Path(sys.executable).parent}:/usr/bin:/bin",
+                "LBT_IMAGE": str(self.image), "HOME": str(self.bin.parent / "home"),
+                "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                "HF_HOME": str(self.bin.parent / "hf"), **more}
+
+    def calls(self, log: Path | None = None) -> list[list[str]]:
+        log = log or self.log
+        if not log.exists():
+            return []
+        return [line.split("\x1f") for line in log.read_text().splitlines()]
+
+
+def printed(result: subprocess.CompletedProcess) -> list[str]:
+    """stdout without the scripts' log lines."""
+    return [line for line in result.stdout.splitlines() if not line.startswith("[lbtkit-job")]
+
+
+def launch_args(port: int) -> list[str]:
+    return ["launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(port)]
+
+
+@pytest.mark.parametrize(("runtime", "gpu_env", "count"), [
+    ("apptainer", {"LBT_GPUS_PER_NODE": "2"}, 2),
+    ("apptainer", {"CUDA_VISIBLE_DEVICES": "0,1"}, 2),
+    ("apptainer", {"CUDA_VISIBLE_DEVICES": "3"}, 1),
+    ("apptainer", {"CUDA_VISIBLE_DEVICES": ""}, 0),
+    ("singularity", {"CUDA_VISIBLE_DEVICES": "0"}, 1),
+])
+def test_container_commands(tmp_path, runtime, gpu_env, count):
+    """apptainer exec [--nv] --bind <LBT_BIND>,<parent of the sweep> IMAGE, then the command
+    as it is in the image: `lbtkit ...`, or `accelerate launch ... -m lbtkit ...` on 2 GPUs.
+    --nv when the job has GPUs (the count is >= 1), never otherwise."""
+    box = Container(tmp_path, runtime)
+    scratch, shared = tmp_path / "site" / "scratch", tmp_path / "site" / "shared"
+    scratch.mkdir(parents=True)
+    shared.mkdir()
+    sweep = tmp_path / "work" / "sweep"
+    sweep.mkdir(parents=True)
+    # A host Accelerate default config: not announced, it does not apply in the image.
+    (tmp_path / "hf" / "accelerate").mkdir(parents=True)
+    (tmp_path / "hf" / "accelerate" / "default_config.yaml").write_text("{}\n")
+    snippet = f"""lbt_setup {sweep} {sweep}/runs/b32-s0
+lbt_command "$(lbt_gpus_per_node)" sweep run-task {sweep} --index 1
+printf '%s\\n' "${{LBT_CMD[@]}}" """
+    env = box.env(SLURM_JOB_ID="77", LBT_BIND=f"{scratch},{shared}:/shared:ro",
+                  HF_HOME=str(tmp_path / "hf"), **gpu_env)
+    result = common(snippet, env)
+    assert result.returncode == 0, result.stderr
+    prefix = [runtime, "exec", *(["--nv"] if count else []),
+              "--bind", f"{scratch},{shared}:/shared:ro,{tmp_path / 'work'}", str(box.image)]
+    command = ["accelerate", *launch_args(20077), "-m", "lbtkit"] if count == 2 else ["lbtkit"]
+    assert printed(result) == [*prefix, *command, "sweep", "run-task", str(sweep), "--index", "1"]
+    assert "default_config.yaml" not in result.stdout + result.stderr
+    assert f"container: {box.image} via {runtime}" in result.stdout
+
+
+def test_bind_directories(tmp_path):
+    """The parent (a run directory need not exist yet), else the nearest existing ancestor;
+    a directory right under / itself; relative paths from the working directory."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    snippet = f"""cd {tmp_path}
+for path in {tmp_path}/a/b {tmp_path}/a/new/deeper/run runs/b32 ./a/../a/b/ /tmp /no-such-dir; do
+    echo "$path -> $(lbt_bind_dir "$path")"
+done"""
+    result = common(snippet)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{tmp_path}/a/b -> {tmp_path}/a",
+        f"{tmp_path}/a/new/deeper/run -> {tmp_path}/a",
+        f"runs/b32 -> {tmp_path}",
+        f"./a/../a/b/ -> {tmp_path}/a",
+        "/tmp -> /tmp",
+        "/no-such-dir -> ",
+    ]
+
+
+def test_container_binds_data_torch_home_and_leave_out_covered_paths(tmp_path):
+    box = Container(tmp_path)
+    runs, data, torch_home = tmp_path / "runs", tmp_path / "shared" / "data", tmp_path / "torch"
+    for folder in (runs, data, torch_home):
+        folder.mkdir(parents=True)
+    snippet = (f"lbt_setup {runs}/b64 {runs}/b64/model.safetensors {tmp_path}/shared/cfg.toml\n"
+               "printf '%s\\n' \"${LBT_EXEC_CMD[@]}\"")
+    (tmp_path / "t").mkdir()
+    result = common(snippet, box.env(LBT_DATA_DIR=str(data), LBT_TORCH_HOME=str(torch_home),
+                                     LBT_IGNORE_ACCELERATE_CONFIG="1", TMPDIR=str(tmp_path / "t"),
+                                     LBT_APPTAINER_ARGS="--nvccli --writable-tmpfs"))
+    assert result.returncode == 0, result.stderr
+    # runs/b64 -> runs' parent tmp_path, which covers everything else here.
+    assert printed(result) == [
+        "apptainer", "exec", "--bind", str(tmp_path), "--env", f"TORCH_HOME={torch_home}",
+        "--nvccli", "--writable-tmpfs", str(box.image)]
+
+
+def test_host_mode_exports_the_shared_torch_home():
+    result = common('lbt_setup; echo "$TORCH_HOME ${#LBT_EXEC_CMD[@]}"',
+                    {"LBT_LBTKIT": "true", "LBT_TORCH_HOME": "/shared/torch"})
+    assert result.stdout.splitlines()[-1] == "/shared/torch 0"
+
+
+def test_paths_of_the_run_flags_and_the_sweep(tmp_path):
+    result = common("lbt_run_paths --preset p --data-dir /d --output o --config=c.toml "
+                    "--init-weights w/init.safetensors; echo; lbt_run_paths --epochs 1")
+    assert result.stdout.splitlines() == ["/d", "c.toml", "w/init.safetensors", ""]
+    plan = plan_for_submit(tmp_path)
+    no_data_dir = write_plan(tmp_path / "s", 1)
+    result = common(f'lbt_sweep_data_dirs "{plan}"; lbt_sweep_data_dirs "{no_data_dir}"')
+    assert result.stdout.splitlines() == ["data"]
+
+
+@pytest.mark.parametrize("case", ["no image", "no runtime", "missing bind", "exec too", "comma"])
+def test_container_preflight_fails_fast(tmp_path, case):
+    """A container job that cannot start exits 2 (no requeue) with the reason, before running
+    anything."""
+    box = Container(tmp_path)
+    plan = write_plan(tmp_path / "work" / "sweep", 1)
+    env = box.env(SLURM_ARRAY_TASK_ID="0")
+    expected = {
+        "no image": f"LBT_IMAGE={tmp_path}/nowhere.sif does not exist",
+        "no runtime": "neither apptainer nor singularity is on PATH",
+        "missing bind": f"LBT_BIND: {tmp_path}/gone does not exist",
+        "exec too": "LBT_IMAGE and LBT_EXEC are both set",
+        "comma": "cannot bind " + str(tmp_path / "a,b") + " into the container",
+    }[case]
+    if case == "no image":
+        env["LBT_IMAGE"] = str(tmp_path / "nowhere.sif")
+    elif case == "no runtime":
+        (box.bin / "apptainer").unlink()
+    elif case == "missing bind":
+        env["LBT_BIND"] = f"{tmp_path},{tmp_path}/gone:/gone"
+    elif case == "exec too":
+        env["LBT_EXEC"] = "srun"
+    else:
+        plan = write_plan(tmp_path / "a,b" / "sweep", 1)
+    result = bash(str(JOBS / "sweep.sh"), str(plan), env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr
+    assert "running:" not in result.stdout
+    assert box.calls() == []
+
+
+def test_a_sweep_task_runs_in_the_container(tmp_path):
+    """sweep.sh with LBT_IMAGE: apptainer exec ... IMAGE lbtkit sweep run-task SWEEP --index I,
+    here run by the fake apptainer with the host's lbtkit (one short epoch)."""
+    from lbtkit.config import RunConfig, preset_values
+    from lbtkit.sweep import plan_sweep
+
+    box = Container(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    sweep = tmp_path / "work" / "sweep"
+    base = RunConfig().updated({**preset_values("smoke"), "epochs": 1})
+    plan_sweep(base, {"batch_size": [32, 64]}, sweep)
+    env = box.env(SLURM_ARRAY_TASK_ID="1", LBT_BIND=str(site))
+    result = bash(str(JOBS / "sweep.sh"), str(sweep), env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The data directory ("data", relative to the working directory tmp_path) -> tmp_path,
+    # which covers the sweep's parent.
+    assert box.calls() == [["exec", "--bind", f"{site},{tmp_path}", str(box.image),
+                            "lbtkit", "sweep", "run-task", str(sweep), "--index", "1"]]
+    assert f"run completed: {sweep}/runs/" in result.stdout
+    results = json.loads(next((sweep / "runs").glob("b64*/results.json")).read_text())
+    assert results["status"] == "completed"
+
+
+def test_a_multi_gpu_sweep_task_launches_accelerate_in_the_container(tmp_path):
+    box = Container(tmp_path)
+    accelerate_log = box.add_logger("accelerate")  # what runs "in the image"
+    plan = write_plan(tmp_path / "work" / "sweep", 2)
+    env = box.env(SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="4321", LBT_GPUS_PER_NODE="2")
+    result = bash(str(JOBS / "sweep.sh"), str(plan), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    command = [*launch_args(20000 + 4321), "-m", "lbtkit", "sweep", "run-task", str(plan),
+               "--index", "1"]
+    assert box.calls() == [["exec", "--nv", "--bind", str(tmp_path / "work"), str(box.image),
+                            "accelerate", *command]]
+    assert box.calls(accelerate_log) == [command]
+
+
+def test_multinode_runs_apptainer_on_every_node_with_its_own_rank(tmp_path):
+    """srun ... bash -c '...' -> on each node: apptainer exec ... IMAGE accelerate launch ...
+    --machine_rank <that node's SLURM_NODEID> -m lbtkit run ...; the rank is expanded per node,
+    outside the container."""
+    box = Container(tmp_path)
+    box.add("srun", FAKE_SRUN)
+    box.add("scontrol", FAKE_SCONTROL)
+    accelerate_log = box.add_logger("accelerate")
+    run_dir = tmp_path / "runs" / "big"  # not made yet: its parent is bound
+    run_dir.parent.mkdir()
+    data = tmp_path / "data" / "cifar"
+    data.mkdir(parents=True)
+    env = box.env(SLURM_JOB_ID="5000", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]",
+                  LBT_GPUS_PER_NODE="4")
+    result = bash(str(JOBS / "multinode.sh"), "--preset", "smoke", "--data-dir", str(data),
+                  "--output", str(run_dir), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    launch = ["launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_machines", "2", "--num_processes", "8", "--main_process_ip", "node1",
+              "--main_process_port", "25000", "--rdzv_backend", "c10d"]
+    rest = ["-m", "lbtkit", "run", "--preset", "smoke", "--data-dir", str(data),
+            "--output", str(run_dir)]
+    prefix = ["exec", "--nv", "--bind", f"{tmp_path / 'data'},{tmp_path / 'runs'}",
+              str(box.image)]
+    assert box.calls() == [[*prefix, "accelerate", *launch, "--machine_rank", str(rank), *rest]
+                           for rank in (0, 1)]
+    assert [call[-len(rest) - 2:-len(rest)] for call in box.calls(accelerate_log)] == [
+        ["--machine_rank", "0"], ["--machine_rank", "1"]]
+
+
+def test_the_report_runs_in_the_container(tmp_path):
+    box = Container(tmp_path)
+    plan = write_plan(tmp_path / "work" / "sweep", 1)
+    out = tmp_path / "reports" / "r1"  # report --output elsewhere: bound too
+    out.parent.mkdir()
+    lbtkit_log = box.add_logger("lbtkit")
+    result = bash(str(JOBS / "report.sh"), str(plan), "--output", str(out), env=box.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefix = ["exec", "--bind", f"{tmp_path / 'reports'},{tmp_path / 'work'}", str(box.image),
+              "lbtkit"]
+    assert box.calls() == [[*prefix, "sweep", "status", str(plan)],
+                           [*prefix, "report", str(plan), "--output", str(out)]]
+    assert box.calls(lbtkit_log) == [["sweep", "status", str(plan)],
+                                     ["report", str(plan), "--output", str(out)]]
+
+
+@pytest.mark.parametrize(("prefix", "relay"), [("srun --ntasks=1 --container-image=x", "1"),
+                                               ("/usr/bin/srun", "1"), ("taskset -c 0", "0")])
+def test_an_srun_prefix_relays_signals_to_the_job_step(prefix, relay):
+    """pyxis: LBT_EXEC="srun --container-image=..."; a SIGTERM to srun would cancel the step
+    before the run checkpoints, so the relay signals the step (scancel --signal=TERM)."""
+    result = common('lbt_setup; echo "$LBT_RELAY_TO_STEPS"', {"LBT_EXEC": prefix})
+    assert result.stdout.splitlines()[-1] == relay
+
+
+def test_multinode_refuses_an_srun_prefix(tmp_path):
+    result = bash(str(JOBS / "multinode.sh"), "--output", str(tmp_path / "r"),
+                  env={"SLURM_JOB_ID": "1", "LBT_EXEC": "srun --container-image=x"})
+    assert result.returncode == 2
+    assert "LBT_EXEC starts with srun, and jobs/multinode.sh runs srun" in result.stderr
+
+
 # --- lbtkit.slurm command builders ---------------------------------------------------------------
 
 
@@ -403,3 +711,22 @@ def test_submit_sweep_runs_sbatch_with_the_environment(tmp_path, monkeypatch):
     assert lines[0].startswith(f"--parsable --array=0-2 {JOBS}/sweep.sh {plan} | {JOBS} | "
                                f"{sys.executable} -m lbtkit")
     assert lines[1].startswith(f"--parsable --dependency=afterany:1001 {JOBS}/report.sh")
+
+
+def test_submit_sweep_does_not_pin_the_host_lbtkit_for_a_container(tmp_path, monkeypatch):
+    """With LBT_IMAGE the jobs run the image's lbtkit: no host interpreter path is exported."""
+    plan = plan_for_submit(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    fake = bin_dir / "sbatch"
+    fake.write_text(f'#!/bin/bash\necho "${{LBT_LBTKIT-unset}}|${{LBT_ACCELERATE-unset}}|'
+                    f'$LBT_IMAGE" >> {log}\nn=$(wc -l < {log}); echo "$((1000 + n))"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for name in ("LBT_LBTKIT", "LBT_ACCELERATE", "LBT_EXEC", "LBT_JOBS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LBT_IMAGE", "/shared/lbtkit.sif")
+    slurm.submit_sweep(plan)
+    assert log.read_text().splitlines() == ["unset|unset|/shared/lbtkit.sif"] * 2
+    assert "LBT_LBTKIT" not in slurm.submit_environment(JOBS)

@@ -7,6 +7,9 @@
 3. ``lbtkit.slurm.submit_sweep``: an array with a diverging entry plus the report job after it;
    the entry is recorded and reported as diverged, the others complete.
 4. ``scancel`` (SIGTERM) checkpoints but does not requeue: the cancelled job stays cancelled.
+5. Container mode (``LBT_IMAGE``), submitted by ``submit_sweep``: the task runs ``apptainer exec
+   --bind ... IMAGE lbtkit sweep run-task ...`` (the image's lbtkit, not a pinned host path),
+   with a stand-in apptainer that runs the command on the host (no Apptainer here).
 
 Needs root and the Debian packages (tests/install-slurm.sh); skipped without them unless
 LBTKIT_REQUIRE_SLURM=1, which turns the skip into a failure (CI).
@@ -270,3 +273,40 @@ def test_a_cancelled_run_checkpoints_and_is_not_requeued(slurm, tmp_path):  # no
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted"
     assert any((run_dir / "checkpoints").iterdir())
+
+
+# --- 5. container mode, with a stand-in apptainer -------------------------------------------------
+
+
+def test_a_submitted_sweep_runs_in_the_container(slurm, tmp_path, monkeypatch):  # noqa: F811
+    from test_jobs_static import Container
+
+    from lbtkit.slurm import submit_sweep
+
+    box = Container(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    sweep = tmp_path / "work" / "sweep"
+    plan(sweep, {"batch_size": [32]}, epochs=1)
+    env = job_env(tmp_path)
+    env["PATH"] = f"{box.bin}{os.pathsep}{env['PATH']}"
+    for name, value in {**env, "SLURM_CONF": str(slurm.conf), "LBT_IMAGE": str(box.image),
+                        "LBT_BIND": str(site)}.items():
+        monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith(("LBT_", "SBATCH_"))]:
+        if name not in ("LBT_IMAGE", "LBT_BIND"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+    array_id = submit_sweep(sweep, with_report=False)["array_job_id"]
+    (record,) = slurm.wait_final(array_id, timeout=120)
+    log = read_log(tmp_path / f"lbtkit-sweep_{array_id}_0.out")
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log
+    assert f"container: {box.image} via apptainer" in log, log
+    # The data directory ("data", relative to the submit directory) -> tmp_path covers the
+    # sweep's parent; no host interpreter path: lbtkit is the image's.
+    assert box.calls() == [["exec", "--bind", f"{site},{tmp_path}", str(box.image),
+                            "lbtkit", "sweep", "run-task", str(sweep), "--index", "0"]], log
+    assert "run completed" in log, log
+    (results,) = (sweep / "runs").glob("*/results.json")
+    assert json.loads(results.read_text())["status"] == "completed"
