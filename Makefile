@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast lint format clean image sif image-test
+.PHONY: install test test-fast demo lint format clean image sif image-test
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
 IMAGE_NAME ?= lbtkit
@@ -29,6 +29,9 @@ test: $(BIN)/lbtkit  ## the whole suite (CPU; a few minutes)
 
 test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration tests
 	$(BIN)/pytest -q -m "not slow"
+
+demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> docs/demo/index.md
+	$(BIN)/lbtkit demo --output docs/demo
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .

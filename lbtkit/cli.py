@@ -421,6 +421,23 @@ def _floats(text: str, flag: str) -> list[float]:
 
 @app.command()
 @user_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2 batch sizes, 1 epoch, tiny measurements: seconds")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md."""
+    from lbtkit.demo import QUICK, run_demo
+    from lbtkit.train import exit_code
+
+    summary = run_demo(output, progress=progress, **(QUICK if quick else {}))
+    raise typer.Exit(exit_code(summary["status"]))
+
+
+@app.command()
+@user_errors
 def doctor(
     preset: Annotated[
         Optional[str], typer.Option(help="check for what this preset needs")  # noqa: UP045
