@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo lint format clean image sif image-test
+.PHONY: install test test-fast demo bench lint format clean image sif image-test
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
 IMAGE_NAME ?= lbtkit
@@ -32,6 +32,10 @@ test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration 
 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> docs/demo/index.md
 	$(BIN)/lbtkit demo --output docs/demo
+
+bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/results/
+	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/train_step.py
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
