@@ -36,6 +36,7 @@ demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on
 bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/results/
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/interpolation.py
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .

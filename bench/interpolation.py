@@ -1,0 +1,144 @@
+"""A 25-alpha interpolation grid: lbtkit's resident path vs the seed's reload-per-alpha approach.
+
+Two C1 solutions (batch 64 and 512, one epoch on the CIFAR-shaped ``synthetic`` set) are
+trained first, then both sides evaluate theta(a) = a*theta_LB + (1-a)*theta_SB on the train
+and test splits for every alpha, with the seed's BatchNorm handling (buffers interpolated too)
+so both do the same arithmetic:
+
+* ours: ``lbtkit.landscape.interpolate_runs(..., bn="interpolate")``: data and both parameter
+  sets loaded once and kept on the device, parameters lerped in place per alpha;
+* reference (the seed's): per alpha, interpolate the two state dicts, build a model and
+  ``load_state_dict`` it, then a ``DataLoader`` per split over the images with ToTensor +
+  Normalize per sample (2 workers), summing cross-entropy and correct predictions.
+
+The figure is grids per second (one full grid over both splits); the ratio is ours over the
+reference, median of alternating repeats.
+
+    python bench/interpolation.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from lbtkit.config import build_config
+from lbtkit.data import load_dataset
+from lbtkit.landscape import interpolate_runs
+from lbtkit.models import build_model
+from lbtkit.train import run
+
+from common import Timer, base_parser, compare, interleave, setup, write_result
+
+
+class HWCImages(Dataset):
+    """Images as the seed held them (HWC uint8), transformed per sample like torchvision's."""
+
+    def __init__(self, images: np.ndarray, labels: list[int], transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def train_pair(root: Path) -> tuple[Path, Path]:
+    dirs = []
+    for batch in (64, 512):
+        config = build_config(overrides={
+            "model": "c1", "dataset": "synthetic", "epochs": 1, "batch_size": batch,
+            "checkpoint_every": 0, "output_dir": str(root / f"b{batch}"),
+        })
+        run(config, progress=False)
+        dirs.append(root / f"b{batch}")
+    return dirs[0], dirs[1]
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--alphas", type=int, default=25, help="points on [-1, 2]")
+    parser.add_argument("--batch-size", type=int, default=512, help="evaluation batch")
+    parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device, machine = setup(args)
+    alphas = np.linspace(-1.0, 2.0, args.alphas).tolist()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sb_dir, lb_dir = train_pair(Path(tmp))
+        data = load_dataset("synthetic", "data")
+        info = data.info
+        splits = {
+            "train": (data.train_images.permute(0, 2, 3, 1).numpy(), data.train_labels.tolist()),
+            "test": (data.val_images.permute(0, 2, 3, 1).numpy(), data.val_labels.tolist()),
+        }
+        images_per_grid = len(alphas) * sum(len(labels) for _, labels in splits.values())
+        sb_state = load_file(str(sb_dir / "model.safetensors"))
+        lb_state = load_file(str(lb_dir / "model.safetensors"))
+        transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+        )
+
+        def ours() -> float:
+            with Timer() as t:
+                rows = interpolate_runs(sb_dir, lb_dir, alphas=alphas, bn="interpolate",
+                                        eval_batch_size=args.batch_size)
+            assert len(rows) == 2 * len(alphas)
+            return 1.0 / t.seconds
+
+        def reference() -> float:
+            with Timer() as t:
+                for alpha in alphas:
+                    state = {k: (alpha * lb_state[k] + (1 - alpha) * sb_state[k])
+                             if sb_state[k].is_floating_point() else sb_state[k]
+                             for k in sb_state}
+                    model = build_model("c1", num_classes=info.num_classes,
+                                        in_channels=info.channels, image_size=info.image_size)
+                    model.load_state_dict(state)
+                    model.to(device).eval()
+                    for images, labels in splits.values():
+                        loader = DataLoader(HWCImages(images, labels, transform),
+                                            batch_size=args.batch_size,
+                                            num_workers=args.workers)
+                        loss = torch.zeros((), device=device)
+                        correct = torch.zeros((), device=device)
+                        with torch.inference_mode():
+                            for x, y in loader:
+                                x, y = x.to(device), y.to(device)
+                                logits = model(x)
+                                loss += F.cross_entropy(logits, y, reduction="sum")
+                                correct += (logits.argmax(1) == y).sum()
+                        loss.item()
+            return 1.0 / t.seconds
+
+        print(f"{len(alphas)}-alpha grid over train+test ({images_per_grid:,} evaluations "
+              f"per grid); grids/s, alternating", flush=True)
+        rates = interleave({"ours": ours, "reference": reference}, repeats=args.repeats)
+    result = compare(rates["ours"], rates["reference"])
+    print(f"ours      median {result['ours']['median']:.4f} grids/s")
+    print(f"reference median {result['reference']['median']:.4f} grids/s")
+    write_result("interpolation", {
+        "description": "a 25-alpha interpolation grid (train + test splits, BN buffers "
+                       "interpolated): lbtkit's resident in-place path vs the seed's state-dict "
+                       "reload and DataLoader per alpha",
+        "settings": {"alphas": len(alphas), "model": "c1", "dataset": "synthetic",
+                     "eval_batch_size": args.batch_size, "reference_workers": args.workers,
+                     "repeats": args.repeats, "images_per_grid": images_per_grid},
+        "unit": "grids/s",
+        "machine": machine,
+        **result,
+        "target": 5.0,
+    }, results_dir=args.results_dir)
+
+
+if __name__ == "__main__":
+    main()
