@@ -11,8 +11,8 @@ so both do the same arithmetic:
   ``load_state_dict`` it, then a ``DataLoader`` per split over the images with ToTensor +
   Normalize per sample (2 workers), summing cross-entropy and correct predictions.
 
-The figure is evaluated images per second over a whole grid (both splits, every alpha); the ratio is ours over the
-reference, median of alternating repeats.
+The figure is evaluated images per second over a whole grid (both splits, every alpha); the
+ratio is ours over the reference, median of alternating repeats.
 
     python bench/interpolation.py
 """
