@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -67,8 +67,11 @@ class RunConfig:
         "gradient accumulation steps (default: derived from max_per_device_batch, else 1)",
         default=None,
     )
-    optimizer: str = _opt("sgd | adam | adamw", default="sgd")
-    momentum: float = _opt("SGD momentum (Adam: beta1)", default=0.9)
+    optimizer: str = _opt(
+        "sgd | adam | adamw | lars (SGD with a layer-wise trust ratio) | lamb (Adam with one)",
+        default="sgd",
+    )
+    momentum: float = _opt("SGD/LARS momentum (Adam/AdamW/LAMB: beta1)", default=0.9)
     nesterov: bool = _opt("Nesterov momentum (SGD)", default=False)
     weight_decay: float = _opt("weight decay", default=1e-4)
     lr: float | None = _opt(
@@ -83,6 +86,35 @@ class RunConfig:
     )
     step_epochs: int = _opt("step scheduler: decay every this many epochs", default=30)
     step_gamma: float = _opt("step scheduler: decay factor", default=0.1)
+
+    # Large-batch remedies (each off by default).
+    trust_coefficient: float = _opt(
+        "LARS trust coefficient eta: a layer's lr is scaled by eta*|w|/(|g|+wd*|w|)",
+        default=0.001,
+    )
+    ghost_batch_size: int | None = _opt(
+        "ghost batch normalisation: BatchNorm statistics over groups of this many samples "
+        "(must divide the per-device batch; default: the whole per-device batch)",
+        default=None,
+    )
+    sync_bn: bool = _opt(
+        "BatchNorm statistics over the global batch of all processes (SyncBatchNorm)",
+        default=False,
+    )
+    sam_rho: float = _opt(
+        "sharpness-aware minimisation radius rho (0: off; two passes per step)", default=0.0
+    )
+
+    # Diagnostics.
+    log_noise_scale: bool = _opt(
+        "log the gradient noise scale B_simple each epoch (needs 2+ processes: the "
+        "per-process gradient is the small batch, the averaged one the big batch)",
+        default=False,
+    )
+    noise_scale_ema: float = _opt(
+        "decay of the per-step moving averages of |G|^2 and tr(Sigma) for the noise scale",
+        default=0.95,
+    )
 
     # Speed and numerics.
     mixed_precision: str = _opt("no | bf16 | fp16 (fp16 needs CUDA)", default="no")
@@ -177,6 +209,16 @@ class RunConfig:
             )
         if not 0 < self.step_gamma <= 1:
             raise ConfigError(f"step_gamma must be in (0, 1], got {self.step_gamma}")
+        if not (math.isfinite(self.trust_coefficient) and self.trust_coefficient > 0):
+            raise ConfigError(
+                f"trust_coefficient must be a positive number, got {self.trust_coefficient}"
+            )
+        if self.ghost_batch_size is not None:
+            _positive("ghost_batch_size", self.ghost_batch_size)
+        if not (math.isfinite(self.sam_rho) and self.sam_rho >= 0):
+            raise ConfigError(f"sam_rho must be >= 0 (0 turns SAM off), got {self.sam_rho}")
+        if not 0 <= self.noise_scale_ema < 1:
+            raise ConfigError(f"noise_scale_ema must be in [0, 1), got {self.noise_scale_ema}")
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():
@@ -256,6 +298,18 @@ def plan_batches(config: RunConfig, world_size: int) -> BatchPlan:
             f"per-device batch {per_device} (batch_size {batch} / {world_size} processes / "
             f"{accum} accumulation steps) exceeds max_per_device_batch "
             f"{config.max_per_device_batch}"
+        )
+    if config.log_noise_scale and world_size < 2:
+        raise ConfigError(
+            "log_noise_scale needs 2 or more processes (accelerate launch --num_processes N): "
+            "the per-process gradient is its small batch; for one process, measure a "
+            "checkpoint with `lbtkit noise-scale RUN`"
+        )
+    ghost = config.ghost_batch_size
+    if ghost is not None and per_device % ghost:
+        raise ConfigError(
+            f"ghost_batch_size {ghost} does not divide the per-device batch {per_device} "
+            f"(batch_size {batch} / {world_size} processes / {accum} accumulation steps)"
         )
     return BatchPlan(world_size, grad_accum_steps=accum, per_device_batch_size=per_device)
 
