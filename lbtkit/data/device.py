@@ -176,8 +176,14 @@ def normalize(
     scale, bias = _affine(mean_f, std_f, images.device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    # addcmul reads the uint8 input directly and promotes to float32 inside the kernel.
-    out = torch.addcmul(bias, images, scale)
+    if images.device.type == "cuda":
+        # addcmul reads the uint8 input directly and promotes to float32 inside the kernel.
+        out = torch.addcmul(bias, images, scale)
+    else:
+        # On the CPU, addcmul's mixed uint8/float kernel is slow: a conversion and two
+        # in-place passes took 3.7 ms instead of 20 ms for 512 CIFAR images on 2 cores.
+        # The two can differ in the last bit of a float32.
+        out = images.float().mul_(scale).add_(bias)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out.to(dtype)
