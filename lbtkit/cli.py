@@ -335,6 +335,84 @@ def interpolate(
 
 @app.command()
 @user_errors
+def landscape(
+    run_dir: Annotated[Path, typer.Argument(help="the run at the centre of the plane")],
+    other: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--other", help="a second run (needed by, and only by, --directions between)"),
+    ] = None,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", help="where to write (default: RUN/landscape, or "
+                     "RUN/landscape-to-OTHERNAME with --other)"),
+    ] = None,
+    grid: Annotated[
+        str, typer.Option(help="START:STOP:COUNT (inclusive) for both axes, or X-SPEC,Y-SPEC")
+    ] = "-1:1:21",
+    directions: Annotated[
+        str, typer.Option(help="random: two random directions | between: x = OTHER - RUN "
+                          "(x=1 is OTHER), y = one random direction")
+    ] = "random",
+    norm: Annotated[
+        str, typer.Option(help="filter | layer | none: scaling of the random directions "
+                          "against the run's weights (Li et al.)")
+    ] = "filter",
+    ignore_bn_bias: Annotated[
+        bool, typer.Option("--ignore-bn-bias", help="random directions leave biases and "
+                           "BatchNorm parameters (1-D tensors) at the run's values")
+    ] = False,
+    splits: Annotated[str, typer.Option(help="comma list of train, test")] = "train,test",
+    bn: Annotated[
+        str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics, "
+                          "as in interpolate; interpolate keeps RUN's along random axes)")
+    ] = "recalibrate",
+    bn_samples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="training samples for BN re-estimation (default: all)"),
+    ] = None,
+    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch per process")] = 1024,
+    seed: Annotated[int, typer.Option(help="seed of the random directions")] = 0,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="split the grid points over N processes"),
+    ] = None,
+) -> None:
+    """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json."""
+    from lbtkit import launch
+    from lbtkit.landscape.plane import (
+        check_options,
+        check_runs,
+        default_output,
+        parse_grid,
+        parse_splits,
+        run_landscape,
+    )
+
+    check_options(other=other, directions=directions, norm=norm, bn=bn, bn_samples=bn_samples,
+                  eval_batch_size=eval_batch_size)
+    points, split_names = parse_grid(grid), parse_splits(splits)
+    output = output if output is not None else default_output(run_dir, other)
+    if num_processes is not None and num_processes > 1:
+        check_runs(run_dir, other)  # one error line here rather than one per worker
+        args = ["landscape", str(run_dir), "--output", str(output), "--grid", grid,
+                "--directions", directions, "--norm", norm, "--splits", splits, "--bn", bn,
+                "--eval-batch-size", str(eval_batch_size), "--seed", str(seed)]
+        args += ["--other", str(other)] if other is not None else []
+        args += ["--ignore-bn-bias"] if ignore_bn_bias else []
+        args += ["--bn-samples", str(bn_samples)] if bn_samples is not None else []
+        command = launch.lbtkit_launch_command(args, num_processes, launch.free_port())
+        raise typer.Exit(launch.run_launched(command, output))
+    paths = run_landscape(
+        run_dir, other, output, grid=points, directions=directions, norm=norm,
+        ignore_bn_bias=ignore_bn_bias, splits=split_names, bn=bn, bn_samples=bn_samples,
+        eval_batch_size=eval_batch_size, seed=seed,
+    )
+    for kind, path in (paths or {}).items():
+        print(f"{kind}: {path}")
+
+
+@app.command()
+@user_errors
 def sharpness(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     eps: Annotated[str, typer.Option(help="comma list of box sizes")] = "1e-3,5e-4",

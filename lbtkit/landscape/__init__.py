@@ -2,6 +2,8 @@
 
 - ``interpolate``: loss and accuracy along the line through a small-batch and a large-batch
   solution (the parametric plot), with BatchNorm statistics handled explicitly (``bn``);
+- ``plane``: loss and accuracy on a 2-D plane around a solution, along filter-normalised random
+  directions or through a second solution (Li et al. 2018);
 - ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace.
 
 Everything reads finished run directories (``lbtkit.rundir.load_run``), never the training loop.
@@ -19,6 +21,16 @@ from lbtkit.landscape.interpolate import (
     shard,
     write_interpolation,
 )
+from lbtkit.landscape.plane import (
+    between_direction,
+    landscape_meta,
+    landscape_runs,
+    normalize_direction,
+    parse_grid,
+    random_direction,
+    run_landscape,
+    write_landscape,
+)
 from lbtkit.landscape.sharpness import (
     hessian_top_eigenvalues,
     hutchinson_trace,
@@ -33,21 +45,29 @@ from lbtkit.landscape.sharpness import (
 __all__ = [
     "BN_MODES",
     "SPLITS",
+    "between_direction",
     "evaluate_batch_stats",
     "hessian_top_eigenvalues",
     "hutchinson_trace",
     "interpolate_runs",
     "interpolation_meta",
     "keskar_sharpness",
+    "landscape_meta",
+    "landscape_runs",
     "network_loss",
+    "normalize_direction",
     "parse_alphas",
+    "parse_grid",
     "parse_splits",
     "parse_subspace",
+    "random_direction",
     "random_subspace",
     "recalibrate_bn",
     "run_interpolation",
+    "run_landscape",
     "run_sharpness",
     "shard",
     "sharpness_settings",
     "write_interpolation",
+    "write_landscape",
 ]

@@ -92,7 +92,7 @@ def check_same_setup(
         if a != b:
             raise ConfigError(
                 f"the runs differ in {key}: {sb_dir} has {a!r}, {lb_dir} has {b!r}; "
-                "interpolation needs the same architecture and dataset"
+                "comparing two solutions needs the same architecture and dataset"
             )
     sb_shapes = {k: tuple(v.shape) for k, v in sb_model.state_dict().items()}
     lb_shapes = {k: tuple(v.shape) for k, v in lb_model.state_dict().items()}

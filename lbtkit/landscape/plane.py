@@ -1,0 +1,518 @@
+"""Loss and accuracy on a 2-D plane around a solution (Li et al. 2018, "Visualizing the Loss
+Landscape of Neural Nets").
+
+The plane is theta(x, y) = theta + x*d1 + y*d2 around a trained solution theta:
+
+- ``directions="random"``: d1 and d2 are Gaussian directions, each normalised against theta
+  (``normalize_direction``: filter-wise by default, Li et al.'s remedy for the scale invariance
+  that makes unnormalised plots of different networks incomparable);
+- ``directions="between"``: d1 = theta_other - theta, unnormalised, so (1, 0) is the other
+  solution itself (written with lerp, so bit-exactly), and d2 is one normalised random direction
+  as above. d2 is not orthogonalised against d1: two random directions in millions of dimensions
+  are nearly orthogonal anyway, and the JSON reports their cosine. This is the reference code's
+  ``--model_file2`` layout.
+
+Parameters with one dimension (biases, BatchNorm weights and biases) follow the reference
+code (github.com/tomgoldstein/loss-landscape, ``net_plotter.normalize_directions_for_weights``):
+with ``ignore_bn_bias`` their direction is zero (they stay at theta's values), otherwise the
+direction is a copy of theta's values. Only parameters span the plane; BatchNorm running
+statistics follow one of ``BN_MODES`` exactly as in ``lbtkit.landscape.interpolate``, where
+``interpolate`` means they move with the plane: mixed along d1 with ``between`` (negative
+variances are reported and give NaN), the centre's own along a random direction, which carries
+no statistics (the reference code's ``dir_type=weights``). With ``random`` directions that mode
+therefore keeps the centre's statistics everywhere.
+
+One resident model, one copy of the data, of theta and of both directions on the device; per
+grid point the weights are written in place with foreach ops. With several processes
+(Accelerate), each takes every world-th grid point and all processes return all rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from collections.abc import Sequence
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbtkit.data import load_dataset
+from lbtkit.errors import ConfigError
+from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
+from lbtkit.landscape.interpolate import BN_MODES, SPLITS, check_same_setup, parse_splits, shard
+from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+
+DIRECTIONS = ("random", "between")
+NORMS = ("filter", "layer", "none")
+CSV_FIELDS = ("x", "y", "split", "loss", "accuracy", "negative_variances")
+Grid = tuple[list[float], list[float]]
+
+
+# --- directions (pure) -----------------------------------------------------------------------
+
+
+def random_direction(
+    params: Sequence[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One standard normal tensor per parameter, same shapes, dtypes and devices.
+
+    Drawn on the generator's device (the CPU for ``torch.Generator()``) in parameter order, so a
+    seed gives the same direction on every process and every device.
+    """
+    return [
+        torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                    device=generator.device).to(p.device)
+        for p in params
+    ]
+
+
+def normalize_direction(
+    direction: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    norm: str = "filter",
+    *,
+    ignore_bn_bias: bool = False,
+) -> list[torch.Tensor]:
+    """Scale ``direction`` against ``weights`` (new tensors; the inputs are not modified).
+
+    ``filter``: each filter (slice along dim 0 of a tensor with >= 2 dims: an output channel of
+    a convolution, a row of a linear layer) becomes d_f / |d_f| * |w_f|. ``layer``: the same per
+    tensor. ``none``: unchanged. Tensors with <= 1 dim are zero with ``ignore_bn_bias``, else a
+    copy of the weights for ``filter``/``layer`` (the reference code's convention: a bias or BN
+    entry is its own filter, and copying gives it its own norm with a fixed sign) and unchanged
+    for ``none``. A zero filter of the direction stays zero.
+    """
+    if norm not in NORMS:
+        raise ConfigError(f"unknown direction normalisation {norm!r}; choose from {NORMS}")
+    if len(direction) != len(weights):
+        raise ValueError(f"{len(direction)} direction tensors for {len(weights)} weights")
+    normalized = []
+    for d, w in zip(direction, weights, strict=True):
+        if d.shape != w.shape:
+            raise ValueError(f"direction shape {tuple(d.shape)} != weight shape {tuple(w.shape)}")
+        w = w.detach()
+        if d.dim() <= 1:
+            if ignore_bn_bias:
+                normalized.append(torch.zeros_like(d))
+            elif norm == "none":
+                normalized.append(d.clone())
+            else:
+                normalized.append(w.to(d.dtype, copy=True))
+        elif norm == "filter":
+            shape = (-1,) + (1,) * (d.dim() - 1)
+            d_norm = d.flatten(1).norm(dim=1)
+            w_norm = w.flatten(1).norm(dim=1).to(d.dtype)
+            scale = torch.where(d_norm > 0, w_norm / d_norm.clamp_min(torch.finfo(d.dtype).tiny),
+                                torch.zeros_like(d_norm))
+            normalized.append(d * scale.view(shape))
+        elif norm == "layer":
+            d_norm = d.norm()
+            normalized.append(d * (w.norm().to(d.dtype) / d_norm) if d_norm > 0 else d.clone())
+        else:
+            normalized.append(d.clone())
+    return normalized
+
+
+def between_direction(
+    weights: Sequence[torch.Tensor], other: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """theta_other - theta, per tensor: unnormalised, so a step of 1 reaches the other solution."""
+    if len(weights) != len(other):
+        raise ValueError(f"{len(weights)} weight tensors against {len(other)} of the other run")
+    return [o.detach() - w.detach() for w, o in zip(weights, other, strict=True)]
+
+
+def direction_stats(d1: Sequence[torch.Tensor], d2: Sequence[torch.Tensor]) -> dict[str, float]:
+    """The L2 norms of two directions and the cosine between them (to judge the plot's axes)."""
+    n1 = math.sqrt(sum(float(t.double().square().sum()) for t in d1))
+    n2 = math.sqrt(sum(float(t.double().square().sum()) for t in d2))
+    dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(d1, d2, strict=True))
+    cosine = dot / (n1 * n2) if n1 > 0 and n2 > 0 else float("nan")
+    return {"x_norm": n1, "y_norm": n2, "cosine": cosine}
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+def parse_grid(text: str) -> Grid:
+    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) for both axes, or
+    ``"XSPEC,YSPEC"`` for different axes (e.g. ``-0.5:1.5:21,-1:1:21`` with ``between``).
+    Returns (x coordinates, y coordinates)."""
+    usage = "use START:STOP:COUNT for both axes (e.g. -1:1:21) or X0:X1:NX,Y0:Y1:NY"
+    specs = [s.strip() for s in text.split(",")]
+    if len(specs) not in (1, 2):
+        raise ConfigError(f"cannot parse grid {text!r}: {usage}")
+    axes = []
+    for spec in specs:
+        try:
+            start, stop, count = spec.split(":")
+            first, last, n = float(start), float(stop), int(count)
+        except ValueError:
+            raise ConfigError(f"cannot parse grid {text!r}: {usage}") from None
+        if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
+            raise ConfigError(f"cannot parse grid {text!r}: COUNT must be >= 1 and the ends "
+                              f"finite; {usage}")
+        # 12 significant digits: 0.1 rather than linspace's 0.10000000000000009 in the files,
+        # and the rounded value is the coordinate evaluated, so files and numbers agree
+        axes.append([float(f"{v:.12g}") for v in np.linspace(first, last, n)])
+    xs, ys = axes if len(axes) == 2 else (axes[0], list(axes[0]))
+    return xs, ys
+
+
+def check_options(
+    *,
+    other: str | Path | None,
+    directions: str,
+    norm: str,
+    bn: str,
+    bn_samples: int | None,
+    eval_batch_size: int,
+) -> None:
+    """Raise ConfigError for inconsistent options, before any run is loaded or process started."""
+    if directions not in DIRECTIONS:
+        raise ConfigError(f"unknown directions {directions!r}; choose from {DIRECTIONS}")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown direction normalisation {norm!r}; choose from {NORMS}")
+    if bn not in BN_MODES:
+        raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
+    if directions == "between" and other is None:
+        raise ConfigError("--directions between needs a second solution: give --other RUN2")
+    if directions == "random" and other is not None:
+        # Refused rather than ignored: a user naming a second run expects to see it on the plot.
+        raise ConfigError(f"--other {other} is used only with --directions between "
+                          "(the plane through both solutions)")
+    if eval_batch_size < 1:
+        raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+    if bn_samples is not None and bn_samples < 2:
+        raise ConfigError(f"bn_samples must be at least 2, got {bn_samples}")
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def landscape_runs(
+    run: str | Path,
+    other: str | Path | None = None,
+    *,
+    grid: Grid,
+    directions: str = "random",
+    norm: str = "filter",
+    ignore_bn_bias: bool = False,
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+    seed: int = 0,
+    accelerator=None,
+) -> list[dict[str, Any]]:
+    """Evaluate theta + x*d1 + y*d2 on ``grid`` = (xs, ys); rows {x, y, split, loss, accuracy,
+    negative_variances}, sorted by x, y, then split. Arguments as in
+    ``lbtkit.landscape.interpolate_runs``; ``seed`` draws the random direction(s)."""
+    return _landscape(
+        run, other, grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
+        splits=splits, bn=bn, bn_samples=bn_samples, eval_batch_size=eval_batch_size, seed=seed,
+        accelerator=accelerator,
+    )[0]
+
+
+def _landscape(
+    run: str | Path, other: str | Path | None, *, grid: Grid, directions: str, norm: str,
+    ignore_bn_bias: bool, splits: Sequence[str], bn: str, bn_samples: int | None,
+    eval_batch_size: int, seed: int, accelerator: Any,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    check_options(other=other, directions=directions, norm=norm, bn=bn, bn_samples=bn_samples,
+                  eval_batch_size=eval_batch_size)
+    splits = parse_splits(splits)
+    xs, ys = grid
+    if not xs or not ys:
+        raise ConfigError("no grid points to evaluate")
+    rank, world = (0, 1) if accelerator is None else (
+        accelerator.process_index, accelerator.num_processes)
+    device = accelerator.device if accelerator is not None else _default_device()
+
+    model, config = load_run(run, device=device)
+    params = dict(model.named_parameters())
+    names = list(params)
+    # Floating buffers (BN running statistics) move only in "interpolate" mode with "between":
+    # random directions have no component on them, so otherwise they are never written here.
+    buffer_names = [n for n, b in model.named_buffers() if b.is_floating_point()] if (
+        bn == "interpolate" and directions == "between") else []
+    own = {**params, **dict(model.named_buffers())}
+    targets = [own[n].data for n in names + buffer_names]
+    theta = [t.detach().clone() for t in targets]
+    weights = theta[:len(names)]
+
+    generator = torch.Generator().manual_seed(seed)
+    if directions == "between":
+        other_model, other_config = load_run(other, device=device)
+        check_same_setup((config, model, Path(run)), (other_config, other_model, Path(other)))
+        other_own = {**dict(other_model.named_parameters()), **dict(other_model.named_buffers())}
+        # x is written as lerp(theta, theta_other, x), which is exact at x = 0 and x = 1.
+        theta_other = [other_own[n].detach() for n in names + buffer_names]
+        del other_model, other_own
+        d1 = None
+        d2 = normalize_direction(random_direction(weights, generator), weights, norm,
+                                 ignore_bn_bias=ignore_bn_bias)
+        stats = direction_stats(between_direction(weights, theta_other[:len(names)]), d2)
+    else:
+        theta_other = None
+        # one stream, x's direction first: one seed fixes the whole plane
+        raw1 = random_direction(weights, generator)
+        raw2 = random_direction(weights, generator)
+        d1 = normalize_direction(raw1, weights, norm, ignore_bn_bias=ignore_bn_bias)
+        d2 = normalize_direction(raw2, weights, norm, ignore_bn_bias=ignore_bn_bias)
+        del raw1, raw2  # two parameter-sized copies fewer on the device while evaluating
+        stats = direction_stats(d1, d2)
+    param_targets = targets[:len(names)]
+
+    data = load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size,
+        num_classes=config.num_classes,
+    ).to(device)
+    inputs = InputSpec(data.info, config.image_size, config.channels_last)
+    split_data = {"train": (data.train_images, data.train_labels),
+                  "test": (data.val_images, data.val_labels)}
+    bn_images = data.train_images[:bn_samples]
+
+    points = [(float(x), float(y)) for x in xs for y in ys]
+    rows: list[dict[str, Any]] = []
+    for x, y in shard(points, rank, world):
+        with torch.no_grad():
+            torch._foreach_copy_(targets, theta)
+            if theta_other is not None:
+                torch._foreach_lerp_(targets, theta_other, x)
+            else:
+                torch._foreach_add_(param_targets, d1, alpha=x)
+            torch._foreach_add_(param_targets, d2, alpha=y)
+        negative = negative_variances(model) if buffer_names else 0
+        if negative:
+            print(f"warning: (x, y)=({x:g}, {y:g}): {negative} BatchNorm running variances are "
+                  f"negative after interpolating them; the loss there is NaN "
+                  f"(use --bn recalibrate)", file=sys.stderr)
+        if bn == "recalibrate":
+            recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
+        for split in splits:
+            images, labels = split_data[split]
+            if bn == "batch-stats":
+                totals = evaluate_batch_stats(model, images, labels, inputs,
+                                              batch_size=eval_batch_size)
+            else:
+                totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
+            loss, accuracy = mean_loss_and_accuracy(totals)
+            if math.isnan(loss):
+                accuracy = float("nan")  # argmax over NaN logits is no prediction
+            rows.append({"x": x, "y": y, "split": split, "loss": loss, "accuracy": accuracy,
+                         "negative_variances": negative})
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    return sorted(rows, key=lambda r: (r["x"], r["y"], splits.index(r["split"]))), stats
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def landscape_meta(
+    run: str | Path,
+    other: str | Path | None = None,
+    *,
+    grid: Grid,
+    directions: str = "random",
+    norm: str = "filter",
+    ignore_bn_bias: bool = False,
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything that determines a landscape's numbers, as stored in its JSON."""
+    normalised = {"filter": "filter-wise normalised against the run's weights",
+                  "layer": "layer-wise normalised against the run's weights",
+                  "none": "unnormalised"}[norm]
+    random_axis = (f"random Gaussian direction (seed {seed}), {normalised}; 1-D parameters "
+                   + ("zero" if ignore_bn_bias else
+                      "unnormalised" if norm == "none" else "a copy of the weights"))
+    return {
+        "run": str(Path(run).resolve()),
+        "other_run": None if other is None else str(Path(other).resolve()),
+        "x": [float(v) for v in grid[0]],
+        "y": [float(v) for v in grid[1]],
+        "directions": directions,
+        "norm": norm,
+        "ignore_bn_bias": ignore_bn_bias,
+        "seed": seed,
+        "x_axis": "theta_other - theta, unnormalised (x=1 is the other run)"
+        if directions == "between" else random_axis,
+        "y_axis": random_axis,
+        "random_draws": "torch.Generator().manual_seed(seed): standard normals on the CPU in "
+                        "the parameters' dtype and order"
+                        + (", x then y" if directions == "random" else ""),
+        "splits": parse_splits(splits),
+        "bn": bn,
+        "bn_running_stats": {
+            "recalibrate": "re-estimated at every point",
+            "batch-stats": "unused: each evaluated batch's own statistics",
+            "interpolate": "mixed along x with the other run's" if directions == "between"
+            else "the run's own everywhere (random directions carry no statistics)",
+        }[bn],
+        "bn_samples": None if bn != "recalibrate" else (
+            "all training images" if bn_samples is None else f"first {bn_samples} training images"
+        ),
+        "eval_batch_size": eval_batch_size,
+        "bn_batches": "near-equal consecutive batches of at most eval_batch_size images",
+        "train_split": "training set without augmentation",
+        "test_split": "the validation set of the run's results.json",
+        "loss": "mean cross-entropy over samples (log-softmax of float32 logits)",
+    }
+
+
+def write_landscape(
+    rows: list[dict[str, Any]], output_dir: str | Path, *, meta: dict[str, Any]
+) -> dict[str, Path]:
+    """Write ``landscape.csv``, ``landscape.png`` and ``landscape.json`` (meta and rows)."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": output / "landscape.csv", "png": output / "landscape.png",
+             "json": output / "landscape.json"}
+    text = StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in CSV_FIELDS})
+    atomic_write_text(paths["csv"], text.getvalue())
+    plot_landscape(rows, paths["png"], xs=meta["x"], ys=meta["y"],
+                   between=meta["directions"] == "between")
+    # strict JSON has no NaN: a missing value is null there (the CSV says nan)
+    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+             for r in rows]
+    write_json(paths["json"], {**meta, "rows": clean})
+    return paths
+
+
+def plot_landscape(
+    rows: list[dict[str, Any]], path: Path, *, xs: Sequence[float], ys: Sequence[float],
+    between: bool = False,
+) -> None:
+    """Loss contours (log-spaced levels) per split, side by side; the centre marked, and with
+    ``between`` the other solution at (1, 0). A grid too thin or too flat for contours is drawn
+    as coloured points; non-finite losses are left blank (the CSV keeps them)."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    splits = [s for s in SPLITS if any(r["split"] == s for r in rows)] or ["train"]
+    figure = Figure(figsize=(4.8 * len(splits), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(splits), squeeze=False)[0]
+    for axis, split in zip(axes, splits, strict=True):
+        loss = {(r["x"], r["y"]): r["loss"] for r in rows if r["split"] == split}
+        grid = np.array([[loss.get((float(x), float(y)), np.nan) for x in xs] for y in ys],
+                        dtype=float)
+        good = np.isfinite(grid) & (grid > 0)
+        if good.any():
+            low, high = float(grid[good].min()), float(grid[good].max())
+            norm = LogNorm(vmin=low, vmax=high) if high > low else None
+            contourable = len(xs) >= 2 and len(ys) >= 2 and high > low and good.sum() >= 4
+            if contourable:
+                levels = np.geomspace(low, high, 16)
+                image = axis.contour(xs, ys, np.ma.masked_where(~good, grid), levels=levels,
+                                     norm=norm, cmap="viridis")
+            else:
+                gx, gy = np.meshgrid(xs, ys)
+                image = axis.scatter(gx[good], gy[good], c=grid[good], norm=norm, cmap="viridis")
+            # plain numbers: the default log formatter labels only some levels, in sci notation
+            bar = figure.colorbar(image, ax=axis, label="cross-entropy",
+                                  format=FormatStrFormatter("%.3g"))
+            bar.minorticks_off()
+            if high > low:
+                bar.set_ticks(np.geomspace(low, high, 6))  # every third contour level
+        marks = [((0.0, 0.0), "*", "this run")]
+        if between:
+            marks.append(((1.0, 0.0), "o", "other run"))
+        for (mx, my), marker, label in marks:
+            if min(xs) <= mx <= max(xs) and min(ys) <= my <= max(ys):
+                axis.plot([mx], [my], marker, color="red", markersize=9, label=label)
+        axis.set_title(f"{split} loss")
+        axis.set_xlabel("x  (1: the other run)" if between else "x  (random direction 1)")
+        axis.set_ylabel("y  (random direction)" if between else "y  (random direction 2)")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper right", fontsize=8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=110, format="png")
+    os.replace(tmp, path)
+
+
+def run_landscape(
+    run: str | Path,
+    other: str | Path | None,
+    output_dir: str | Path,
+    *,
+    grid: Grid,
+    directions: str = "random",
+    norm: str = "filter",
+    ignore_bn_bias: bool = False,
+    splits: Sequence[str] = SPLITS,
+    bn: str = "recalibrate",
+    bn_samples: int | None = None,
+    eval_batch_size: int = 1024,
+    seed: int = 0,
+    accelerator=None,
+) -> dict[str, Path] | None:
+    """``landscape_runs`` then ``write_landscape`` on the main process; its paths (None on the
+    other processes).
+
+    Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
+    created (CPU/gloo without CUDA) and shut down at the end.
+    """
+    owned = accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if owned:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    settings = dict(grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
+                    splits=splits, bn=bn, bn_samples=bn_samples,
+                    eval_batch_size=eval_batch_size, seed=seed)
+    try:
+        rows, stats = _landscape(run, other, accelerator=accelerator, **settings)
+        paths = None
+        if accelerator is None or accelerator.is_main_process:
+            meta = landscape_meta(run, other, **settings)
+            meta["direction_norms"] = stats
+            meta["processes"] = 1 if accelerator is None else accelerator.num_processes
+            meta["versions"] = versions()
+            paths = write_landscape(rows, output_dir, meta=meta)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return paths
+    finally:
+        if owned:
+            accelerator.end_training()
+
+
+def check_runs(run: str | Path, other: str | Path | None = None) -> None:
+    """Raise a UserError unless ``run`` (and ``other``) load and share one parameter space.
+
+    For a launcher to call before starting workers, so that a bad path is one error line
+    rather than one per process."""
+    model, config = load_run(run)
+    if other is not None:
+        other_model, other_config = load_run(other)
+        check_same_setup((config, model, Path(run)), (other_config, other_model, Path(other)))
+
+
+def default_output(run: str | Path, other: str | Path | None = None) -> Path:
+    """RUN/landscape, or RUN/landscape-to-OTHERNAME through a second solution (so the two
+    kinds of plane of one run do not overwrite each other)."""
+    name = "landscape" if other is None else f"landscape-to-{Path(other).resolve().name}"
+    return Path(run) / name
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
