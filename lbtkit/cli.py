@@ -142,6 +142,8 @@ def run(
     raise typer.Exit(exit_code(results["status"]))
 
 
+DEFAULT_BATCH_SIZES = "32,64,128,256,512,1024"
+
 sweep_app = typer.Typer(
     help="Plan and run a grid of runs (the batch-size study).", no_args_is_help=True
 )
@@ -154,8 +156,11 @@ app.add_typer(sweep_app, name="sweep")
 def sweep_plan(
     output: Annotated[Path, typer.Option("--output", help="the sweep directory")],
     batch_sizes: Annotated[
-        str, typer.Option("--batch-sizes", help="comma list of global batch sizes")
-    ] = "32,64,128,256,512,1024",
+        Optional[str],  # noqa: UP045
+        typer.Option("--batch-sizes", help="comma list of global batch sizes "
+                     "[default: the preset's or config file's [sweep] table, else "
+                     f"{DEFAULT_BATCH_SIZES}]"),
+    ] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma list of seeds")] = None,  # noqa: UP045
     grid: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -172,13 +177,28 @@ def sweep_plan(
     *,
     config_flags: dict,
 ) -> None:
-    """Write SWEEP_DIR/sweep.json: one entry per point of the grid, lr scaled per entry."""
+    """Write SWEEP_DIR/sweep.json: one entry per point of the grid, lr scaled per entry.
+
+    A preset or config file with a [sweep] table (e.g. remedies-mobilenetv2) supplies the
+    default grid and named variants; command-line values replace its grid keys.
+    """
+    from lbtkit.config import sweep_settings
     from lbtkit.report import format_lr
-    from lbtkit.sweep import parse_grid, plan_sweep
+    from lbtkit.sweep import parse_grid, plan_sweep, sweep_table
 
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
-    values = parse_grid(batch_sizes=batch_sizes, seeds=seeds, extra=grid or [])
-    plan = plan_sweep(base, values, output, world_size=num_processes)
+    table_grid: dict[str, list] = {}
+    variants = None
+    settings = sweep_settings(preset=preset, config_file=config)
+    if settings is not None:
+        table_grid, variants = sweep_table(settings, str(config or f"preset {preset!r}"))
+    given = parse_grid(
+        batch_sizes=batch_sizes or ",".join(map(str, table_grid.get("batch_size", [])))
+        or DEFAULT_BATCH_SIZES,
+        seeds=seeds, extra=grid or [],
+    )
+    values = {**{k: v for k, v in table_grid.items() if k != "batch_size"}, **given}
+    plan = plan_sweep(base, values, output, world_size=num_processes, variants=variants)
     table = Table("index", "name", "batch", "per-device batch", "accumulation", "lr",
                   title=f"{output / 'sweep.json'}: {len(plan['runs'])} runs")
     for entry in plan["runs"]:

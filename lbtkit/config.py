@@ -344,10 +344,31 @@ def list_presets() -> list[str]:
 def preset_values(name: str) -> dict[str, Any]:
     if name not in list_presets():
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
-    text = (resources.files("lbtkit") / "presets" / f"{name}.toml").read_text()
-    values = tomllib.loads(text)
+    values = _preset_table(name)
     values.pop("description", None)
+    values.pop("sweep", None)  # sweep settings, read by sweep_settings
     return values
+
+
+def _preset_table(name: str) -> dict[str, Any]:
+    if name not in list_presets():
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+    return tomllib.loads((resources.files("lbtkit") / "presets" / f"{name}.toml").read_text())
+
+
+def sweep_settings(
+    *, preset: str | None = None, config_file: str | Path | None = None
+) -> dict[str, Any] | None:
+    """The ``[sweep]`` table of the config file, else of the preset (None when neither has one).
+
+    It holds what ``lbtkit sweep plan`` sweeps by default: lists of values per field
+    (``batch_size = [1024]``) and optional ``[sweep.variants.NAME]`` override tables.
+    """
+    if config_file and "sweep" in _read_file(Path(config_file)):
+        return _read_file(Path(config_file))["sweep"]
+    if preset and "sweep" in _preset_table(preset):
+        return _preset_table(preset)["sweep"]
+    return None
 
 
 def preset_description(name: str) -> str:
@@ -356,8 +377,16 @@ def preset_description(name: str) -> str:
 
 
 def file_values(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file, or a run's ``config.json`` (so a run can be repeated)."""
-    path = Path(path)
+    """Read a TOML config file, or a run's ``config.json`` (so a run can be repeated).
+
+    A ``[sweep]`` table is left out: it is for ``lbtkit sweep plan`` (see sweep_settings).
+    """
+    values = _read_file(Path(path))
+    values.pop("sweep", None)
+    return values
+
+
+def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

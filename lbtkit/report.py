@@ -99,7 +99,9 @@ def _collect(sweep: dict[str, Any]) -> list[tuple[dict[str, Any], RunRecord]]:
 
 
 def _extra_keys(sweep: dict[str, Any]) -> list[str]:
-    return [key for key in sweep["grid"] if key not in _FIXED_KEYS]
+    """The columns that tell entries of one batch size and seed apart."""
+    variant = ["variant"] if sweep.get("variants") else []
+    return variant + [key for key in sweep["grid"] if key not in _FIXED_KEYS]
 
 
 def _row(entry: dict[str, Any], record: RunRecord, extra: list[str], root: Path
@@ -119,7 +121,7 @@ def _row(entry: dict[str, Any], record: RunRecord, extra: list[str], root: Path
     return {
         "index": entry["index"],
         "name": config["name"],
-        **{key: config[key] for key in extra},
+        **{key: entry.get("variant") if key == "variant" else config[key] for key in extra},
         "batch_size": config["batch_size"],
         "seed": config["seed"],
         "world_size": actual("world_size"),

@@ -67,39 +67,51 @@ class SweepError(UserError):
 
 
 def plan_sweep(
-    base: RunConfig, grid: dict[str, list], output: Path, *, world_size: int = 1
+    base: RunConfig, grid: dict[str, list], output: Path, *, world_size: int = 1,
+    variants: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``output/sweep.json`` for the product of ``grid`` over ``base``; return the plan.
 
     ``base`` should be unresolved (``lr`` None) so that each entry's lr is scaled from its own
     batch size; a base with ``lr`` set keeps that lr for every entry. Grid keys are RunConfig
-    field names. Every entry is resolved and its batch plan checked for ``world_size``
-    processes here, so a bad grid fails now rather than in the middle of the sweep. Planning
-    the same sweep again is a no-op; a different plan over an existing one is refused.
+    field names. ``variants`` names sets of overrides (e.g. one per large-batch remedy), each
+    crossed with the grid and applied over it; the entry's name ends with the variant's.
+    Every entry is resolved and its batch plan checked for ``world_size`` processes here, so
+    a bad grid fails now rather than in the middle of the sweep. Planning the same sweep
+    again is a no-op; a different plan over an existing one is refused.
     """
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
     output = Path(output)
     keys = _ordered_keys(grid)
     values = {key: _grid_values(key, grid[key]) for key in keys}
+    checked_variants = _checked_variants(variants)
     base = dataclasses.replace(base, name=None, output_dir=None)
+    # The variant varies just inside the batch size, so one batch size's entries are together.
+    axes = [values[keys[0]], list(checked_variants or [None]),
+            *(values[key] for key in keys[1:])]
 
     runs = []
-    for index, combo in enumerate(itertools.product(*(values[key] for key in keys))):
-        config = base.updated(dict(zip(keys, combo, strict=True)), source="sweep grid")
-        name = _entry_name(config, keys)
+    for index, (first, variant, *rest) in enumerate(itertools.product(*axes)):
+        config = base.updated(dict(zip(keys, (first, *rest), strict=True)), source="sweep grid")
+        if variant is not None:
+            config = config.updated(checked_variants[variant], source=f"variant {variant!r}")
+        name = _entry_name(config, keys, variant)
         run_dir = f"{RUNS_FOLDER}/{name}"
         try:
             config = dataclasses.replace(config, name=name, output_dir=run_dir).resolved()
             batch_plan = plan_batches(config, world_size)
         except ConfigError as exc:
             raise ConfigError(f"sweep entry {index} ({name}): {exc}") from None
-        runs.append({
+        entry = {
             "index": index,
             "config": config.to_dict(),
             "run_dir": run_dir,
             "batch_plan": batch_plan.to_dict(),
-        })
+        }
+        if variant is not None:
+            entry["variant"] = variant
+        runs.append(entry)
     names = [entry["config"]["name"] for entry in runs]
     if len(set(names)) < len(names):
         twice = next(n for n in names if names.count(n) > 1)
@@ -112,6 +124,8 @@ def plan_sweep(
         "world_size": world_size,
         "runs": runs,
     }
+    if checked_variants:
+        plan["variants"] = checked_variants
     plan = json.loads(json.dumps(plan))  # compare as it will read back from disk
     path = output / SWEEP_FILE
     if path.exists():
@@ -202,9 +216,54 @@ def _grid_values(key: str, values: Any) -> list[Any]:
     return checked
 
 
-def _entry_name(config: RunConfig, keys: list[str]) -> str:
-    """A short run name from the swept values: ``b256-s0``, ``b256-s0-sqrt``, ``b64-s1-epochs9``."""
+def _checked_variants(variants: dict[str, dict[str, Any]] | None
+                      ) -> dict[str, dict[str, Any]] | None:
+    """Variant names usable in run names, and overrides that are RunConfig fields."""
+    if variants is None:
+        return None
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError("sweep variants must be a non-empty table of NAME = {KEY = VALUE}")
+    checked = {}
+    for name, overrides in variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", str(name)):
+            raise ConfigError(
+                f"sweep variant name {name!r}: use letters, digits and . _ + - (it names runs)"
+            )
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"sweep variant {name!r} needs a table of settings, "
+                              f"got {overrides!r}")
+        for key in overrides:
+            if key in _NOT_SWEEPABLE:
+                raise ConfigError(f"sweep variant {name!r} cannot set {key!r}: "
+                                  f"the sweep sets it for every entry")
+        RunConfig().updated(overrides, source=f"sweep variant {name!r}")  # names the bad key
+        checked[str(name)] = dict(overrides)
+    return checked
+
+
+def sweep_table(values: dict[str, Any], source: str
+                ) -> tuple[dict[str, list], dict[str, dict[str, Any]] | None]:
+    """The ``[sweep]`` table of a preset or config file: (grid, variants).
+
+    Keys are RunConfig fields with lists of values (``batch_size = [1024]``), plus an
+    optional ``[sweep.variants.NAME]`` table of overrides per variant.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"[sweep] in {source} must be a table")
+    grid = {key: value for key, value in values.items() if key != "variants"}
+    for key, value in grid.items():
+        if not isinstance(value, list):
+            raise ConfigError(f"[sweep] {key} in {source} needs a list of values, "
+                              f"got {value!r}")
+    return grid, values.get("variants")
+
+
+def _entry_name(config: RunConfig, keys: list[str], variant: str | None = None) -> str:
+    """A short run name from the swept values: ``b256-s0``, ``b256-s0-sqrt``, ``b64-s1-epochs9``,
+    ``b1024-s0-lars`` (variant ``lars``)."""
     parts = [f"b{config.batch_size}", f"s{config.seed}"]
+    if variant is not None:
+        parts.append(variant)
     for key in keys:
         if key in ("batch_size", "seed"):
             continue
@@ -222,9 +281,9 @@ def _entry_name(config: RunConfig, keys: list[str]) -> str:
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first thing that differs between two plans, for the refusal message."""
-    for key in ("world_size", "grid"):
-        if old.get(key) != new[key]:
-            return f"{key} {old.get(key)!r} there, {new[key]!r} now"
+    for key in ("world_size", "grid", "variants"):
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} there, {new.get(key)!r} now"
     old_base = old.get("base") if isinstance(old.get("base"), dict) else {}
     for key, value in new["base"].items():
         if old_base.get(key) != value:
