@@ -45,6 +45,8 @@ class LoopState:
     epoch_correct: float = 0.0
     epoch_step_seconds: float = 0.0
     scaler: dict[str, Any] | None = None
+    # NoiseScaleMonitor.state_dict() when the run logs the noise scale (its moving averages)
+    noise_scale: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

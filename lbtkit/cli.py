@@ -464,6 +464,44 @@ def sharpness(
     print(json.dumps(result, indent=2))
 
 
+@app.command("noise-scale")
+@user_errors
+def noise_scale(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    batches: Annotated[
+        str, typer.Option(help="the small and the big batch size, comma-separated")
+    ] = "32,1024",
+    samples: Annotated[int, typer.Option(help="random batches per batch size")] = 32,
+    seed: Annotated[int, typer.Option(help="seed of the batches and dropout masks")] = 0,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", help="file to write (default RUN/noise_scale.json)"),
+    ] = None,
+) -> None:
+    """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights
+    (McCandlish et al. 2018), from gradient norms at two batch sizes."""
+    from lbtkit.noise_scale import parse_batches, run_noise_scale
+
+    small, big = parse_batches(batches)
+    if samples < 2:
+        raise UserError(f"--samples must be at least 2 (for a standard error), got {samples}")
+    result = run_noise_scale(run_dir, batch_sizes=(small, big), samples=samples, seed=seed,
+                             output=output)
+    table = Table("quantity", "estimate", "std error",
+                  title=f"gradient noise scale of {run_dir} ({samples} batches per size)")
+    for batch in result["batches"].values():
+        table.add_row(f"E|G_B|^2, B = {batch['batch_size']}", f"{batch['mean']:.6g}",
+                      f"{batch['std_error']:.2g}")
+    table.add_row("|G|^2", f"{result['grad_sq']:.6g}", f"{result['grad_sq_std_error']:.2g}")
+    table.add_row("tr(Sigma)", f"{result['trace_sigma']:.6g}",
+                  f"{result['trace_sigma_std_error']:.2g}")
+    b_simple = result["b_simple"]
+    table.add_row("B_simple", "not measurable (an estimate <= 0)" if b_simple is None
+                  else f"{b_simple:.4g}", "")
+    console.print(table)
+    print(f"written: {result['path']}")
+
+
 study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 

@@ -12,6 +12,7 @@ no figure outlives the call.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import statistics
@@ -161,9 +162,11 @@ def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str,
     }
     _write_csv(rows, paths["csv"])
     extra = _extra_keys(sweep)
-    _plot_accuracy(rows, extra, paths["accuracy_vs_batch"])
+    noise = _noise_scales(pairs)
+    _plot_accuracy(rows, extra, paths["accuracy_vs_batch"], noise=_noise_summary(noise))
     _plot_curves(pairs, extra, paths["learning_curves"])
-    atomic_write_text(paths["report"], _markdown(sweep, rows, extra, paths))
+    atomic_write_text(paths["report"],
+                      _markdown(sweep, rows, extra, paths) + _noise_markdown(noise, extra))
     return paths
 
 
@@ -329,9 +332,11 @@ def _label(key: tuple, extra: list[str]) -> str:
     return ", ".join(f"{k}={_value(v)}" for k, v in zip(extra, key, strict=True))
 
 
-def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path) -> None:
+def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
+                   noise: float | None = None) -> None:
     """Best val top-1 against batch size (log2 axis): mean ± std over completed seeds,
-    seeds as dots; batch sizes with a diverged/failed or unfinished run marked on the axis."""
+    seeds as dots; batch sizes with a diverged/failed or unfinished run marked on the axis;
+    the gradient noise scale ``noise`` (B_simple) as a vertical line when measured."""
     from matplotlib.ticker import NullLocator
 
     figure, ax = _figure(6.4, 4.4)
@@ -385,6 +390,12 @@ def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path) -> 
     ax.xaxis.set_minor_locator(NullLocator())
     if len(batches) == 1:
         ax.set_xlim(batches[0] / 2, batches[0] * 2)
+    if noise is not None:
+        ax.axvline(noise, color="tab:purple", linestyle="--", linewidth=1.2,
+                   label=f"B_simple ~ {_noise_text(noise)}")
+        low, high = ax.get_xlim()
+        if not low <= noise <= high:  # keep the line in view, however far from the sweep
+            ax.set_xlim(min(low, noise / 1.5), max(high, noise * 1.5))
     ax.set_xlabel("batch size (global)")
     ax.set_ylabel("best val top-1 (%)")
     ax.set_title("Validation accuracy vs batch size")
@@ -434,6 +445,68 @@ def _plot_curves(pairs: list[tuple[dict[str, Any], RunRecord]], extra: list[str]
     if done:
         ax_loss.legend(fontsize="small", title="batch size")
     _save(figure, path)
+
+
+# --- gradient noise scale (McCandlish et al. 2018; lbtkit.noise_scale) ----------------------
+
+# lbtkit.noise_scale.NOISE_SCALE_FILE, repeated so that the report does not import torch.
+_NOISE_SCALE_FILE = "noise_scale.json"
+
+
+def _noise_scales(pairs: list[tuple[dict[str, Any], RunRecord]]) -> list[dict[str, Any]]:
+    """Each run's B_simple, where it has one: its ``noise_scale.json`` (``lbtkit noise-scale``,
+    at the final weights) when readable, else the last value it logged while training
+    (``--log-noise-scale``). Read defensively, like every run file here."""
+    found = []
+    for row, record in pairs:
+        value, source = None, _NOISE_SCALE_FILE
+        try:
+            stored = json.loads((Path(record.entry["run_dir"]) / _NOISE_SCALE_FILE).read_text())
+            value = number(stored.get("b_simple")) if isinstance(stored, dict) else None
+        except (OSError, ValueError):
+            pass
+        if value is None:
+            source = "last value logged in training"
+            value = next((number(m.get("noise_scale")) for m in reversed(record.metrics)
+                          if number(m.get("noise_scale")) is not None), None)
+        if value is not None and value > 0:
+            found.append({"row": row, "value": value, "source": source})
+    return found
+
+
+def _noise_summary(noise: list[dict[str, Any]]) -> float | None:
+    """The one value the figure marks: the median over the runs that have one. B_simple
+    changes during training and between runs; the markdown lists every run's."""
+    return statistics.median(n["value"] for n in noise) if noise else None
+
+
+def _noise_text(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _noise_markdown(noise: list[dict[str, Any]], extra: list[str]) -> str:
+    """A report section on the noise scale ("" when no run has one)."""
+    if not noise:
+        return ""
+    summary = _noise_summary(noise)
+    several = len(noise) > 1
+    lines = [
+        "## Gradient noise scale",
+        "",
+        f"B_simple ~ {_noise_text(summary)}"
+        + (f" (median of {len(noise)} runs)" if several else "")
+        + ", the dashed line on the accuracy figure. B_simple = tr(Σ)/|G|² (McCandlish et al. "
+        "2018) is the batch size at which the gradient noise is as large as the gradient: well "
+        "below it, doubling the batch nearly halves the steps needed; well above it, larger "
+        "batches buy few steps.",
+        "",
+        *_table(["batch size", *extra, "seed", "B_simple", "from"],
+                [[str(n["row"]["batch_size"]), *(_value(n["row"][k]) for k in extra),
+                  str(n["row"]["seed"]), _noise_text(n["value"]), n["source"]]
+                 for n in noise]),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _save(figure, path: Path) -> None:

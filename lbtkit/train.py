@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lbtkit import sam
 from lbtkit.checkpoint import (
     LoopState,
     latest_checkpoint,
@@ -32,6 +33,9 @@ from lbtkit.data import augment, draw_epoch, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model
+from lbtkit.models.norm import convert_batchnorm, frozen_running_stats
+from lbtkit.noise_scale import NoiseScaleMonitor, last_logged_noise_scale, noise_scale_row
+from lbtkit.optim import LAMB, LARS
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import (
     STATUS_COMPLETED,
@@ -53,7 +57,7 @@ EXIT_INTERRUPTED = 75
 # how often we log or save, or how fast a step runs, not what is trained.
 _RESUME_FREE_FIELDS = {
     "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
-    "eval_batch_size",
+    "eval_batch_size", "log_noise_scale", "noise_scale_ema",
 }
 # Multi-process runs agree on a stop request every this many steps (one tiny all-reduce).
 _STOP_CHECK_EVERY = 10
@@ -134,6 +138,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
     )
     if config.init_weights:
         load_weights(model, config.init_weights)
+    model = convert_batchnorm(model, ghost_batch_size=config.ghost_batch_size,
+                              sync=config.sync_bn and world > 1)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
@@ -166,10 +172,19 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         run_dir.keep_metrics_before(0)
     if state.scaler is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state.scaler)
+    # Gradient noise scale: a DDP comm hook reads each process's own gradient (small batch)
+    # before it is averaged (big batch); no host sync per step, see lbtkit.noise_scale.
+    noise = NoiseScaleMonitor(
+        model, b_small=plan.per_device_batch_size * plan.grad_accum_steps,
+        b_big=config.batch_size, decay=config.noise_scale_ema, state=state.noise_scale,
+        scaler=accelerator.scaler,
+    ) if config.log_noise_scale else None
 
     def save(loop_state: LoopState) -> None:
         if accelerator.scaler is not None:
             loop_state.scaler = accelerator.scaler.state_dict()
+        if noise is not None:  # collective: every process's moving averages
+            loop_state.noise_scale = noise.state_dict()
         save_checkpoint(
             run_dir.checkpoints, loop_state, model=raw_model, optimizer=optimizer,
             rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
@@ -188,6 +203,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
             "best_val_acc": state.best_val_acc,
             "train_seconds": state.train_seconds + (time.monotonic() - segment_start),
             "images_per_second": _overall_rate(run_dir, is_main),
+            "noise_scale": last_logged_noise_scale(run_dir.read_metrics()) if is_main else None,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
         }
@@ -219,6 +235,37 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         return (f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
                 f"lr {optimizer.param_groups[0]['lr']:.3g}")
 
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+
+    def gradients(batch: torch.Tensor, draw, *, all_reduce: bool, record: bool) -> None:
+        """Accumulate this process's share of ``batch`` into .grad, micro-batch by micro-batch.
+
+        With ``all_reduce`` the last micro-batch averages the gradients over processes (the
+        others never do); ``record`` adds loss and accuracy to the running sums.
+        """
+        nonlocal nonfinite
+        for micro in range(accum):
+            offset = (micro * world + rank) * per_device
+            idx = batch[offset:offset + per_device]
+            x = inputs(augment(
+                data.train_images[idx], draw.shifts[idx], draw.flips[idx],
+                padding=info.crop_padding,
+            ))
+            y = data.train_labels[idx]
+            sync = contextlib.nullcontext() if all_reduce and micro == accum - 1 \
+                else accelerator.no_sync(model)
+            with sync:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                accelerator.backward(loss / accum)
+            if record:
+                detached = loss.detach()
+                nonfinite |= ~torch.isfinite(detached)
+                sums.add_(torch.stack((
+                    detached.double() * y.shape[0],
+                    (logits.detach().argmax(dim=1) == y).sum().double(),
+                )))
+
     model.train()
     with GracefulStop() as stop:
         try:
@@ -235,27 +282,18 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     batch = draw.order[step * config.batch_size:(step + 1) * config.batch_size]
-                    for micro in range(accum):
-                        offset = (micro * world + rank) * per_device
-                        idx = batch[offset:offset + per_device]
-                        x = inputs(augment(
-                            data.train_images[idx], draw.shifts[idx], draw.flips[idx],
-                            padding=info.crop_padding,
-                        ))
-                        y = data.train_labels[idx]
-                        # Only the last micro-batch all-reduces gradients.
-                        sync = contextlib.nullcontext() if micro == accum - 1 \
-                            else accelerator.no_sync(model)
-                        with sync:
-                            logits = model(x)
-                            loss = F.cross_entropy(logits.float(), y)
-                            accelerator.backward(loss / accum)
-                        detached = loss.detach()
-                        nonfinite |= ~torch.isfinite(detached)
-                        sums += torch.stack((
-                            detached.double() * y.shape[0],
-                            (logits.detach().argmax(dim=1) == y).sum().double(),
-                        ))
+                    if config.sam_rho > 0:
+                        # The training metrics are those at w, from the first pass.
+                        gradients(batch, draw, all_reduce=False, record=True)
+                        perturbation = sam.ascend(trainable, config.sam_rho)
+                        optimizer.zero_grad(set_to_none=True)
+                        with frozen_running_stats(raw_model):
+                            gradients(batch, draw, all_reduce=True, record=False)
+                        sam.descend(perturbation)
+                    else:
+                        gradients(batch, draw, all_reduce=True, record=True)
+                    if noise is not None:  # needs the averaged .grad: before step/zero_grad
+                        noise.step()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.global_step += 1
@@ -303,6 +341,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                     "val_loss": None,
                     "val_acc": None,
                     "images_per_second": seen / max(epoch_seconds, 1e-9),
+                    **noise_scale_row(noise),  # collective when logging (one tiny reduce)
                 }
                 last_epoch = epoch + 1 == config.epochs
                 if (epoch + 1) % config.eval_every == 0 or last_epoch:
@@ -350,8 +389,16 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
 
 
 def build_optimizer(config: RunConfig, model: torch.nn.Module, device) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW with the config's hyper-parameters (lr is set per step)."""
+    """SGD / Adam / AdamW / LARS / LAMB with the config's hyper-parameters (lr is set per
+    step)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "lars":
+        return LARS(params, lr=config.lr, momentum=config.momentum,
+                    weight_decay=config.weight_decay,
+                    trust_coefficient=config.trust_coefficient)
+    if config.optimizer == "lamb":
+        return LAMB(params, lr=config.lr, betas=(config.momentum, 0.999),
+                    weight_decay=config.weight_decay)
     # Fused kernels exist for CUDA; elsewhere torch picks foreach or the plain loop.
     fused = {"fused": True} if torch.device(device).type == "cuda" else {}
     if config.optimizer == "sgd":

@@ -1,0 +1,491 @@
+"""The gradient noise scale of McCandlish et al. (2018), "An Empirical Model of Large-Batch
+Training": B_simple = tr(Sigma) / |G|^2, the batch size at which the gradient noise is as large
+as the gradient itself (roughly where larger batches stop paying off).
+
+With G_B the mean gradient of a batch of B samples drawn from a distribution with mean G and
+per-sample covariance Sigma, E|G_B|^2 = |G|^2 + tr(Sigma) / B. Measuring |G_B|^2 at a small and
+a big batch gives the paper's unbiased estimators (its appendix A.1):
+
+    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+
+Two ways to get the two norms:
+
+- ``measure_noise_scale``: at a trained model (``lbtkit noise-scale RUN``), averaging |G_B|^2
+  over random batches of each size.
+- ``NoiseScaleMonitor``: during multi-process training at almost no cost. Each process's own
+  gradient (its per-process batch, ``per_device * accum`` samples) is the small batch and the
+  all-reduced average (the global batch) is the big one. A DDP communication hook reads the
+  local gradient just before DDP averages it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lbtkit.errors import ConfigError
+
+NOISE_SCALE_FILE = "noise_scale.json"
+# Keys of the metrics.jsonl rows (None when the run does not log the noise scale).
+ROW_KEYS = ("noise_scale", "noise_grad_sq", "noise_trace_sigma")
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- the estimators ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseScaleEstimate:
+    """Estimates of |G|^2, tr(Sigma) and their ratio B_simple.
+
+    ``b_simple`` is None when either estimate is not positive (or not finite). Each is a
+    difference of two noisy measurements: |G|^2 <= 0 means the true gradient is too small to
+    resolve against the noise at these batch sizes (B_simple is beyond what they can measure),
+    and tr(Sigma) <= 0 means the noise is below resolution. A ratio there would be a negative or
+    infinite "batch size", which a plot or a moving average would silently take at face value;
+    None says "not measurable" and stays valid JSON. The two raw estimates are kept as they are
+    so that smoothing or pooling them later stays unbiased.
+    """
+
+    grad_sq: float
+    trace_sigma: float
+    b_simple: float | None
+
+    @classmethod
+    def from_values(cls, grad_sq: float, trace_sigma: float) -> NoiseScaleEstimate:
+        measurable = (math.isfinite(grad_sq) and math.isfinite(trace_sigma)
+                      and grad_sq > 0 and trace_sigma > 0)
+        return cls(float(grad_sq), float(trace_sigma),
+                   trace_sigma / grad_sq if measurable else None)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+
+def check_batch_sizes(b_small: int, b_big: int) -> None:
+    """ConfigError unless 0 < b_small < b_big (both whole numbers)."""
+    for name, value in (("b_small", b_small), ("b_big", b_big)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+    if b_small >= b_big:
+        raise ConfigError(
+            f"the small batch must be smaller than the big one, got b_small {b_small} and "
+            f"b_big {b_big}"
+        )
+
+
+def _unbiased(b_small: int, small: Any, b_big: int, big: Any) -> tuple[Any, Any]:
+    """(|G|^2, tr(Sigma)) from mean squared gradient norms; works on floats and tensors alike."""
+    grad_sq = (b_big * big - b_small * small) / (b_big - b_small)
+    trace_sigma = (small - big) / (1.0 / b_small - 1.0 / b_big)
+    return grad_sq, trace_sigma
+
+
+def estimate_noise_scale(
+    b_small: int, grad_sq_small: float, b_big: int, grad_sq_big: float
+) -> NoiseScaleEstimate:
+    """The paper's unbiased estimates from E|G_B|^2 measured at two batch sizes."""
+    check_batch_sizes(b_small, b_big)
+    for name, value in (("grad_sq_small", grad_sq_small), ("grad_sq_big", grad_sq_big)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite squared norm >= 0, got {value!r}")
+    return NoiseScaleEstimate.from_values(
+        *_unbiased(b_small, float(grad_sq_small), b_big, float(grad_sq_big))
+    )
+
+
+# --- measuring at a fixed model ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradientSq:
+    """The mean of |G_B|^2 over ``samples`` random batches of ``batch_size``, and its standard
+    error (sample std / sqrt(samples); None for one sample)."""
+
+    batch_size: int
+    samples: int
+    mean: float
+    std_error: float | None
+
+
+@dataclass(frozen=True)
+class NoiseScaleMeasurement:
+    """Both measured norms, the estimate, and the estimate's standard errors (propagated from
+    the two independent means through the linear estimators)."""
+
+    small: GradientSq
+    big: GradientSq
+    estimate: NoiseScaleEstimate
+    grad_sq_std_error: float | None
+    trace_sigma_std_error: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure_gradient_sq(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batch_size: int,
+    samples: int,
+    loss_fn: LossFn,
+    generator: torch.Generator,
+    chunk_size: int | None = None,
+) -> GradientSq:
+    """Mean over ``samples`` batches of |grad of the mean loss|^2, in float64.
+
+    Each batch is ``batch_size`` distinct samples (without replacement within the batch; the
+    batches are independent draws). ``loss_fn(model, data[idx], targets[idx])`` returns the mean
+    loss of a batch. Batches run in chunks of at most ``chunk_size`` samples (memory; and with
+    BatchNorm, the group of samples the statistics are taken over), each chunk's loss weighted
+    by its share of the batch. Gradients go through ``torch.autograd.grad``: ``.grad`` of the
+    parameters is left alone. The model is used in whatever mode it is in.
+    """
+    n = targets.shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive whole number, got {batch_size!r}")
+    if batch_size > n:
+        raise ConfigError(f"batch size {batch_size} is larger than the data ({n} samples)")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"samples must be a positive whole number, got {samples!r}")
+    chunk = batch_size if chunk_size is None else chunk_size
+    if chunk < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    values = []
+    for _ in range(samples):
+        idx = torch.randperm(n, generator=generator)[:batch_size].to(targets.device)
+        total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        for start in range(0, batch_size, chunk):
+            sel = idx[start:start + chunk]
+            loss = loss_fn(model, data[sel], targets[sel]) * (sel.shape[0] / batch_size)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for acc, g in zip(total, grads, strict=True):
+                if g is not None:
+                    acc += g.double()
+        values.append(sum(float(t.square().sum()) for t in total))
+    mean = statistics.fmean(values)
+    error = statistics.stdev(values) / math.sqrt(samples) if samples > 1 else None
+    return GradientSq(batch_size, samples, mean, error)
+
+
+def measure_noise_scale(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batch_sizes: tuple[int, int],
+    samples: int,
+    loss_fn: LossFn,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> NoiseScaleMeasurement:
+    """Measure E|G_B|^2 at two batch sizes and estimate the noise scale.
+
+    The model runs in train mode, as in training: dropout is active and BatchNorm normalises
+    with batch statistics, so the noise measured is the noise the optimizer saw. Its BatchNorm
+    running buffers (and every other buffer) are restored afterwards and its mode too, so the
+    model is unchanged. ``chunk_size`` (default: the small batch) is the largest forward pass;
+    it is the same for both batch sizes so that BatchNorm groups, and hence the per-sample
+    gradient distribution, are the same in both measurements, as the estimators assume.
+    ``seed`` fixes the batches and the dropout masks (the global RNG is left as it was).
+    """
+    b_small, b_big = batch_sizes
+    check_batch_sizes(b_small, b_big)
+    chunk = b_small if chunk_size is None else chunk_size
+    generator = torch.Generator().manual_seed(seed)
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    was_training = model.training
+    devices = [targets.device] if targets.device.type == "cuda" else []
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            measured = [
+                measure_gradient_sq(model, data, targets, batch_size=b, samples=samples,
+                                    loss_fn=loss_fn, generator=generator, chunk_size=chunk)
+                for b in (b_small, b_big)
+            ]
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+        model.train(was_training)
+    small, big = measured
+    estimate = estimate_noise_scale(b_small, small.mean, b_big, big.mean)
+    grad_error = trace_error = None
+    if small.std_error is not None and big.std_error is not None:
+        grad_error = math.hypot(b_big * big.std_error, b_small * small.std_error) / (
+            b_big - b_small)
+        trace_error = math.hypot(small.std_error, big.std_error) / (1 / b_small - 1 / b_big)
+    return NoiseScaleMeasurement(small, big, estimate, grad_error, trace_error)
+
+
+def parse_batches(text: str) -> tuple[int, int]:
+    """``"32,1024"`` -> (32, 1024): two different positive batch sizes, in either order."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--batches {text!r}: expected two whole numbers, e.g. 32,1024") from None
+    if len(values) != 2:
+        raise ConfigError(f"--batches {text!r}: expected exactly two batch sizes, e.g. 32,1024")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ConfigError(f"--batches {text!r}: batch size {bad[0]} is not positive")
+    if values[0] == values[1]:
+        raise ConfigError(f"--batches {text!r}: the two batch sizes must differ")
+    small, big = sorted(values)
+    return small, big
+
+
+def run_noise_scale(
+    run_dir: str | Path,
+    *,
+    batch_sizes: tuple[int, int] = (32, 1024),
+    samples: int = 32,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Measure the noise scale of a finished run's final weights on its un-augmented training
+    images (cross-entropy, as trained); write it, with everything that determines the
+    numbers, to ``output`` (default RUN/noise_scale.json) and return that dict."""
+    from lbtkit.data import load_dataset
+    from lbtkit.evaluate import InputSpec
+    from lbtkit.rundir import RunDir, load_run, versions, write_json
+
+    run = RunDir(run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Final weights only: a checkpoint of an unfinished run would need the loop's own restore.
+    model, config = load_run(run.root, device=str(device))
+    b_small, b_big = batch_sizes
+    check_batch_sizes(b_small, b_big)
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
+                        num_classes=config.num_classes).to(device)
+    n_train = data.train_labels.shape[0]
+    if b_big > n_train:
+        raise ConfigError(f"batch size {b_big} is larger than the training set "
+                          f"({n_train} samples of {config.dataset})")
+    inputs = InputSpec(data.info, config.image_size, config.channels_last)
+
+    def cross_entropy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        return F.cross_entropy(net(inputs(images)).float(), labels)
+
+    chunk = b_small if chunk_size is None else chunk_size
+    measured = measure_noise_scale(
+        model, data.train_images, data.train_labels, batch_sizes=(b_small, b_big),
+        samples=samples, loss_fn=cross_entropy, seed=seed, chunk_size=chunk,
+    )
+    result = {
+        "run": str(run.root.resolve()),
+        "weights": run.model_path.name,
+        "weights_sha256": hashlib.sha256(run.model_path.read_bytes()).hexdigest(),
+        **measured.estimate.to_dict(),
+        "grad_sq_std_error": measured.grad_sq_std_error,
+        "trace_sigma_std_error": measured.trace_sigma_std_error,
+        "batches": {"small": dataclasses.asdict(measured.small),
+                    "big": dataclasses.asdict(measured.big)},
+        "settings": {
+            "batch_sizes": [b_small, b_big], "samples": samples, "seed": seed,
+            "chunk_size": chunk, "device": device.type,
+            "data": f"{config.dataset} training set without augmentation; each batch is "
+                    "distinct samples (no replacement), batches are independent draws",
+            "loss": "mean cross-entropy over the batch (float32 logits)",
+            "mode": "train mode (dropout on, BatchNorm batch statistics over each chunk); "
+                    "running statistics restored afterwards",
+        },
+        "versions": versions(),
+    }
+    path = Path(output) if output is not None else run.root / NOISE_SCALE_FILE
+    write_json(path, result)
+    result["path"] = str(path)
+    return result
+
+
+# --- logging during multi-process training -------------------------------------------------
+
+
+# No annotations: DDP compares them with real types, and this module's are strings.
+def _record_and_allreduce(monitor, bucket):
+    """DDP communication hook: add the LOCAL gradient's squared norm, then average as usual.
+
+    With a hook registered, DDP hands the bucket over undivided (torch's ``allreduce_hook``
+    divides by the world size itself), so ``bucket.buffer()`` is this process's gradient: under
+    ``no_sync`` accumulation, the sum of the micro-batch gradients of ``loss / accum``, i.e. the
+    mean gradient of the per-process batch.
+
+    Squared norms are kept per parameter, in a slot of their own, and summed in parameter order
+    in ``step()``: DDP regroups its buckets after the first step, so per-bucket sums would
+    round differently in a resumed run than in an uninterrupted one. Each synced backward pass
+    overwrites every slot, so a step with two of them (SAM) measures the last one, the one
+    whose average is in ``.grad``.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    params = bucket.parameters()
+    key = tuple(id(p) for p in params)
+    slots = monitor._bucket_slots.get(key)
+    if slots is None:
+        slots = torch.tensor([monitor._slot_of[id(p)] for p in params],
+                             device=monitor._local_parts.device)
+        monitor._bucket_slots[key] = slots
+    monitor._local_parts.index_copy_(0, slots, _squared_norms(bucket.gradients()))
+    return allreduce_hook(monitor.process_group, bucket)
+
+
+def _squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each tensor's squared L2 norm, in float64, in one fused kernel per device and dtype
+    (``torch._foreach_norm`` is what ``torch.nn.utils.get_total_norm`` uses)."""
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square()
+
+
+class NoiseScaleMonitor:
+    """Per-step noise-scale estimates during DDP training, smoothed, with no host sync per step.
+
+    Create it on the DDP-wrapped model before the first forward pass (it registers a comm hook:
+    DDP allows one, so this cannot be combined with another hook), call ``step()`` after the
+    last backward pass of each optimizer step and before ``optimizer.step()`` / ``zero_grad``,
+    and ``estimate()`` or ``noise_scale_row()`` (collective) when logging.
+
+    Per step, with b_small = per-process batch and b_big = global batch, the unbiased estimates
+    of |G|^2 and tr(Sigma) from this process's |G_small|^2 and the shared |G_big|^2 go into
+    exponential moving averages (decay ``decay`` per step, bias-corrected as Adam does) of each
+    quantity separately; B_simple is the ratio of the two averages, as the paper advises (a
+    ratio of noisy per-step values would be biased and heavy-tailed). Steps with a non-finite
+    norm (an fp16 overflow step that the scaler skips) leave the averages unchanged.
+
+    Where the cross-process reduce happens: nowhere per step. The per-step estimates are linear
+    in |G_small|^2, and a moving average is linear, so the average over processes of each
+    process's own moving averages equals the moving average of the process-averaged estimates.
+    Each process therefore keeps its own averages on its device, and ``estimate()`` all-reduces
+    three numbers once per logged epoch. A checkpoint stores every process's averages (one tiny
+    all-gather at save time), so a resumed run on the same number of processes logs the same
+    values bit for bit.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        b_small: int,
+        b_big: int,
+        decay: float,
+        state: dict[str, Any] | None = None,
+        scaler: Any = None,
+    ) -> None:
+        import torch.distributed as dist
+
+        check_batch_sizes(b_small, b_big)
+        if not 0 <= decay < 1:
+            raise ConfigError(f"noise_scale_ema must be in [0, 1), got {decay}")
+        ddp = _find_ddp(model)
+        self.b_small, self.b_big, self.decay = b_small, b_big, decay
+        self.process_group = ddp.process_group
+        self.rank = dist.get_rank(self.process_group)
+        self.world_size = dist.get_world_size(self.process_group)
+        self._params = [p for p in ddp.parameters() if p.requires_grad]
+        device = self._params[0].device
+        # The hook's per-parameter squared norms of this process's gradient (see the hook).
+        self._slot_of = {id(p): i for i, p in enumerate(self._params)}
+        self._bucket_slots: dict[tuple[int, ...], torch.Tensor] = {}
+        self._local_parts = torch.zeros(len(self._params), dtype=torch.float64, device=device)
+        # [EMA of |G|^2, EMA of tr(Sigma), EMA of 1 (the bias-correction weight, 1 - decay^t)]
+        self._ema = torch.zeros(3, dtype=torch.float64, device=device)
+        self._scaler = scaler  # fp16: gradients are multiplied by the loss scale until step()
+        if state is not None:
+            self.load_state_dict(state)
+        ddp.register_comm_hook(self, _record_and_allreduce)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Fold this step into the averages; ``.grad`` must hold the averaged gradient."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        big = _squared_norms(grads).sum()
+        small = self._local_parts.sum()
+        scale = getattr(self._scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):  # undo the loss scale, on the device (no sync)
+            factor = scale.double().square()
+            big, small = big / factor, small / factor
+        grad_sq, trace_sigma = _unbiased(self.b_small, small, self.b_big, big)
+        values = torch.stack((grad_sq, trace_sigma, torch.ones_like(grad_sq)))
+        updated = self._ema * self.decay + values * (1.0 - self.decay)
+        self._ema.copy_(torch.where(torch.isfinite(values).all(), updated, self._ema))
+
+    def estimate(self) -> NoiseScaleEstimate | None:
+        """The smoothed estimate over all processes (collective); None before any step."""
+        import torch.distributed as dist
+
+        total = self._ema.clone()
+        dist.all_reduce(total, group=self.process_group)
+        grad_sq, trace_sigma, weight = total.tolist()
+        if not weight > 0:
+            return None
+        # Every process has the same weight: the sums over processes divided by the summed
+        # weight are the process-averaged, bias-corrected moving averages.
+        return NoiseScaleEstimate.from_values(grad_sq / weight, trace_sigma / weight)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every process's averages (collective: all processes call it, e.g. in a checkpoint)."""
+        import torch.distributed as dist
+
+        gathered = [torch.zeros_like(self._ema) for _ in range(self.world_size)]
+        dist.all_gather(gathered, self._ema, group=self.process_group)
+        return {"b_small": self.b_small, "b_big": self.b_big, "decay": self.decay,
+                "ema_per_rank": [g.tolist() for g in gathered]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore this process's averages. On another number of processes, every process
+        takes their mean: the logged values continue, no longer bit for bit."""
+        per_rank = state["ema_per_rank"]
+        if len(per_rank) == self.world_size:
+            mine = per_rank[self.rank]
+        else:
+            mine = [statistics.fmean(column) for column in zip(*per_rank, strict=True)]
+        self._ema.copy_(torch.tensor(mine, dtype=torch.float64))
+
+
+def noise_scale_row(monitor: NoiseScaleMonitor | None) -> dict[str, float | None]:
+    """``{noise_scale, noise_grad_sq, noise_trace_sigma}`` for an epoch row; all None without
+    a monitor (collective with one)."""
+    estimate = monitor.estimate() if monitor is not None else None
+    if estimate is None:
+        return dict.fromkeys(ROW_KEYS)
+    return {"noise_scale": estimate.b_simple, "noise_grad_sq": estimate.grad_sq,
+            "noise_trace_sigma": estimate.trace_sigma}
+
+
+def last_logged_noise_scale(rows: Sequence[dict[str, Any]]) -> float | None:
+    """The most recent finite ``noise_scale`` of metrics rows (None when there is none)."""
+    for row in reversed(rows):
+        value = row.get("noise_scale")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _find_ddp(model: torch.nn.Module):
+    """The DistributedDataParallel module in ``model`` (it may sit inside torch.compile)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    for candidate in (model, getattr(model, "_orig_mod", None)):
+        if isinstance(candidate, DistributedDataParallel):
+            return candidate
+    raise ConfigError(
+        "log_noise_scale needs a DistributedDataParallel model (2 or more processes); "
+        f"got {type(model).__name__}"
+    )
