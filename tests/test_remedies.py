@@ -29,11 +29,20 @@ from lbtkit.train import run
 from conftest import run_cli
 
 
-@register_model("_test_bn_mlp")
 def _bn_mlp(*, num_classes, in_channels, image_size, pretrained):
     # BatchNorm but no dropout: a training step is a deterministic function of the batch.
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16),
                          nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+@pytest.fixture
+def bn_mlp_registered():
+    """``_test_bn_mlp`` in the model registry for one test only (others list the models)."""
+    from lbtkit import models
+
+    register_model("_test_bn_mlp")(_bn_mlp)
+    yield "_test_bn_mlp"
+    del models._REGISTRY["_test_bn_mlp"]
 
 
 def _smoke(tmp_path, name="run", **overrides):
@@ -238,11 +247,11 @@ def _first_batch(config):
     return x, data.train_labels[idx]
 
 
-def test_one_sam_step_in_the_loop_equals_the_hand_computation(tmp_path):
+def test_one_sam_step_in_the_loop_equals_the_hand_computation(tmp_path, bn_mlp_registered):
     rho, lr = 0.5, 0.2
     # 1437 training digits, batch 1024: one optimizer step per epoch. Plain SGD, so the step
     # is w - lr * g(w + e).
-    config = _smoke(tmp_path, model="_test_bn_mlp", batch_size=1024, sam_rho=rho, lr=lr,
+    config = _smoke(tmp_path, model=bn_mlp_registered, batch_size=1024, sam_rho=rho, lr=lr,
                     momentum=0.0, weight_decay=0.0, scheduler="constant",
                     eval_every=1, checkpoint_every=0)
     run(config, progress=False)
@@ -271,7 +280,7 @@ def test_one_sam_step_in_the_loop_equals_the_hand_computation(tmp_path):
     for name, value in statistics.items():
         torch.testing.assert_close(trained[name], value)
     # ... and SAM is not plain SGD: without the ascent the weights would differ.
-    plain = _smoke(tmp_path, name="plain", model="_test_bn_mlp", batch_size=1024, lr=lr,
+    plain = _smoke(tmp_path, name="plain", model=bn_mlp_registered, batch_size=1024, lr=lr,
                    momentum=0.0, weight_decay=0.0, scheduler="constant", checkpoint_every=0)
     run(plain, progress=False)
     plain_weights = load_file(str(RunDir(plain.output_dir).model_path))
