@@ -100,7 +100,7 @@ def main() -> None:
         def ours() -> float:
             with Timer() as t:
                 rows = interpolate_runs(sb_dir, lb_dir, alphas=alphas, bn="interpolate",
-                                        eval_batch_size=args.batch_size)
+                                        eval_batch_size=args.batch_size, progress=False)
             assert len(rows) == 2 * len(alphas)
             return images_per_grid / t.seconds
 

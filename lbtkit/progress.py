@@ -21,11 +21,14 @@ from rich.progress import (
 
 
 class TrainingProgress:
+    """Progress of a loop over ``total_steps`` items (optimizer steps, grid points, ...)."""
+
     def __init__(
         self, *, total_steps: int, done_steps: int, log_every: int, enabled: bool = True,
-        interactive: bool | None = None,
+        interactive: bool | None = None, description: str = "training", unit: str = "step",
     ) -> None:
         self.enabled = enabled
+        self.unit = unit
         self.log_every = log_every
         self.total_steps = total_steps
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
@@ -46,12 +49,13 @@ class TrainingProgress:
                 console=self.console,
             )
             self._task = self._bar.add_task(
-                "training", total=total_steps, completed=done_steps, info=""
+                description, total=total_steps, completed=done_steps, info=""
             )
             self._bar.start()
 
     def step(self, global_step: int, describe) -> None:
-        """Called after every optimizer step; ``describe()`` is only called when shown."""
+        """Called after every item (``global_step`` done so far); ``describe()`` is only
+        called when shown."""
         if not self.enabled:
             return
         if self._bar is not None:
@@ -61,7 +65,7 @@ class TrainingProgress:
                 self._bar.update(self._task, info=describe())
                 self._last_print = now
         elif global_step % self.log_every == 0:
-            self.console.print(f"step {global_step}/{self.total_steps} {describe()}")
+            self.console.print(f"{self.unit} {global_step}/{self.total_steps} {describe()}")
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -133,7 +133,7 @@ def keskar_study(
         print(f"study: interpolating over {len(alphas)} alphas (BatchNorm: {bn})")
         interpolation = run_interpolation(
             output / "sb", output / "lb", interpolation_dir, alphas=alphas, splits=splits, bn=bn,
-            bn_samples=bn_samples, eval_batch_size=base.eval_batch_size,
+            bn_samples=bn_samples, eval_batch_size=base.eval_batch_size, progress=progress,
         )
 
     sharpness = {}

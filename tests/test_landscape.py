@@ -113,6 +113,17 @@ def test_interpolated_variances_go_negative_but_recalibration_stays_finite(runs,
         assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows), bn
 
 
+def test_progress_lines_off_a_terminal_and_silence_when_asked(runs, capsys):
+    sb, lb, _ = runs
+    rows = interpolate_runs(sb, lb, alphas=[0.0, 0.5, 1.0], splits="test")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alpha ")]
+    # Off a terminal: one line per alpha here (every tenth of the grid, at least every one).
+    assert [line.split(" ")[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert f"alpha 0.5: test loss {rows[1]['loss']:.4g}" in lines[1]
+    interpolate_runs(sb, lb, alphas=[0.0, 1.0], splits="test", progress=False)
+    assert capsys.readouterr().out == ""
+
+
 def test_runs_of_different_architectures_are_refused(runs, tmp_path):
     sb, _, _ = runs
     other = tmp_path / "c1"

@@ -33,6 +33,7 @@ from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
+from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
 
 BN_MODES = ("recalibrate", "batch-stats", "interpolate")
@@ -115,6 +116,7 @@ def interpolate_runs(
     bn_samples: int | None = None,
     eval_batch_size: int = 1024,
     accelerator=None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate theta(a) for every alpha; rows {alpha, split, loss, accuracy, negative_variances}.
 
@@ -122,7 +124,8 @@ def interpolate_runs(
     runs report in results.json). ``bn_samples``: the first N training images re-estimate
     BatchNorm statistics (default: all). ``eval_batch_size`` is also the fixed batch size of
     ``batch-stats``. With an ``accelerator`` of several processes, the alphas are shared out
-    and every process returns all rows. Rows are sorted by alpha, then split.
+    and every process returns all rows. Rows are sorted by alpha, then split. ``progress``
+    shows a bar (periodic lines off a terminal) on the main process.
     """
     if bn not in BN_MODES:
         raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
@@ -162,7 +165,12 @@ def interpolate_runs(
     bn_images = data.train_images[:bn_samples]
 
     rows: list[dict[str, Any]] = []
-    for alpha in shard(list(alphas), rank, world):
+    mine = shard(list(alphas), rank, world)
+    display = TrainingProgress(
+        total_steps=len(mine), done_steps=0, enabled=progress and rank == 0,
+        log_every=max(1, len(mine) // 10), description="interpolation", unit="alpha",
+    )
+    for done, alpha in enumerate(mine, start=1):
         with torch.no_grad():
             torch._foreach_copy_(targets, theta_sb)
             torch._foreach_lerp_(targets, theta_lb, float(alpha))
@@ -185,6 +193,9 @@ def interpolate_runs(
                 accuracy = float("nan")  # argmax over NaN logits is no prediction
             rows.append({"alpha": float(alpha), "split": split, "loss": loss,
                          "accuracy": accuracy, "negative_variances": negative})
+        where = f"alpha {alpha:g}"
+        display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
+    display.close()
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -261,6 +272,7 @@ def run_interpolation(
     bn_samples: int | None = None,
     eval_batch_size: int = 1024,
     accelerator=None,
+    progress: bool = True,
 ) -> dict[str, Path] | None:
     """``interpolate_runs`` then ``write_interpolation`` on the main process; its paths
     (None on the other processes).
@@ -276,7 +288,7 @@ def run_interpolation(
     try:
         rows = interpolate_runs(
             sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
-            eval_batch_size=eval_batch_size, accelerator=accelerator,
+            eval_batch_size=eval_batch_size, accelerator=accelerator, progress=progress,
         )
         paths = None
         if accelerator is None or accelerator.is_main_process:
@@ -321,6 +333,12 @@ def interpolation_meta(
         "test_split": "the validation set of the runs' results.json",
         "loss": "mean cross-entropy over samples (log-softmax of float32 logits)",
     }
+
+
+def _describe(rows: list[dict[str, Any]], where: str) -> str:
+    """``alpha 0.5: train loss 0.12 acc 0.97, test ...`` for a progress line."""
+    parts = [f"{r['split']} loss {r['loss']:.4g} acc {r['accuracy']:.3f}" for r in rows]
+    return f"{where}: " + ", ".join(parts)
 
 
 def _finite(value: Any) -> bool:

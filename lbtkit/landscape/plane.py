@@ -45,7 +45,15 @@ from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
-from lbtkit.landscape.interpolate import BN_MODES, SPLITS, check_same_setup, parse_splits, shard
+from lbtkit.landscape.interpolate import (
+    BN_MODES,
+    SPLITS,
+    _describe,
+    check_same_setup,
+    parse_splits,
+    shard,
+)
+from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
 
 DIRECTIONS = ("random", "between")
@@ -210,6 +218,7 @@ def landscape_runs(
     eval_batch_size: int = 1024,
     seed: int = 0,
     accelerator=None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate theta + x*d1 + y*d2 on ``grid`` = (xs, ys); rows {x, y, split, loss, accuracy,
     negative_variances}, sorted by x, y, then split. Arguments as in
@@ -217,14 +226,14 @@ def landscape_runs(
     return _landscape(
         run, other, grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
         splits=splits, bn=bn, bn_samples=bn_samples, eval_batch_size=eval_batch_size, seed=seed,
-        accelerator=accelerator,
+        accelerator=accelerator, progress=progress,
     )[0]
 
 
 def _landscape(
     run: str | Path, other: str | Path | None, *, grid: Grid, directions: str, norm: str,
     ignore_bn_bias: bool, splits: Sequence[str], bn: str, bn_samples: int | None,
-    eval_batch_size: int, seed: int, accelerator: Any,
+    eval_batch_size: int, seed: int, accelerator: Any, progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     check_options(other=other, directions=directions, norm=norm, bn=bn, bn_samples=bn_samples,
                   eval_batch_size=eval_batch_size)
@@ -282,7 +291,12 @@ def _landscape(
 
     points = [(float(x), float(y)) for x in xs for y in ys]
     rows: list[dict[str, Any]] = []
-    for x, y in shard(points, rank, world):
+    mine = shard(points, rank, world)
+    display = TrainingProgress(
+        total_steps=len(mine), done_steps=0, enabled=progress and rank == 0,
+        log_every=max(1, len(mine) // 20), description="landscape", unit="point",
+    )
+    for done, (x, y) in enumerate(mine, start=1):
         with torch.no_grad():
             torch._foreach_copy_(targets, theta)
             if theta_other is not None:
@@ -309,6 +323,9 @@ def _landscape(
                 accuracy = float("nan")  # argmax over NaN logits is no prediction
             rows.append({"x": x, "y": y, "split": split, "loss": loss, "accuracy": accuracy,
                          "negative_variances": negative})
+        where = f"({x:g}, {y:g})"
+        display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
+    display.close()
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -464,6 +481,7 @@ def run_landscape(
     eval_batch_size: int = 1024,
     seed: int = 0,
     accelerator=None,
+    progress: bool = True,
 ) -> dict[str, Path] | None:
     """``landscape_runs`` then ``write_landscape`` on the main process; its paths (None on the
     other processes).
@@ -480,7 +498,8 @@ def run_landscape(
                     splits=splits, bn=bn, bn_samples=bn_samples,
                     eval_batch_size=eval_batch_size, seed=seed)
     try:
-        rows, stats = _landscape(run, other, accelerator=accelerator, **settings)
+        rows, stats = _landscape(run, other, accelerator=accelerator, progress=progress,
+                                 **settings)
         paths = None
         if accelerator is None or accelerator.is_main_process:
             meta = landscape_meta(run, other, **settings)
