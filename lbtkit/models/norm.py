@@ -78,13 +78,16 @@ class GlobalBatchNorm(_BatchNorm):
             and dist.get_world_size() > 1
         if not (self.training and distributed):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
+        # torch.distributed.nn.functional.all_reduce (the older autograd-aware one) is
+        # deprecated; the functional collectives register autograd for all_reduce.
+        from torch.distributed import _functional_collectives as funcol
 
         dims = [d for d in range(input.dim()) if d != 1]
         values = input.float()
         count = torch.tensor([values.numel() / values.shape[1]], device=input.device)
         local = torch.cat((values.sum(dims), (values * values).sum(dims), count))
-        total = all_reduce(local)  # the gradient flows back through the sums to every rank
+        # The gradient flows back through the sums to every rank.
+        total = funcol.wait_tensor(funcol.all_reduce(local, "sum", dist.group.WORLD))
         channels = input.shape[1]
         n = total[-1]
         mean = total[:channels] / n
