@@ -48,6 +48,24 @@ def assert_user_error(result: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in lines[0], lines[0]
 
 
+def train_smoke(run_dir: Path, **values) -> dict:
+    """A one-epoch F1-on-digits run (the smoke preset) in ``run_dir``; its results."""
+    from lbtkit.config import RunConfig, preset_values
+    from lbtkit.train import run
+
+    config = RunConfig().updated(preset_values("smoke")).updated(
+        {"epochs": 1, "output_dir": str(run_dir), **values})
+    return run(config, progress=False)
+
+
+def train_sb_lb(root: Path) -> tuple[Path, Path, dict]:
+    """A small-batch (32) and a large-batch (512) smoke run under ``root``: the two
+    solutions the weight-space tools (interpolation, planes) are tested on."""
+    results = {label: train_smoke(root / label, batch_size=size)
+               for label, size in (("sb", 32), ("lb", 512))}
+    return root / "sb", root / "lb", results
+
+
 @pytest.fixture
 def cli(tmp_path):
     def call(*args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from lbtkit.config import RunConfig, preset_values
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
@@ -25,26 +24,15 @@ from lbtkit.landscape import (
 )
 from lbtkit.rundir import load_run
 
-from conftest import cli_env
+from conftest import cli_env, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def train(run_dir, **values):
-    from lbtkit.train import run
-
-    config = RunConfig().updated(preset_values("smoke")).updated(
-        {"epochs": 1, "output_dir": str(run_dir), **values})
-    return run(config, progress=False)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An SB (batch 32) and an LB (batch 512) solution of F1 on digits, one epoch each."""
-    root = tmp_path_factory.mktemp("runs")
-    results = {label: train(root / label, batch_size=size)
-               for label, size in (("sb", 32), ("lb", 512))}
-    return root / "sb", root / "lb", results
+    return train_sb_lb(tmp_path_factory.mktemp("runs"))
 
 
 # --- pure helpers ----------------------------------------------------------------------------
@@ -127,7 +115,7 @@ def test_progress_lines_off_a_terminal_and_silence_when_asked(runs, capsys):
 def test_runs_of_different_architectures_are_refused(runs, tmp_path):
     sb, _, _ = runs
     other = tmp_path / "c1"
-    train(other, model="c1", batch_size=512)
+    train_smoke(other, model="c1", batch_size=512)
     with pytest.raises(ConfigError, match=r"model.*'f1'.*'c1'"):
         interpolate_runs(sb, other, alphas=[0.5])
     with pytest.raises(ConfigError, match="BatchNorm mode"):

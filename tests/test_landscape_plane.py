@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import ConfigError
 from lbtkit.landscape import (
     between_direction,
@@ -20,26 +19,15 @@ from lbtkit.landscape import (
     random_direction,
 )
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def train(run_dir, **values):
-    from lbtkit.train import run
-
-    config = RunConfig().updated(preset_values("smoke")).updated(
-        {"epochs": 1, "output_dir": str(run_dir), **values})
-    return run(config, progress=False)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two F1 solutions on digits (batch 32 and 512), one epoch each."""
-    root = tmp_path_factory.mktemp("runs")
-    results = {label: train(root / label, batch_size=size)
-               for label, size in (("sb", 32), ("lb", 512))}
-    return root / "sb", root / "lb", results
+    return train_sb_lb(tmp_path_factory.mktemp("runs"))
 
 
 # --- directions ------------------------------------------------------------------------------
@@ -170,7 +158,7 @@ def test_inconsistent_options_and_runs_are_refused(runs, tmp_path):
     with pytest.raises(ConfigError, match="'running'"):
         landscape_runs(sb, grid=grid, bn="running")
     other = tmp_path / "c1"
-    train(other, model="c1", batch_size=512)
+    train_smoke(other, model="c1", batch_size=512)
     with pytest.raises(ConfigError, match=r"model.*'f1'.*'c1'"):
         landscape_runs(sb, other, grid=grid, directions="between")
 

@@ -174,26 +174,12 @@ def interpolate_runs(
         with torch.no_grad():
             torch._foreach_copy_(targets, theta_sb)
             torch._foreach_lerp_(targets, theta_lb, float(alpha))
-        negative = negative_variances(model) if bn == "interpolate" else 0
-        if negative:
-            print(f"warning: alpha={alpha:g}: {negative} BatchNorm running variances are "
-                  f"negative after interpolating them; the loss there is NaN "
-                  f"(use --bn recalibrate)", file=sys.stderr)
-        if bn == "recalibrate":
-            recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
-        for split in splits:
-            images, labels = split_data[split]
-            if bn == "batch-stats":
-                totals = evaluate_batch_stats(model, images, labels, inputs,
-                                              batch_size=eval_batch_size)
-            else:
-                totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
-            loss, accuracy = mean_loss_and_accuracy(totals)
-            if math.isnan(loss):
-                accuracy = float("nan")  # argmax over NaN logits is no prediction
-            rows.append({"alpha": float(alpha), "split": split, "loss": loss,
-                         "accuracy": accuracy, "negative_variances": negative})
         where = f"alpha {alpha:g}"
+        negative = negative_variances(model) if bn == "interpolate" else 0
+        for result in evaluate_point(model, split_data, splits, inputs, bn=bn,
+                                     bn_images=bn_images, eval_batch_size=eval_batch_size,
+                                     negative=negative, where=f"alpha={alpha:g}"):
+            rows.append({"alpha": float(alpha), **result})
         display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
     display.close()
     if world > 1:
@@ -201,6 +187,47 @@ def interpolate_runs(
 
         rows = gather_object(rows)
     return sorted(rows, key=lambda r: (r["alpha"], splits.index(r["split"])))
+
+
+def evaluate_point(
+    model: torch.nn.Module,
+    split_data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    splits: Sequence[str],
+    inputs: InputSpec,
+    *,
+    bn: str,
+    bn_images: torch.Tensor,
+    eval_batch_size: int,
+    negative: int = 0,
+    where: str = "",
+) -> list[dict[str, Any]]:
+    """Loss and accuracy of the model's current weights on each split, BatchNorm per ``bn``;
+    one {split, loss, accuracy, negative_variances} per split. Shared by every grid over
+    weight space (the interpolation line, the 2-D plane).
+
+    ``negative``: running variances below zero in the current buffers (``bn="interpolate"``);
+    the point is evaluated anyway (its loss is NaN) and a warning names ``where``.
+    """
+    if negative:
+        print(f"warning: {where}: {negative} BatchNorm running variances are negative after "
+              f"interpolating them; the loss there is NaN (use --bn recalibrate)",
+              file=sys.stderr)
+    if bn == "recalibrate":
+        recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
+    results = []
+    for split in splits:
+        images, labels = split_data[split]
+        if bn == "batch-stats":
+            totals = evaluate_batch_stats(model, images, labels, inputs,
+                                          batch_size=eval_batch_size)
+        else:
+            totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
+        loss, accuracy = mean_loss_and_accuracy(totals)
+        if math.isnan(loss):
+            accuracy = float("nan")  # argmax over NaN logits is no prediction
+        results.append({"split": split, "loss": loss, "accuracy": accuracy,
+                        "negative_variances": negative})
+    return results
 
 
 def write_interpolation(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
@@ -43,13 +42,14 @@ import torch
 
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
-from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
-from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
+from lbtkit.evaluate import InputSpec
+from lbtkit.landscape.bn import negative_variances
 from lbtkit.landscape.interpolate import (
     BN_MODES,
     SPLITS,
     _describe,
     check_same_setup,
+    evaluate_point,
     parse_splits,
     shard,
 )
@@ -304,26 +304,12 @@ def _landscape(
             else:
                 torch._foreach_add_(param_targets, d1, alpha=x)
             torch._foreach_add_(param_targets, d2, alpha=y)
-        negative = negative_variances(model) if buffer_names else 0
-        if negative:
-            print(f"warning: (x, y)=({x:g}, {y:g}): {negative} BatchNorm running variances are "
-                  f"negative after interpolating them; the loss there is NaN "
-                  f"(use --bn recalibrate)", file=sys.stderr)
-        if bn == "recalibrate":
-            recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
-        for split in splits:
-            images, labels = split_data[split]
-            if bn == "batch-stats":
-                totals = evaluate_batch_stats(model, images, labels, inputs,
-                                              batch_size=eval_batch_size)
-            else:
-                totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
-            loss, accuracy = mean_loss_and_accuracy(totals)
-            if math.isnan(loss):
-                accuracy = float("nan")  # argmax over NaN logits is no prediction
-            rows.append({"x": x, "y": y, "split": split, "loss": loss, "accuracy": accuracy,
-                         "negative_variances": negative})
         where = f"({x:g}, {y:g})"
+        negative = negative_variances(model) if buffer_names else 0
+        for result in evaluate_point(model, split_data, splits, inputs, bn=bn,
+                                     bn_images=bn_images, eval_batch_size=eval_batch_size,
+                                     negative=negative, where=f"(x, y)={where}"):
+            rows.append({"x": x, "y": y, **result})
         display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
     display.close()
     if world > 1:
