@@ -20,7 +20,7 @@ import csv
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -234,17 +234,31 @@ def write_interpolation(
     rows: list[dict[str, Any]], output_dir: str | Path, *, meta: dict[str, Any]
 ) -> dict[str, Path]:
     """Write ``interpolation.csv``, ``interpolation.png`` and ``interpolation.json`` (meta)."""
+    return write_grid_files(rows, output_dir, stem="interpolation", fields=CSV_FIELDS,
+                            meta=meta, plot=plot_interpolation)
+
+
+def write_grid_files(
+    rows: list[dict[str, Any]],
+    output_dir: str | Path,
+    *,
+    stem: str,
+    fields: Sequence[str],
+    meta: dict[str, Any],
+    plot: Callable[[list[dict[str, Any]], Path], None],
+) -> dict[str, Path]:
+    """``STEM.csv`` (``fields`` of every row), ``STEM.png`` (``plot``) and ``STEM.json`` (meta
+    and rows), each written atomically."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": output / "interpolation.csv", "png": output / "interpolation.png",
-             "json": output / "interpolation.json"}
+    paths = {kind: output / f"{stem}.{kind}" for kind in ("csv", "png", "json")}
     text = StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row[k] for k in CSV_FIELDS})
+        writer.writerow({k: row[k] for k in fields})
     atomic_write_text(paths["csv"], text.getvalue())
-    plot_interpolation(rows, paths["png"])
+    plot(rows, paths["png"])
     # strict JSON has no NaN: a missing value is null there (the CSV says nan)
     clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
              for r in rows]

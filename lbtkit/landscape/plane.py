@@ -29,11 +29,9 @@ grid point the weights are written in place with foreach ops. With several proce
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +50,10 @@ from lbtkit.landscape.interpolate import (
     evaluate_point,
     parse_splits,
     shard,
+    write_grid_files,
 )
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+from lbtkit.rundir import load_run, versions
 
 DIRECTIONS = ("random", "between")
 NORMS = ("filter", "layer", "none")
@@ -381,23 +380,12 @@ def write_landscape(
     rows: list[dict[str, Any]], output_dir: str | Path, *, meta: dict[str, Any]
 ) -> dict[str, Path]:
     """Write ``landscape.csv``, ``landscape.png`` and ``landscape.json`` (meta and rows)."""
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": output / "landscape.csv", "png": output / "landscape.png",
-             "json": output / "landscape.json"}
-    text = StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row[k] for k in CSV_FIELDS})
-    atomic_write_text(paths["csv"], text.getvalue())
-    plot_landscape(rows, paths["png"], xs=meta["x"], ys=meta["y"],
-                   between=meta["directions"] == "between")
-    # strict JSON has no NaN: a missing value is null there (the CSV says nan)
-    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-             for r in rows]
-    write_json(paths["json"], {**meta, "rows": clean})
-    return paths
+    def plot(points: list[dict[str, Any]], path: Path) -> None:
+        plot_landscape(points, path, xs=meta["x"], ys=meta["y"],
+                       between=meta["directions"] == "between")
+
+    return write_grid_files(rows, output_dir, stem="landscape", fields=CSV_FIELDS, meta=meta,
+                            plot=plot)
 
 
 def plot_landscape(
