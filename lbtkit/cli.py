@@ -309,6 +309,15 @@ def report(
         print(f"{kind}: {path}")
 
 
+# Options shared by the commands that evaluate grids in weight space.
+SplitsOption = Annotated[str, typer.Option(help="comma list of train, test")]
+BnSamplesOption = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(help="training samples for BN re-estimation (default: all)"),
+]
+EvalBatchOption = Annotated[int, typer.Option(help="evaluation batch per process")]
+
+
 @app.command()
 @user_errors
 def interpolate(
@@ -318,15 +327,12 @@ def interpolate(
     alphas: Annotated[
         str, typer.Option(help="START:STOP:COUNT (inclusive) or a comma list")
     ] = "-1:2:25",
-    splits: Annotated[str, typer.Option(help="comma list of train, test")] = "train,test",
+    splits: SplitsOption = "train,test",
     bn: Annotated[
         str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics)")
     ] = "recalibrate",
-    bn_samples: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="training samples for BN re-estimation (default: all)"),
-    ] = None,
-    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch per process")] = 1024,
+    bn_samples: BnSamplesOption = None,
+    eval_batch_size: EvalBatchOption = 1024,
     num_processes: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
@@ -381,16 +387,13 @@ def landscape(
         bool, typer.Option("--ignore-bn-bias", help="random directions leave biases and "
                            "BatchNorm parameters (1-D tensors) at the run's values")
     ] = False,
-    splits: Annotated[str, typer.Option(help="comma list of train, test")] = "train,test",
+    splits: SplitsOption = "train,test",
     bn: Annotated[
         str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics, "
                           "as in interpolate; interpolate keeps RUN's along random axes)")
     ] = "recalibrate",
-    bn_samples: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="training samples for BN re-estimation (default: all)"),
-    ] = None,
-    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch per process")] = 1024,
+    bn_samples: BnSamplesOption = None,
+    eval_batch_size: EvalBatchOption = 1024,
     seed: Annotated[int, typer.Option(help="seed of the random directions")] = 0,
     num_processes: Annotated[
         Optional[int],  # noqa: UP045
