@@ -6,12 +6,15 @@ in the same code path (``lbtkit.train.run`` in every worker).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lbtkit.config import RunConfig
 from lbtkit.rundir import RunDir, write_json
@@ -24,6 +27,25 @@ def in_launched_worker() -> bool:
 
 def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def worker_accelerator(accelerator: Any = None) -> Iterator[Any]:
+    """``accelerator`` if given; else, inside ``accelerate launch`` with several processes, a
+    new Accelerator (CPU and gloo without CUDA) shut down on exit; else None (one process).
+
+    For the analysis commands that split a grid over processes but train nothing."""
+    owned = accelerator is None and launched_world_size() > 1
+    if owned:
+        import torch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        yield accelerator
+    finally:
+        if owned:
+            accelerator.end_training()
 
 
 def free_port() -> int:

@@ -321,12 +321,9 @@ def run_interpolation(
     Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
     created (CPU/gloo without CUDA) and shut down at the end.
     """
-    owned = accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if owned:
-        from accelerate import Accelerator
+    from lbtkit.launch import worker_accelerator
 
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    try:
+    with worker_accelerator(accelerator) as accelerator:
         rows = interpolate_runs(
             sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
             eval_batch_size=eval_batch_size, accelerator=accelerator, progress=progress,
@@ -343,9 +340,6 @@ def run_interpolation(
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return paths
-    finally:
-        if owned:
-            accelerator.end_training()
 
 
 def interpolation_meta(

@@ -463,15 +463,12 @@ def run_landscape(
     Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
     created (CPU/gloo without CUDA) and shut down at the end.
     """
-    owned = accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if owned:
-        from accelerate import Accelerator
+    from lbtkit.launch import worker_accelerator
 
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
     settings = dict(grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
                     splits=splits, bn=bn, bn_samples=bn_samples,
                     eval_batch_size=eval_batch_size, seed=seed)
-    try:
+    with worker_accelerator(accelerator) as accelerator:
         rows, stats = _landscape(run, other, accelerator=accelerator, progress=progress,
                                  **settings)
         paths = None
@@ -484,9 +481,6 @@ def run_landscape(
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return paths
-    finally:
-        if owned:
-            accelerator.end_training()
 
 
 def check_runs(run: str | Path, other: str | Path | None = None) -> None:
