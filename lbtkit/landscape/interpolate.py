@@ -155,14 +155,7 @@ def interpolate_runs(
     theta_lb = [other[name].detach() for name in names]  # the LB module itself is dropped
     del lb_model, other
 
-    data = load_dataset(
-        config.dataset, config.data_dir, image_size=config.image_size,
-        num_classes=config.num_classes,
-    ).to(device)
-    inputs = InputSpec(data.info, config.image_size, config.channels_last)
-    split_data = {"train": (data.train_images, data.train_labels),
-                  "test": (data.val_images, data.val_labels)}
-    bn_images = data.train_images[:bn_samples]
+    inputs, split_data, bn_images = resident_splits(config, device, bn_samples=bn_samples)
 
     rows: list[dict[str, Any]] = []
     mine = shard(list(alphas), rank, world)
@@ -187,6 +180,21 @@ def interpolate_runs(
 
         rows = gather_object(rows)
     return sorted(rows, key=lambda r: (r["alpha"], splits.index(r["split"])))
+
+
+def resident_splits(
+    config: RunConfig, device: torch.device, *, bn_samples: int | None = None
+) -> tuple[InputSpec, dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The run's dataset on ``device`` once: (inputs, {"train"|"test": (images, labels)},
+    the first ``bn_samples`` training images for BatchNorm re-estimation, default all)."""
+    data = load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size,
+        num_classes=config.num_classes,
+    ).to(device)
+    inputs = InputSpec(data.info, config.image_size, config.channels_last)
+    split_data = {"train": (data.train_images, data.train_labels),
+                  "test": (data.val_images, data.val_labels)}
+    return inputs, split_data, data.train_images[:bn_samples]
 
 
 def evaluate_point(

@@ -38,9 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
-from lbtkit.evaluate import InputSpec
 from lbtkit.landscape.bn import negative_variances
 from lbtkit.landscape.interpolate import (
     BN_MODES,
@@ -49,6 +47,7 @@ from lbtkit.landscape.interpolate import (
     check_same_setup,
     evaluate_point,
     parse_splits,
+    resident_splits,
     shard,
     write_grid_files,
 )
@@ -279,14 +278,7 @@ def _landscape(
         stats = direction_stats(d1, d2)
     param_targets = targets[:len(names)]
 
-    data = load_dataset(
-        config.dataset, config.data_dir, image_size=config.image_size,
-        num_classes=config.num_classes,
-    ).to(device)
-    inputs = InputSpec(data.info, config.image_size, config.channels_last)
-    split_data = {"train": (data.train_images, data.train_labels),
-                  "test": (data.val_images, data.val_labels)}
-    bn_images = data.train_images[:bn_samples]
+    inputs, split_data, bn_images = resident_splits(config, device, bn_samples=bn_samples)
 
     points = [(float(x), float(y)) for x in xs for y in ys]
     rows: list[dict[str, Any]] = []
