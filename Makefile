@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo bench lint format clean image sif image-test
+.PHONY: install test test-fast demo remedies-demo bench lint format clean image sif image-test
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
 IMAGE_NAME ?= lbtkit
@@ -32,6 +32,12 @@ test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration 
 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> docs/demo/index.md
 	$(BIN)/lbtkit demo --output docs/demo
+
+remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds (~1 min on 2 CPU cores) -> docs/remedies/report.md
+	$(BIN)/lbtkit sweep plan --preset remedies-digits --output docs/remedies/work
+	$(BIN)/lbtkit sweep run docs/remedies/work --no-progress
+	$(BIN)/lbtkit noise-scale docs/remedies/work/runs/b1024-s0-baseline --batches 32,1024
+	$(BIN)/lbtkit report docs/remedies/work --output docs/remedies
 
 bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/results/
 	$(BIN)/python bench/data_pipeline.py

@@ -165,8 +165,8 @@ def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str,
     noise = _noise_scales(pairs)
     _plot_accuracy(rows, extra, paths["accuracy_vs_batch"], noise=_noise_summary(noise))
     _plot_curves(pairs, extra, paths["learning_curves"])
-    atomic_write_text(paths["report"],
-                      _markdown(sweep, rows, extra, paths) + _noise_markdown(noise, extra))
+    sections = [_markdown(sweep, rows, extra, paths), _noise_markdown(noise, extra)]
+    atomic_write_text(paths["report"], "\n".join(s.rstrip("\n") + "\n" for s in sections if s))
     return paths
 
 

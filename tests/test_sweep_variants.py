@@ -80,6 +80,15 @@ def test_remedies_preset_plans_every_remedy_at_batch_1024(tmp_path):
             assert config[key] == configs["baseline"][key], (name, key)
 
 
+def test_cpu_remedies_preset_plans_three_seeds_of_each_remedy(tmp_path):
+    grid, variants = sweep_table(sweep_settings(preset="remedies-digits"), "preset")
+    plan = plan_sweep(RunConfig().updated(preset_values("remedies-digits")), grid, tmp_path,
+                      variants=variants)
+    assert len(plan["runs"]) == 3 * len(variants)
+    assert {entry["config"]["seed"] for entry in plan["runs"]} == {0, 1, 2}
+    assert {entry["config"]["batch_size"] for entry in plan["runs"]} == {32, 1024}
+
+
 def test_cli_plans_the_preset_table_and_flags_replace_its_grid(cli, tmp_path):
     result = cli("sweep", "plan", "--output", tmp_path / "a", "--preset",
                  "remedies-mobilenetv2", "--num-processes", "4")
