@@ -33,11 +33,14 @@ test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> docs/demo/index.md
 	$(BIN)/lbtkit demo --output docs/demo
 
-remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds (~1 min on 2 CPU cores) -> docs/remedies/report.md
+remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds, and the plane through the batch-32 and batch-1024 solutions (~1.5 min on 2 CPU cores) -> docs/remedies/
 	$(BIN)/lbtkit sweep plan --preset remedies-digits --output docs/remedies/work
 	$(BIN)/lbtkit sweep run docs/remedies/work --no-progress
 	$(BIN)/lbtkit noise-scale docs/remedies/work/runs/b1024-s0-baseline --batches 32,1024
 	$(BIN)/lbtkit report docs/remedies/work --output docs/remedies
+	$(BIN)/lbtkit landscape docs/remedies/work/runs/b32-s0-reference-b32 \
+		--other docs/remedies/work/runs/b1024-s0-baseline --directions between \
+		--grid -0.5:1.5:11,-1:1:11 --output docs/remedies/landscape
 
 bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/results/
 	$(BIN)/python bench/data_pipeline.py
