@@ -28,7 +28,9 @@ def ascend(parameters: list[torch.Tensor], rho: float) -> Perturbation:
     """Add e = rho * g / |g| to every parameter that has a gradient; return (params, e).
 
     All on the device: the norm stays a tensor, so there is no host sync. A zero gradient
-    gives e = 0 (the tiny constant in the denominator only guards the division).
+    gives e = 0 (the tiny constant in the denominator only guards the division), and so does
+    a non-finite one (an fp16 overflow the loss scaler is about to skip): a NaN perturbation
+    would survive ``descend`` (w + NaN - NaN) and ruin the weights.
     """
     params = [p for p in parameters if p.grad is not None]
     if not params:
@@ -36,8 +38,9 @@ def ascend(parameters: list[torch.Tensor], rho: float) -> Perturbation:
     grads = [p.grad for p in params]
     norm = torch.linalg.vector_norm(torch.stack(
         [torch.linalg.vector_norm(g.float()) for g in grads]))
-    scale = rho / (norm + 1e-12)
-    perturbation = [(g.float() * scale).to(g.dtype) for g in grads]
+    scale = torch.where(torch.isfinite(norm), rho / (norm + 1e-12), torch.zeros_like(norm))
+    perturbation = [torch.nan_to_num(g.float() * scale, nan=0.0, posinf=0.0, neginf=0.0)
+                    .to(g.dtype) for g in grads]
     torch._foreach_add_(params, perturbation)
     return params, perturbation
 

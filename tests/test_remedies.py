@@ -219,6 +219,15 @@ def test_sam_ascend_and_descend_by_hand():
     torch.testing.assert_close(b.detach(), torch.tensor([[0.5]]))
 
 
+def test_sam_does_not_move_along_a_non_finite_gradient():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    a.grad = torch.tensor([float("inf"), 1.0])  # an fp16 overflow step
+    perturbation = sam.ascend([a], rho=0.5)
+    assert torch.equal(a.detach(), torch.tensor([1.0, 2.0]))
+    sam.descend(perturbation)
+    assert torch.equal(a.detach(), torch.tensor([1.0, 2.0]))
+
+
 def test_frozen_running_stats_leave_bn_buffers_alone():
     bn = nn.BatchNorm1d(3)
     bn(torch.randn(8, 3))
