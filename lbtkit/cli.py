@@ -499,8 +499,9 @@ def noise_scale(
     table.add_row("tr(Sigma)", f"{result['trace_sigma']:.6g}",
                   f"{result['trace_sigma_std_error']:.2g}")
     b_simple = result["b_simple"]
+    error = result.get("b_simple_std_error")
     table.add_row("B_simple", "not measurable (an estimate <= 0)" if b_simple is None
-                  else f"{b_simple:.4g}", "")
+                  else f"{b_simple:.4g}", "" if error is None else f"{error:.2g}")
     console.print(table)
     print(f"written: {result['path']}")
 

@@ -129,6 +129,7 @@ class NoiseScaleMeasurement:
     estimate: NoiseScaleEstimate
     grad_sq_std_error: float | None
     trace_sigma_std_error: float | None
+    b_simple_std_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,12 +228,32 @@ def measure_noise_scale(
         model.train(was_training)
     small, big = measured
     estimate = estimate_noise_scale(b_small, small.mean, b_big, big.mean)
-    grad_error = trace_error = None
+    grad_error = trace_error = ratio_error = None
     if small.std_error is not None and big.std_error is not None:
         grad_error = math.hypot(b_big * big.std_error, b_small * small.std_error) / (
             b_big - b_small)
         trace_error = math.hypot(small.std_error, big.std_error) / (1 / b_small - 1 / b_big)
-    return NoiseScaleMeasurement(small, big, estimate, grad_error, trace_error)
+        ratio_error = b_simple_std_error(b_small, small.std_error, b_big, big.std_error,
+                                         estimate)
+    return NoiseScaleMeasurement(small, big, estimate, grad_error, trace_error, ratio_error)
+
+
+def b_simple_std_error(b_small: int, small_error: float, b_big: int, big_error: float,
+                       estimate: NoiseScaleEstimate) -> float | None:
+    """First-order (delta-method) standard error of B_simple = T/G from the standard errors
+    of the two independent means; None when B_simple is not measurable.
+
+    With k_T = 1/B_small - 1/B_big and k_G = B_big - B_small:
+    dB/d|G_small|^2 = (G/k_T + T*B_small/k_G) / G^2 and
+    dB/d|G_big|^2 = -(G/k_T + T*B_big/k_G) / G^2.
+    """
+    if estimate.b_simple is None:
+        return None
+    g, t = estimate.grad_sq, estimate.trace_sigma
+    k_t, k_g = 1 / b_small - 1 / b_big, b_big - b_small
+    d_small = (g / k_t + t * b_small / k_g) / (g * g)
+    d_big = -(g / k_t + t * b_big / k_g) / (g * g)
+    return math.hypot(d_small * small_error, d_big * big_error)
 
 
 def parse_batches(text: str) -> tuple[int, int]:
@@ -297,6 +318,7 @@ def run_noise_scale(
         **measured.estimate.to_dict(),
         "grad_sq_std_error": measured.grad_sq_std_error,
         "trace_sigma_std_error": measured.trace_sigma_std_error,
+        "b_simple_std_error": measured.b_simple_std_error,
         "batches": {"small": dataclasses.asdict(measured.small),
                     "big": dataclasses.asdict(measured.big)},
         "settings": {

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from lbtkit.errors import ConfigError
 from lbtkit.noise_scale import (
     NoiseScaleMonitor,
+    b_simple_std_error,
     estimate_noise_scale,
     last_logged_noise_scale,
     measure_noise_scale,
@@ -403,3 +404,20 @@ def test_report_marks_the_noise_scale(tmp_path, monkeypatch):
     assert list(line.get_xdata()) == [400.0, 400.0]
     low, high = ax.get_xlim()
     assert low <= 400 <= high
+
+
+def test_b_simple_standard_error_matches_finite_differences():
+    # Delta method: the analytic derivatives against central differences of the estimator.
+    b_small, b_big, small, big, e_small, e_big = 8, 128, 3.0, 1.2, 0.05, 0.01
+    estimate = estimate_noise_scale(b_small, small, b_big, big)
+    got = b_simple_std_error(b_small, e_small, b_big, e_big, estimate)
+    h = 1e-6
+
+    def ratio(s, b):
+        return estimate_noise_scale(b_small, s, b_big, b).b_simple
+
+    d_small = (ratio(small + h, big) - ratio(small - h, big)) / (2 * h)
+    d_big = (ratio(small, big + h) - ratio(small, big - h)) / (2 * h)
+    assert got == pytest.approx(math.hypot(d_small * e_small, d_big * e_big), rel=1e-5)
+    unmeasurable = estimate_noise_scale(b_small, 1.0, b_big, 1.5)  # tr(Sigma) < 0
+    assert b_simple_std_error(b_small, e_small, b_big, e_big, unmeasurable) is None
