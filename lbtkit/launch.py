@@ -60,6 +60,9 @@ def lbtkit_launch_command(lbtkit_args: list[str], num_processes: int, port: int)
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
         "--main_process_port", str(port),
+        # lbtkit passes mixed precision to its Accelerator from the config (an explicit value
+        # wins over the launcher's); naming the defaults only silences accelerate's warning.
+        "--mixed_precision", "no", "--dynamo_backend", "no",
         "-m", "lbtkit", *lbtkit_args,
     ]
 
