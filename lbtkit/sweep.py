@@ -129,7 +129,7 @@ def plan_sweep(
     plan = json.loads(json.dumps(plan))  # compare as it will read back from disk
     path = output / SWEEP_FILE
     if path.exists():
-        existing = _read_plan_file(path)
+        existing = _with_new_fields(_read_plan_file(path))
         if existing != plan:
             raise ConfigError(
                 f"{path} holds a different sweep ({_difference(existing, plan)}); "
@@ -277,6 +277,26 @@ def _entry_name(config: RunConfig, keys: list[str], variant: str | None = None) 
         else:
             parts.append(f"{key}{value}")
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts))
+
+
+def _with_new_fields(plan: dict[str, Any]) -> dict[str, Any]:
+    """A stored plan with the RunConfig fields it predates filled in with their defaults.
+
+    A plan written by an older lbtkit lacks fields added since; a missing field meant its
+    default behaviour, so re-planning the same sweep after an upgrade is still the same sweep
+    (the run directories' config.json files are read the same way, via RunConfig.from_dict).
+    """
+    defaults = RunConfig().to_dict()
+
+    def fill(config: Any) -> Any:
+        return {**defaults, **config} if isinstance(config, dict) else config
+
+    filled = dict(plan)
+    filled["base"] = fill(plan.get("base"))
+    if isinstance(plan.get("runs"), list):
+        filled["runs"] = [{**entry, "config": fill(entry.get("config"))}
+                          if isinstance(entry, dict) else entry for entry in plan["runs"]]
+    return filled
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:

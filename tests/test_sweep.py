@@ -129,6 +129,23 @@ def test_replanning_same_is_idempotent_different_is_refused(tmp_path):
     assert path.read_text() == text
 
 
+def test_a_plan_from_before_new_config_fields_is_still_the_same_sweep(tmp_path):
+    # An older lbtkit wrote plans without the fields added since (here: sam_rho); re-planning
+    # after an upgrade must not refuse the sweep, and its runs must still resume.
+    grid = {"batch_size": [32, 64]}
+    plan_sweep(tiny_base(), grid, tmp_path)
+    path = tmp_path / "sweep.json"
+    stored = json.loads(path.read_text())
+    del stored["base"]["sam_rho"]
+    for entry in stored["runs"]:
+        del entry["config"]["sam_rho"]
+    path.write_text(json.dumps(stored))
+    plan_sweep(tiny_base(), grid, tmp_path)  # no ConfigError
+    assert entry_config(load_sweep(tmp_path), 0).sam_rho == 0.0
+    with pytest.raises(ConfigError, match="sam_rho"):  # a real difference still is one
+        plan_sweep(tiny_base().updated({"sam_rho": 0.1}), grid, tmp_path)
+
+
 def test_paths_are_stored_relative_and_survive_moving_the_sweep(tmp_path):
     plan_sweep(tiny_base(), {"batch_size": [32, 64]}, tmp_path / "a")
     raw = json.loads((tmp_path / "a" / "sweep.json").read_text())
