@@ -180,3 +180,21 @@ def test_compile_trains_like_eager(tmp_path):
     assert compiled["final"]["train_loss"] == pytest.approx(eager["final"]["train_loss"],
                                                             rel=1e-3)
     assert compiled["final"]["val_acc"] == pytest.approx(eager["final"]["val_acc"], abs=0.01)
+
+
+def test_a_run_dir_from_before_new_config_fields_still_resumes(tmp_path):
+    # An older lbtkit wrote config.json without the fields added since: a missing field meant
+    # its default, so the same run continues after an upgrade; a real difference is refused.
+    from lbtkit.errors import ConfigError
+    from lbtkit.train import check_same_run
+
+    config = _smoke(tmp_path).resolved()
+    rd = RunDir(config.output_dir)
+    rd.create()
+    stored = config.to_dict()
+    for new_field in ("sam_rho", "ghost_batch_size", "log_noise_scale"):
+        del stored[new_field]
+    rd.config_path.write_text(json.dumps(stored))
+    check_same_run(rd, config)
+    with pytest.raises(ConfigError, match="sam_rho"):
+        check_same_run(rd, config.updated({"sam_rho": 0.05}))
