@@ -46,6 +46,7 @@ bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/resul
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/interpolation.py
+	$(BIN)/python bench/normalize.py
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .

@@ -342,8 +342,6 @@ def list_presets() -> list[str]:
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    if name not in list_presets():
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
     values = _preset_table(name)
     values.pop("description", None)
     values.pop("sweep", None)  # sweep settings, read by sweep_settings
@@ -364,16 +362,15 @@ def sweep_settings(
     It holds what ``lbtkit sweep plan`` sweeps by default: lists of values per field
     (``batch_size = [1024]``) and optional ``[sweep.variants.NAME]`` override tables.
     """
-    if config_file and "sweep" in _read_file(Path(config_file)):
-        return _read_file(Path(config_file))["sweep"]
-    if preset and "sweep" in _preset_table(preset):
-        return _preset_table(preset)["sweep"]
+    for table in (_read_file(Path(config_file)) if config_file else {},
+                  _preset_table(preset) if preset else {}):
+        if "sweep" in table:
+            return table["sweep"]
     return None
 
 
 def preset_description(name: str) -> str:
-    text = (resources.files("lbtkit") / "presets" / f"{name}.toml").read_text()
-    return str(tomllib.loads(text).get("description", ""))
+    return str(_preset_table(name).get("description", ""))
 
 
 def file_values(path: str | Path) -> dict[str, Any]:

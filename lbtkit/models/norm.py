@@ -163,15 +163,16 @@ def _ghost_class(bn: _BatchNorm) -> type[_BatchNorm]:
 def _replace(model: nn.Module, pick, **attributes) -> nn.Module:
     """Swap every BatchNorm module for ``pick(module)``, keeping its parameters and buffers."""
     if isinstance(model, _BatchNorm):
-        cls = pick(model)
-        new = cls(model.num_features, eps=model.eps, momentum=model.momentum,
-                  affine=model.affine, track_running_stats=model.track_running_stats)
-        new.load_state_dict(model.state_dict())
+        state = model.state_dict()
+        new = pick(model)(model.num_features, eps=model.eps, momentum=model.momentum,
+                          affine=model.affine, track_running_stats=model.track_running_stats)
+        if state:  # on the old layer's device (a layer without state has nothing to move)
+            new = new.to(next(iter(state.values())).device)
+        new.load_state_dict(state)
         new.train(model.training)
         for key, value in attributes.items():
             setattr(new, key, value)
-        return new.to(next(iter(model.state_dict().values())).device) \
-            if model.state_dict() else new
+        return new
     for name, child in model.named_children():
         replaced = _replace(child, pick, **attributes)
         if replaced is not child:
