@@ -84,7 +84,8 @@ class GlobalBatchNorm(_BatchNorm):
 
         dims = [d for d in range(input.dim()) if d != 1]
         values = input.float()
-        count = torch.tensor([values.numel() / values.shape[1]], device=input.device)
+        # torch.full fills on the device; torch.tensor would copy from the host every step.
+        count = torch.full((1,), values.numel() / values.shape[1], device=input.device)
         local = torch.cat((values.sum(dims), (values * values).sum(dims), count))
         # The gradient flows back through the sums to every rank.
         total = funcol.wait_tensor(funcol.all_reduce(local, "sum", dist.group.WORLD))
