@@ -11,6 +11,15 @@ import pytest
 import torch
 
 
+def scaled_timeout(seconds: float) -> float:
+    """A wait limit scaled by LBTKIT_TIMEOUT_FACTOR (default 1): a loaded CI machine raises
+    the factor instead of every test guessing its own margin."""
+    factor = float(os.environ.get("LBTKIT_TIMEOUT_FACTOR", "1"))
+    if not factor > 0:
+        raise ValueError(f"LBTKIT_TIMEOUT_FACTOR must be a positive number, not {factor!r}")
+    return seconds * factor
+
+
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
