@@ -329,50 +329,42 @@ def _accelerate_config_checks() -> list[Check]:
 # --- data and weights ------------------------------------------------------------------------
 
 
-def dataset_files(name: str, data_dir: str | Path) -> list[Path] | None:
-    """The files ``load_dataset(name, data_dir)`` reads, or None for the datasets that need
-    none (digits ships with scikit-learn, synthetic is generated). Mirrors lbtkit.data.readers;
-    MNIST files may also be gzipped (``NAME.gz``)."""
-    from lbtkit.data import dataset_info
-    from lbtkit.data.readers import _CIFAR
-
-    dataset_info(name)  # raises ConfigError for an unknown name
-    root = Path(data_dir).expanduser().absolute()
-    if name in _CIFAR:
-        layout = _CIFAR[name]
-        return [root / layout.dirname / f for f in (*layout.train_files, *layout.val_files)]
-    if name == "mnist":
-        raw = root / "MNIST" / "raw"
-        return [
-            raw / f"{prefix}-{kind}"
-            for prefix in ("train", "t10k")
-            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-        ]
-    return None
-
-
 def _dataset_check(dataset: str, data_dir: Path) -> Check:
-    from lbtkit.data import dataset_info
+    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files
 
     label = f"dataset {dataset}"
     try:
-        dataset_info(dataset)
+        files = dataset_files(dataset, data_dir)
     except ConfigError as exc:
         return Check(label, "fail", str(exc))
-    files = dataset_files(dataset, data_dir)
     if files is None:
         source = "bundled with scikit-learn" if dataset == "digits" else "generated, no files"
         return Check(label, "ok", source)
     root = data_dir.expanduser().absolute()
-    missing = [f for f in files if not _present(f, gz_ok=dataset == "mnist")]
+    missing = [f for f in files if not f.is_file()]
+    layout = IDX_LAYOUTS.get(dataset)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         fix = f"on a machine with internet (a login node): {fetch_command(dataset, root)}"
+        if layout is not None and layout.package:
+            fix = f"apt-get install {layout.package}, or {fix}"
         if _in_lbtkit_image():
             fix += " (the path as this container sees it: fetch on the host, then bind it in)"
         return Check(label, "fail", f"not found in {root}: missing {missing[0]}{more}", fix)
-    size = sum(_existing(f, gz_ok=True).stat().st_size for f in files)
-    return Check(label, "ok", f"present in {root} ({len(files)} files, {size / 2**20:.0f} MiB)")
+    folders = sorted({f.parent for f in files})
+    where = ", ".join(map(str, folders))
+    total = sum(f.stat().st_size for f in files)
+    sizes = ", ".join(f"{f.name} {_size_text(f.stat().st_size)}" for f in files) \
+        if len(files) <= 4 else f"{len(files)} files"
+    detail = f"found in {where}: {sizes}; {_size_text(total)} in all"
+    if layout is not None and any(f.parent in layout.system_folders for f in files):
+        # Found only through the system folder: nodes without the package will not find it.
+        return Check(label, "ok", f"{detail} (the {layout.package} package; not in {root})")
+    return Check(label, "ok", detail)
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def fetch_command(what: str, data_dir: str | Path | None = None) -> str:
@@ -382,20 +374,12 @@ def fetch_command(what: str, data_dir: str | Path | None = None) -> str:
     return f"lbtkit fetch {what} --data-dir {shlex.quote(str(data_dir))}"
 
 
-def _present(path: Path, *, gz_ok: bool) -> bool:
-    return path.is_file() or (gz_ok and path.with_name(path.name + ".gz").is_file())
-
-
-def _existing(path: Path, *, gz_ok: bool) -> Path:
-    return path if path.is_file() or not gz_ok else path.with_name(path.name + ".gz")
-
-
 def imagenet_weights_path() -> Path:
-    """Where ``--pretrained imagenet`` finds the MobileNetV2 weights: the torch hub cache
-    (``$TORCH_HOME/hub/checkpoints``), exactly as lbtkit.models.mobilenet computes it."""
-    from lbtkit.models.mobilenet import _imagenet_cache_path
+    """Where ``--pretrained imagenet`` finds the MobileNetV2 weights (lbtkit.models.mobilenet
+    owns the answer: the torch hub cache, ``$TORCH_HOME/hub/checkpoints``)."""
+    from lbtkit.models.mobilenet import imagenet_weights_path as weights_path
 
-    return Path(_imagenet_cache_path())
+    return Path(weights_path())
 
 
 def weights_hash_ok(path: Path) -> bool:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lbtkit.data.download import ChecksumError
 from lbtkit.errors import ConfigError, DataNotFoundError, UserError
 
-DATASETS = ("cifar10", "cifar100", "mnist")
+DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist")
 FETCHABLE = (*DATASETS, "weights")
 
 _NO_NETWORK_HINT = (
@@ -22,8 +23,9 @@ _NO_NETWORK_HINT = (
 
 
 def fetch(what: str, *, data_dir: str | Path = "data") -> Path:
-    """Download ``what`` (cifar10 | cifar100 | mnist | weights) unless present; return where
-    it is. ``data_dir`` is used by the data sets only; the weights go to the torch hub cache."""
+    """Download ``what`` (a data set of ``DATASETS``, or ``weights``) unless present; return
+    where it is. ``data_dir`` is used by the data sets only; the weights go to the torch hub
+    cache."""
     if what not in FETCHABLE:
         raise ConfigError(f"cannot fetch {what!r}; known: {', '.join(FETCHABLE)}")
     if what == "weights":
@@ -32,36 +34,63 @@ def fetch(what: str, *, data_dir: str | Path = "data") -> Path:
 
 
 def fetch_dataset(name: str, data_dir: str | Path) -> Path:
-    """Fetch a data set with torchvision's downloader and read it back with lbtkit's readers."""
-    from lbtkit.data import load_dataset
-    from lbtkit.doctor import dataset_files
+    """Fetch a data set into ``data_dir`` (where ``--data-dir`` reads it) unless it is there,
+    then read it back with lbtkit's readers; the folder that holds it.
 
-    files = dataset_files(name, data_dir)
-    if files is None:  # digits / synthetic: nothing to download
+    Fashion-MNIST comes from its published mirrors with the published md5s checked
+    (``lbtkit.data.download``); CIFAR and MNIST through torchvision's downloader, which checks
+    its own. A copy found only in a system folder (the Debian package) does not count: the jobs
+    on other nodes read ``data_dir``.
+    """
+    from lbtkit.data import load_dataset
+    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files, idx_search_dirs
+
+    if name not in DATASETS:
         raise ConfigError(f"{name!r} needs no download; fetchable: {', '.join(FETCHABLE)}")
     root = Path(data_dir).expanduser().absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the data directory {root}: {exc.strerror}") from None
-    present = all(f.is_file() or f.with_name(f.name + ".gz").is_file() for f in files)
+    layout = IDX_LAYOUTS.get(name)
+    # Only the folders under data_dir count as present, not a system copy.
+    local = dataset_files(name, root) if layout is None else _local_idx_files(name, root)
+    present = local is not None and all(f.is_file() for f in local)
     try:
+        if layout is not None and layout.remote is not None and not present:
+            from lbtkit.data.download import download_idx
+
+            download_idx(name, root)
+            present = True
         load_dataset(name, root, download=not present)
     except DataNotFoundError as exc:
         if present:
             raise  # corrupt files: the reader's message names the file and the fix
         raise UserError(f"{_first_line(exc)}; {_NO_NETWORK_HINT}") from None
-    return files[0].parent if name != "mnist" else root / "MNIST"
+    except ChecksumError:
+        raise  # the message names the file, both checksums, and that nothing was kept
+    except UserError as exc:  # no mirror reachable
+        raise UserError(f"{_first_line(exc)}; {_NO_NETWORK_HINT}") from None
+    if layout is not None:
+        return idx_search_dirs(name, root)[0]
+    return dataset_files(name, root)[0].parent  # type: ignore[index]
+
+
+def _local_idx_files(name: str, root: Path) -> list[Path] | None:
+    from lbtkit.data.readers import dataset_files
+
+    files = dataset_files(name, root)
+    return files if files and all(root in f.parents for f in files) else None
 
 
 def fetch_weights() -> Path:
     """Fetch torchvision's ImageNet MobileNetV2 weights into the torch hub cache."""
     import torch.hub
 
-    from lbtkit.doctor import imagenet_weights_path, weights_hash_ok
-    from lbtkit.models.mobilenet import _IMAGENET_WEIGHTS
+    from lbtkit.doctor import weights_hash_ok
+    from lbtkit.models.mobilenet import IMAGENET_WEIGHTS_URL, imagenet_weights_path
 
-    path = imagenet_weights_path()
+    path = Path(imagenet_weights_path())
     if path.is_file():
         if weights_hash_ok(path):
             return path
@@ -78,13 +107,13 @@ def fetch_weights() -> Path:
     match = torch.hub.HASH_REGEX.search(path.name)
     try:
         torch.hub.download_url_to_file(
-            _IMAGENET_WEIGHTS.url, str(path), hash_prefix=match.group(1) if match else None,
+            IMAGENET_WEIGHTS_URL, str(path), hash_prefix=match.group(1) if match else None,
             progress=True,
         )
     # URLError (no network, DNS) is an OSError; a hash mismatch is a RuntimeError.
     except (OSError, RuntimeError) as exc:
         raise UserError(
-            f"downloading {_IMAGENET_WEIGHTS.url} into {path.parent} failed "
+            f"downloading {IMAGENET_WEIGHTS_URL} into {path.parent} failed "
             f"({_first_line(exc)}); {_NO_NETWORK_HINT}"
         ) from None
     return path

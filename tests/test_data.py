@@ -113,7 +113,8 @@ def write_mnist(root: Path, gz: bool, n_train: int = 6, n_val: int = 3) -> dict:
 
 
 def test_registry_is_consistent() -> None:
-    assert set(DATASETS) == {"cifar10", "cifar100", "mnist", "digits", "synthetic"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "mnist", "fashion-mnist", "digits",
+                             "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name
         assert len(info.mean) == len(info.std) == info.channels
@@ -121,6 +122,9 @@ def test_registry_is_consistent() -> None:
         assert 0 <= info.crop_padding < info.image_size
     assert dataset_info("cifar10").mean == (0.4914, 0.4822, 0.4465)
     assert dataset_info("mnist").flip is False and dataset_info("mnist").crop_padding == 2
+    # Keskar's F1 protocol trains on the raw images.
+    fashion = dataset_info("fashion-mnist")
+    assert (fashion.flip, fashion.crop_padding, fashion.image_size) == (False, 0, 28)
 
 
 def test_unknown_dataset_lists_known_names() -> None:
@@ -424,6 +428,190 @@ def test_mnist_missing(tmp_path: Path) -> None:
         load_dataset("mnist", tmp_path)
     assert str(tmp_path / "MNIST" / "raw") in str(err.value)
     assert "--download" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST: --data-dir first, then the Debian package's folder
+
+FASHION_FILES = [f"{p}-{k}" for p in ("train", "t10k")
+                 for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+
+
+@pytest.fixture
+def system_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The Debian folder, moved to an empty temporary directory (so the installed package does
+    not take part unless a test puts files there)."""
+    import dataclasses
+
+    from lbtkit.data import readers
+
+    folder = tmp_path / "usr-share-datasets-fashion-mnist"
+    folder.mkdir()
+    layout = dataclasses.replace(readers.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
+    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", layout)
+    return folder
+
+
+def write_fashion(folder: Path, n_train: int = 7, n_val: int = 4, seed: int = 3) -> dict:
+    """The four files in the real format (gzipped, as published), small."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for prefix, n in (("train", n_train), ("t10k", n_val)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images, 0x00000803)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels, 0x00000801)
+        written[prefix] = (images, labels)
+    return written
+
+
+def test_fashion_mnist_round_trip_from_data_dir(tmp_path: Path, system_folder: Path) -> None:
+    from lbtkit.data.readers import dataset_files
+
+    written = write_fashion(tmp_path / "data" / "fashion-mnist")
+    write_fashion(system_folder, n_train=3, n_val=2, seed=9)  # must not be used
+    ds = load_dataset("fashion-mnist", tmp_path / "data")
+    assert ds.info.name == "fashion-mnist" and ds.train_images.shape == (7, 1, 28, 28)
+    for split, prefix in (("train", "train"), ("val", "t10k")):
+        images, labels = written[prefix]
+        assert torch.equal(getattr(ds, f"{split}_images")[:, 0], torch.from_numpy(images))
+        assert getattr(ds, f"{split}_labels").tolist() == labels.tolist()
+    files = dataset_files("fashion-mnist", tmp_path / "data")
+    assert files == [tmp_path / "data" / "fashion-mnist" / f"{f}.gz" for f in FASHION_FILES]
+
+
+def test_fashion_mnist_falls_back_to_the_system_folder(tmp_path: Path,
+                                                       system_folder: Path) -> None:
+    from lbtkit.data.readers import dataset_files, idx_search_dirs
+
+    written = write_fashion(system_folder, n_train=5, n_val=2)
+    # An incomplete copy under --data-dir is skipped as a whole, not mixed with the other.
+    partial = tmp_path / "data" / "fashion-mnist"
+    write_fashion(partial, n_train=3, n_val=3, seed=8)
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    ds = load_dataset("fashion-mnist", tmp_path / "data")
+    assert ds.train_labels.tolist() == written["train"][1].tolist()
+    assert dataset_files("fashion-mnist", tmp_path / "data")[0].parent == system_folder
+    assert idx_search_dirs("fashion-mnist", tmp_path / "data") == [
+        partial, tmp_path / "data" / "FashionMNIST" / "raw", system_folder]
+
+
+def test_fashion_mnist_reads_torchvision_layout_uncompressed(tmp_path: Path,
+                                                             system_folder: Path) -> None:
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FASHION_FILES:
+        n = 3 if name.startswith("train") else 2
+        if "images" in name:
+            write_idx(raw / name, np.full((n, 28, 28), 7, np.uint8), 0x00000803)
+        else:
+            write_idx(raw / name, np.arange(n, dtype=np.uint8), 0x00000801)
+    ds = load_dataset("fashion-mnist", tmp_path)
+    assert ds.train_labels.tolist() == [0, 1, 2] and int(ds.val_images.max()) == 7
+
+
+def test_fashion_mnist_missing_says_where_and_how(tmp_path: Path, system_folder: Path) -> None:
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion-mnist", tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    for text in (str(tmp_path / "fashion-mnist"), str(system_folder),
+                 "apt-get install dataset-fashion-mnist",
+                 f"lbtkit fetch fashion-mnist --data-dir {tmp_path}"):
+        assert text in message
+
+
+def _truncate_gzip(path: Path) -> None:
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+def _wrong_magic(path: Path) -> None:
+    write_idx(path, np.zeros((7, 28, 28), np.uint8), 0x00000801)
+
+
+def _labels_out_of_range(path: Path) -> None:
+    write_idx(path, np.array([0, 1, 2, 3, 4, 5, 10], np.uint8), 0x00000801)
+
+
+def _too_few_labels(path: Path) -> None:
+    write_idx(path, np.zeros(6, np.uint8), 0x00000801)
+
+
+def _not_gzip(path: Path) -> None:
+    path.write_bytes(b"this is not a gzip stream at all")
+
+
+@pytest.mark.parametrize(("damage", "filename", "needle"), [
+    (_truncate_gzip, "train-images-idx3-ubyte.gz", "EOFError"),
+    (_not_gzip, "t10k-images-idx3-ubyte.gz", "BadGzipFile"),
+    (_wrong_magic, "train-images-idx3-ubyte.gz", "bad IDX magic number 0x00000801"),
+    (_labels_out_of_range, "train-labels-idx1-ubyte.gz", "labels outside 0..9 (found 0..10)"),
+    (_too_few_labels, "train-labels-idx1-ubyte.gz", "6 labels but"),
+])
+def test_bad_fashion_file_is_one_line_naming_it(tmp_path: Path, system_folder: Path, damage,
+                                                filename: str, needle: str) -> None:
+    folder = tmp_path / "fashion-mnist"
+    write_fashion(folder)
+    damage(folder / filename)
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion-mnist", tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and needle in message, message
+    assert message.startswith(f"cannot read {folder / filename}:"), message
+    assert isinstance(err.value, UserError)  # the CLI prints it as one line and exits 2
+
+
+def test_bad_file_in_the_system_folder_says_reinstall(tmp_path: Path,
+                                                      system_folder: Path) -> None:
+    write_fashion(system_folder)
+    _truncate_gzip(system_folder / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DataNotFoundError, match=r"apt-get install --reinstall dataset-fashion"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_bad_fashion_file_from_the_cli_exits_2(tmp_path: Path, system_folder: Path) -> None:
+    from conftest import assert_user_error, run_cli
+
+    folder = tmp_path / "data" / "fashion-mnist"
+    write_fashion(folder)
+    _wrong_magic(folder / "train-images-idx3-ubyte.gz")
+    result = run_cli("run", "--preset", "keskar-f1-fashion", "--data-dir", tmp_path / "data",
+                     "--epochs", "1", "--output", tmp_path / "run", "--no-progress",
+                     tmp_path=tmp_path)
+    assert_user_error(result, f"cannot read {folder / 'train-images-idx3-ubyte.gz'}: bad IDX magic")
+
+
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _require_real_data() -> None:
+    """Skip without the Debian package, except in CI (CI=true) or with LBTKIT_REQUIRE_DATA=1,
+    where a missing package fails: CI installs it (tests/install-data.sh)."""
+    if all((REAL_FASHION / f"{name}.gz").is_file() for name in FASHION_FILES):
+        return
+    reason = f"Fashion-MNIST is not installed in {REAL_FASHION} (apt-get install " \
+             "dataset-fashion-mnist, or bash tests/install-data.sh)"
+    if os.environ.get("CI") == "true" or os.environ.get("LBTKIT_REQUIRE_DATA") == "1":
+        pytest.fail(f"CI/LBTKIT_REQUIRE_DATA: {reason}")
+    pytest.skip(reason)
+
+
+def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
+    _require_real_data()
+    ds = load_dataset("fashion-mnist", tmp_path / "empty-data-dir")
+    assert ds.train_images.shape == (60_000, 1, 28, 28)
+    assert ds.val_images.shape == (10_000, 1, 28, 28)
+    for labels in (ds.train_labels, ds.val_labels):
+        assert labels.min().item() == 0 and labels.max().item() == 9
+    # Balanced classes, as published: 6,000 and 1,000 images of each.
+    assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
+    assert torch.bincount(ds.val_labels).tolist() == [1000] * 10
+    # The normalisation constants in the registry are this training set's.
+    pixels = ds.train_images.double() / 255
+    assert pixels.mean().item() == pytest.approx(ds.info.mean[0], abs=1e-6)
+    assert pixels.std(unbiased=False).item() == pytest.approx(ds.info.std[0], abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

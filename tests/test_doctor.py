@@ -27,6 +27,7 @@ from lbtkit.doctor import (
 )
 from lbtkit.errors import ConfigError, UserError
 from lbtkit.fetch import fetch
+from lbtkit.models.mobilenet import imagenet_weights_path as mobilenet_weights_path
 
 
 @pytest.fixture
@@ -117,6 +118,7 @@ def test_in_the_image_the_fixes_say_how_to_get_things_in(clean_env, capsys, monk
 def test_corrupt_weights_are_reported(clean_env, capsys):
     path = imagenet_weights_path()
     assert path.parent == clean_env / "torch" / "hub" / "checkpoints"
+    assert str(path) == mobilenet_weights_path()  # the model module owns the answer
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not the weights")
     code, out = doctor(capsys, clean_env, pretrained="imagenet")
@@ -194,7 +196,7 @@ def offline(monkeypatch):
 
 
 def test_fetch_unknown_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="cifar10, cifar100, mnist, weights"):
+    with pytest.raises(ConfigError, match="cifar10, cifar100, mnist, fashion-mnist, weights"):
         fetch("imagenet")
 
 
@@ -218,9 +220,10 @@ def test_fetch_of_a_present_dataset_needs_no_network(clean_env, offline, capsys)
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
             _idx(0x803, (n, 28, 28), bytes(n * 28 * 28)))
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(0x801, (n,), bytes(range(n))))
-    assert fetch("mnist", data_dir=clean_env / "data") == clean_env / "data" / "MNIST"
+    assert fetch("mnist", data_dir=clean_env / "data") == raw
     code, out = doctor(capsys, clean_env, dataset="mnist")
     assert code == 0 and line(out, "dataset mnist").startswith("ok")
+    assert f"found in {raw}: train-images-idx3-ubyte 2.3 KiB" in line(out, "dataset mnist")
 
 
 def test_settings_follow_the_run_config_even_when_it_does_not_validate(tmp_path):

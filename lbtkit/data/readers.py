@@ -4,8 +4,13 @@ Every dataset is returned whole as uint8 ``(N, C, H, W)`` images plus int64 labe
 splits, so the training loop can move it to the device once and never touch a DataLoader.
 
 Formats are read by our own code: CIFAR pickles through a restricted unpickler (a tampered file
-cannot run code), MNIST IDX files with a validated header. ``download=True`` only asks
-torchvision to fetch the archives into ``data_dir``; the result is read back by these readers.
+cannot run code), MNIST and Fashion-MNIST IDX files (gzipped or not) with a validated header,
+sizes and label range. ``download=True`` fetches the files into ``data_dir`` (torchvision's
+downloader for CIFAR and MNIST, ``lbtkit.data.download`` with the published checksums for
+Fashion-MNIST); the result is always read back by these readers.
+
+Where each data set's files are is public (``dataset_files``, ``idx_search_dirs``), so that
+``lbtkit doctor`` and ``lbtkit fetch`` look exactly where the readers do.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import gzip
 import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,21 @@ DATASETS: dict[str, DatasetInfo] = {
         std=(0.3081,),
         crop_padding=2,
         flip=False,  # a mirrored digit is a different (or no) digit
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        num_classes=10,
+        channels=1,
+        image_size=28,
+        # Computed from the 60,000 training images (uint8 / 255, all pixels pooled, ddof=0);
+        # tests/test_data.py recomputes them from the real files when they are installed.
+        mean=(0.286041,),
+        std=(0.353024,),
+        # No augmentation: this data set is here for Keskar et al.'s F1 protocol, which trains
+        # on the raw images (the paper's F1 row is MNIST without augmentation). RunConfig has
+        # no augmentation switch; the data set's entry decides, as for every data set.
+        crop_padding=0,
+        flip=False,
     ),
     "digits": DatasetInfo(
         name="digits",
@@ -183,7 +204,7 @@ def load_dataset(
         _download(name, root)
     if name in _CIFAR:
         return _load_cifar(info, root)
-    return _load_mnist(info, root)
+    return _load_idx(info, root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,12 +219,22 @@ def _missing(name: str, path: Path, root: Path) -> DataNotFoundError:
 
 
 def _corrupt(path: Path, problem: str) -> DataNotFoundError:
-    return DataNotFoundError(
-        f"cannot read {path}: {problem}; delete it and rerun with --download to fetch a fresh copy"
-    )
+    return DataNotFoundError(f"cannot read {path}: {problem}; {_fresh_copy_hint(path)}")
+
+
+def _fresh_copy_hint(path: Path) -> str:
+    for layout in IDX_LAYOUTS.values():
+        if layout.package and any(path.parent == folder for folder in layout.system_folders):
+            return f"reinstall it (apt-get install --reinstall {layout.package})"
+    return "delete it and rerun with --download to fetch a fresh copy"
 
 
 def _download(name: str, root: Path) -> None:
+    if name in IDX_LAYOUTS and IDX_LAYOUTS[name].remote is not None:
+        from lbtkit.data.download import download_idx
+
+        download_idx(name, root)
+        return
     # torchvision verifies the archive's md5 before it unpickles anything itself, and we then
     # read the extracted files with our own readers.
     try:
@@ -383,17 +414,120 @@ def _load_cifar(info: DatasetInfo, root: Path) -> ImageData:
 
 
 # --------------------------------------------------------------------------------------------
-# MNIST: IDX files
+# MNIST and Fashion-MNIST: IDX files
 
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dims
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim
+IDX_FILES = (  # the four files of an IDX data set, in the order dataset_files lists them
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
-def _find_idx(raw: Path, basename: str, name: str, root: Path) -> Path:
-    for candidate in (raw / basename, raw / f"{basename}.gz"):
+@dataclass(frozen=True)
+class IdxLayout:
+    """Where an IDX data set's four files may be: folders under ``--data-dir`` first (the first
+    is where ``lbtkit fetch`` writes), then system folders that a distribution package fills.
+    Each file may be gzipped (``NAME.gz``)."""
+
+    folders: tuple[str, ...]
+    system_folders: tuple[Path, ...] = ()
+    package: str | None = None  # the Debian package that fills system_folders
+    remote: IdxRemote | None = None  # None: torchvision's downloader fetches it
+
+
+@dataclass(frozen=True)
+class IdxRemote:
+    """The published archives: ``mirror + NAME.gz`` for each of ``IDX_FILES``, tried in order,
+    each checked against its md5 (as published) and, when known, its sha256."""
+
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+IDX_LAYOUTS: dict[str, IdxLayout] = {
+    # torchvision's layout, which `--download` (torchvision's MNIST downloader) writes.
+    "mnist": IdxLayout(folders=("MNIST/raw",)),
+    # `apt-get install dataset-fashion-mnist` puts the four .gz files in /usr/share/datasets;
+    # FashionMNIST/raw is torchvision's layout, for data fetched by torchvision elsewhere.
+    "fashion-mnist": IdxLayout(
+        folders=("fashion-mnist", "FashionMNIST/raw"),
+        system_folders=(Path("/usr/share/datasets/fashion-mnist"),),
+        package="dataset-fashion-mnist",
+        # The mirrors and md5s that zalandoresearch/fashion-mnist's README publishes (and
+        # torchvision's FashionMNIST lists). Debian recompresses the archives, so its .gz files
+        # have other checksums; their content is checked by the reader like any other file.
+        remote=IdxRemote(
+            mirrors=(
+                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            ),
+            md5={
+                "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+                "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+                "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
+        ),
+    ),
+}
+
+
+def idx_search_dirs(name: str, data_dir: str | Path) -> list[Path]:
+    """The folders searched, in order, for IDX data set ``name`` (the first is fetch's)."""
+    layout = IDX_LAYOUTS[name]
+    root = Path(data_dir).expanduser().absolute()
+    return [root / folder for folder in layout.folders] + list(layout.system_folders)
+
+
+def _idx_file(folder: Path, basename: str) -> Path | None:
+    for candidate in (folder / basename, folder / f"{basename}.gz"):
         if candidate.is_file():
             return candidate
-    raise _missing(name, raw / f"{basename}[.gz]", root)
+    return None
+
+
+def _idx_files(name: str, data_dir: str | Path) -> list[Path] | None:
+    """The four files in the first searched folder that holds all of them, else None."""
+    for folder in idx_search_dirs(name, data_dir):
+        found = [_idx_file(folder, basename) for basename in IDX_FILES]
+        if all(found):
+            return found  # type: ignore[return-value]
+    return None
+
+
+def dataset_files(name: str, data_dir: str | Path) -> list[Path] | None:
+    """The files ``load_dataset(name, data_dir)`` reads: where they are, or, when they are not
+    all there, where ``lbtkit fetch`` puts them. None for the data sets that need no files
+    (digits ships with scikit-learn, synthetic is generated). Unknown names raise ConfigError."""
+    dataset_info(name)
+    root = Path(data_dir).expanduser().absolute()
+    if name in _CIFAR:
+        layout = _CIFAR[name]
+        return [root / layout.dirname / f for f in (*layout.train_files, *layout.val_files)]
+    if name in IDX_LAYOUTS:
+        found = _idx_files(name, root)
+        if found is not None:
+            return found
+        target = idx_search_dirs(name, root)[0]
+        suffix = ".gz" if IDX_LAYOUTS[name].remote else ""  # fetch keeps the archives as is
+        return [target / f"{basename}{suffix}" for basename in IDX_FILES]
+    return None
+
+
+def _missing_idx(name: str, root: Path) -> DataNotFoundError:
+    layout = IDX_LAYOUTS[name]
+    looked = ", ".join(str(d) for d in idx_search_dirs(name, root))
+    ways = [f"lbtkit fetch {name} --data-dir {root}", "rerun with --download"]
+    if layout.package:
+        ways.insert(0, f"apt-get install {layout.package}")
+    return DataNotFoundError(
+        f"dataset {name!r} not found: looked for {', '.join(IDX_FILES)} (or .gz) in {looked}; "
+        f"{', or '.join(ways)} (the last two need internet)"
+    )
 
 
 def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
@@ -403,8 +537,9 @@ def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
                 blob = f.read()
         else:
             blob = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        problem = str(exc) or type(exc).__name__
+        raise _corrupt(path, f"{type(exc).__name__}: {problem}") from exc
     if len(blob) < 4:
         raise _corrupt(path, f"only {len(blob)} bytes, too short for an IDX header")
     found = int.from_bytes(blob[:4], "big")
@@ -427,20 +562,18 @@ def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
     return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_mnist(info: DatasetInfo, root: Path) -> ImageData:
-    raw = root / "MNIST" / "raw"
-    if not raw.is_dir():
-        raise _missing(info.name, raw, root)
+def _load_idx(info: DatasetInfo, root: Path) -> ImageData:
+    files = _idx_files(info.name, root)
+    if files is None:
+        raise _missing_idx(info.name, root)
     splits = []
-    for prefix in ("train", "t10k"):
-        image_path = _find_idx(raw, f"{prefix}-images-idx3-ubyte", info.name, root)
-        label_path = _find_idx(raw, f"{prefix}-labels-idx1-ubyte", info.name, root)
+    for image_path, label_path in (files[:2], files[2:]):
         images = _read_idx(image_path, _IDX_IMAGES_MAGIC, (info.image_size, info.image_size))
         labels = _read_idx(label_path, _IDX_LABELS_MAGIC, ()).astype(np.int64)
         if labels.shape[0] != images.shape[0]:
             raise _corrupt(
                 label_path,
-                f"{labels.shape[0]} labels but {image_path.name} has {images.shape[0]} images",
+                f"{labels.shape[0]} labels but {image_path} has {images.shape[0]} images",
             )
         _check_label_range(labels, info.num_classes, label_path)
         splits.append((images[:, None], labels))

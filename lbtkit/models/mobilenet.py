@@ -125,13 +125,18 @@ def _first_few(items: list[str]) -> str:
     return f"{shown}, ... ({extra} more)" if extra > 0 else shown
 
 
-def _imagenet_cache_path() -> str:
-    file_name = os.path.basename(urlparse(_IMAGENET_WEIGHTS.url).path)
+IMAGENET_WEIGHTS_URL: str = _IMAGENET_WEIGHTS.url
+
+
+def imagenet_weights_path() -> str:
+    """Where ``--pretrained imagenet`` reads the weights: torchvision's file name in the torch
+    hub cache (``$TORCH_HOME/hub/checkpoints``), computed now (TORCH_HOME may have changed)."""
+    file_name = os.path.basename(urlparse(IMAGENET_WEIGHTS_URL).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
 
 
 def _imagenet_state_dict() -> object:
-    cache_path = _imagenet_cache_path()
+    cache_path = imagenet_weights_path()
     try:
         # weights_only: the cached file is only trusted to hold tensors, never code.
         return _IMAGENET_WEIGHTS.get_state_dict(
