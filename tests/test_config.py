@@ -151,3 +151,29 @@ def test_every_preset_resolves():
     for name in list_presets():
         assert preset_values(name)
         build_config(preset=name)
+
+
+def test_keskar_f1_fashion_is_the_papers_f1_protocol():
+    from lbtkit.data import dataset_info
+
+    for batch in (256, 6000):  # SB and LB = 10% of the 60,000 training images
+        config = build_config(preset="keskar-f1-fashion", overrides={"batch_size": batch})
+        assert (config.model, config.dataset, config.optimizer) == ("f1", "fashion-mnist", "adam")
+        assert config.lr == 1e-3 and config.scheduler == "constant"  # Adam 1e-3 at any batch
+        assert config.weight_decay == 0 and config.warmup_epochs == 0
+    assert preset_values("keskar-f1-fashion")["batch_size"] == 256
+    # No augmentation: the data set's entry (there is no config switch) has no crop, no flip.
+    info = dataset_info("fashion-mnist")
+    assert info.crop_padding == 0 and info.flip is False
+
+
+def test_fashion_batch_sweep_scales_linearly_with_warmup_at_a_fixed_budget():
+    from lbtkit.config import sweep_settings
+
+    sweep = sweep_settings(preset="fashion-batch-sweep")
+    assert sweep["batch_size"] == [2**k for k in range(5, 14)]  # 32 .. 8192
+    for batch in sweep["batch_size"]:
+        config = build_config(preset="fashion-batch-sweep", overrides={"batch_size": batch})
+        assert config.lr == pytest.approx(0.1 * batch / 256, rel=1e-12)
+        assert config.epochs == 10 and config.warmup_epochs == 2  # the same budget everywhere
+        assert config.dataset == "fashion-mnist" and config.model == "f1"
