@@ -2,12 +2,34 @@
 Training": B_simple = tr(Sigma) / |G|^2, the batch size at which the gradient noise is as large
 as the gradient itself (roughly where larger batches stop paying off).
 
-With G_B the mean gradient of a batch of B samples drawn from a distribution with mean G and
-per-sample covariance Sigma, E|G_B|^2 = |G|^2 + tr(Sigma) / B. Measuring |G_B|^2 at a small and
-a big batch gives the paper's unbiased estimators (its appendix A.1):
+What is estimated. The training set is N samples with per-sample gradients g_1..g_N. G is
+their mean, the full-data gradient of the N training samples (not the gradient of the
+distribution they were drawn from), and Sigma their covariance with divisor N, i.e. the
+covariance of the gradient of ONE uniformly drawn training sample. |G|^2, tr(Sigma) and
+B_simple refer to these N samples at the weights measured.
 
-    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
-    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+The paper (its appendix A.1) takes G_B, the mean gradient of B samples drawn independently (with
+replacement), for which E|G_B|^2 = |G|^2 + tr(Sigma) / B. lbtkit's batches are B DISTINCT
+samples, as in training (a slice of a permutation), and then the finite-population correction
+applies: E|G_B|^2 = |G|^2 + tr(Sigma) * c(B) with
+
+    c(B) = (1/B - 1/N) * N / (N - 1)        (c(B) -> 1/B as N -> infinity; c(N) = 0)
+
+Measuring |G_B|^2 at a small and a big batch and solving the two expectations gives the
+unbiased estimators
+
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (c(B_small) - c(B_big))
+    |G|^2     ~ (c(B_small) |G_big|^2 - c(B_big) |G_small|^2) / (c(B_small) - c(B_big))
+
+which are the paper's with 1/B replaced by c(B). Without it (the paper's formulas applied to
+distinct-sample batches), the expectations are tr(Sigma) * N/(N-1) and |G|^2 - tr(Sigma)/(N-1):
+B_simple comes out too high by the factor (N/(N-1)) / (1 - B_simple/(N-1)), about
+1 + B_simple/N, however many batches are averaged (so no standard error covers it).
+
+Why correct rather than draw with replacement (which would make the paper's formulas exact):
+batches with repeated samples are not what training sees (nor are BatchNorm statistics over
+them), and the monitor below cannot choose its batches at all, they are training's own. The
+correction is exact for both and costs nothing.
 
 Two ways to get the two norms:
 
@@ -16,7 +38,8 @@ Two ways to get the two norms:
 - ``NoiseScaleMonitor``: during multi-process training at almost no cost. Each process's own
   gradient (its per-process batch, ``per_device * accum`` samples) is the small batch and the
   all-reduced average (the global batch) is the big one. A DDP communication hook reads the
-  local gradient just before DDP averages it.
+  local gradient just before DDP averages it. Both are slices of the epoch's permutation of
+  the N training samples, i.e. distinct samples: the same correction applies (``population``).
 """
 
 from __future__ import annotations
@@ -85,23 +108,50 @@ def check_batch_sizes(b_small: int, b_big: int) -> None:
         )
 
 
-def _unbiased(b_small: int, small: Any, b_big: int, big: Any) -> tuple[Any, Any]:
+def check_population(population: int | None, b_big: int) -> None:
+    """ConfigError unless ``population`` is None or a whole number of at least 2 and b_big."""
+    if population is None:
+        return
+    if isinstance(population, bool) or not isinstance(population, int) or population < 2:
+        raise ConfigError(f"population must be a whole number >= 2, got {population!r}")
+    if b_big > population:
+        raise ConfigError(
+            f"batch size {b_big} is larger than the population of {population} samples"
+        )
+
+
+def noise_factor(batch_size: int, population: int | None) -> float:
+    """c(B): E|G_B|^2 = |G|^2 + tr(Sigma) * c(B) for a batch of ``batch_size`` distinct
+    samples of ``population`` (the finite-population correction); 1/B for None (independent
+    draws, or an unbounded population)."""
+    if population is None:
+        return 1.0 / batch_size
+    return (1.0 / batch_size - 1.0 / population) * population / (population - 1)
+
+
+def _unbiased(b_small: int, small: Any, b_big: int, big: Any,
+              population: int | None) -> tuple[Any, Any]:
     """(|G|^2, tr(Sigma)) from mean squared gradient norms; works on floats and tensors alike."""
-    grad_sq = (b_big * big - b_small * small) / (b_big - b_small)
-    trace_sigma = (small - big) / (1.0 / b_small - 1.0 / b_big)
+    c_small, c_big = noise_factor(b_small, population), noise_factor(b_big, population)
+    grad_sq = (c_small * big - c_big * small) / (c_small - c_big)
+    trace_sigma = (small - big) / (c_small - c_big)
     return grad_sq, trace_sigma
 
 
 def estimate_noise_scale(
-    b_small: int, grad_sq_small: float, b_big: int, grad_sq_big: float
+    b_small: int, grad_sq_small: float, b_big: int, grad_sq_big: float,
+    *, population: int | None = None,
 ) -> NoiseScaleEstimate:
-    """The paper's unbiased estimates from E|G_B|^2 measured at two batch sizes."""
+    """Unbiased estimates from E|G_B|^2 measured at two batch sizes: batches of distinct
+    samples of a training set of ``population`` samples, or, for None, the paper's independent
+    draws (see the module docstring)."""
     check_batch_sizes(b_small, b_big)
+    check_population(population, b_big)
     for name, value in (("grad_sq_small", grad_sq_small), ("grad_sq_big", grad_sq_big)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name} must be a finite squared norm >= 0, got {value!r}")
     return NoiseScaleEstimate.from_values(
-        *_unbiased(b_small, float(grad_sq_small), b_big, float(grad_sq_big))
+        *_unbiased(b_small, float(grad_sq_small), b_big, float(grad_sq_big), population)
     )
 
 
@@ -122,7 +172,8 @@ class GradientSq:
 @dataclass(frozen=True)
 class NoiseScaleMeasurement:
     """Both measured norms, the estimate, and the estimate's standard errors (propagated from
-    the two independent means through the linear estimators)."""
+    the two independent means through the linear estimators). ``population`` is the number of
+    samples the batches were drawn from (the estimates refer to their full-data gradient)."""
 
     small: GradientSq
     big: GradientSq
@@ -130,6 +181,7 @@ class NoiseScaleMeasurement:
     grad_sq_std_error: float | None
     trace_sigma_std_error: float | None
     b_simple_std_error: float | None = None
+    population: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,7 +246,8 @@ def measure_noise_scale(
     seed: int = 0,
     chunk_size: int | None = None,
 ) -> NoiseScaleMeasurement:
-    """Measure E|G_B|^2 at two batch sizes and estimate the noise scale.
+    """Measure E|G_B|^2 at two batch sizes and estimate the noise scale of the ``len(targets)``
+    samples given (batches are distinct samples of them: the finite-population estimators).
 
     The model runs in train mode, as in training: dropout is active and BatchNorm normalises
     with batch statistics, so the noise measured is the noise the optimizer saw. Its BatchNorm
@@ -227,32 +280,37 @@ def measure_noise_scale(
                 buffer.copy_(value)
         model.train(was_training)
     small, big = measured
-    estimate = estimate_noise_scale(b_small, small.mean, b_big, big.mean)
+    n = targets.shape[0]
+    estimate = estimate_noise_scale(b_small, small.mean, b_big, big.mean, population=n)
     grad_error = trace_error = ratio_error = None
     if small.std_error is not None and big.std_error is not None:
-        grad_error = math.hypot(b_big * big.std_error, b_small * small.std_error) / (
-            b_big - b_small)
-        trace_error = math.hypot(small.std_error, big.std_error) / (1 / b_small - 1 / b_big)
+        c_small, c_big = noise_factor(b_small, n), noise_factor(b_big, n)
+        grad_error = math.hypot(c_small * big.std_error, c_big * small.std_error) / (
+            c_small - c_big)
+        trace_error = math.hypot(small.std_error, big.std_error) / (c_small - c_big)
         ratio_error = b_simple_std_error(b_small, small.std_error, b_big, big.std_error,
-                                         estimate)
-    return NoiseScaleMeasurement(small, big, estimate, grad_error, trace_error, ratio_error)
+                                         estimate, population=n)
+    return NoiseScaleMeasurement(small, big, estimate, grad_error, trace_error, ratio_error,
+                                 population=n)
 
 
 def b_simple_std_error(b_small: int, small_error: float, b_big: int, big_error: float,
-                       estimate: NoiseScaleEstimate) -> float | None:
+                       estimate: NoiseScaleEstimate, *,
+                       population: int | None = None) -> float | None:
     """First-order (delta-method) standard error of B_simple = T/G from the standard errors
     of the two independent means; None when B_simple is not measurable.
 
-    With k_T = 1/B_small - 1/B_big and k_G = B_big - B_small:
-    dB/d|G_small|^2 = (G/k_T + T*B_small/k_G) / G^2 and
-    dB/d|G_big|^2 = -(G/k_T + T*B_big/k_G) / G^2.
+    With c_s = c(B_small), c_b = c(B_big) (``noise_factor``) and k = c_s - c_b, the estimators
+    are T = (s - b)/k and G = (c_s b - c_b s)/k in the mean norms s, b, so
+    dB/ds = (G + T c_b) / (k G^2) and dB/db = -(G + T c_s) / (k G^2).
     """
     if estimate.b_simple is None:
         return None
     g, t = estimate.grad_sq, estimate.trace_sigma
-    k_t, k_g = 1 / b_small - 1 / b_big, b_big - b_small
-    d_small = (g / k_t + t * b_small / k_g) / (g * g)
-    d_big = -(g / k_t + t * b_big / k_g) / (g * g)
+    c_small, c_big = noise_factor(b_small, population), noise_factor(b_big, population)
+    k = c_small - c_big
+    d_small = (g + t * c_big) / (k * g * g)
+    d_big = -(g + t * c_small) / (k * g * g)
     return math.hypot(d_small * small_error, d_big * big_error)
 
 
@@ -321,11 +379,15 @@ def run_noise_scale(
         "b_simple_std_error": measured.b_simple_std_error,
         "batches": {"small": dataclasses.asdict(measured.small),
                     "big": dataclasses.asdict(measured.big)},
+        "population": n_train,
         "settings": {
             "batch_sizes": [b_small, b_big], "samples": samples, "seed": seed,
             "chunk_size": chunk, "device": device.type,
             "data": f"{config.dataset} training set without augmentation; each batch is "
                     "distinct samples (no replacement), batches are independent draws",
+            "estimator": "finite-population: E|G_B|^2 = |G|^2 + tr(Sigma) (1/B - 1/N) N/(N-1), "
+                         "G the mean gradient of the N training samples, Sigma their "
+                         "covariance (divisor N)",
             "loss": "mean cross-entropy over the batch (float32 logits)",
             "mode": "train mode (dropout on, BatchNorm batch statistics over each chunk); "
                     "running statistics restored afterwards",
@@ -386,7 +448,10 @@ class NoiseScaleMonitor:
     Per step, with b_small = per-process batch and b_big = global batch, the unbiased estimates
     of |G|^2 and tr(Sigma) from this process's |G_small|^2 and the shared |G_big|^2 go into
     exponential moving averages (decay ``decay`` per step, bias-corrected as Adam does) of each
-    quantity separately; B_simple is the ratio of the two averages, as the paper advises (a
+    quantity separately. ``population`` is the training set size N: each step's global batch is
+    distinct samples of the epoch's permutation and each process's share a slice of it, so
+    both are uniformly drawn distinct samples and the finite-population factor c(B) applies
+    (None: the paper's 1/B); B_simple is the ratio of the two averages, as the paper advises (a
     ratio of noisy per-step values would be biased and heavy-tailed). Steps with a non-finite
     norm (an fp16 overflow step that the scaler skips) leave the averages unchanged.
 
@@ -406,16 +471,19 @@ class NoiseScaleMonitor:
         b_small: int,
         b_big: int,
         decay: float,
+        population: int | None = None,
         state: dict[str, Any] | None = None,
         scaler: Any = None,
     ) -> None:
         import torch.distributed as dist
 
         check_batch_sizes(b_small, b_big)
+        check_population(population, b_big)
         if not 0 <= decay < 1:
             raise ConfigError(f"noise_scale_ema must be in [0, 1), got {decay}")
         ddp = _find_ddp(model)
         self.b_small, self.b_big, self.decay = b_small, b_big, decay
+        self.population = population
         self.process_group = ddp.process_group
         self.rank = dist.get_rank(self.process_group)
         self.world_size = dist.get_world_size(self.process_group)
@@ -442,7 +510,7 @@ class NoiseScaleMonitor:
         if isinstance(scale, torch.Tensor):  # undo the loss scale, on the device (no sync)
             factor = scale.double().square()
             big, small = big / factor, small / factor
-        grad_sq, trace_sigma = _unbiased(self.b_small, small, self.b_big, big)
+        grad_sq, trace_sigma = _unbiased(self.b_small, small, self.b_big, big, self.population)
         values = torch.stack((grad_sq, trace_sigma, torch.ones_like(grad_sq)))
         updated = self._ema * self.decay + values * (1.0 - self.decay)
         self._ema.copy_(torch.where(torch.isfinite(values).all(), updated, self._ema))
@@ -467,7 +535,7 @@ class NoiseScaleMonitor:
         gathered = [torch.zeros_like(self._ema) for _ in range(self.world_size)]
         dist.all_gather(gathered, self._ema, group=self.process_group)
         return {"b_small": self.b_small, "b_big": self.b_big, "decay": self.decay,
-                "ema_per_rank": [g.tolist() for g in gathered]}
+                "population": self.population, "ema_per_rank": [g.tolist() for g in gathered]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore this process's averages. On another number of processes, every process

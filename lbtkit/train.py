@@ -176,7 +176,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
     # before it is averaged (big batch); no host sync per step, see lbtkit.noise_scale.
     noise = NoiseScaleMonitor(
         model, b_small=plan.per_device_batch_size * plan.grad_accum_steps,
-        b_big=config.batch_size, decay=config.noise_scale_ema, state=state.noise_scale,
+        b_big=config.batch_size, decay=config.noise_scale_ema, population=n_train,
+        state=state.noise_scale,
         scaler=accelerator.scaler,
     ) if config.log_noise_scale else None
 

@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 from lbtkit.errors import ConfigError
 from lbtkit.noise_scale import (
     NoiseScaleMonitor,
+    _unbiased,
     b_simple_std_error,
     estimate_noise_scale,
     last_logged_noise_scale,
     measure_noise_scale,
+    noise_factor,
     parse_batches,
 )
 
@@ -38,6 +40,30 @@ def test_estimator_is_exact_on_expected_norms(grad_sq, trace, b_small, b_big):
     assert estimate.grad_sq == pytest.approx(grad_sq, rel=1e-9)
     assert estimate.trace_sigma == pytest.approx(trace, rel=1e-12)
     assert estimate.b_simple == pytest.approx(trace / grad_sq, rel=1e-9)
+    # Distinct samples of N: E|G_B|^2 = |G|^2 + tr(Sigma) (N - B) / (B (N - 1)).
+    n = 2 * b_big + 3
+    def expected(b):
+        return grad_sq + trace * (n - b) / (b * (n - 1))
+    finite = estimate_noise_scale(b_small, expected(b_small), b_big, expected(b_big),
+                                  population=n)
+    assert finite.grad_sq == pytest.approx(grad_sq, rel=1e-9)
+    assert finite.trace_sigma == pytest.approx(trace, rel=1e-9)
+    # The big batch may be the whole population: its norm is then |G|^2 itself.
+    whole = estimate_noise_scale(b_small, expected(b_small), n, grad_sq, population=n)
+    assert whole.grad_sq == pytest.approx(grad_sq, rel=1e-9)
+    assert whole.trace_sigma == pytest.approx(trace, rel=1e-9)
+
+
+def test_noise_factor():
+    assert noise_factor(8, None) == 1 / 8
+    assert noise_factor(10, 10) == 0  # the whole data set: no noise
+    assert noise_factor(1, 10) == pytest.approx(1.0)  # one sample: tr(Sigma) itself
+    assert noise_factor(4, 10) == pytest.approx((1 / 4 - 1 / 10) * 10 / 9)
+    assert noise_factor(32, 10**9) == pytest.approx(1 / 32, rel=1e-7)
+    for bad, needle in ((1, "population must be a whole number >= 2, got 1"),
+                        (50, "batch size 64 is larger than the population of 50")):
+        with pytest.raises(ConfigError, match=needle):
+            estimate_noise_scale(8, 1.0, 64, 0.5, population=bad)
 
 
 def test_estimate_is_not_a_batch_size_when_an_estimate_is_not_positive():
@@ -88,8 +114,9 @@ def test_linear_regression_known_answer():
 
     Batches are drawn without replacement from a finite data set of N samples, whose own mean
     G_N and covariance Sigma_N (1/N) we know exactly. Then E|G_B|^2 = |G_N|^2 + c (1/B - 1/N)
-    with c = tr(Sigma_N) N/(N-1), so the estimators' expectations are exactly
-    |G_N|^2 - c/N and c. The measured estimates must be within 4 of their own standard errors
+    with c = tr(Sigma_N) N/(N-1), and the finite-population estimators' expectations are
+    exactly |G_N|^2 and tr(Sigma_N). The measured estimates must be within 4 of their own
+    standard errors
     (propagated from the sample variances of |G_B|^2; P(|z| > 4) ~ 6e-5 per check) of those,
     and the data set's G_N, Sigma_N within 4 CLT standard errors of the population values.
     With B = 8 and 128 and 1000 batches each, the standard errors are ~1.3% of |G|^2 and ~3.5%
@@ -118,9 +145,9 @@ def test_linear_regression_known_answer():
     per_sample = (x @ (w_star + d) - y)[:, None] * x
     g_n = per_sample.mean(0)
     trace_n = (per_sample - g_n).square().sum(1).mean().item()
-    c = trace_n * n / (n - 1)
-    expected_grad_sq, expected_trace = g_n.square().sum().item() - c / n, c
+    expected_grad_sq, expected_trace = g_n.square().sum().item(), trace_n
     est = result.estimate
+    assert result.population == n
     assert result.grad_sq_std_error < 0.03 and result.trace_sigma_std_error < 0.05 * 21
     assert abs(est.grad_sq - expected_grad_sq) < 4 * result.grad_sq_std_error
     assert abs(est.trace_sigma - expected_trace) < 4 * result.trace_sigma_std_error
@@ -133,11 +160,105 @@ def test_linear_regression_known_answer():
     assert abs(g_n.square().sum().item() - grad_sq) < 4 * se_grad_sq
     assert abs(trace_n - trace) < 4 * se_trace
     # B_simple: the interval the two bounds above imply, around the population value.
-    a = (4 * result.grad_sq_std_error + 4 * se_grad_sq + c / n) / grad_sq
-    b = (4 * result.trace_sigma_std_error + 4 * se_trace + trace / n) / trace
+    a = (4 * result.grad_sq_std_error + 4 * se_grad_sq) / grad_sq
+    b = (4 * result.trace_sigma_std_error + 4 * se_trace) / trace
     assert trace * (1 - b) / (grad_sq * (1 + a)) < est.b_simple < \
         trace * (1 + b) / (grad_sq * (1 - a))
     assert a < 0.2 and b < 0.25
+
+
+def _least_squares(n: int, seed: int):
+    """A small least-squares problem away from its optimum, and its EXACT per-example
+    gradients: loss 0.5 (x.w - y)^2 per sample, gradient (x.w - y) x."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + torch.randn(
+        n, generator=gen, dtype=torch.float64)
+    w = torch.tensor([1.4, -1.7, 0.9], dtype=torch.float64)
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w[None])
+    per_example = (x @ w - y)[:, None] * x
+    g = per_example.mean(0)
+    grad_sq = g.square().sum().item()  # |G|^2 of the N samples' full-data gradient
+    trace = (per_example - g).square().sum(1).mean().item()  # tr(Sigma), divisor N
+    return model, x, y, per_example, grad_sq, trace
+
+
+def _half_squared_error(net, inputs, targets):
+    return 0.5 * (net(inputs).squeeze(1) - targets).square().mean()
+
+
+def test_estimator_is_unbiased_against_exact_per_example_gradients():
+    """N = 40 samples, batches of 2 and 20 distinct samples (half the data: where the
+    finite-population correction matters most), 1000 batches per size.
+
+    From the exact per-example gradients: the mean |G_B|^2 must match |G|^2 + tr(Sigma) c(B),
+    and the estimates |G|^2, tr(Sigma) and B_simple the exact ones, each within 4 standard
+    errors (the sample std of |G_B|^2 over sqrt(1000), propagated; P(|z| > 4) ~ 6e-5). The
+    paper's 1/B formulas on the same draws are off by their derived bias, -tr(Sigma)/(N-1) in
+    |G|^2 and the factor N/(N-1) in tr(Sigma): the test checks that this bias is many standard
+    errors wide (so it can tell the two apart) and that the old estimates sit on it.
+    """
+    n, b_small, b_big, draws = 40, 2, 20, 1000
+    model, x, y, _, grad_sq, trace = _least_squares(n, seed=5)
+    result = measure_noise_scale(model, x, y, batch_sizes=(b_small, b_big), samples=draws,
+                                 loss_fn=_half_squared_error, seed=2)
+    for measured in (result.small, result.big):
+        expected = grad_sq + trace * noise_factor(measured.batch_size, n)
+        assert abs(measured.mean - expected) < 4 * measured.std_error, measured
+    est = result.estimate
+    assert abs(est.grad_sq - grad_sq) < 4 * result.grad_sq_std_error
+    assert abs(est.trace_sigma - trace) < 4 * result.trace_sigma_std_error
+    assert abs(est.b_simple - trace / grad_sq) < 4 * result.b_simple_std_error
+
+    old = estimate_noise_scale(b_small, result.small.mean, b_big, result.big.mean)
+    bias = trace / (n - 1)
+    assert bias > 6 * result.grad_sq_std_error  # the draws resolve the old bias
+    assert abs(old.grad_sq - (grad_sq - bias)) < 4 * result.grad_sq_std_error
+    assert abs(est.grad_sq - grad_sq) < abs(old.grad_sq - grad_sq) / 2
+    old_trace_error = math.hypot(result.small.std_error, result.big.std_error) / (
+        1 / b_small - 1 / b_big)
+    assert abs(old.trace_sigma - trace * n / (n - 1)) < 4 * old_trace_error
+    # Without sampling noise: the old formulas on the exact expectations overestimate B_simple
+    # by the factor the module docstring states.
+    exact = [grad_sq + trace * noise_factor(b, n) for b in (b_small, b_big)]
+    old_exact = estimate_noise_scale(b_small, exact[0], b_big, exact[1])
+    b_true = trace / grad_sq
+    assert old_exact.b_simple == pytest.approx(
+        b_true * (n / (n - 1)) / (1 - b_true / (n - 1)), rel=1e-9)
+    assert estimate_noise_scale(b_small, exact[0], b_big, exact[1],
+                                population=n).b_simple == pytest.approx(b_true, rel=1e-9)
+
+
+def test_monitor_batches_need_the_finite_population_factor():
+    """What NoiseScaleMonitor sees, from exact per-example gradients: each step's global batch
+    is a slice of the epoch's permutation of N samples, and each process's batch the
+    micro-batches at offsets (micro * world + rank) * per_device of it (lbtkit.train). Fed to
+    the estimator the monitor uses (``_unbiased``) with the population, the per-step estimates
+    average to the exact |G|^2 and tr(Sigma) within 4 standard errors (over epochs, which are
+    independent); without it, |G|^2 is off by its derived bias tr(Sigma)/(N-1)."""
+    n, world, per_device, accum, epochs = 48, 2, 3, 2, 1500
+    _, _, _, grads, grad_sq, trace = _least_squares(n, seed=7)
+    b_small, b_big = per_device * accum, per_device * accum * world
+    steps = n // b_big
+    gen = torch.Generator().manual_seed(0)
+    order = torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs)])
+    batches = grads[order[:, :steps * b_big]].reshape(epochs, steps, b_big, 3)
+    big = batches.mean(2).square().sum(-1)  # (epochs, steps)
+    offsets = torch.tensor([(m * world + r) * per_device for r in range(world)
+                            for m in range(accum)]).reshape(world, accum)
+    rows = (offsets[:, :, None] + torch.arange(per_device)).reshape(world, b_small)
+    small = batches[:, :, rows].mean(3).square().sum(-1)  # (epochs, steps, world)
+    for population, expected_grad_sq in ((n, grad_sq), (None, grad_sq - trace / (n - 1))):
+        g, t = _unbiased(b_small, small, b_big, big[..., None], population)
+        per_epoch_g, per_epoch_t = g.mean((1, 2)), t.mean((1, 2))
+        se_g = per_epoch_g.std().item() / math.sqrt(epochs)
+        se_t = per_epoch_t.std().item() / math.sqrt(epochs)
+        assert abs(per_epoch_g.mean().item() - expected_grad_sq) < 4 * se_g, population
+        if population is not None:
+            assert abs(per_epoch_t.mean().item() - trace) < 4 * se_t
+            assert trace / (n - 1) > 10 * se_g  # the correction is resolved
 
 
 def test_measuring_leaves_the_model_and_the_global_rng_alone():
@@ -187,7 +308,9 @@ def _monitor_worker(rank: int, world: int, store: str) -> None:
         ddp = DistributedDataParallel(net, bucket_cap_mb=1e-5)
         per_device, accum, decay = 4, 2, 0.5
         b_small, b_big = per_device * accum, per_device * accum * world
-        monitor = NoiseScaleMonitor(ddp, b_small=b_small, b_big=b_big, decay=decay)
+        population = 100  # the training set size the train loop passes
+        monitor = NoiseScaleMonitor(ddp, b_small=b_small, b_big=b_big, decay=decay,
+                                    population=population)
         gen = torch.Generator().manual_seed(100 + rank)
         ema = torch.zeros(2, dtype=torch.float64)
         weight = 0.0
@@ -214,8 +337,10 @@ def _monitor_worker(rank: int, world: int, store: str) -> None:
             smalls = [torch.zeros((), dtype=torch.float64) for _ in range(world)]
             dist.all_gather(smalls, local_sq)
             big = average.square().sum()
-            per_rank = [torch.stack(((b_big * big - b_small * s) / (b_big - b_small),
-                                     (s - big) / (1 / b_small - 1 / b_big))) for s in smalls]
+            c_s, c_b = ((1 / b - 1 / population) * population / (population - 1)
+                        for b in (b_small, b_big))
+            per_rank = [torch.stack(((c_s * big - c_b * s) / (c_s - c_b),
+                                     (s - big) / (c_s - c_b))) for s in smalls]
             ema = decay * ema + (1 - decay) * torch.stack(per_rank).mean(0)
             weight = decay * weight + (1 - decay)
             with torch.no_grad():
@@ -229,7 +354,8 @@ def _monitor_worker(rank: int, world: int, store: str) -> None:
         # A checkpoint's state gives a new monitor the same numbers, bit for bit.
         state = json.loads(json.dumps(monitor.state_dict()))
         again = NoiseScaleMonitor(DistributedDataParallel(copy.deepcopy(reference)),
-                                  b_small=b_small, b_big=b_big, decay=decay, state=state)
+                                  b_small=b_small, b_big=b_big, decay=decay,
+                                  population=population, state=state)
         assert again.estimate() == estimate
     finally:
         dist.destroy_process_group()
@@ -406,15 +532,16 @@ def test_report_marks_the_noise_scale(tmp_path, monkeypatch):
     assert low <= 400 <= high
 
 
-def test_b_simple_standard_error_matches_finite_differences():
+@pytest.mark.parametrize("population", [None, 200])
+def test_b_simple_standard_error_matches_finite_differences(population):
     # Delta method: the analytic derivatives against central differences of the estimator.
     b_small, b_big, small, big, e_small, e_big = 8, 128, 3.0, 1.2, 0.05, 0.01
-    estimate = estimate_noise_scale(b_small, small, b_big, big)
-    got = b_simple_std_error(b_small, e_small, b_big, e_big, estimate)
+    estimate = estimate_noise_scale(b_small, small, b_big, big, population=population)
+    got = b_simple_std_error(b_small, e_small, b_big, e_big, estimate, population=population)
     h = 1e-6
 
     def ratio(s, b):
-        return estimate_noise_scale(b_small, s, b_big, b).b_simple
+        return estimate_noise_scale(b_small, s, b_big, b, population=population).b_simple
 
     d_small = (ratio(small + h, big) - ratio(small - h, big)) / (2 * h)
     d_big = (ratio(small, big + h) - ratio(small, big - h)) / (2 * h)
