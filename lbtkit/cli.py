@@ -619,7 +619,9 @@ def doctor(
 @app.command()
 @user_errors
 def fetch(
-    what: Annotated[str, typer.Argument(help="cifar10 | cifar100 | mnist | weights")],
+    what: Annotated[
+        str, typer.Argument(help="cifar10 | cifar100 | mnist | fashion-mnist | weights")
+    ],
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="where data sets go: the directory jobs read")
     ] = Path(RunConfig.data_dir),

@@ -43,7 +43,7 @@ def fetch_dataset(name: str, data_dir: str | Path) -> Path:
     on other nodes read ``data_dir``.
     """
     from lbtkit.data import load_dataset
-    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files, idx_search_dirs
+    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files
 
     if name not in DATASETS:
         raise ConfigError(f"{name!r} needs no download; fetchable: {', '.join(FETCHABLE)}")
@@ -71,9 +71,9 @@ def fetch_dataset(name: str, data_dir: str | Path) -> Path:
         raise  # the message names the file, both checksums, and that nothing was kept
     except UserError as exc:  # no mirror reachable
         raise UserError(f"{_first_line(exc)}; {_NO_NETWORK_HINT}") from None
-    if layout is not None:
-        return idx_search_dirs(name, root)[0]
-    return dataset_files(name, root)[0].parent  # type: ignore[index]
+    files = dataset_files(name, root)  # now the ones under root: they come first
+    assert files is not None
+    return files[0].parent
 
 
 def _local_idx_files(name: str, root: Path) -> list[Path] | None:

@@ -128,6 +128,25 @@ def test_fetch_downloads_verifies_and_reads_back(tmp_path, mirror):
     assert mirror["requests"] == []
 
 
+def test_a_torchvision_copy_under_data_dir_counts_and_the_system_copy_does_not(tmp_path,
+                                                                              mirror):
+    for name, blob in mirror["blobs"].items():
+        (mirror["system"] / f"{name}.gz").write_bytes(blob)
+    data_dir = tmp_path / "data"
+    # The Debian copy alone: fetch still downloads into data_dir (other nodes read that).
+    assert fetch("fashion-mnist", data_dir=data_dir) == data_dir / "fashion-mnist"
+    assert len([p for p in mirror["requests"] if "/fashion/" in p]) == 4
+
+    other = tmp_path / "other"
+    raw = other / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, blob in mirror["blobs"].items():
+        (raw / name).write_bytes(gzip.decompress(blob))  # torchvision keeps them unpacked
+    mirror["requests"].clear()
+    assert fetch("fashion-mnist", data_dir=other) == raw
+    assert mirror["requests"] == []
+
+
 def test_partly_fetched_data_gets_only_the_missing_files(tmp_path, mirror):
     folder = tmp_path / "data" / "fashion-mnist"
     folder.mkdir(parents=True)

@@ -1,7 +1,14 @@
 """Datasets as whole uint8 tensors on the device, and the batched augmentation around them."""
 
 from lbtkit.data.device import EpochDraw, augment, draw_epoch, iter_batches, normalize
-from lbtkit.data.readers import DATASETS, DatasetInfo, ImageData, dataset_info, load_dataset
+from lbtkit.data.readers import (
+    DATASETS,
+    DatasetInfo,
+    ImageData,
+    dataset_files,
+    dataset_info,
+    load_dataset,
+)
 
 __all__ = [
     "DATASETS",
@@ -9,6 +16,7 @@ __all__ = [
     "EpochDraw",
     "ImageData",
     "augment",
+    "dataset_files",
     "dataset_info",
     "draw_epoch",
     "iter_batches",

@@ -427,6 +427,16 @@ IDX_FILES = (  # the four files of an IDX data set, in the order dataset_files l
 
 
 @dataclass(frozen=True)
+class IdxRemote:
+    """The published archives: ``mirror + NAME.gz`` for each of ``IDX_FILES``, tried in order,
+    each checked against its md5 (as published) and, when known, its sha256."""
+
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class IdxLayout:
     """Where an IDX data set's four files may be: folders under ``--data-dir`` first (the first
     is where ``lbtkit fetch`` writes), then system folders that a distribution package fills.
@@ -436,16 +446,6 @@ class IdxLayout:
     system_folders: tuple[Path, ...] = ()
     package: str | None = None  # the Debian package that fills system_folders
     remote: IdxRemote | None = None  # None: torchvision's downloader fetches it
-
-
-@dataclass(frozen=True)
-class IdxRemote:
-    """The published archives: ``mirror + NAME.gz`` for each of ``IDX_FILES``, tried in order,
-    each checked against its md5 (as published) and, when known, its sha256."""
-
-    mirrors: tuple[str, ...]
-    md5: dict[str, str]
-    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 IDX_LAYOUTS: dict[str, IdxLayout] = {
