@@ -458,8 +458,8 @@ IDX_LAYOUTS: dict[str, IdxLayout] = {
         system_folders=(Path("/usr/share/datasets/fashion-mnist"),),
         package="dataset-fashion-mnist",
         # The mirrors and md5s that zalandoresearch/fashion-mnist's README publishes (and
-        # torchvision's FashionMNIST lists). Debian recompresses the archives, so its .gz files
-        # have other checksums; their content is checked by the reader like any other file.
+        # torchvision's FashionMNIST lists). Debian's .gz files are not byte-identical to these
+        # (other md5s); their content is checked by the reader like any other file.
         remote=IdxRemote(
             mirrors=(
                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
