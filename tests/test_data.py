@@ -572,14 +572,14 @@ def test_bad_file_in_the_system_folder_says_reinstall(tmp_path: Path,
 
 
 def test_bad_fashion_file_from_the_cli_exits_2(tmp_path: Path, system_folder: Path) -> None:
-    from conftest import assert_user_error, run_cli
+    from conftest import assert_user_error, run_cli, scaled_timeout
 
     folder = tmp_path / "data" / "fashion-mnist"
     write_fashion(folder)
     _wrong_magic(folder / "train-images-idx3-ubyte.gz")
     result = run_cli("run", "--preset", "keskar-f1-fashion", "--data-dir", tmp_path / "data",
                      "--epochs", "1", "--output", tmp_path / "run", "--no-progress",
-                     tmp_path=tmp_path)
+                     tmp_path=tmp_path, timeout=scaled_timeout(120))
     assert_user_error(result, f"cannot read {folder / 'train-images-idx3-ubyte.gz'}: bad IDX magic")
 
 
