@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -28,6 +29,15 @@ from lbtkit.config import (
     preset_values,
 )
 from lbtkit.errors import UserError
+from lbtkit.specs import (
+    DEFAULT_ALPHAS,
+    DEFAULT_GRID,
+    InterpolationSpec,
+    KeskarStudySpec,
+    NoiseScaleSpec,
+    PlaneSpec,
+    SharpnessSpec,
+)
 
 app = typer.Typer(
     help="lbtkit: the large-batch training kit.",
@@ -326,7 +336,7 @@ def interpolate(
     output: Annotated[Path, typer.Option("--output", help="where to write")],
     alphas: Annotated[
         str, typer.Option(help="START:STOP:COUNT (inclusive) or a comma list")
-    ] = "-1:2:25",
+    ] = DEFAULT_ALPHAS,
     splits: SplitsOption = "train,test",
     bn: Annotated[
         str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics)")
@@ -339,24 +349,17 @@ def interpolate(
     ] = None,
 ) -> None:
     """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot)."""
-    from lbtkit import launch
-    from lbtkit.landscape import parse_alphas, parse_splits, run_interpolation
+    from lbtkit.landscape import run_interpolation
+    from lbtkit.landscape.jobs import launch_job
 
-    grid, split_names = parse_alphas(alphas), parse_splits(splits)
+    spec = InterpolationSpec.from_dict({
+        "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
+        "eval_batch_size": eval_batch_size,
+    }, source="the command line")
     if num_processes is not None and num_processes > 1:
-        args = ["interpolate", str(sb_run), str(lb_run), "--output", str(output),
-                "--alphas", alphas, "--splits", splits, "--bn", bn,
-                "--eval-batch-size", str(eval_batch_size)]
-        if bn_samples is not None:
-            args += ["--bn-samples", str(bn_samples)]
-        command = launch.lbtkit_launch_command(args, num_processes, launch.free_port())
-        raise typer.Exit(launch.run_launched(command, output))
-    paths = run_interpolation(
-        sb_run, lb_run, output, alphas=grid, splits=split_names, bn=bn, bn_samples=bn_samples,
-        eval_batch_size=eval_batch_size,
-    )
-    for kind, path in (paths or {}).items():
-        print(f"{kind}: {path}")
+        raise typer.Exit(launch_job("interpolation", spec, [sb_run, lb_run], output,
+                                    num_processes))
+    _print_paths(run_interpolation(spec, sb_run, lb_run, output))
 
 
 @app.command()
@@ -374,7 +377,7 @@ def landscape(
     ] = None,
     grid: Annotated[
         str, typer.Option(help="START:STOP:COUNT (inclusive) for both axes, or X-SPEC,Y-SPEC")
-    ] = "-1:1:21",
+    ] = DEFAULT_GRID,
     directions: Annotated[
         str, typer.Option(help="random: two random directions | between: x = OTHER - RUN "
                           "(x=1 is OTHER), y = one random direction")
@@ -401,35 +404,34 @@ def landscape(
     ] = None,
 ) -> None:
     """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json."""
-    from lbtkit import launch
-    from lbtkit.landscape.plane import (
-        check_options,
-        check_runs,
-        default_output,
-        parse_grid,
-        parse_splits,
-        run_landscape,
-    )
+    from lbtkit.landscape.jobs import launch_job
+    from lbtkit.landscape.plane import check_runs, default_output, run_landscape
 
-    check_options(other=other, directions=directions, norm=norm, bn=bn, bn_samples=bn_samples,
-                  eval_batch_size=eval_batch_size)
-    points, split_names = parse_grid(grid), parse_splits(splits)
+    spec = PlaneSpec.from_dict({
+        "grid": grid, "directions": directions, "norm": norm, "ignore_bn_bias": ignore_bn_bias,
+        "splits": splits, "bn": bn, "bn_samples": bn_samples, "eval_batch_size": eval_batch_size,
+        "seed": seed,
+    }, source="the command line")
+    spec.check_other(other)
     output = output if output is not None else default_output(run_dir, other)
     if num_processes is not None and num_processes > 1:
         check_runs(run_dir, other)  # one error line here rather than one per worker
-        args = ["landscape", str(run_dir), "--output", str(output), "--grid", grid,
-                "--directions", directions, "--norm", norm, "--splits", splits, "--bn", bn,
-                "--eval-batch-size", str(eval_batch_size), "--seed", str(seed)]
-        args += ["--other", str(other)] if other is not None else []
-        args += ["--ignore-bn-bias"] if ignore_bn_bias else []
-        args += ["--bn-samples", str(bn_samples)] if bn_samples is not None else []
-        command = launch.lbtkit_launch_command(args, num_processes, launch.free_port())
-        raise typer.Exit(launch.run_launched(command, output))
-    paths = run_landscape(
-        run_dir, other, output, grid=points, directions=directions, norm=norm,
-        ignore_bn_bias=ignore_bn_bias, splits=split_names, bn=bn, bn_samples=bn_samples,
-        eval_batch_size=eval_batch_size, seed=seed,
-    )
+        raise typer.Exit(launch_job("landscape", spec, [run_dir, other], output, num_processes))
+    _print_paths(run_landscape(spec, run_dir, other, output))
+
+
+@app.command("analysis-worker", hidden=True)
+@user_errors
+def analysis_worker(
+    job_file: Annotated[Path, typer.Argument(help="a launch-spec.json written by the launcher")],
+) -> None:
+    """(internal) One process of an interpolation or landscape run by --num-processes N."""
+    from lbtkit.landscape.jobs import run_job
+
+    _print_paths(run_job(job_file))
+
+
+def _print_paths(paths: dict[str, Path] | None) -> None:
     for kind, path in (paths or {}).items():
         print(f"{kind}: {path}")
 
@@ -459,12 +461,12 @@ def sharpness(
     """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace."""
     from lbtkit.landscape import run_sharpness
 
-    result = run_sharpness(
-        run_dir, eps=_floats(eps, "--eps"), subspace=subspace, iters=iters, hessian=hessian,
-        top_k=top_k, hessian_iters=hessian_iters, trace=trace, trace_samples=trace_samples,
-        samples=samples, batch_size=batch_size, seed=seed, output=output,
-    )
-    print(json.dumps(result, indent=2))
+    spec = SharpnessSpec.from_dict({
+        "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
+        "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
+        "samples": samples, "batch_size": batch_size, "seed": seed,
+    }, source="the command line")
+    print(json.dumps(run_sharpness(spec, run_dir, output=output), indent=2))
 
 
 @app.command("noise-scale")
@@ -485,13 +487,15 @@ def noise_scale(
     (McCandlish et al. 2018), from gradient norms at two batch sizes."""
     from lbtkit.noise_scale import parse_batches, run_noise_scale
 
-    small, big = parse_batches(batches)
-    if samples < 2:
-        raise UserError(f"--samples must be at least 2 (for a standard error), got {samples}")
-    result = run_noise_scale(run_dir, batch_sizes=(small, big), samples=samples, seed=seed,
-                             output=output)
-    table = Table("quantity", "estimate", "std error",
-                  title=f"gradient noise scale of {run_dir} ({samples} batches per size)")
+    spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), samples=samples, seed=seed)
+    result = run_noise_scale(spec, run_dir, output=output)
+    console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir} "
+                                                   f"({samples} batches per size)"))
+    print(f"written: {result['path']}")
+
+
+def _noise_scale_table(result: dict[str, Any], *, title: str) -> Table:
+    table = Table("quantity", "estimate", "std error", title=title)
     for batch in result["batches"].values():
         table.add_row(f"E|G_B|^2, B = {batch['batch_size']}", f"{batch['mean']:.6g}",
                       f"{batch['std_error']:.2g}")
@@ -502,8 +506,7 @@ def noise_scale(
     error = result.get("b_simple_std_error")
     table.add_row("B_simple", "not measurable (an estimate <= 0)" if b_simple is None
                   else f"{b_simple:.4g}", "" if error is None else f"{error:.2g}")
-    console.print(table)
-    print(f"written: {result['path']}")
+    return table
 
 
 study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
@@ -522,7 +525,7 @@ def study_keskar(
     ] = None,
     sb: Annotated[int, typer.Option("--sb", help="small batch size")] = 256,
     lb: Annotated[int, typer.Option("--lb", help="large batch size")] = 5000,
-    alphas: Annotated[str, typer.Option(help="interpolation grid")] = "-1:2:25",
+    alphas: Annotated[str, typer.Option(help="interpolation grid")] = DEFAULT_ALPHAS,
     bn: Annotated[str, typer.Option(help="BatchNorm handling (see interpolate)")] = "recalibrate",
     eps: Annotated[str, typer.Option(help="comma list of sharpness box sizes")] = "1e-3,5e-4",
     subspace: Annotated[str, typer.Option(help="full | random:P")] = "full",
@@ -535,28 +538,24 @@ def study_keskar(
     config_flags: dict,
 ) -> None:
     """Train SB and LB from one initialisation, interpolate, measure sharpness, report."""
-    from lbtkit.landscape import parse_alphas
     from lbtkit.study import keskar_study
     from lbtkit.train import exit_code
 
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
-    summary = keskar_study(
-        base, sb=sb, lb=lb, output=output, alphas=parse_alphas(alphas), bn=bn,
-        eps=_floats(eps, "--eps"), subspace=subspace, iters=iters, hessian_k=hessian_k,
-        trace=trace, samples=samples, progress=progress,
+    spec = KeskarStudySpec(
+        sb=sb, lb=lb,
+        interpolation=InterpolationSpec.from_dict(
+            {"alphas": alphas, "bn": bn, "eval_batch_size": base.eval_batch_size},
+            source="the command line"),
+        sharpness=SharpnessSpec.from_dict(
+            {"eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian_k != 0,
+             "top_k": hessian_k or 1, "trace": trace, "samples": samples,
+             "batch_size": base.eval_batch_size, "seed": base.seed},
+            source="the command line"),
     )
+    summary = keskar_study(base, spec, output, progress=progress)
     print(f"report: {output / 'report.md'}")
     raise typer.Exit(exit_code(summary["status"]))
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected a comma list of numbers") from None
-    if not values:
-        raise UserError(f"{flag} {text!r}: expected at least one number")
-    return values
 
 
 @app.command()
@@ -569,10 +568,10 @@ def demo(
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
 ) -> None:
     """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md."""
-    from lbtkit.demo import QUICK, run_demo
+    from lbtkit.demo import FULL, QUICK, run_demo
     from lbtkit.train import exit_code
 
-    summary = run_demo(output, progress=progress, **(QUICK if quick else {}))
+    summary = run_demo(output, QUICK if quick else FULL, progress=progress)
     raise typer.Exit(exit_code(summary["status"]))
 
 
@@ -660,7 +659,32 @@ def models() -> None:
         print(name)
 
 
+def configure_logging() -> None:
+    """Show the library's log records as the CLI's own lines: info on stdout as the bare
+    message, warnings and errors on stderr as "warning: message". The library itself only logs
+    (``logging.getLogger(__name__)``): as a library it is quiet unless its user configures
+    logging."""
+
+    class _LevelPrefix(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            return text if record.levelno < logging.WARNING else \
+                f"{record.levelname.lower()}: {text}"
+
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(_LevelPrefix("%(message)s"))
+    logger = logging.getLogger("lbtkit")
+    logger.handlers[:] = [out, err]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
+    configure_logging()
     app()
 
 

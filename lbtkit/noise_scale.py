@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from lbtkit.errors import ConfigError
+from lbtkit.specs import NoiseScaleSpec
 
 NOISE_SCALE_FILE = "noise_scale.json"
 # Keys of the metrics.jsonl rows (None when the run does not log the noise scale).
@@ -332,17 +333,12 @@ def parse_batches(text: str) -> tuple[int, int]:
 
 
 def run_noise_scale(
-    run_dir: str | Path,
-    *,
-    batch_sizes: tuple[int, int] = (32, 1024),
-    samples: int = 32,
-    seed: int = 0,
-    chunk_size: int | None = None,
-    output: str | Path | None = None,
+    spec: NoiseScaleSpec, run_dir: str | Path, *, output: str | Path | None = None
 ) -> dict[str, Any]:
     """Measure the noise scale of a finished run's final weights on its un-augmented training
-    images (cross-entropy, as trained); write it, with everything that determines the
-    numbers, to ``output`` (default RUN/noise_scale.json) and return that dict."""
+    images (cross-entropy, as trained) as ``spec`` says; write it, with the spec (under "spec")
+    and everything else that determines the numbers, to ``output`` (default
+    RUN/noise_scale.json) and return that dict."""
     from lbtkit.data import load_dataset
     from lbtkit.evaluate import InputSpec
     from lbtkit.rundir import RunDir, load_run, versions, write_json
@@ -351,8 +347,8 @@ def run_noise_scale(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # Final weights only: a checkpoint of an unfinished run would need the loop's own restore.
     model, config = load_run(run.root, device=str(device))
-    b_small, b_big = batch_sizes
-    check_batch_sizes(b_small, b_big)
+    b_small, b_big = spec.batch_sizes
+    samples, seed = spec.samples, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes).to(device)
     n_train = data.train_labels.shape[0]
@@ -364,7 +360,7 @@ def run_noise_scale(
     def cross_entropy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
         return F.cross_entropy(net(inputs(images)).float(), labels)
 
-    chunk = b_small if chunk_size is None else chunk_size
+    chunk = b_small if spec.chunk_size is None else spec.chunk_size
     measured = measure_noise_scale(
         model, data.train_images, data.train_labels, batch_sizes=(b_small, b_big),
         samples=samples, loss_fn=cross_entropy, seed=seed, chunk_size=chunk,
@@ -373,6 +369,7 @@ def run_noise_scale(
         "run": str(run.root.resolve()),
         "weights": run.model_path.name,
         "weights_sha256": hashlib.sha256(run.model_path.read_bytes()).hexdigest(),
+        "spec": spec.to_dict(),
         **measured.estimate.to_dict(),
         "grad_sq_std_error": measured.grad_sq_std_error,
         "trace_sigma_std_error": measured.trace_sigma_std_error,

@@ -15,9 +15,8 @@ same settings, is kept.
 
 from __future__ import annotations
 
-import math
+import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,52 +27,26 @@ from lbtkit.checkpoint import load_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
-from lbtkit.landscape import (
-    BN_MODES,
-    SPLITS,
-    interpolation_meta,
-    parse_alphas,
-    parse_splits,
-    run_interpolation,
-    run_sharpness,
-    sharpness_settings,
-)
+from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
 from lbtkit.models import build_model
+from lbtkit.narrative import study_report
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
+from lbtkit.specs import KeskarStudySpec
 
-DEFAULT_ALPHAS = "-1:2:25"
+log = logging.getLogger(__name__)
 LABELS = ("sb", "lb")
-# Below this relative difference two sharpness values count as equal in the report's sentence.
-SAME_SHARPNESS = 0.05
 
 
 def keskar_study(
-    base: RunConfig,
-    *,
-    sb: int = 256,
-    lb: int = 5000,
-    output: str | Path,
-    alphas: Sequence[float] | None = None,
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eps: Sequence[float] = (1e-3, 5e-4),
-    subspace: str | Sequence[str] = "full",
-    iters: int = 10,
-    hessian_k: int = 1,
-    hessian_iters: int = 20,
-    trace: bool = True,
-    trace_samples: int = 100,
-    samples: int = 4096,
-    progress: bool = True,
+    base: RunConfig, spec: KeskarStudySpec, output: str | Path, *, progress: bool = True
 ) -> dict[str, Any]:
-    """Train SB (batch ``sb``) and LB (batch ``lb``) from one initialisation, interpolate,
-    measure sharpness, write ``report.md``.
+    """Train SB (batch ``spec.sb``) and LB (batch ``spec.lb``) from one initialisation,
+    interpolate, measure sharpness (both as ``spec`` says), write ``report.md``.
 
     ``base`` should be unresolved: with ``lr`` unset each run gets ``base_lr`` scaled to its
     own batch by ``lr_scaling`` (the Keskar presets use "none": the same Adam lr for both).
-    ``hessian_k`` 0 skips the Hessian. Returns {"status", ...}: a status other than
-    "completed" is that of the training run that stopped the study (diverged, interrupted).
+    Returns {"status", ...}: a status other than "completed" is that of the training run that
+    stopped the study (diverged, interrupted).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
@@ -81,21 +54,7 @@ def keskar_study(
             "separate commands (lbtkit run / interpolate / sharpness)"
         )
     output = Path(output)
-    alphas = parse_alphas(DEFAULT_ALPHAS) if alphas is None else [float(a) for a in alphas]
-    if not alphas:
-        raise ConfigError("no alphas to evaluate")
-    splits = parse_splits(splits)
-    if bn not in BN_MODES:
-        raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-    if hessian_k < 0:
-        raise ConfigError(f"hessian_k must be >= 0, got {hessian_k}")
-    # Validate the measurement settings now, not after hours of training.
-    settings = sharpness_settings(
-        eps=eps, subspace=subspace, iters=iters, hessian=hessian_k > 0, top_k=max(hessian_k, 1),
-        hessian_iters=hessian_iters, trace=trace, trace_samples=trace_samples, samples=samples,
-        batch_size=base.eval_batch_size, seed=base.seed,
-    )
-    _check_batch_sizes(base, sb, lb)
+    _check_batch_sizes(base, spec.sb, spec.lb)  # before hours of training, as the spec was
 
     output.mkdir(parents=True, exist_ok=True)
     init = write_initial_weights(base, output / "init.safetensors")
@@ -105,57 +64,54 @@ def keskar_study(
             "batch_size": size, "init_weights": str(init), "output_dir": str(output / label),
             "name": f"{stem}-{label}{size}",
         }).resolved()
-        for label, size in zip(LABELS, (sb, lb), strict=True)
+        for label, size in zip(LABELS, (spec.sb, spec.lb), strict=True)
     }
 
     from lbtkit.train import run as train_run
 
     results = {}
     for label, config in configs.items():
-        print(f"study: {label.upper()} run, batch {config.batch_size}, in {config.output_dir}")
+        log.info("study: %s run, batch %d, in %s", label.upper(), config.batch_size,
+                 config.output_dir)
         results[label] = train_run(config, progress=progress)
         if results[label].get("status") != STATUS_COMPLETED:
             return {"status": results[label].get("status"), "stopped_at": label,
                     "runs": results}
-    weights = [RunDir(output / label).model_path for label in LABELS]
-
-    interpolation_dir = output / "interpolation"
-    interpolation = {"csv": interpolation_dir / "interpolation.csv",
-                     "png": interpolation_dir / "interpolation.png",
-                     "json": interpolation_dir / "interpolation.json"}
-    meta = interpolation_meta(
-        output / "sb", output / "lb", alphas=alphas, splits=splits, bn=bn,
-        bn_samples=bn_samples, eval_batch_size=base.eval_batch_size,
-    )
-    if _up_to_date(list(interpolation.values()), meta, weights):
-        print(f"study: {interpolation_dir} is up to date")
-    else:
-        print(f"study: interpolating over {len(alphas)} alphas (BatchNorm: {bn})")
-        interpolation = run_interpolation(
-            output / "sb", output / "lb", interpolation_dir, alphas=alphas, splits=splits, bn=bn,
-            bn_samples=bn_samples, eval_batch_size=base.eval_batch_size, progress=progress,
-        )
-
-    sharpness = {}
-    for label, path in zip(LABELS, weights, strict=True):
-        target = output / label / "sharpness.json"
-        if _up_to_date([target], {"settings": settings}, [path]):
-            print(f"study: {target} is up to date")
-            sharpness[label] = read_json(target)
-            continue
-        print(f"study: sharpness of the {label.upper()} solution")
-        sharpness[label] = run_sharpness(
-            output / label, eps=eps, subspace=subspace, iters=iters, hessian=hessian_k > 0,
-            top_k=max(hessian_k, 1), hessian_iters=hessian_iters, trace=trace,
-            trace_samples=trace_samples, samples=samples, batch_size=base.eval_batch_size,
-            seed=base.seed, output=target,
-        )
+    interpolation = _interpolate(spec, output, progress=progress)
+    sharpness = {label: _measure(spec, output / label) for label in LABELS}
 
     report = output / "report.md"
-    atomic_write_text(report, study_report(configs, results, sharpness, bn=bn))
-    print(f"study: wrote {report}")
+    atomic_write_text(report, study_report(configs, results, sharpness,
+                                           bn=spec.interpolation.bn))
+    log.info("study: wrote %s", report)
     return {"status": STATUS_COMPLETED, "report": report, "init": init, "runs": results,
             "interpolation": interpolation, "sharpness": sharpness}
+
+
+def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool) -> dict[str, Path]:
+    """OUTPUT/interpolation/, unless it is newer than both runs' weights and has this spec."""
+    directory = output / "interpolation"
+    paths = {kind: directory / f"interpolation.{kind}" for kind in ("csv", "png", "json")}
+    meta = interpolation_meta(spec.interpolation, output / "sb", output / "lb")
+    weights = [RunDir(output / label).model_path for label in LABELS]
+    if _up_to_date(list(paths.values()), {"sb_run": meta["sb_run"], "lb_run": meta["lb_run"],
+                                          "spec": meta["spec"]}, weights):
+        log.info("study: %s is up to date", directory)
+        return paths
+    log.info("study: interpolating over %d alphas (BatchNorm: %s)",
+             len(spec.interpolation.alphas), spec.interpolation.bn)
+    return run_interpolation(spec.interpolation, output / "sb", output / "lb", directory,
+                             progress=progress)
+
+
+def _measure(spec: KeskarStudySpec, run_dir: Path) -> dict[str, Any]:
+    """RUN/sharpness.json, unless it is newer than the run's weights and has this spec."""
+    target = run_dir / "sharpness.json"
+    if _up_to_date([target], {"spec": spec.sharpness.to_dict()}, [RunDir(run_dir).model_path]):
+        log.info("study: %s is up to date", target)
+        return read_json(target)
+    log.info("study: sharpness of the %s solution", run_dir.name.upper())
+    return run_sharpness(spec.sharpness, run_dir, output=target)
 
 
 def write_initial_weights(base: RunConfig, path: Path) -> Path:
@@ -186,90 +142,7 @@ def write_initial_weights(base: RunConfig, path: Path) -> Path:
     return path
 
 
-def study_report(
-    configs: dict[str, RunConfig],
-    results: dict[str, dict[str, Any]],
-    sharpness: dict[str, dict[str, Any]],
-    *,
-    bn: str,
-) -> str:
-    """report.md: the figure, the SB/LB table and sentences computed from the numbers."""
-    sb_config = configs["sb"]
-    measures = [(m["subspace"], m["eps"]) for m in sharpness["sb"]["sharpness"]]
-    header = ["", "batch", "lr", "train acc (%)", "test acc (%)"]
-    header += [f"φ {_space(space)} ε={eps:g}" for space, eps in measures]
-    has_hessian = sharpness["sb"].get("hessian") is not None
-    has_trace = sharpness["sb"].get("trace") is not None
-    if has_hessian:
-        header.append("top Hessian eigenvalue")
-    if has_trace:
-        header.append("Hessian trace (± s.e.)")
-    body = []
-    for label in LABELS:
-        final = results[label]["final"]
-        phis = {(m["subspace"], m["eps"]): m["phi"] for m in sharpness[label]["sharpness"]}
-        row = [label.upper(), str(configs[label].batch_size), f"{configs[label].lr:g}",
-               f"{100 * final['train_acc']:.2f}", f"{100 * final['val_acc']:.2f}"]
-        row += [f"{phis[key]:.4g}" for key in measures]
-        if has_hessian:
-            row.append(f"{sharpness[label]['hessian']['top_eigenvalues'][0]:.4g}")
-        if has_trace:
-            t = sharpness[label]["trace"]
-            row.append(f"{t['mean']:.4g} ± {t['stderr']:.2g}")
-        body.append(row)
-
-    settings = sharpness["sb"]["settings"]
-    space, eps = measures[0]
-    first = [sharpness[label]["sharpness"][0]["phi"] for label in LABELS]
-    test_gap = 100 * (results["sb"]["final"]["val_acc"] - results["lb"]["final"]["val_acc"])
-    lines = [
-        "# Sharp minima: small-batch vs large-batch solution (Keskar et al. 2016)",
-        "",
-        f"Model `{sb_config.model}` on `{sb_config.dataset}`, {sb_config.epochs} epochs, "
-        f"{sb_config.optimizer}, seed {sb_config.seed}; both runs start from `init.safetensors`. "
-        "Runs: `sb/`, `lb/`.",
-        "",
-        "![parametric plot](interpolation/interpolation.png)",
-        "",
-        "Cross-entropy (log scale, blue) and accuracy (red) along "
-        "θ(α) = α·θ_LB + (1−α)·θ_SB; solid: training set (no augmentation), dashed: test set. "
-        f"BatchNorm statistics: `{bn}` (see `interpolation/interpolation.json`).",
-        "",
-        *_table(header, body),
-        "",
-        compare_sharpness(first[0], first[1], what=f"{_space(space)}, ε={eps:g}"),
-        f"LB's test accuracy is {abs(test_gap):.2f} points "
-        f"{'below' if test_gap > 0 else 'above'} SB's."
-        if test_gap != 0 else "SB and LB reach the same test accuracy.",
-        "",
-        "Train accuracy is the last epoch's running average during training (augmented "
-        "batches), test accuracy the validation set, both from each run's `results.json`. "
-        f"φ is Keskar's sharpness (in %) of the mean training cross-entropy over "
-        f"{sharpness['sb']['samples_used']} training images (seed {settings['seed']}), "
-        f"maximised by L-BFGS-B for {settings['iters']} iterations; BatchNorm on running "
-        "statistics. Settings and timings: `sb/sharpness.json`, `lb/sharpness.json`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def compare_sharpness(sb: float, lb: float, *, what: str) -> str:
-    """One sentence comparing two sharpness values, decided by the numbers alone."""
-    values = f"φ = {sb:.4g} (SB) vs {lb:.4g} (LB)"
-    if not (math.isfinite(sb) and math.isfinite(lb)):
-        return f"No sharpness comparison possible ({what}): {values}."
-    top = max(abs(sb), abs(lb))
-    if top == 0 or abs(lb - sb) <= SAME_SHARPNESS * top:
-        return f"No sharpness gap measured ({what}): {values}."
-    sharper, flatter = ("LB", "SB") if lb > sb else ("SB", "LB")
-    low = min(sb, lb)
-    factor = f"by a factor of {max(sb, lb) / low:.3g}" if low > 0 else "(the other is 0)"
-    return f"{sharper} is sharper than {flatter} {factor} ({what}): {values}."
-
-
 def _check_batch_sizes(base: RunConfig, sb: int, lb: int) -> None:
-    if not 0 < sb < lb:
-        raise ConfigError(f"need 0 < sb < lb batch sizes, got sb={sb}, lb={lb}")
     data = load_dataset(base.dataset, base.data_dir, download=base.download,
                         image_size=base.image_size, num_classes=base.num_classes)
     n_train = data.train_labels.shape[0]
@@ -290,12 +163,3 @@ def _up_to_date(files: list[Path], expected: dict[str, Any], inputs: list[Path])
         return False
     stored = read_json(next(f for f in files if f.suffix == ".json"))
     return all(stored.get(k) == v for k, v in expected.items())
-
-
-def _space(subspace: str) -> str:
-    return "full space" if subspace == "full" else f"subspace {subspace}"
-
-
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in body]

@@ -9,23 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from lbtkit.demo import (
-    QUICK,
+from lbtkit.demo import QUICK, run_demo
+from lbtkit.narrative import (
     gap_threshold,
     interpolation_sentence,
     peak_sentence,
     recalibrated_sentence,
-    run_demo,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SB, LB = QUICK["batch_sizes"]
+SB, LB = QUICK.batch_sizes
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    summary = run_demo(out, progress=False, **QUICK)
+    summary = run_demo(out, QUICK, progress=False)
     return out, summary
 
 
@@ -91,7 +90,7 @@ def test_tables_match_the_runs_results(demo):
     for batch, result in results.items():
         assert result["status"] == "completed"
         assert (result["config"]["batch_size"], result["config"]["epochs"]) == (
-            batch, QUICK["epochs"])
+            batch, QUICK.epochs)
 
     report_rows = table((out / "report.md").read_text(), "batch size")
     assert [int(r["batch size"]) for r in report_rows] == [SB, LB]
@@ -130,7 +129,7 @@ def test_tables_match_the_runs_results(demo):
 
     with (out / "keskar" / "interpolation.csv").open() as handle:
         alphas = {float(r["alpha"]) for r in csv.DictReader(handle)}
-    assert alphas == set(QUICK["alphas"])
+    assert alphas == set(QUICK.interpolation.alphas)
 
 
 def test_sentences_follow_the_numbers(demo):
@@ -208,7 +207,7 @@ def test_diverged_runs_are_reported_not_hidden(tmp_path, monkeypatch):
     # An absurd learning rate: every run diverges at its first step.
     monkeypatch.setattr(lbtkit.demo, "RECIPE",
                         {**lbtkit.demo.RECIPE, "base_lr": 1e6, "log_every": 1})
-    summary = run_demo(tmp_path / "out", progress=False, **QUICK)
+    summary = run_demo(tmp_path / "out", QUICK, progress=False)
     assert summary["status"] == "completed" and summary["keskar"] is None
     index = (tmp_path / "out" / "index.md").read_text()
     assert f"No accuracy comparison: the batch-{SB} run is diverged." in index

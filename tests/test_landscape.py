@@ -23,6 +23,7 @@ from lbtkit.landscape import (
     shard,
 )
 from lbtkit.rundir import load_run
+from lbtkit.specs import InterpolationSpec
 
 from conftest import cli_env, train_sb_lb, train_smoke
 
@@ -65,7 +66,8 @@ def test_shard_covers_every_alpha_once():
 
 def test_endpoints_reproduce_each_runs_own_evaluation(runs):
     sb, lb, results = runs
-    rows = interpolate_runs(sb, lb, alphas=[0.0, 1.0], splits=["test"], bn="interpolate")
+    spec = InterpolationSpec(alphas=[0.0, 1.0], splits=["test"], bn="interpolate")
+    rows = interpolate_runs(spec, sb, lb)
     assert [(r["alpha"], r["split"]) for r in rows] == [(0.0, "test"), (1.0, "test")]
     for row, label in zip(rows, ("sb", "lb"), strict=True):
         final = results[label]["final"]
@@ -76,8 +78,9 @@ def test_endpoints_reproduce_each_runs_own_evaluation(runs):
 
 def test_recalibrated_endpoint_equals_the_recalibrated_run(runs):
     sb, lb, _ = runs
-    rows = interpolate_runs(sb, lb, alphas=[0.0], splits=["train"], bn="recalibrate",
-                            bn_samples=500, eval_batch_size=256)
+    spec = InterpolationSpec(alphas=[0.0], splits=["train"], bn="recalibrate", bn_samples=500,
+                             eval_batch_size=256)
+    rows = interpolate_runs(spec, sb, lb)
     model, config = load_run(sb)
     data = load_dataset(config.dataset, config.data_dir)
     inputs = InputSpec(data.info, config.image_size)
@@ -87,28 +90,31 @@ def test_recalibrated_endpoint_equals_the_recalibrated_run(runs):
     assert (rows[0]["loss"], rows[0]["accuracy"]) == (loss, accuracy)
 
 
-def test_interpolated_variances_go_negative_but_recalibration_stays_finite(runs, capsys):
+def test_interpolated_variances_go_negative_but_recalibration_stays_finite(runs, caplog):
     sb, lb, _ = runs
     alphas = parse_alphas("-1:2:7")
-    seed_like = interpolate_runs(sb, lb, alphas=alphas, bn="interpolate")
+    seed_like = interpolate_runs(InterpolationSpec(alphas=alphas, bn="interpolate"), sb, lb)
     broken = [r for r in seed_like if r["negative_variances"] > 0]
     assert broken, "expected negative running variances when extrapolating them"
     assert all(math.isnan(r["loss"]) and math.isnan(r["accuracy"]) for r in broken)
-    assert "warning: alpha=" in capsys.readouterr().err
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all(r.name == "lbtkit.landscape.interpolate" for r in warnings)
+    assert "alpha=" in warnings[0].getMessage() and "--bn recalibrate" in warnings[0].getMessage()
     for bn in ("recalibrate", "batch-stats"):
-        rows = interpolate_runs(sb, lb, alphas=alphas, bn=bn)
+        rows = interpolate_runs(InterpolationSpec(alphas=alphas, bn=bn), sb, lb)
         assert len(rows) == 2 * len(alphas)
         assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows), bn
 
 
 def test_progress_lines_off_a_terminal_and_silence_when_asked(runs, capsys):
     sb, lb, _ = runs
-    rows = interpolate_runs(sb, lb, alphas=[0.0, 0.5, 1.0], splits="test")
+    rows = interpolate_runs(InterpolationSpec(alphas=[0.0, 0.5, 1.0], splits="test"), sb, lb)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alpha ")]
     # Off a terminal: one line per alpha here (every tenth of the grid, at least every one).
     assert [line.split(" ")[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert f"alpha 0.5: test loss {rows[1]['loss']:.4g}" in lines[1]
-    interpolate_runs(sb, lb, alphas=[0.0, 1.0], splits="test", progress=False)
+    interpolate_runs(InterpolationSpec(alphas=[0.0, 1.0], splits="test"), sb, lb,
+                     progress=False)
     assert capsys.readouterr().out == ""
 
 
@@ -117,15 +123,15 @@ def test_runs_of_different_architectures_are_refused(runs, tmp_path):
     other = tmp_path / "c1"
     train_smoke(other, model="c1", batch_size=512)
     with pytest.raises(ConfigError, match=r"model.*'f1'.*'c1'"):
-        interpolate_runs(sb, other, alphas=[0.5])
-    with pytest.raises(ConfigError, match="BatchNorm mode"):
-        interpolate_runs(sb, sb, alphas=[0.5], bn="running")
+        interpolate_runs(InterpolationSpec(alphas=[0.5]), sb, other)
+    with pytest.raises(ConfigError, match="BatchNorm mode 'running'"):
+        InterpolationSpec(alphas=[0.5], bn="running")
 
 
 def test_files_keep_nan_in_csv_and_plot_the_rest(runs, tmp_path):
     sb, lb, _ = runs
-    paths = run_interpolation(sb, lb, tmp_path / "out", alphas=[-1.0, 0.0, 1.0, 2.0],
-                              bn="interpolate")
+    spec = InterpolationSpec(alphas=[-1.0, 0.0, 1.0, 2.0], bn="interpolate")
+    paths = run_interpolation(spec, sb, lb, tmp_path / "out")
     with paths["csv"].open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["alpha", "split", "loss", "accuracy", "negative_variances"]
@@ -133,6 +139,8 @@ def test_files_keep_nan_in_csv_and_plot_the_rest(runs, tmp_path):
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
     meta = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
     assert meta["bn"] == "interpolate" and meta["alphas"] == [-1.0, 0.0, 1.0, 2.0]
+    assert InterpolationSpec.from_dict(meta["spec"]) == spec  # the file says how it was made
+    assert meta["sb_run"] == str(sb.resolve()) and meta["lb_run"] == str(lb.resolve())
     assert any(r["loss"] is None for r in meta["rows"])
 
 
@@ -170,12 +178,13 @@ def ddp_lb(tmp_path_factory):
 @pytest.mark.slow
 def test_runs_trained_with_two_processes_interpolate_like_single_process_runs(runs, ddp_lb):
     sb, lb, _ = runs
-    single = interpolate_runs(sb, lb, alphas=GRID, bn="recalibrate")
-    rows = interpolate_runs(sb, ddp_lb, alphas=GRID, bn="recalibrate")
+    single = interpolate_runs(InterpolationSpec(alphas=GRID, bn="recalibrate"), sb, lb)
+    rows = interpolate_runs(InterpolationSpec(alphas=GRID, bn="recalibrate"), sb, ddp_lb)
     assert [(r["alpha"], r["split"]) for r in rows] == [(r["alpha"], r["split"]) for r in single]
     assert all(math.isfinite(r["loss"]) for r in rows)
     final = json.loads((ddp_lb / "results.json").read_text())["final"]
-    endpoint = interpolate_runs(sb, ddp_lb, alphas=[1.0], splits=["test"], bn="interpolate")[0]
+    spec = InterpolationSpec(alphas=[1.0], splits=["test"], bn="interpolate")
+    endpoint = interpolate_runs(spec, sb, ddp_lb)[0]
     assert endpoint["accuracy"] == final["val_acc"]
 
 
@@ -183,5 +192,6 @@ def test_runs_trained_with_two_processes_interpolate_like_single_process_runs(ru
 def test_run_trained_with_two_processes_reproduces_its_own_val_loss(runs, ddp_lb):
     sb, _, _ = runs
     final = json.loads((ddp_lb / "results.json").read_text())["final"]
-    endpoint = interpolate_runs(sb, ddp_lb, alphas=[1.0], splits=["test"], bn="interpolate")[0]
+    spec = InterpolationSpec(alphas=[1.0], splits=["test"], bn="interpolate")
+    endpoint = interpolate_runs(spec, sb, ddp_lb)[0]
     assert endpoint["loss"] == pytest.approx(final["val_loss"], rel=1e-6)

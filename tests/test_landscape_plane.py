@@ -18,6 +18,7 @@ from lbtkit.landscape import (
     parse_grid,
     random_direction,
 )
+from lbtkit.specs import PlaneSpec
 
 from conftest import assert_user_error, run_cli, train_sb_lb, train_smoke
 
@@ -111,13 +112,14 @@ def test_parse_grid():
 def test_centre_and_other_solution_reproduce_the_runs_own_evaluation(runs):
     sb, lb, results = runs
     # "interpolate" keeps the trained running statistics, which the runs' own numbers used
-    rows = landscape_runs(sb, grid=([0.0], [0.0]), splits=["test"], bn="interpolate")
+    rows = landscape_runs(PlaneSpec(x=[0.0], y=[0.0], splits=["test"], bn="interpolate"), sb)
     assert [(r["x"], r["y"], r["split"]) for r in rows] == [(0.0, 0.0, "test")]
     assert rows[0]["accuracy"] == results["sb"]["final"]["val_acc"]
     assert rows[0]["loss"] == pytest.approx(results["sb"]["final"]["val_loss"], rel=1e-6)
 
-    rows = landscape_runs(sb, lb, grid=([0.0, 1.0], [0.0]), directions="between",
-                          splits=["test"], bn="interpolate")
+    between = PlaneSpec(x=[0.0, 1.0], y=[0.0], directions="between", splits=["test"],
+                        bn="interpolate")
+    rows = landscape_runs(between, sb, lb)
     for row, label in zip(rows, ("sb", "lb"), strict=True):
         final = results[label]["final"]
         assert row["accuracy"] == final["val_acc"]
@@ -125,42 +127,41 @@ def test_centre_and_other_solution_reproduce_the_runs_own_evaluation(runs):
         assert row["negative_variances"] == 0
 
     # beyond the centre, mixed running variances go negative: reported, NaN, never plotted
-    rows = landscape_runs(sb, lb, grid=([-1.0], [0.0]), directions="between", splits=["test"],
-                          bn="interpolate")
+    rows = landscape_runs(between.updated(x=[-1.0]), sb, lb)
     assert rows[0]["negative_variances"] > 0 and math.isnan(rows[0]["loss"])
 
 
 def test_plane_moves_away_from_the_centre_and_depends_on_the_seed(runs):
     sb, _, _ = runs
-    grid = ([0.0, 1.0], [0.0, 1.0])
-    rows = landscape_runs(sb, grid=grid, splits=["train"], bn="recalibrate", bn_samples=256)
+    spec = PlaneSpec(x=[0.0, 1.0], y=[0.0, 1.0], splits=["train"], bn="recalibrate",
+                     bn_samples=256)
+    rows = landscape_runs(spec, sb)
     assert [(r["x"], r["y"]) for r in rows] == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     losses = [r["loss"] for r in rows]
     assert all(math.isfinite(v) for v in losses) and len(set(losses)) == 4
     # a step of 1 along a filter-normalised direction is as long as the weights: much worse
     assert min(losses[1:]) > losses[0]
-    again = landscape_runs(sb, grid=grid, splits=["train"], bn="recalibrate", bn_samples=256)
+    again = landscape_runs(spec, sb)
     assert [r["loss"] for r in again] == losses
-    reseeded = landscape_runs(sb, grid=grid, splits=["train"], bn="recalibrate",
-                              bn_samples=256, seed=1)
+    reseeded = landscape_runs(spec.updated(seed=1), sb)
     assert reseeded[0]["loss"] == losses[0] and reseeded[3]["loss"] != losses[3]
 
 
 def test_inconsistent_options_and_runs_are_refused(runs, tmp_path):
     sb, lb, _ = runs
-    grid = ([0.0], [0.0])
+    centre = PlaneSpec(x=[0.0], y=[0.0])
     with pytest.raises(ConfigError, match="--other"):
-        landscape_runs(sb, grid=grid, directions="between")
+        landscape_runs(centre.updated(directions="between"), sb)
     with pytest.raises(ConfigError, match="--other"):
-        landscape_runs(sb, lb, grid=grid, directions="random")
+        landscape_runs(centre, sb, lb)
     with pytest.raises(ConfigError, match="'diagonal'"):
-        landscape_runs(sb, grid=grid, directions="diagonal")
+        centre.updated(directions="diagonal")
     with pytest.raises(ConfigError, match="'running'"):
-        landscape_runs(sb, grid=grid, bn="running")
+        centre.updated(bn="running")
     other = tmp_path / "c1"
     train_smoke(other, model="c1", batch_size=512)
     with pytest.raises(ConfigError, match=r"model.*'f1'.*'c1'"):
-        landscape_runs(sb, other, grid=grid, directions="between")
+        landscape_runs(centre.updated(directions="between"), sb, other)
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -192,6 +193,13 @@ def test_cli_two_processes_equal_one_and_write_csv_png_json(runs, tmp_path):
     assert meta["ignore_bn_bias"] is True and meta["processes"] == 2
     assert meta["other_run"] == str(lb.resolve()) and len(meta["rows"]) == 18
     assert abs(meta["direction_norms"]["cosine"]) < 0.2
+    # the spec the workers were handed is the one the files carry, equal to the flags' spec
+    spec = PlaneSpec.from_dict(meta["spec"])
+    assert spec == PlaneSpec.from_dict({
+        "grid": "-0.5:1:3,-1:1:3", "directions": "between", "bn": "recalibrate",
+        "bn_samples": 256, "ignore_bn_bias": True, "seed": 7})
+    assert json.loads((tmp_path / "two" / "launch-spec.json").read_text())["spec"] == \
+        meta["spec"]
 
 
 def test_cli_default_output_and_user_errors(runs, tmp_path):

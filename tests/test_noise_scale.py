@@ -25,6 +25,7 @@ from lbtkit.noise_scale import (
     noise_factor,
     parse_batches,
 )
+from lbtkit.specs import NoiseScaleSpec
 
 from conftest import assert_user_error, run_cli
 
@@ -473,6 +474,8 @@ def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     assert _invoke("noise-scale", trained_run, "--batches", "256,16", "--samples", "6",
                    "--output", out).returncode == 0
     assert json.loads(out.read_text())["b_simple"] == stored["b_simple"]
+    assert NoiseScaleSpec.from_dict(stored["spec"]) == NoiseScaleSpec(batch_sizes=(16, 256),
+                                                                       samples=6)
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -480,7 +483,7 @@ def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     (["--batches", "64,64"], "'64,64'"),
     (["--batches", "0,64"], "batch size 0"),
     (["--batches", "32,5000"], "batch size 5000 is larger than the training set (1437"),
-    (["--samples", "1"], "--samples must be at least 2 (for a standard error), got 1"),
+    (["--samples", "1"], "samples must be at least 2 (for a standard error), got 1"),
 ])
 def test_noise_scale_cli_rejects_bad_input(trained_run, args, needle):
     assert_user_error(_invoke("noise-scale", trained_run, *args), needle)

@@ -20,6 +20,7 @@ from lbtkit.landscape import (
     run_sharpness,
 )
 from lbtkit.landscape.sharpness import pinv_apply
+from lbtkit.specs import SharpnessSpec
 
 DIAG = torch.tensor([13.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
 
@@ -143,11 +144,13 @@ def test_run_sharpness_writes_every_setting(tmp_path):
     config = RunConfig().updated(preset_values("smoke")).updated(
         {"epochs": 1, "batch_size": 256, "output_dir": str(run_dir)})
     run(config, progress=False)
-    result = run_sharpness(run_dir, eps=(1e-3, 1e-4), subspace="random:3", iters=2,
-                           hessian=True, top_k=1, hessian_iters=3, trace=True, trace_samples=2,
-                           samples=64, batch_size=32, seed=7)
+    spec = SharpnessSpec(eps=(1e-3, 1e-4), subspaces="random:3", iters=2, hessian=True,
+                         top_k=1, hessian_iters=3, trace=True, trace_samples=2, samples=64,
+                         batch_size=32, seed=7)
+    result = run_sharpness(spec, run_dir)
     stored = json.loads((run_dir / "sharpness.json").read_text())
     assert stored["settings"] == result["settings"]
+    assert SharpnessSpec.from_dict(stored["spec"]) == spec
     settings = stored["settings"]
     assert (settings["samples"], settings["seed"], settings["eps"], settings["subspaces"],
             settings["iters"]) == (64, 7, [1e-3, 1e-4], ["random:3"], 2)

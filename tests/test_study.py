@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import ConfigError
 from lbtkit.models import build_model
-from lbtkit.study import compare_sharpness, keskar_study
+from lbtkit.narrative import compare_sharpness
+from lbtkit.specs import InterpolationSpec, KeskarStudySpec, SharpnessSpec
+from lbtkit.study import keskar_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,10 +26,11 @@ def smoke(**values) -> RunConfig:
 
 def test_keskar_study_end_to_end(tmp_path):
     out = tmp_path / "study"
-    kwargs = dict(sb=32, lb=512, output=out, alphas=[-1.0, 0.0, 0.5, 1.0, 2.0], eps=(1e-3,),
-                  subspace="random:5", iters=2, hessian_k=1, hessian_iters=3, trace=True,
-                  trace_samples=2, samples=256, progress=False)
-    summary = keskar_study(smoke(), **kwargs)
+    spec = KeskarStudySpec(
+        sb=32, lb=512, interpolation=InterpolationSpec(alphas=[-1.0, 0.0, 0.5, 1.0, 2.0]),
+        sharpness=SharpnessSpec(eps=(1e-3,), subspaces=("random:5",), iters=2, hessian=True,
+                                hessian_iters=3, trace=True, trace_samples=2, samples=256))
+    summary = keskar_study(smoke(), spec, out, progress=False)
     assert summary["status"] == "completed"
 
     # Both runs started from the saved initialisation, which is the seeded model.
@@ -42,7 +45,8 @@ def test_keskar_study_end_to_end(tmp_path):
         config = json.loads((out / label / "config.json").read_text())
         assert (config["init_weights"], config["batch_size"]) == (str(init), batch)
         results[label] = json.loads((out / label / "results.json").read_text())
-        assert (out / label / "sharpness.json").exists()
+        stored = json.loads((out / label / "sharpness.json").read_text())
+        assert SharpnessSpec.from_dict(stored["spec"]) == spec.sharpness
 
     with (out / "interpolation" / "interpolation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -65,18 +69,27 @@ def test_keskar_study_end_to_end(tmp_path):
     # A second call resumes: nothing is retrained or re-measured.
     sharpness_file = out / "sb" / "sharpness.json"
     before = sharpness_file.stat().st_mtime_ns
-    assert keskar_study(smoke(), **kwargs)["status"] == "completed"
+    interpolation_file = out / "interpolation" / "interpolation.json"
+    stored = json.loads(interpolation_file.read_text())
+    assert InterpolationSpec.from_dict(stored["spec"]) == spec.interpolation
+    interpolated = interpolation_file.stat().st_mtime_ns
+    assert keskar_study(smoke(), spec, out, progress=False)["status"] == "completed"
     assert sharpness_file.stat().st_mtime_ns == before
+    assert interpolation_file.stat().st_mtime_ns == interpolated
+    # Another sharpness spec is measured again; the interpolation is kept.
+    again = spec.updated(sharpness=spec.sharpness.updated(iters=3))
+    assert keskar_study(smoke(), again, out, progress=False)["status"] == "completed"
+    assert sharpness_file.stat().st_mtime_ns != before
+    assert interpolation_file.stat().st_mtime_ns == interpolated
 
 
 def test_study_refuses_bad_batch_sizes_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"exceeds the training set.*1437"):
-        keskar_study(smoke(), sb=32, lb=5000, output=tmp_path / "s", progress=False)
+        keskar_study(smoke(), KeskarStudySpec(sb=32, lb=5000), tmp_path / "s", progress=False)
     with pytest.raises(ConfigError, match="sb < lb"):
-        keskar_study(smoke(), sb=512, lb=512, output=tmp_path / "s", progress=False)
-    with pytest.raises(ConfigError, match="subspace"):
-        keskar_study(smoke(), sb=32, lb=512, output=tmp_path / "s", subspace="half",
-                     progress=False)
+        KeskarStudySpec(sb=512, lb=512)
+    with pytest.raises(ConfigError, match="subspace 'half'"):
+        KeskarStudySpec(sb=32, lb=512, sharpness={"subspaces": "half"})
     assert not (tmp_path / "s").exists()
 
 

@@ -6,7 +6,9 @@
   directions or through a second solution (Li et al. 2018);
 - ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace.
 
-Everything reads finished run directories (``lbtkit.rundir.load_run``), never the training loop.
+Each analysis takes a typed, validated spec (``lbtkit.specs``: ``InterpolationSpec``,
+``PlaneSpec``, ``SharpnessSpec``) and stores it under "spec" in its output JSON. Everything reads
+finished run directories (``lbtkit.rundir.load_run``), never the training loop.
 """
 
 from lbtkit.landscape.bn import evaluate_batch_stats, recalibrate_bn
@@ -41,10 +43,14 @@ from lbtkit.landscape.sharpness import (
     run_sharpness,
     sharpness_settings,
 )
+from lbtkit.specs import InterpolationSpec, PlaneSpec, SharpnessSpec
 
 __all__ = [
     "BN_MODES",
     "SPLITS",
+    "InterpolationSpec",
+    "PlaneSpec",
+    "SharpnessSpec",
     "between_direction",
     "evaluate_batch_stats",
     "hessian_top_eigenvalues",

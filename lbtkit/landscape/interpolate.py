@@ -17,15 +17,15 @@ for any finite logits. With several processes (Accelerate), each takes every wor
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lbtkit.config import RunConfig
@@ -35,41 +35,22 @@ from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+from lbtkit.specs import (
+    BN_MODES,
+    SPLITS,
+    InterpolationSpec,
+    PlaneSpec,
+    parse_alphas,
+    parse_splits,
+)
 
-BN_MODES = ("recalibrate", "batch-stats", "interpolate")
-SPLITS = ("train", "test")
+__all__ = ["BN_MODES", "SPLITS", "interpolate_runs", "interpolation_meta", "parse_alphas",
+           "parse_splits", "run_interpolation", "shard", "write_interpolation"]
+
+log = logging.getLogger(__name__)
 CSV_FIELDS = ("alpha", "split", "loss", "accuracy", "negative_variances")
 # The run settings that must agree for two solutions to live in one parameter space.
 _SAME_SETUP_FIELDS = ("model", "dataset", "num_classes", "image_size")
-
-
-def parse_alphas(text: str) -> list[float]:
-    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) or a comma list ``"0,0.5,1"``."""
-    usage = "use START:STOP:COUNT (e.g. -1:2:25) or a comma-separated list (e.g. 0,0.5,1)"
-    try:
-        if ":" in text:
-            start, stop, count = text.split(":")
-            first, last, n = float(start), float(stop), int(count)
-            if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
-                raise ValueError
-            values = np.linspace(first, last, n).tolist()
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"cannot parse alphas {text!r}: {usage}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"cannot parse alphas {text!r}: {usage}")
-    return values
-
-
-def parse_splits(text: str | Sequence[str]) -> list[str]:
-    """``"train,test"`` or a sequence of split names -> a list, checked."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    splits = [s.strip() for s in items if s.strip()]
-    bad = [s for s in splits if s not in SPLITS]
-    if bad or not splits:
-        raise ConfigError(f"unknown split {bad[0] if bad else text!r}; choose from {SPLITS}")
-    return splits
 
 
 def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
@@ -107,35 +88,22 @@ def check_same_setup(
 
 
 def interpolate_runs(
+    spec: InterpolationSpec,
     sb_dir: str | Path,
     lb_dir: str | Path,
     *,
-    alphas: Sequence[float],
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
     accelerator=None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate theta(a) for every alpha; rows {alpha, split, loss, accuracy, negative_variances}.
+    """Evaluate theta(a) for every alpha of ``spec``; rows {alpha, split, loss, accuracy,
+    negative_variances}.
 
-    ``splits``: "train" (the training set, un-augmented) and/or "test" (the validation set the
-    runs report in results.json). ``bn_samples``: the first N training images re-estimate
-    BatchNorm statistics (default: all). ``eval_batch_size`` is also the fixed batch size of
-    ``batch-stats``. With an ``accelerator`` of several processes, the alphas are shared out
+    Split "train" is the training set, un-augmented; "test" the validation set the runs report
+    in results.json. With an ``accelerator`` of several processes, the alphas are shared out
     and every process returns all rows. Rows are sorted by alpha, then split. ``progress``
     shows a bar (periodic lines off a terminal) on the main process.
     """
-    if bn not in BN_MODES:
-        raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-    splits = parse_splits(splits)
-    if not alphas:
-        raise ConfigError("no alphas to evaluate")
-    if eval_batch_size < 1:
-        raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
-    if bn_samples is not None and bn_samples < 2:
-        raise ConfigError(f"bn_samples must be at least 2, got {bn_samples}")
+    splits, bn = list(spec.splits), spec.bn
     rank, world = (0, 1) if accelerator is None else (
         accelerator.process_index, accelerator.num_processes)
     device = accelerator.device if accelerator is not None else _default_device()
@@ -155,10 +123,10 @@ def interpolate_runs(
     theta_lb = [other[name].detach() for name in names]  # the LB module itself is dropped
     del lb_model, other
 
-    inputs, split_data, bn_images = resident_splits(config, device, bn_samples=bn_samples)
+    data = resident_splits(config, device, bn_samples=spec.bn_samples)
 
     rows: list[dict[str, Any]] = []
-    mine = shard(list(alphas), rank, world)
+    mine = shard(list(spec.alphas), rank, world)
     display = TrainingProgress(
         total_steps=len(mine), done_steps=0, enabled=progress and rank == 0,
         log_every=max(1, len(mine) // 10), description="interpolation", unit="alpha",
@@ -169,9 +137,8 @@ def interpolate_runs(
             torch._foreach_lerp_(targets, theta_lb, float(alpha))
         where = f"alpha {alpha:g}"
         negative = negative_variances(model) if bn == "interpolate" else 0
-        for result in evaluate_point(model, split_data, splits, inputs, bn=bn,
-                                     bn_images=bn_images, eval_batch_size=eval_batch_size,
-                                     negative=negative, where=f"alpha={alpha:g}"):
+        for result in evaluate_point(model, data, spec, negative=negative,
+                                     where=f"alpha={alpha:g}"):
             rows.append({"alpha": float(alpha), **result})
         display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
     display.close()
@@ -182,54 +149,59 @@ def interpolate_runs(
     return sorted(rows, key=lambda r: (r["alpha"], splits.index(r["split"])))
 
 
+@dataclass(frozen=True)
+class ResidentData:
+    """A run's dataset on the device once: the input transform, each split's (images,
+    labels), and the training images that re-estimate BatchNorm statistics."""
+
+    inputs: InputSpec
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    bn_images: torch.Tensor
+
+
 def resident_splits(
     config: RunConfig, device: torch.device, *, bn_samples: int | None = None
-) -> tuple[InputSpec, dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The run's dataset on ``device`` once: (inputs, {"train"|"test": (images, labels)},
-    the first ``bn_samples`` training images for BatchNorm re-estimation, default all)."""
+) -> ResidentData:
+    """The run's dataset on ``device``: "train" and "test" (the validation set), and the first
+    ``bn_samples`` training images for BatchNorm re-estimation (default all)."""
     data = load_dataset(
         config.dataset, config.data_dir, image_size=config.image_size,
         num_classes=config.num_classes,
     ).to(device)
     inputs = InputSpec(data.info, config.image_size, config.channels_last)
-    split_data = {"train": (data.train_images, data.train_labels),
-                  "test": (data.val_images, data.val_labels)}
-    return inputs, split_data, data.train_images[:bn_samples]
+    splits = {"train": (data.train_images, data.train_labels),
+              "test": (data.val_images, data.val_labels)}
+    return ResidentData(inputs, splits, data.train_images[:bn_samples])
 
 
 def evaluate_point(
     model: torch.nn.Module,
-    split_data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    splits: Sequence[str],
-    inputs: InputSpec,
+    data: ResidentData,
+    spec: InterpolationSpec | PlaneSpec,
     *,
-    bn: str,
-    bn_images: torch.Tensor,
-    eval_batch_size: int,
     negative: int = 0,
     where: str = "",
 ) -> list[dict[str, Any]]:
-    """Loss and accuracy of the model's current weights on each split, BatchNorm per ``bn``;
-    one {split, loss, accuracy, negative_variances} per split. Shared by every grid over
-    weight space (the interpolation line, the 2-D plane).
+    """Loss and accuracy of the model's current weights on each of ``spec.splits``, BatchNorm
+    per ``spec.bn``; one {split, loss, accuracy, negative_variances} per split. Shared by
+    every grid over weight space (the interpolation line, the 2-D plane).
 
     ``negative``: running variances below zero in the current buffers (``bn="interpolate"``);
     the point is evaluated anyway (its loss is NaN) and a warning names ``where``.
     """
     if negative:
-        print(f"warning: {where}: {negative} BatchNorm running variances are negative after "
-              f"interpolating them; the loss there is NaN (use --bn recalibrate)",
-              file=sys.stderr)
-    if bn == "recalibrate":
-        recalibrate_bn(model, bn_images, inputs, batch_size=eval_batch_size)
+        log.warning("%s: %d BatchNorm running variances are negative after interpolating "
+                    "them; the loss there is NaN (use --bn recalibrate)", where, negative)
+    batch = spec.eval_batch_size
+    if spec.bn == "recalibrate":
+        recalibrate_bn(model, data.bn_images, data.inputs, batch_size=batch)
     results = []
-    for split in splits:
-        images, labels = split_data[split]
-        if bn == "batch-stats":
-            totals = evaluate_batch_stats(model, images, labels, inputs,
-                                          batch_size=eval_batch_size)
+    for split in spec.splits:
+        images, labels = data.splits[split]
+        if spec.bn == "batch-stats":
+            totals = evaluate_batch_stats(model, images, labels, data.inputs, batch_size=batch)
         else:
-            totals = evaluate_sums(model, images, labels, inputs, batch_size=eval_batch_size)
+            totals = evaluate_sums(model, images, labels, data.inputs, batch_size=batch)
         loss, accuracy = mean_loss_and_accuracy(totals)
         if math.isnan(loss):
             accuracy = float("nan")  # argmax over NaN logits is no prediction
@@ -311,15 +283,11 @@ def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_interpolation(
+    spec: InterpolationSpec,
     sb_dir: str | Path,
     lb_dir: str | Path,
     output_dir: str | Path,
     *,
-    alphas: Sequence[float],
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
     accelerator=None,
     progress: bool = True,
 ) -> dict[str, Path] | None:
@@ -332,16 +300,11 @@ def run_interpolation(
     from lbtkit.launch import worker_accelerator
 
     with worker_accelerator(accelerator) as accelerator:
-        rows = interpolate_runs(
-            sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
-            eval_batch_size=eval_batch_size, accelerator=accelerator, progress=progress,
-        )
+        rows = interpolate_runs(spec, sb_dir, lb_dir, accelerator=accelerator,
+                                progress=progress)
         paths = None
         if accelerator is None or accelerator.is_main_process:
-            meta = interpolation_meta(
-                sb_dir, lb_dir, alphas=alphas, splits=splits, bn=bn, bn_samples=bn_samples,
-                eval_batch_size=eval_batch_size,
-            )
+            meta = interpolation_meta(spec, sb_dir, lb_dir)
             meta["processes"] = 1 if accelerator is None else accelerator.num_processes
             meta["versions"] = versions()
             paths = write_interpolation(rows, output_dir, meta=meta)
@@ -351,26 +314,23 @@ def run_interpolation(
 
 
 def interpolation_meta(
-    sb_dir: str | Path,
-    lb_dir: str | Path,
-    *,
-    alphas: Sequence[float],
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
+    spec: InterpolationSpec, sb_dir: str | Path, lb_dir: str | Path
 ) -> dict[str, Any]:
-    """Everything that determines an interpolation's numbers, as stored in its JSON."""
+    """Everything that determines an interpolation's numbers, as stored in its JSON: the
+    runs, the spec (``InterpolationSpec.from_dict(meta["spec"])`` gives it back) and, for a
+    reader, its settings in words."""
     return {
         "sb_run": str(Path(sb_dir).resolve()),
         "lb_run": str(Path(lb_dir).resolve()),
-        "alphas": [float(a) for a in alphas],
-        "splits": parse_splits(splits),
-        "bn": bn,
-        "bn_samples": None if bn != "recalibrate" else (
-            "all training images" if bn_samples is None else f"first {bn_samples} training images"
+        "spec": spec.to_dict(),
+        "alphas": list(spec.alphas),
+        "splits": list(spec.splits),
+        "bn": spec.bn,
+        "bn_samples": None if spec.bn != "recalibrate" else (
+            "all training images" if spec.bn_samples is None
+            else f"first {spec.bn_samples} training images"
         ),
-        "eval_batch_size": eval_batch_size,
+        "eval_batch_size": spec.eval_batch_size,
         "bn_batches": "near-equal consecutive batches of at most eval_batch_size images",
         "train_split": "training set without augmentation",
         "test_split": "the validation set of the runs' results.json",

@@ -41,23 +41,22 @@ import torch
 from lbtkit.errors import ConfigError
 from lbtkit.landscape.bn import negative_variances
 from lbtkit.landscape.interpolate import (
-    BN_MODES,
-    SPLITS,
     _describe,
     check_same_setup,
     evaluate_point,
-    parse_splits,
     resident_splits,
     shard,
     write_grid_files,
 )
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import load_run, versions
+from lbtkit.specs import DIRECTIONS, NORMS, SPLITS, Grid, PlaneSpec, parse_grid
 
-DIRECTIONS = ("random", "between")
-NORMS = ("filter", "layer", "none")
+__all__ = ["DIRECTIONS", "NORMS", "Grid", "between_direction", "landscape_meta",
+           "landscape_runs", "normalize_direction", "parse_grid", "random_direction",
+           "run_landscape", "write_landscape"]
+
 CSV_FIELDS = ("x", "y", "split", "loss", "accuracy", "negative_variances")
-Grid = tuple[list[float], list[float]]
 
 
 # --- directions (pure) -----------------------------------------------------------------------
@@ -143,102 +142,30 @@ def direction_stats(d1: Sequence[torch.Tensor], d2: Sequence[torch.Tensor]) -> d
     return {"x_norm": n1, "y_norm": n2, "cosine": cosine}
 
 
-# --- options ---------------------------------------------------------------------------------
-
-
-def parse_grid(text: str) -> Grid:
-    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) for both axes, or
-    ``"XSPEC,YSPEC"`` for different axes (e.g. ``-0.5:1.5:21,-1:1:21`` with ``between``).
-    Returns (x coordinates, y coordinates)."""
-    usage = "use START:STOP:COUNT for both axes (e.g. -1:1:21) or X0:X1:NX,Y0:Y1:NY"
-    specs = [s.strip() for s in text.split(",")]
-    if len(specs) not in (1, 2):
-        raise ConfigError(f"cannot parse grid {text!r}: {usage}")
-    axes = []
-    for spec in specs:
-        try:
-            start, stop, count = spec.split(":")
-            first, last, n = float(start), float(stop), int(count)
-        except ValueError:
-            raise ConfigError(f"cannot parse grid {text!r}: {usage}") from None
-        if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
-            raise ConfigError(f"cannot parse grid {text!r}: COUNT must be >= 1 and the ends "
-                              f"finite; {usage}")
-        # 12 significant digits: 0.1 rather than linspace's 0.10000000000000009 in the files,
-        # and the rounded value is the coordinate evaluated, so files and numbers agree
-        axes.append([float(f"{v:.12g}") for v in np.linspace(first, last, n)])
-    xs, ys = axes if len(axes) == 2 else (axes[0], list(axes[0]))
-    return xs, ys
-
-
-def check_options(
-    *,
-    other: str | Path | None,
-    directions: str,
-    norm: str,
-    bn: str,
-    bn_samples: int | None,
-    eval_batch_size: int,
-) -> None:
-    """Raise ConfigError for inconsistent options, before any run is loaded or process started."""
-    if directions not in DIRECTIONS:
-        raise ConfigError(f"unknown directions {directions!r}; choose from {DIRECTIONS}")
-    if norm not in NORMS:
-        raise ConfigError(f"unknown direction normalisation {norm!r}; choose from {NORMS}")
-    if bn not in BN_MODES:
-        raise ConfigError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-    if directions == "between" and other is None:
-        raise ConfigError("--directions between needs a second solution: give --other RUN2")
-    if directions == "random" and other is not None:
-        # Refused rather than ignored: a user naming a second run expects to see it on the plot.
-        raise ConfigError(f"--other {other} is used only with --directions between "
-                          "(the plane through both solutions)")
-    if eval_batch_size < 1:
-        raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
-    if bn_samples is not None and bn_samples < 2:
-        raise ConfigError(f"bn_samples must be at least 2, got {bn_samples}")
-
-
 # --- evaluation ------------------------------------------------------------------------------
 
 
 def landscape_runs(
+    spec: PlaneSpec,
     run: str | Path,
     other: str | Path | None = None,
     *,
-    grid: Grid,
-    directions: str = "random",
-    norm: str = "filter",
-    ignore_bn_bias: bool = False,
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
-    seed: int = 0,
     accelerator=None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate theta + x*d1 + y*d2 on ``grid`` = (xs, ys); rows {x, y, split, loss, accuracy,
-    negative_variances}, sorted by x, y, then split. Arguments as in
-    ``lbtkit.landscape.interpolate_runs``; ``seed`` draws the random direction(s)."""
-    return _landscape(
-        run, other, grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
-        splits=splits, bn=bn, bn_samples=bn_samples, eval_batch_size=eval_batch_size, seed=seed,
-        accelerator=accelerator, progress=progress,
-    )[0]
+    """Evaluate theta + x*d1 + y*d2 on the grid of ``spec`` around ``run`` (``other``: the
+    second solution of ``directions="between"``); rows {x, y, split, loss, accuracy,
+    negative_variances}, sorted by x, y, then split. As ``lbtkit.landscape.interpolate_runs``
+    otherwise."""
+    return _landscape(spec, run, other, accelerator=accelerator, progress=progress)[0]
 
 
 def _landscape(
-    run: str | Path, other: str | Path | None, *, grid: Grid, directions: str, norm: str,
-    ignore_bn_bias: bool, splits: Sequence[str], bn: str, bn_samples: int | None,
-    eval_batch_size: int, seed: int, accelerator: Any, progress: bool = True,
+    spec: PlaneSpec, run: str | Path, other: str | Path | None, *, accelerator: Any,
+    progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    check_options(other=other, directions=directions, norm=norm, bn=bn, bn_samples=bn_samples,
-                  eval_batch_size=eval_batch_size)
-    splits = parse_splits(splits)
-    xs, ys = grid
-    if not xs or not ys:
-        raise ConfigError("no grid points to evaluate")
+    spec.check_other(other)
+    splits, bn, directions = list(spec.splits), spec.bn, spec.directions
     rank, world = (0, 1) if accelerator is None else (
         accelerator.process_index, accelerator.num_processes)
     device = accelerator.device if accelerator is not None else _default_device()
@@ -255,7 +182,7 @@ def _landscape(
     theta = [t.detach().clone() for t in targets]
     weights = theta[:len(names)]
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(spec.seed)
     if directions == "between":
         other_model, other_config = load_run(other, device=device)
         check_same_setup((config, model, Path(run)), (other_config, other_model, Path(other)))
@@ -264,23 +191,23 @@ def _landscape(
         theta_other = [other_own[n].detach() for n in names + buffer_names]
         del other_model, other_own
         d1 = None
-        d2 = normalize_direction(random_direction(weights, generator), weights, norm,
-                                 ignore_bn_bias=ignore_bn_bias)
+        d2 = normalize_direction(random_direction(weights, generator), weights, spec.norm,
+                                 ignore_bn_bias=spec.ignore_bn_bias)
         stats = direction_stats(between_direction(weights, theta_other[:len(names)]), d2)
     else:
         theta_other = None
         # one stream, x's direction first: one seed fixes the whole plane
         raw1 = random_direction(weights, generator)
         raw2 = random_direction(weights, generator)
-        d1 = normalize_direction(raw1, weights, norm, ignore_bn_bias=ignore_bn_bias)
-        d2 = normalize_direction(raw2, weights, norm, ignore_bn_bias=ignore_bn_bias)
+        d1 = normalize_direction(raw1, weights, spec.norm, ignore_bn_bias=spec.ignore_bn_bias)
+        d2 = normalize_direction(raw2, weights, spec.norm, ignore_bn_bias=spec.ignore_bn_bias)
         del raw1, raw2  # two parameter-sized copies fewer on the device while evaluating
         stats = direction_stats(d1, d2)
     param_targets = targets[:len(names)]
 
-    inputs, split_data, bn_images = resident_splits(config, device, bn_samples=bn_samples)
+    data = resident_splits(config, device, bn_samples=spec.bn_samples)
 
-    points = [(float(x), float(y)) for x in xs for y in ys]
+    points = [(x, y) for x in spec.x for y in spec.y]
     rows: list[dict[str, Any]] = []
     mine = shard(points, rank, world)
     display = TrainingProgress(
@@ -297,9 +224,8 @@ def _landscape(
             torch._foreach_add_(param_targets, d2, alpha=y)
         where = f"({x:g}, {y:g})"
         negative = negative_variances(model) if buffer_names else 0
-        for result in evaluate_point(model, split_data, splits, inputs, bn=bn,
-                                     bn_images=bn_images, eval_batch_size=eval_batch_size,
-                                     negative=negative, where=f"(x, y)={where}"):
+        for result in evaluate_point(model, data, spec, negative=negative,
+                                     where=f"(x, y)={where}"):
             rows.append({"x": x, "y": y, **result})
         display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
     display.close()
@@ -314,34 +240,26 @@ def _landscape(
 
 
 def landscape_meta(
-    run: str | Path,
-    other: str | Path | None = None,
-    *,
-    grid: Grid,
-    directions: str = "random",
-    norm: str = "filter",
-    ignore_bn_bias: bool = False,
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
-    seed: int = 0,
+    spec: PlaneSpec, run: str | Path, other: str | Path | None = None
 ) -> dict[str, Any]:
-    """Everything that determines a landscape's numbers, as stored in its JSON."""
+    """Everything that determines a landscape's numbers, as stored in its JSON: the runs, the
+    spec (``PlaneSpec.from_dict(meta["spec"])`` gives it back) and its settings in words."""
+    norm, seed, directions, bn = spec.norm, spec.seed, spec.directions, spec.bn
     normalised = {"filter": "filter-wise normalised against the run's weights",
                   "layer": "layer-wise normalised against the run's weights",
                   "none": "unnormalised"}[norm]
     random_axis = (f"random Gaussian direction (seed {seed}), {normalised}; 1-D parameters "
-                   + ("zero" if ignore_bn_bias else
+                   + ("zero" if spec.ignore_bn_bias else
                       "unnormalised" if norm == "none" else "a copy of the weights"))
     return {
         "run": str(Path(run).resolve()),
         "other_run": None if other is None else str(Path(other).resolve()),
-        "x": [float(v) for v in grid[0]],
-        "y": [float(v) for v in grid[1]],
+        "spec": spec.to_dict(),
+        "x": list(spec.x),
+        "y": list(spec.y),
         "directions": directions,
         "norm": norm,
-        "ignore_bn_bias": ignore_bn_bias,
+        "ignore_bn_bias": spec.ignore_bn_bias,
         "seed": seed,
         "x_axis": "theta_other - theta, unnormalised (x=1 is the other run)"
         if directions == "between" else random_axis,
@@ -349,7 +267,7 @@ def landscape_meta(
         "random_draws": "torch.Generator().manual_seed(seed): standard normals on the CPU in "
                         "the parameters' dtype and order"
                         + (", x then y" if directions == "random" else ""),
-        "splits": parse_splits(splits),
+        "splits": list(spec.splits),
         "bn": bn,
         "bn_running_stats": {
             "recalibrate": "re-estimated at every point",
@@ -358,9 +276,10 @@ def landscape_meta(
             else "the run's own everywhere (random directions carry no statistics)",
         }[bn],
         "bn_samples": None if bn != "recalibrate" else (
-            "all training images" if bn_samples is None else f"first {bn_samples} training images"
+            "all training images" if spec.bn_samples is None
+            else f"first {spec.bn_samples} training images"
         ),
-        "eval_batch_size": eval_batch_size,
+        "eval_batch_size": spec.eval_batch_size,
         "bn_batches": "near-equal consecutive batches of at most eval_batch_size images",
         "train_split": "training set without augmentation",
         "test_split": "the validation set of the run's results.json",
@@ -433,19 +352,11 @@ def plot_landscape(
 
 
 def run_landscape(
+    spec: PlaneSpec,
     run: str | Path,
     other: str | Path | None,
     output_dir: str | Path,
     *,
-    grid: Grid,
-    directions: str = "random",
-    norm: str = "filter",
-    ignore_bn_bias: bool = False,
-    splits: Sequence[str] = SPLITS,
-    bn: str = "recalibrate",
-    bn_samples: int | None = None,
-    eval_batch_size: int = 1024,
-    seed: int = 0,
     accelerator=None,
     progress: bool = True,
 ) -> dict[str, Path] | None:
@@ -457,15 +368,11 @@ def run_landscape(
     """
     from lbtkit.launch import worker_accelerator
 
-    settings = dict(grid=grid, directions=directions, norm=norm, ignore_bn_bias=ignore_bn_bias,
-                    splits=splits, bn=bn, bn_samples=bn_samples,
-                    eval_batch_size=eval_batch_size, seed=seed)
     with worker_accelerator(accelerator) as accelerator:
-        rows, stats = _landscape(run, other, accelerator=accelerator, progress=progress,
-                                 **settings)
+        rows, stats = _landscape(spec, run, other, accelerator=accelerator, progress=progress)
         paths = None
         if accelerator is None or accelerator.is_main_process:
-            meta = landscape_meta(run, other, **settings)
+            meta = landscape_meta(spec, run, other)
             meta["direction_norms"] = stats
             meta["processes"] = 1 if accelerator is None else accelerator.num_processes
             meta["versions"] = versions()

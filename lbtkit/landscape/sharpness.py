@@ -26,6 +26,11 @@ from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
 from lbtkit.rundir import RunDir, load_run, versions, write_json
+from lbtkit.specs import SharpnessSpec, parse_subspace
+
+__all__ = ["SharpnessSpec", "hessian_top_eigenvalues", "hutchinson_trace", "keskar_sharpness",
+           "network_loss", "parse_subspace", "random_subspace", "run_sharpness",
+           "sharpness_settings"]
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Term | Sequence[Term]
@@ -240,102 +245,48 @@ def network_loss(
     return x0, [term(sel) for sel in iter_batches(count, batch_size)]
 
 
-def parse_subspace(text: str) -> int | None:
-    """``"full"`` -> None; ``"random:P"`` -> P (the dimension of Keskar's random subspace)."""
-    text = text.strip()
-    if text == "full":
-        return None
-    kind, _, size = text.partition(":")
-    if kind == "random" and size.isdigit() and int(size) >= 1:
-        return int(size)
-    raise ConfigError(f"unknown subspace {text!r}; use 'full' or 'random:P' (e.g. random:100)")
-
-
-def sharpness_settings(
-    *,
-    eps: Sequence[float] = (1e-3, 5e-4),
-    subspace: str | Sequence[str] = "full",
-    iters: int = 10,
-    hessian: bool = False,
-    top_k: int = 1,
-    hessian_iters: int = 20,
-    trace: bool = False,
-    trace_samples: int = 100,
-    samples: int = 4096,
-    batch_size: int = 1024,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """The settings of ``run_sharpness`` as stored in sharpness.json (validated)."""
-    subspaces = subspace.split(",") if isinstance(subspace, str) else list(subspace)
-    subspaces = [s.strip() for s in subspaces if s.strip()]
-    for s in subspaces:
-        parse_subspace(s)
-    eps = [float(e) for e in eps]
-    if not eps or any(not (math.isfinite(e) and e >= 0) for e in eps):
-        raise ConfigError(f"eps must be non-negative numbers, got {eps}")
-    for name, value in (("iters", iters), ("samples", samples), ("batch_size", batch_size)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    if hessian and not 1 <= top_k <= hessian_iters:
-        raise ConfigError(f"need 1 <= top_k <= hessian_iters, got {top_k} and {hessian_iters}")
-    if trace and trace_samples < 2:
-        raise ConfigError(f"trace_samples must be >= 2, got {trace_samples}")
+def sharpness_settings(spec: SharpnessSpec) -> dict[str, Any]:
+    """The settings of ``spec`` in words, as stored in sharpness.json next to the spec."""
     return {
         "f": "mean training cross-entropy, BatchNorm on running statistics, dropout off",
-        "samples": samples,
+        "samples": spec.samples,
         "sample_selection": "seeded random subset of the training set, no augmentation",
-        "seed": seed,
-        "batch_size": batch_size,
-        "eps": eps,
-        "subspaces": subspaces,
-        "iters": iters,
+        "seed": spec.seed,
+        "batch_size": spec.batch_size,
+        "eps": list(spec.eps),
+        "subspaces": list(spec.subspaces),
+        "iters": spec.iters,
         "maximiser": "scipy L-BFGS-B from a seeded uniform point in the box",
-        "hessian": {"top_k": top_k, "iters": hessian_iters, "method": "lanczos"} if hessian
-        else None,
-        "trace": {"samples": trace_samples, "method": "hutchinson, rademacher"} if trace
-        else None,
+        "hessian": {"top_k": spec.top_k, "iters": spec.hessian_iters, "method": "lanczos"}
+        if spec.hessian else None,
+        "trace": {"samples": spec.trace_samples, "method": "hutchinson, rademacher"}
+        if spec.trace else None,
     }
 
 
 def run_sharpness(
+    spec: SharpnessSpec,
     run_dir: str | Path,
     *,
-    eps: Sequence[float] = (1e-3, 5e-4),
-    subspace: str | Sequence[str] = "full",
-    iters: int = 10,
-    hessian: bool = False,
-    top_k: int = 1,
-    hessian_iters: int = 20,
-    trace: bool = False,
-    trace_samples: int = 100,
-    samples: int = 4096,
-    batch_size: int = 1024,
-    seed: int = 0,
     output: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Measure a finished run's sharpness; write and return ``sharpness.json``.
+    """Measure a finished run's sharpness as ``spec`` says; write and return sharpness.json.
 
-    ``subspace``: "full", "random:P" or several, comma-separated. ``samples``: training images
-    in f (a seeded subset; all when the set is smaller). Written to ``output`` (default
-    ``RUN/sharpness.json``); every setting is stored with the numbers.
+    Written to ``output`` (default ``RUN/sharpness.json``) with the spec (under "spec") and
+    its settings in words.
     """
-    settings = sharpness_settings(
-        eps=eps, subspace=subspace, iters=iters, hessian=hessian, top_k=top_k,
-        hessian_iters=hessian_iters, trace=trace, trace_samples=trace_samples, samples=samples,
-        batch_size=batch_size, seed=seed,
-    )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_run(run_dir, device=device)
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes)
     n_train = data.train_labels.shape[0]
-    chosen = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:samples]
-    chosen = chosen.sort().values
+    generator = torch.Generator().manual_seed(spec.seed)
+    chosen = torch.randperm(n_train, generator=generator)[:spec.samples].sort().values
     images = data.train_images[chosen].to(device)
     labels = data.train_labels[chosen].to(device)
     inputs = InputSpec(data.info, config.image_size, config.channels_last)
-    x0, terms = network_loss(model, images, labels, inputs, batch_size=batch_size)
+    x0, terms = network_loss(model, images, labels, inputs, batch_size=spec.batch_size)
 
     results: dict[str, Any] = {
         "run": str(Path(run_dir).resolve()),
@@ -343,29 +294,39 @@ def run_sharpness(
         "dataset": config.dataset,
         "parameters": x0.numel(),
         "samples_used": int(labels.shape[0]),
-        "settings": settings,
+        "spec": spec.to_dict(),
+        "settings": sharpness_settings(spec),
         "train_loss": _value(terms, x0),
-        "sharpness": [],
-        "hessian": None,
-        "trace": None,
+        **measure_sharpness(spec, terms, x0),
+        "versions": versions(),
     }
-    for space in settings["subspaces"]:
-        p = parse_subspace(space)
-        A = None if p is None else random_subspace(x0.numel(), p, seed=seed, device=device)
-        for e in settings["eps"]:
-            clock = time.monotonic()
-            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=iters, seed=seed)
-            results["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
-                                         "seconds": time.monotonic() - clock})
-        del A
-    if hessian:
-        clock = time.monotonic()
-        values = hessian_top_eigenvalues(terms, x0, k=top_k, iters=hessian_iters, seed=seed)
-        results["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
-    if trace:
-        clock = time.monotonic()
-        mean, stderr = hutchinson_trace(terms, x0, samples=trace_samples, seed=seed)
-        results["trace"] = {"mean": mean, "stderr": stderr, "seconds": time.monotonic() - clock}
-    results["versions"] = versions()
     write_json(Path(output) if output else RunDir(run_dir).root / "sharpness.json", results)
     return results
+
+
+def measure_sharpness(spec: SharpnessSpec, terms: list[Term], x0: torch.Tensor
+                      ) -> dict[str, Any]:
+    """{"sharpness": [{subspace, eps, phi, seconds}, ...], "hessian", "trace"} of f at x0;
+    "hessian" and "trace" are None unless ``spec`` asks for them."""
+    measured: dict[str, Any] = {"sharpness": [], "hessian": None, "trace": None}
+    for space in spec.subspaces:
+        p = parse_subspace(space)
+        A = None if p is None else random_subspace(x0.numel(), p, seed=spec.seed,
+                                                   device=x0.device)
+        for e in spec.eps:
+            clock = time.monotonic()
+            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed)
+            measured["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
+                                          "seconds": time.monotonic() - clock})
+        del A
+    if spec.hessian:
+        clock = time.monotonic()
+        values = hessian_top_eigenvalues(terms, x0, k=spec.top_k, iters=spec.hessian_iters,
+                                         seed=spec.seed)
+        measured["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
+    if spec.trace:
+        clock = time.monotonic()
+        mean, stderr = hutchinson_trace(terms, x0, samples=spec.trace_samples, seed=spec.seed)
+        measured["trace"] = {"mean": mean, "stderr": stderr,
+                             "seconds": time.monotonic() - clock}
+    return measured

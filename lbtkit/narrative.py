@@ -1,0 +1,545 @@
+"""The generated prose: pure functions from numbers to markdown sentences, tables and pages.
+
+Every verdict in a sentence is decided by the numbers against a threshold stated here, and the
+pages state the thresholds next to the sentences:
+
+- ``GAP_STANDARD_ERRORS``: two accuracies differ when their difference exceeds this many
+  standard errors of the difference of two binomial proportions (``gap_threshold``);
+- ``SAME_SHARPNESS``: two sharpness values or eigenvalues are the same within this fraction of
+  the larger;
+- ``LOSS_RISE``: a loss "rises" when it exceeds its reference by more than this fraction.
+
+Used by ``lbtkit demo`` (``summarise``, ``render_index``) and ``lbtkit study keskar``
+(``study_report``); nothing here trains, reads files or draws. Rows are the sweep report's
+(``lbtkit.report.collect``) with ``global_step``; ``keskar`` is the demo's Keskar step:
+{"interpolation": rows, "sharpness": {"sb", "lb"}, "train": {"sb", "lb"}, "ends", "paths"}.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lbtkit.config import RunConfig
+from lbtkit.report import DASH, format_lr
+from lbtkit.rundir import STATUS_COMPLETED
+
+# A validation difference counts as a gap when it exceeds this many standard errors of the
+# difference of two binomial proportions on the validation set (two-sided ~95%).
+GAP_STANDARD_ERRORS = 2.0
+# The training loss "rises" between or beyond the solutions when it exceeds the reference by
+# more than this fraction of it.
+LOSS_RISE = 0.05
+# Below this relative difference two sharpness values (or eigenvalues) count as equal.
+SAME_SHARPNESS = 0.05
+
+LABELS = ("sb", "lb")
+
+
+# --- sentences -------------------------------------------------------------------------------
+
+
+def gap_threshold(p1: float, p2: float, n: int) -> float:
+    """GAP_STANDARD_ERRORS standard errors of p1 - p2, two accuracies on n images each
+    (binomial), as a fraction. Never below one image (1/n): a difference of 0 is no gap."""
+    se = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+    return max(GAP_STANDARD_ERRORS * se, 1.0 / n)
+
+
+def summarise(rows: list[dict[str, Any]], keskar: dict[str, Any] | None, *, n_val: int,
+              n_train: int) -> dict[str, Any]:
+    """The numbers behind index.md's sentences, and the sentences themselves."""
+    sb, lb = rows[0], rows[-1]
+    numbers: dict[str, Any] = {"sb_batch": sb["batch_size"], "lb_batch": lb["batch_size"],
+                               "n_val": n_val, "n_train": n_train, "sentences": []}
+    sentences = numbers["sentences"]
+    peak_line = peak_sentence(rows, n_val=n_val)
+    if peak_line:
+        sentences.append(peak_line)
+    if sb["best_val_acc"] is None or lb["best_val_acc"] is None:
+        missing = sb if sb["best_val_acc"] is None else lb
+        sentences.append(f"No accuracy comparison: the batch-{missing['batch_size']} run is "
+                         f"{missing['status']}.")
+        return numbers
+    a, b = sb["best_val_acc"], lb["best_val_acc"]
+    diff = round(100 * a, 2) - round(100 * b, 2)  # the difference of the shown percentages
+    threshold = 100 * gap_threshold(a, b, n_val)
+    numbers.update(sb_best=a, lb_best=b, diff_points=diff, gap_threshold_points=threshold)
+    lead = (f"At batch {sb['batch_size']} the best validation accuracy is {100 * a:.2f}%, at "
+            f"batch {lb['batch_size']} {100 * b:.2f}%: ")
+    if abs(diff) <= threshold:
+        numbers["verdict"] = "no gap"
+        sentences.append(
+            lead + f"a difference of {diff:.2f} points, within two standard errors "
+            f"({threshold:.2f} points on {n_val} validation images), so there is no "
+            "generalisation gap at this scale.")
+    elif diff > 0:
+        numbers["verdict"] = "large batch worse"
+        sentences.append(
+            lead + f"the largest batch is {diff:.2f} points worse, more than two standard "
+            f"errors ({threshold:.2f} points on {n_val} validation images).")
+    else:
+        numbers["verdict"] = "large batch better"
+        sentences.append(
+            lead + f"the largest batch is {-diff:.2f} points better, more than two standard "
+            f"errors ({threshold:.2f} points on {n_val} validation images): no large-batch "
+            "gap here.")
+    if keskar is None:
+        return numbers
+
+    fit = keskar["train"]
+    fit_diff = round(100 * fit["sb"]["accuracy"], 2) - round(100 * fit["lb"]["accuracy"], 2)
+    fit_threshold = 100 * gap_threshold(fit["sb"]["accuracy"], fit["lb"]["accuracy"], n_train)
+    numbers.update(train_acc_sb=fit["sb"]["accuracy"], train_acc_lb=fit["lb"]["accuracy"],
+                   train_diff_points=fit_diff, train_threshold_points=fit_threshold)
+    steps = (f"Both ran the same number of epochs, which is {sb['global_step']} optimizer steps "
+             f"at batch {sb['batch_size']} and {lb['global_step']} at batch "
+             f"{lb['batch_size']}; on the un-augmented training set SB reaches "
+             f"{100 * fit['sb']['accuracy']:.2f}% (loss {fit['sb']['loss']:.3g}) and LB "
+             f"{100 * fit['lb']['accuracy']:.2f}% (loss {fit['lb']['loss']:.3g})")
+    if fit_diff > fit_threshold:
+        numbers["fit"] = "large batch under-fitted"
+        sentences.append(
+            steps + f", {fit_diff:.2f} points apart (two standard errors: "
+            f"{fit_threshold:.2f}), so LB also fits its training data worse: part of its "
+            "validation difference is under-training, not only the generalisation gap of "
+            "Keskar et al., who compare solutions of similar training accuracy.")
+    else:
+        numbers["fit"] = "similar fit"
+        sentences.append(
+            steps + f", within two standard errors ({fit_threshold:.2f} points) of each other "
+            "or better for LB, so any validation difference is a generalisation gap in the "
+            "sense of Keskar et al.")
+
+    phis = {label: keskar["sharpness"][label]["sharpness"][0] for label in LABELS}
+    first = phis["sb"]
+    numbers.update(phi_sb=phis["sb"]["phi"], phi_lb=phis["lb"]["phi"])
+    tops = [keskar["sharpness"][label]["hessian"]["top_eigenvalues"][0] for label in LABELS]
+    numbers.update(hessian_sb=tops[0], hessian_lb=tops[1])
+    sharp = (compare_sharpness(phis["sb"]["phi"], phis["lb"]["phi"],
+                               what=f"full space, ε={first['eps']:g}") + " "
+             + compare_values(tops[0], tops[1], noun="The top Hessian eigenvalue",
+                              relative=SAME_SHARPNESS))
+    if numbers["fit"] == "large batch under-fitted":
+        sharp += " LB's end point is not yet a minimum (see its training loss), so its " \
+                 "numbers describe the slope there as much as the curvature."
+    sentences.append(sharp)
+    line = interpolation_sentence(keskar["interpolation"])
+    recalibrated = recalibrated_sentence(keskar["interpolation"], n_val=n_val)
+    if recalibrated:
+        line = f"{line} {recalibrated}" if line else recalibrated
+    if line:
+        sentences.append(line)
+    return numbers
+
+
+def recalibrated_sentence(rows: list[dict[str, Any]], *, n_val: int) -> str | None:
+    """The SB/LB validation comparison again with BatchNorm statistics re-estimated on the
+    training set (the interpolation's alpha = 0 and 1): does the gap survive?"""
+    test = {r["alpha"]: r["accuracy"] for r in rows
+            if r["split"] == "test" and math.isfinite(r["accuracy"])}
+    if 0.0 not in test or 1.0 not in test:
+        return None
+    a, b = test[0.0], test[1.0]
+    diff = round(100 * a, 2) - round(100 * b, 2)
+    threshold = 100 * gap_threshold(a, b, n_val)
+    verdict = ("more than two standard errors" if abs(diff) > threshold
+               else "within two standard errors")
+    return (f"With BatchNorm statistics re-estimated on the training set (α=0 and α=1) instead "
+            f"of the running averages the runs kept, validation accuracy is {100 * a:.2f}% (SB) "
+            f"and {100 * b:.2f}% (LB), a difference of {diff:.2f} points, {verdict} "
+            f"({threshold:.2f}).")
+
+
+def peak_sentence(rows: list[dict[str, Any]], *, n_val: int) -> str | None:
+    """Where validation accuracy peaks over the sweep, and which batch sizes are within two
+    standard errors of that peak."""
+    done = [r for r in rows if r["best_val_acc"] is not None]
+    if len(done) < 2:
+        return None
+    peak = max(done, key=lambda r: r["best_val_acc"])  # the first (smallest batch) on ties
+    close, far = [], []
+    for row in done:
+        if row is peak:
+            continue
+        gap = peak["best_val_acc"] - row["best_val_acc"]
+        within = gap <= gap_threshold(peak["best_val_acc"], row["best_val_acc"], n_val)
+        (close if within else far).append(row)
+    text = (f"Over the sweep, the best validation accuracy peaks at batch {peak['batch_size']} "
+            f"({100 * peak['best_val_acc']:.2f}%)")
+
+    def listed(group: list[dict[str, Any]]) -> str:
+        sizes = [str(r["batch_size"]) for r in group]
+        return sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
+
+    if close and far:
+        text += (f"; batch size{'s' if len(close) > 1 else ''} {listed(close)} "
+                 f"{'are' if len(close) > 1 else 'is'} within two standard errors of it, "
+                 + ", ".join(f"{r['batch_size']} ({100 * r['best_val_acc']:.2f}%)" for r in far)
+                 + f" {'are' if len(far) > 1 else 'is'} not")
+    elif close:
+        text += "; every other batch size is within two standard errors of it"
+    else:
+        text += "; every other batch size is more than two standard errors below it"
+    missing = [r for r in rows if r["best_val_acc"] is None]
+    if missing:
+        text += " (no accuracy for " + ", ".join(
+            f"batch {r['batch_size']}: {r['status']}" for r in missing) + ")"
+    return text + "."
+
+
+def compare_values(sb: float, lb: float, *, noun: str, relative: float) -> str:
+    """One sentence comparing an SB and an LB value: equal within ``relative`` of the larger."""
+    values = f"{sb:.4g} (SB) vs {lb:.4g} (LB)"
+    if not (math.isfinite(sb) and math.isfinite(lb)):
+        return f"{noun} cannot be compared: {values}."
+    top = max(abs(sb), abs(lb))
+    if top == 0 or abs(lb - sb) <= relative * top:
+        return f"{noun} is the same within {relative:.0%}: {values}."
+    larger = "LB" if lb > sb else "SB"
+    low = min(sb, lb)
+    factor = f"{max(sb, lb) / low:.3g} times" if low > 0 else "above"
+    return f"{noun} is larger for {larger}, {factor} the other's: {values}."
+
+
+def interpolation_sentence(rows: list[dict[str, Any]]) -> str | None:
+    """Barrier between the two solutions and the rise beyond each, from the training loss."""
+    train = sorted((r for r in rows if r["split"] == "train" and math.isfinite(r["loss"])),
+                   key=lambda r: r["alpha"])
+    at = {r["alpha"]: r["loss"] for r in train}
+    if 0.0 not in at or 1.0 not in at:
+        return None
+    l0, l1 = at[0.0], at[1.0]
+    inside = [r for r in train if 0.0 < r["alpha"] < 1.0]
+    text = (f"Along θ(α) = α·θ_LB + (1−α)·θ_SB the training loss is {l0:.3g} at SB (α=0) "
+            f"and {l1:.3g} at LB (α=1)")
+    if inside:
+        peak = max(inside, key=lambda r: r["loss"])
+        ends_max = max(l0, l1)
+        if peak["loss"] > (1 + LOSS_RISE) * ends_max:
+            text += (f"; between them it rises to {peak['loss']:.3g} (α={peak['alpha']:g}), "
+                     "a barrier above both ends")
+        else:
+            text += (f"; between them it stays within {LOSS_RISE:.0%} of the higher end "
+                     f"(at most {peak['loss']:.3g}): no barrier on the straight path")
+    # Equal distances beyond both ends, when the grid has them: how steeply the loss rises.
+    for t in sorted({-r["alpha"] for r in train if r["alpha"] < 0}, reverse=True):
+        if 1.0 + t in at:
+            rise_sb, rise_lb = at[-t] - l0, at[1.0 + t] - l1
+            text += (f". At distance {t:g} beyond each end it is {at[-t]:.3g} beyond SB "
+                     f"(α={-t:g}) and {at[1.0 + t]:.3g} beyond LB (α={1.0 + t:g})")
+            top = max(abs(rise_sb), abs(rise_lb))
+            if top > 0 and abs(rise_lb - rise_sb) > LOSS_RISE * top:
+                steeper = "LB" if rise_lb > rise_sb else "SB"
+                text += f": it rises more steeply beyond {steeper}"
+            else:
+                text += f": it rises about equally (within {LOSS_RISE:.0%}) beyond both"
+            break
+    return text + "."
+
+
+# --- the demo's index.md ------------------------------------------------------------------
+
+
+def render_index(output: Path, rows: list[dict[str, Any]], keskar: dict[str, Any] | None,
+                 numbers: dict[str, Any], settings: dict[str, Any],
+                 report_paths: dict[str, Path]) -> str:
+    """index.md: plain words first, then the tables and figures, then how to rerun.
+
+    ``output``: the directory index.md is written to (links are relative to it); ``numbers``:
+    ``summarise``'s; ``settings``: the demo's settings (batch_sizes, epochs, seed, threads,
+    alphas, eps, sharpness_iters, hessian_iters, sharpness_samples, sweep_dir, model, dataset,
+    recipe, bn, parameters, quick); ``report_paths``: the sweep report's files.
+    """
+    def link(path: Path) -> str:
+        return Path(os.path.relpath(path, output)).as_posix()
+
+    lines = [*_intro(numbers, settings), *_sweep_section(rows, settings, report_paths, link),
+             *_keskar_section(rows, keskar, settings, link),
+             *_rerun_section(output, rows, settings, link)]
+    return "\n".join(lines)
+
+
+def _intro(numbers: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    batch_text = ", ".join(map(str, settings["batch_sizes"]))
+    return [
+        "# lbtkit demo: does the batch size change what a network learns?",
+        "",
+        f"Keskar et al.'s F1 network (an MLP, 5 × 512 units with BatchNorm, "
+        f"{settings['parameters']:,} parameters) trained on real handwritten digits "
+        f"(scikit-learn's bundled 8×8 digits: {numbers['n_train']} training, "
+        f"{numbers['n_val']} validation images) at batch sizes {batch_text}, "
+        f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''} each, "
+        f"seed {settings['seed']}. Then the solutions of the smallest and the largest batch "
+        "are compared the way Keskar et al. (2016) do: the "
+        f"loss along the line between them, and their sharpness.",
+        "",
+        "## What the numbers say",
+        "",
+        *(f"- {sentence}" for sentence in numbers["sentences"]),
+        "",
+        "A single seed and a small data set: these are the numbers of this run, not a general "
+        "law. " + thresholds_sentence(),
+        "",
+    ]
+
+
+def thresholds_sentence() -> str:
+    """The thresholds behind every verdict, in words."""
+    return ("The thresholds are stated, not tuned: a validation difference counts when it "
+            f"exceeds {GAP_STANDARD_ERRORS:g} standard errors of the difference of two "
+            "accuracies (binomial, on the images evaluated); two sharpness values or "
+            f"eigenvalues count as equal within {SAME_SHARPNESS:.0%} of the larger; a loss "
+            f"rises when it exceeds the reference by more than {LOSS_RISE:.0%}.")
+
+
+def _sweep_section(rows: list[dict[str, Any]], settings: dict[str, Any],
+                   report_paths: dict[str, Path], link) -> list[str]:
+    recipe = settings["recipe"]
+    report, csv_file = link(report_paths["report"]), link(report_paths["csv"])
+    return [
+        "## 1. The batch-size sweep",
+        "",
+        f"SGD with momentum {recipe['momentum']}, "
+        f"weight decay {format_lr(recipe['weight_decay'])}, "
+        f"learning rate {format_lr(recipe['base_lr'])} × batch/{recipe['base_batch_size']} "
+        "(linear scaling, the rule of Goyal et al. 2017), cosine decay to zero, no warm-up: the "
+        "`smoke` preset's recipe, chosen before this demo. Every batch size trains for the same "
+        "number of epochs, so larger batches take fewer, larger steps.",
+        "",
+        *_sweep_table(rows),
+        "",
+        "Best: the highest validation accuracy over the epochs; final: the last epoch's. "
+        "Train loss: the last epoch's running average over its (augmented) batches. "
+        f"Full report with wall times and throughput: [{report}]({report}); every number: "
+        f"[{csv_file}]({csv_file}).",
+        "",
+        f"![best validation accuracy vs batch size]({link(report_paths['accuracy_vs_batch'])})",
+        "",
+        f"![learning curves]({link(report_paths['learning_curves'])})",
+        "",
+    ]
+
+
+def _keskar_section(rows: list[dict[str, Any]], keskar: dict[str, Any] | None,
+                    settings: dict[str, Any], link) -> list[str]:
+    sb, lb = rows[0], rows[-1]
+    title = (f"## 2. Sharp minima: batch {sb['batch_size']} (SB) vs batch {lb['batch_size']} "
+             "(LB)")
+    if keskar is None:
+        bad = sb if sb["status"] != STATUS_COMPLETED else lb
+        return [title, "", f"Not run: the batch-{bad['batch_size']} run is {bad['status']}, so "
+                "there is no trained solution to measure.", ""]
+    paths = keskar["paths"]
+    return [
+        title,
+        "",
+        "Both runs come from the sweep above and start from the same initial weights (the "
+        "model is built right after seeding torch with the run's seed).",
+        "",
+        f"![parametric plot]({link(paths['png'])})",
+        "",
+        "Cross-entropy (log scale, blue) and accuracy (red) along "
+        "θ(α) = α·θ_LB + (1−α)·θ_SB; solid: training set (no augmentation), dashed: "
+        f"validation set. BatchNorm statistics re-estimated on the training set at every α "
+        f"(`--bn {settings['bn']}`). Numbers: [{link(paths['csv'])}]({link(paths['csv'])}).",
+        "",
+        *_keskar_table(keskar),
+        "",
+        "Train accuracy and loss: the final weights on all training images without "
+        "augmentation; validation accuracy: the run's final epoch (results.json). φ is "
+        "Keskar's sharpness (in %): the largest relative rise of the training loss in a box "
+        "of size ε around the solution, over all parameters, sought by L-BFGS-B for "
+        f"{settings['sharpness_iters']} iterations. The top Hessian eigenvalue comes from "
+        f"{settings['hessian_iters']} Lanczos steps. Settings and timings: "
+        f"[{link(paths['sharpness_sb'])}]({link(paths['sharpness_sb'])}), "
+        f"[{link(paths['sharpness_lb'])}]({link(paths['sharpness_lb'])}).",
+        "",
+    ]
+
+
+def _rerun_section(output: Path, rows: list[dict[str, Any]], settings: dict[str, Any],
+                   link) -> list[str]:
+    sb, lb = rows[0], rows[-1]
+    threads, seed = settings["threads"], settings["seed"]
+    flags = " ".join(
+        f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float)
+        else f"--{key.replace('_', '-')} {value}"
+        for key, value in {"model": settings["model"], "dataset": settings["dataset"],
+                           "epochs": settings["epochs"], "seed": seed,
+                           **settings["recipe"]}.items()
+    )
+    return [
+        "## Run it again",
+        "",
+        f"    lbtkit demo --output {shlex.quote(str(output))}"
+        f"{' --quick' if settings['quick'] else ''}",
+        "",
+        "(`make demo` runs `lbtkit demo --output docs/demo`, creating `.venv` first if needed.)",
+        "",
+        "Same machine, same numbers: the seeds are fixed and torch uses "
+        + (f"{threads} thread{'s' if threads != 1 else ''} (another thread count changes "
+           "float rounding)" if threads else "its default threads")
+        + f". Re-running resumes: completed runs under `{link(settings['sweep_dir'].parent)}/` "
+        "are kept; delete that directory to train again. The same study, step by step, "
+        "with the commands a cluster uses (there `lbtkit sweep submit` instead of `sweep run`):",
+        "",
+        *([f"    export OMP_NUM_THREADS={threads}        # the demo's thread count"]
+          if threads else []),
+        f"    lbtkit sweep plan --output SWEEP --batch-sizes "
+        f"{','.join(map(str, settings['batch_sizes']))} {flags}",
+        "    lbtkit sweep run SWEEP",
+        "    lbtkit report SWEEP --output OUT",
+        f"    lbtkit interpolate SWEEP/runs/b{sb['batch_size']}-s{seed} "
+        f"SWEEP/runs/b{lb['batch_size']}-s{seed} --output OUT/keskar "
+        f"--alphas={_alphas_text(settings['alphas'])} --bn {settings['bn']}",
+        f"    lbtkit sharpness SWEEP/runs/b{sb['batch_size']}-s{seed} "
+        f"--eps {','.join(f'{e:g}' for e in settings['eps'])} --iters "
+        f"{settings['sharpness_iters']} --hessian --hessian-iters {settings['hessian_iters']} "
+        f"--samples {settings['sharpness_samples']} --output OUT/keskar/sharpness-sb.json",
+        "    # ... and the same for the LB run into OUT/keskar/sharpness-lb.json",
+        "",
+        f"(The demo's sweep directory is `{link(settings['sweep_dir'])}`.)",
+        "",
+    ]
+
+
+def _sweep_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["batch size", "initial lr (scaled)", "optimizer steps", "best val top-1",
+              "final val top-1", "final train loss", "status"]
+    body = [[str(r["batch_size"]), format_lr(r["lr"]), _text(r.get("global_step"), str),
+             _text(r["best_val_acc"], lambda v: f"{100 * v:.2f}%"),
+             _text(r["final_val_acc"], lambda v: f"{100 * v:.2f}%"),
+             _text(r["final_train_loss"], lambda v: f"{v:.4f}"), r["status"]] for r in rows]
+    return markdown_table(header, body)
+
+
+def _keskar_table(keskar: dict[str, Any]) -> list[str]:
+    sharp = keskar["sharpness"]
+    measures = [m["eps"] for m in sharp["sb"]["sharpness"]]
+    header = ["", "batch", "lr", "train acc", "train loss", "val acc",
+              *(f"φ full space, ε={e:g}" for e in measures), "top Hessian eigenvalue"]
+    body = []
+    for label in LABELS:
+        row, fit = keskar["ends"][label], keskar["train"][label]
+        body.append([
+            label.upper(), str(row["batch_size"]), format_lr(row["lr"]),
+            f"{100 * fit['accuracy']:.2f}%", f"{fit['loss']:.4f}",
+            _text(row["final_val_acc"], lambda v: f"{100 * v:.2f}%"),
+            *(f"{m['phi']:.4g}" for m in sharp[label]["sharpness"]),
+            f"{sharp[label]['hessian']['top_eigenvalues'][0]:.4g}",
+        ])
+    return markdown_table(header, body)
+
+
+def _alphas_text(alphas: Sequence[float]) -> str:
+    """START:STOP:COUNT when the grid is evenly spaced (as lbtkit interpolate reads it)."""
+    import numpy as np
+
+    if len(alphas) > 2 and np.allclose(np.linspace(alphas[0], alphas[-1], len(alphas)), alphas):
+        return f"{alphas[0]:g}:{alphas[-1]:g}:{len(alphas)}"
+    return ",".join(f"{a:g}" for a in alphas)
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in body)]
+
+
+def _text(value: Any, fmt) -> str:
+    return DASH if value is None else fmt(value)
+
+
+
+# --- the study's report.md ---------------------------------------------------------------
+
+
+def study_report(
+    configs: dict[str, RunConfig],
+    results: dict[str, dict[str, Any]],
+    sharpness: dict[str, dict[str, Any]],
+    *,
+    bn: str,
+) -> str:
+    """report.md: the figure, the SB/LB table and sentences computed from the numbers."""
+    sb_config = configs["sb"]
+    measures = [(m["subspace"], m["eps"]) for m in sharpness["sb"]["sharpness"]]
+    header = ["", "batch", "lr", "train acc (%)", "test acc (%)"]
+    header += [f"φ {_space(space)} ε={eps:g}" for space, eps in measures]
+    has_hessian = sharpness["sb"].get("hessian") is not None
+    has_trace = sharpness["sb"].get("trace") is not None
+    if has_hessian:
+        header.append("top Hessian eigenvalue")
+    if has_trace:
+        header.append("Hessian trace (± s.e.)")
+    body = []
+    for label in LABELS:
+        final = results[label]["final"]
+        phis = {(m["subspace"], m["eps"]): m["phi"] for m in sharpness[label]["sharpness"]}
+        row = [label.upper(), str(configs[label].batch_size), f"{configs[label].lr:g}",
+               f"{100 * final['train_acc']:.2f}", f"{100 * final['val_acc']:.2f}"]
+        row += [f"{phis[key]:.4g}" for key in measures]
+        if has_hessian:
+            row.append(f"{sharpness[label]['hessian']['top_eigenvalues'][0]:.4g}")
+        if has_trace:
+            t = sharpness[label]["trace"]
+            row.append(f"{t['mean']:.4g} ± {t['stderr']:.2g}")
+        body.append(row)
+
+    settings = sharpness["sb"]["settings"]
+    space, eps = measures[0]
+    first = [sharpness[label]["sharpness"][0]["phi"] for label in LABELS]
+    test_gap = 100 * (results["sb"]["final"]["val_acc"] - results["lb"]["final"]["val_acc"])
+    lines = [
+        "# Sharp minima: small-batch vs large-batch solution (Keskar et al. 2016)",
+        "",
+        f"Model `{sb_config.model}` on `{sb_config.dataset}`, {sb_config.epochs} epochs, "
+        f"{sb_config.optimizer}, seed {sb_config.seed}; both runs start from `init.safetensors`. "
+        "Runs: `sb/`, `lb/`.",
+        "",
+        "![parametric plot](interpolation/interpolation.png)",
+        "",
+        "Cross-entropy (log scale, blue) and accuracy (red) along "
+        "θ(α) = α·θ_LB + (1−α)·θ_SB; solid: training set (no augmentation), dashed: test set. "
+        f"BatchNorm statistics: `{bn}` (see `interpolation/interpolation.json`).",
+        "",
+        *markdown_table(header, body),
+        "",
+        compare_sharpness(first[0], first[1], what=f"{_space(space)}, ε={eps:g}"),
+        f"LB's test accuracy is {abs(test_gap):.2f} points "
+        f"{'below' if test_gap > 0 else 'above'} SB's."
+        if test_gap != 0 else "SB and LB reach the same test accuracy.",
+        "",
+        "Train accuracy is the last epoch's running average during training (augmented "
+        "batches), test accuracy the validation set, both from each run's `results.json`. "
+        f"φ is Keskar's sharpness (in %) of the mean training cross-entropy over "
+        f"{sharpness['sb']['samples_used']} training images (seed {settings['seed']}), "
+        f"maximised by L-BFGS-B for {settings['iters']} iterations; BatchNorm on running "
+        "statistics. Settings and timings: `sb/sharpness.json`, `lb/sharpness.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def compare_sharpness(sb: float, lb: float, *, what: str) -> str:
+    """One sentence comparing two sharpness values, decided by the numbers alone."""
+    values = f"φ = {sb:.4g} (SB) vs {lb:.4g} (LB)"
+    if not (math.isfinite(sb) and math.isfinite(lb)):
+        return f"No sharpness comparison possible ({what}): {values}."
+    top = max(abs(sb), abs(lb))
+    if top == 0 or abs(lb - sb) <= SAME_SHARPNESS * top:
+        return f"No sharpness gap measured ({what}): {values}."
+    sharper, flatter = ("LB", "SB") if lb > sb else ("SB", "LB")
+    low = min(sb, lb)
+    factor = f"by a factor of {max(sb, lb) / low:.3g}" if low > 0 else "(the other is 0)"
+    return f"{sharper} is sharper than {flatter} {factor} ({what}): {values}."
+
+
+def _space(subspace: str) -> str:
+    return "full space" if subspace == "full" else f"subspace {subspace}"
+
+

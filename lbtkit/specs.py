@@ -1,0 +1,410 @@
+"""Typed, validated specs of the weight-space analyses, as ``RunConfig`` is for training.
+
+One frozen dataclass per analysis holds every setting that determines its numbers:
+
+- ``InterpolationSpec``: Keskar's parametric plot between two solutions;
+- ``PlaneSpec``: a 2-D loss landscape around a solution (Li et al. 2018);
+- ``SharpnessSpec``: Keskar's sharpness, the top Hessian eigenvalues, the Hessian trace;
+- ``NoiseScaleSpec``: the gradient noise scale at a trained model (McCandlish et al. 2018);
+- ``KeskarStudySpec``: the two batch sizes of the study and the two specs it measures with.
+
+A spec validates itself on construction (``ConfigError`` naming the bad value), and
+``to_dict``/``from_dict`` round-trip it through JSON: every analysis stores its spec under
+``"spec"`` in its output JSON, so a result says exactly how it was made, and the launcher hands
+a spec to its worker processes as a file. The run directories an analysis reads are not part of
+its spec: the same spec measures both runs of a study.
+
+``from_dict`` also reads the command line's text forms (``"-1:2:25"`` for alphas,
+``"1e-3,5e-4"`` for eps, ``"train,test"`` for splits), so flags map onto fields one to one.
+The vocabularies (``BN_MODES``, ``SPLITS``, ...) and parsers of those text forms live here too;
+this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from lbtkit.errors import ConfigError
+
+BN_MODES = ("recalibrate", "batch-stats", "interpolate")
+SPLITS = ("train", "test")
+DIRECTIONS = ("random", "between")
+NORMS = ("filter", "layer", "none")
+DEFAULT_ALPHAS = "-1:2:25"
+DEFAULT_GRID = "-1:1:21"
+
+Grid = tuple[list[float], list[float]]
+SpecT = TypeVar("SpecT", bound="Spec")
+
+
+# --- parsers of the command line's text forms ------------------------------------------------
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) or a comma list ``"0,0.5,1"``."""
+    usage = "use START:STOP:COUNT (e.g. -1:2:25) or a comma-separated list (e.g. 0,0.5,1)"
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            first, last, n = float(start), float(stop), int(count)
+            if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
+                raise ValueError
+            values = np.linspace(first, last, n).tolist()
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot parse alphas {text!r}: {usage}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"cannot parse alphas {text!r}: {usage}")
+    return values
+
+
+def parse_splits(text: str | Sequence[str]) -> list[str]:
+    """``"train,test"`` or a sequence of split names -> a list, checked."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    splits = [s.strip() for s in items if isinstance(s, str) and s.strip()]
+    bad = [s for s in items if not isinstance(s, str)] + [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ConfigError(f"unknown split {bad[0] if bad else text!r}; choose from {SPLITS}")
+    return splits
+
+
+def parse_grid(text: str) -> Grid:
+    """``"START:STOP:COUNT"`` (inclusive, like numpy.linspace) for both axes, or
+    ``"XSPEC,YSPEC"`` for different axes (e.g. ``-0.5:1.5:21,-1:1:21`` with ``between``).
+    Returns (x coordinates, y coordinates)."""
+    usage = "use START:STOP:COUNT for both axes (e.g. -1:1:21) or X0:X1:NX,Y0:Y1:NY"
+    specs = [s.strip() for s in text.split(",")]
+    if len(specs) not in (1, 2):
+        raise ConfigError(f"cannot parse grid {text!r}: {usage}")
+    axes = []
+    for spec in specs:
+        try:
+            start, stop, count = spec.split(":")
+            first, last, n = float(start), float(stop), int(count)
+        except ValueError:
+            raise ConfigError(f"cannot parse grid {text!r}: {usage}") from None
+        if n < 1 or not (math.isfinite(first) and math.isfinite(last)):
+            raise ConfigError(f"cannot parse grid {text!r}: COUNT must be >= 1 and the ends "
+                              f"finite; {usage}")
+        # 12 significant digits: 0.1 rather than linspace's 0.10000000000000009 in the files,
+        # and the rounded value is the coordinate evaluated, so files and numbers agree
+        axes.append([float(f"{v:.12g}") for v in np.linspace(first, last, n)])
+    xs, ys = axes if len(axes) == 2 else (axes[0], list(axes[0]))
+    return xs, ys
+
+
+def parse_subspace(text: str) -> int | None:
+    """``"full"`` -> None; ``"random:P"`` -> P (the dimension of Keskar's random subspace)."""
+    text = text.strip()
+    if text == "full":
+        return None
+    kind, _, size = text.partition(":")
+    if kind == "random" and size.isdigit() and int(size) >= 1:
+        return int(size)
+    raise ConfigError(f"unknown subspace {text!r}; use 'full' or 'random:P' (e.g. random:100)")
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """``"1e-3,5e-4"`` -> [0.001, 0.0005]; ConfigError naming ``name`` and the text."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} {text!r}: expected a comma list of numbers") from None
+    if not values:
+        raise ConfigError(f"{name} {text!r}: expected at least one number")
+    return values
+
+
+# --- checks of one value -----------------------------------------------------------------------
+
+
+def whole_number(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r} for {name}; choose one of: "
+                          f"{', '.join(allowed)}")
+    return value
+
+
+def _finite_numbers(name: str, values: Any) -> tuple[float, ...]:
+    """A non-empty tuple of finite floats from a sequence (not a string)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"{name} must be a list of numbers, got {values!r}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)]
+    if bad or not values:
+        raise ConfigError(f"{name} must be a non-empty list of finite numbers, got "
+                          f"{bad[0] if bad else values!r}")
+    return tuple(float(v) for v in values)
+
+
+# --- the specs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """to_dict/from_dict for the frozen specs below; each validates in ``__post_init__``."""
+
+    kind: ClassVar[str] = "spec"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: tuples become lists, nested specs dicts."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[SpecT], values: dict[str, Any], *, source: str | None = None
+                  ) -> SpecT:
+        """Build from a plain dict (a JSON file, the command line), refusing unknown keys.
+        None values mean "not given": the field keeps its default."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source or cls.kind} must be a table of keys, got {values!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in {source or cls.kind}; known keys: "
+                              f"{', '.join(known)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def updated(self: SpecT, **changes: Any) -> SpecT:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _nest(self, name: str, cls: type[Spec]) -> None:
+        """Field ``name`` holds a ``cls``: one as is, or built from a table (JSON)."""
+        value = getattr(self, name)
+        if isinstance(value, dict):
+            self._set(name, cls.from_dict(value, source=f"{name} of the {self.kind}"))
+        elif not isinstance(value, cls):
+            raise ConfigError(f"{name}: expected {cls.__name__} or a table of its keys, got "
+                              f"{value!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Spec):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_bn(spec: InterpolationSpec | PlaneSpec) -> None:
+    """The BatchNorm fields the two grids over weight space share."""
+    spec._set("splits", tuple(parse_splits(spec.splits)))
+    _choice("bn", spec.bn, BN_MODES, "BatchNorm mode")
+    if spec.bn_samples is not None:
+        spec._set("bn_samples", whole_number("bn_samples", spec.bn_samples, 2))
+    spec._set("eval_batch_size", whole_number("eval_batch_size", spec.eval_batch_size, 1))
+
+
+@dataclass(frozen=True)
+class InterpolationSpec(Spec):
+    """theta(a) = a*theta_LB + (1-a)*theta_SB evaluated at ``alphas`` on ``splits``.
+
+    ``bn``: how BatchNorm statistics are set at each alpha (``lbtkit.landscape.interpolate``);
+    ``bn_samples``: the first N training images re-estimate them (None: all);
+    ``eval_batch_size``: the evaluation batch per process, also the fixed batch of
+    ``batch-stats``. ``alphas`` also takes the text ``"START:STOP:COUNT"`` or ``"0,0.5,1"``.
+    """
+
+    kind: ClassVar[str] = "interpolation spec"
+
+    alphas: tuple[float, ...] = tuple(parse_alphas(DEFAULT_ALPHAS))
+    splits: tuple[str, ...] = SPLITS
+    bn: str = "recalibrate"
+    bn_samples: int | None = None
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        alphas = parse_alphas(self.alphas) if isinstance(self.alphas, str) else self.alphas
+        self._set("alphas", _finite_numbers("alphas", alphas))
+        _check_bn(self)
+
+
+@dataclass(frozen=True)
+class PlaneSpec(Spec):
+    """theta + x*d1 + y*d2 on the grid ``x`` by ``y`` around a run.
+
+    ``directions``: "random" (two random directions) or "between" (x towards a second run,
+    which the analysis is then given); ``norm`` and ``ignore_bn_bias``: the scaling of the
+    random directions (``lbtkit.landscape.plane.normalize_direction``); ``seed`` draws them.
+    ``grid`` (text, only as a constructor shortcut through ``from_dict``) sets both axes.
+    The BatchNorm fields are as in ``InterpolationSpec``.
+    """
+
+    kind: ClassVar[str] = "plane spec"
+
+    x: tuple[float, ...] = tuple(parse_grid(DEFAULT_GRID)[0])
+    y: tuple[float, ...] = tuple(parse_grid(DEFAULT_GRID)[1])
+    directions: str = "random"
+    norm: str = "filter"
+    ignore_bn_bias: bool = False
+    splits: tuple[str, ...] = SPLITS
+    bn: str = "recalibrate"
+    bn_samples: int | None = None
+    eval_batch_size: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._set("x", _finite_numbers("x", self.x))
+        self._set("y", _finite_numbers("y", self.y))
+        _choice("directions", self.directions, DIRECTIONS, "directions")
+        _choice("norm", self.norm, NORMS, "direction normalisation")
+        _flag("ignore_bn_bias", self.ignore_bn_bias)
+        self._set("seed", whole_number("seed", self.seed, 0))
+        _check_bn(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str | None = None) -> PlaneSpec:
+        """As ``Spec.from_dict``; a ``grid`` text (``-1:1:21`` or ``X-SPEC,Y-SPEC``) gives
+        ``x`` and ``y``."""
+        values = dict(values)
+        grid = values.pop("grid", None)
+        if grid is not None:
+            values["x"], values["y"] = parse_grid(grid)
+        return super().from_dict(values, source=source)
+
+    @property
+    def grid(self) -> Grid:
+        return list(self.x), list(self.y)
+
+    def check_other(self, other: Any) -> None:
+        """A second run is needed by, and only by, ``directions="between"``."""
+        if self.directions == "between" and other is None:
+            raise ConfigError("--directions between needs a second solution: give --other RUN2")
+        if self.directions == "random" and other is not None:
+            # Refused rather than ignored: a user naming a second run expects to see it.
+            raise ConfigError(f"--other {other} is used only with --directions between "
+                              "(the plane through both solutions)")
+
+
+@dataclass(frozen=True)
+class SharpnessSpec(Spec):
+    """Keskar's sharpness for each box size in ``eps`` and each subspace ("full" or
+    "random:P") with ``iters`` L-BFGS-B iterations; with ``hessian`` the ``top_k`` largest
+    Hessian eigenvalues (``hessian_iters`` Lanczos steps); with ``trace`` Hutchinson's trace
+    estimate (``trace_samples`` probes). f is the mean training cross-entropy over ``samples``
+    seeded training images (all when fewer), evaluated in batches of ``batch_size``; ``seed``
+    also draws the subspace, the start points and the probes. ``eps`` and ``subspaces`` also
+    take comma-separated text.
+    """
+
+    kind: ClassVar[str] = "sharpness spec"
+
+    eps: tuple[float, ...] = (1e-3, 5e-4)
+    subspaces: tuple[str, ...] = ("full",)
+    iters: int = 10
+    hessian: bool = False
+    top_k: int = 1
+    hessian_iters: int = 20
+    trace: bool = False
+    trace_samples: int = 100
+    samples: int = 4096
+    batch_size: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        eps = parse_floats(self.eps, "eps") if isinstance(self.eps, str) else self.eps
+        eps = _finite_numbers("eps", eps)
+        if any(e < 0 for e in eps):
+            raise ConfigError(f"eps must be non-negative numbers, got {list(eps)}")
+        self._set("eps", eps)
+        subspaces = (self.subspaces.split(",") if isinstance(self.subspaces, str)
+                     else self.subspaces)
+        if not isinstance(subspaces, Sequence) or not all(isinstance(s, str) for s in subspaces):
+            raise ConfigError(f"subspaces must be a list of 'full' or 'random:P', got "
+                              f"{self.subspaces!r}")
+        subspaces = tuple(s.strip() for s in subspaces if s.strip())
+        if not subspaces:
+            raise ConfigError(f"no subspace given in {self.subspaces!r}; use 'full' or "
+                              "'random:P'")
+        for s in subspaces:
+            parse_subspace(s)
+        self._set("subspaces", subspaces)
+        for name in ("iters", "samples", "batch_size", "top_k", "hessian_iters"):
+            self._set(name, whole_number(name, getattr(self, name), 1))
+        self._set("trace_samples", whole_number("trace_samples", self.trace_samples, 0))
+        self._set("seed", whole_number("seed", self.seed, 0))
+        _flag("hessian", self.hessian)
+        _flag("trace", self.trace)
+        if self.hessian and self.top_k > self.hessian_iters:
+            raise ConfigError(f"need 1 <= top_k <= hessian_iters, got {self.top_k} and "
+                              f"{self.hessian_iters}")
+        if self.trace and self.trace_samples < 2:
+            raise ConfigError(f"trace_samples must be >= 2, got {self.trace_samples}")
+
+
+@dataclass(frozen=True)
+class NoiseScaleSpec(Spec):
+    """E|G_B|^2 over ``samples`` random batches at each of ``batch_sizes`` (small, big),
+    forward passes of at most ``chunk_size`` samples (None: the small batch), ``seed`` fixing
+    the batches and dropout masks."""
+
+    kind: ClassVar[str] = "noise-scale spec"
+
+    batch_sizes: tuple[int, int] = (32, 1024)
+    samples: int = 32
+    seed: int = 0
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        sizes = self.batch_sizes
+        if isinstance(sizes, str) or not isinstance(sizes, Sequence) or len(sizes) != 2:
+            raise ConfigError(f"batch_sizes must be two batch sizes, got {self.batch_sizes!r}")
+        small, big = (whole_number("batch_sizes", b, 1) for b in sizes)
+        if small >= big:
+            raise ConfigError(f"the small batch must be smaller than the big one, got "
+                              f"batch_sizes {[small, big]}")
+        self._set("batch_sizes", (small, big))
+        self._set("samples", whole_number("samples", self.samples, 0))
+        if self.samples < 2:
+            raise ConfigError(f"samples must be at least 2 (for a standard error), got "
+                              f"{self.samples}")
+        self._set("seed", whole_number("seed", self.seed, 0))
+        if self.chunk_size is not None:
+            self._set("chunk_size", whole_number("chunk_size", self.chunk_size, 1))
+
+
+@dataclass(frozen=True)
+class KeskarStudySpec(Spec):
+    """Keskar et al.'s study: train at ``sb`` and ``lb`` from one initialisation, then measure
+    both solutions with ``interpolation`` and ``sharpness``."""
+
+    kind: ClassVar[str] = "study spec"
+
+    sb: int = 256
+    lb: int = 5000
+    interpolation: InterpolationSpec = field(default_factory=InterpolationSpec)
+    sharpness: SharpnessSpec = field(default_factory=lambda: SharpnessSpec(hessian=True,
+                                                                           trace=True))
+
+    def __post_init__(self) -> None:
+        sb, lb = whole_number("sb", self.sb, 1), whole_number("lb", self.lb, 1)
+        if not sb < lb:
+            raise ConfigError(f"need 0 < sb < lb batch sizes, got sb={sb}, lb={lb}")
+        self._set("sb", sb)
+        self._set("lb", lb)
+        self._nest("interpolation", InterpolationSpec)
+        self._nest("sharpness", SharpnessSpec)
