@@ -52,7 +52,9 @@ def gap_threshold(p1: float, p2: float, n: int) -> float:
 
 def summarise(rows: list[dict[str, Any]], keskar: dict[str, Any] | None, *, n_val: int,
               n_train: int) -> dict[str, Any]:
-    """The numbers behind index.md's sentences, and the sentences themselves."""
+    """The numbers behind index.md's sentences, and the sentences themselves (under
+    "sentences"): the sweep's peak, the SB/LB validation gap, then with a Keskar step the
+    training fit, the sharpness and the interpolation."""
     sb, lb = rows[0], rows[-1]
     numbers: dict[str, Any] = {"sb_batch": sb["batch_size"], "lb_batch": lb["batch_size"],
                                "n_val": n_val, "n_train": n_train, "sentences": []}
@@ -65,6 +67,24 @@ def summarise(rows: list[dict[str, Any]], keskar: dict[str, Any] | None, *, n_va
         sentences.append(f"No accuracy comparison: the batch-{missing['batch_size']} run is "
                          f"{missing['status']}.")
         return numbers
+    sentences.append(_gap_sentence(sb, lb, n_val, numbers))
+    if keskar is None:
+        return numbers
+    sentences.append(_fit_sentence(sb, lb, keskar["train"], n_train, numbers))
+    sentences.append(_sharpness_sentence(keskar["sharpness"], numbers))
+    line = interpolation_sentence(keskar["interpolation"])
+    recalibrated = recalibrated_sentence(keskar["interpolation"], n_val=n_val)
+    if recalibrated:
+        line = f"{line} {recalibrated}" if line else recalibrated
+    if line:
+        sentences.append(line)
+    return numbers
+
+
+def _gap_sentence(sb: dict[str, Any], lb: dict[str, Any], n_val: int,
+                  numbers: dict[str, Any]) -> str:
+    """SB's vs LB's best validation accuracy, against GAP_STANDARD_ERRORS; records the
+    numbers and the verdict in ``numbers``."""
     a, b = sb["best_val_acc"], lb["best_val_acc"]
     diff = round(100 * a, 2) - round(100 * b, 2)  # the difference of the shown percentages
     threshold = 100 * gap_threshold(a, b, n_val)
@@ -73,25 +93,23 @@ def summarise(rows: list[dict[str, Any]], keskar: dict[str, Any] | None, *, n_va
             f"batch {lb['batch_size']} {100 * b:.2f}%: ")
     if abs(diff) <= threshold:
         numbers["verdict"] = "no gap"
-        sentences.append(
-            lead + f"a difference of {diff:.2f} points, within two standard errors "
-            f"({threshold:.2f} points on {n_val} validation images), so there is no "
-            "generalisation gap at this scale.")
-    elif diff > 0:
+        return (lead + f"a difference of {diff:.2f} points, within two standard errors "
+                f"({threshold:.2f} points on {n_val} validation images), so there is no "
+                "generalisation gap at this scale.")
+    if diff > 0:
         numbers["verdict"] = "large batch worse"
-        sentences.append(
-            lead + f"the largest batch is {diff:.2f} points worse, more than two standard "
-            f"errors ({threshold:.2f} points on {n_val} validation images).")
-    else:
-        numbers["verdict"] = "large batch better"
-        sentences.append(
-            lead + f"the largest batch is {-diff:.2f} points better, more than two standard "
+        return (lead + f"the largest batch is {diff:.2f} points worse, more than two standard "
+                f"errors ({threshold:.2f} points on {n_val} validation images).")
+    numbers["verdict"] = "large batch better"
+    return (lead + f"the largest batch is {-diff:.2f} points better, more than two standard "
             f"errors ({threshold:.2f} points on {n_val} validation images): no large-batch "
             "gap here.")
-    if keskar is None:
-        return numbers
 
-    fit = keskar["train"]
+
+def _fit_sentence(sb: dict[str, Any], lb: dict[str, Any], fit: dict[str, dict[str, float]],
+                  n_train: int, numbers: dict[str, Any]) -> str:
+    """How well SB and LB fit the (un-augmented) training set after the same epochs: is part
+    of the gap under-training? Records the numbers and the verdict in ``numbers``."""
     fit_diff = round(100 * fit["sb"]["accuracy"], 2) - round(100 * fit["lb"]["accuracy"], 2)
     fit_threshold = 100 * gap_threshold(fit["sb"]["accuracy"], fit["lb"]["accuracy"], n_train)
     numbers.update(train_acc_sb=fit["sb"]["accuracy"], train_acc_lb=fit["lb"]["accuracy"],
@@ -103,38 +121,31 @@ def summarise(rows: list[dict[str, Any]], keskar: dict[str, Any] | None, *, n_va
              f"{100 * fit['lb']['accuracy']:.2f}% (loss {fit['lb']['loss']:.3g})")
     if fit_diff > fit_threshold:
         numbers["fit"] = "large batch under-fitted"
-        sentences.append(
-            steps + f", {fit_diff:.2f} points apart (two standard errors: "
-            f"{fit_threshold:.2f}), so LB also fits its training data worse: part of its "
-            "validation difference is under-training, not only the generalisation gap of "
-            "Keskar et al., who compare solutions of similar training accuracy.")
-    else:
-        numbers["fit"] = "similar fit"
-        sentences.append(
-            steps + f", within two standard errors ({fit_threshold:.2f} points) of each other "
+        return (steps + f", {fit_diff:.2f} points apart (two standard errors: "
+                f"{fit_threshold:.2f}), so LB also fits its training data worse: part of its "
+                "validation difference is under-training, not only the generalisation gap of "
+                "Keskar et al., who compare solutions of similar training accuracy.")
+    numbers["fit"] = "similar fit"
+    return (steps + f", within two standard errors ({fit_threshold:.2f} points) of each other "
             "or better for LB, so any validation difference is a generalisation gap in the "
             "sense of Keskar et al.")
 
-    phis = {label: keskar["sharpness"][label]["sharpness"][0] for label in LABELS}
-    first = phis["sb"]
+
+def _sharpness_sentence(sharpness: dict[str, dict[str, Any]], numbers: dict[str, Any]) -> str:
+    """Keskar's sharpness (the first measure) and the top Hessian eigenvalue of SB vs LB,
+    equal within SAME_SHARPNESS; needs ``numbers["fit"]`` (a point that is no minimum)."""
+    phis = {label: sharpness[label]["sharpness"][0] for label in LABELS}
     numbers.update(phi_sb=phis["sb"]["phi"], phi_lb=phis["lb"]["phi"])
-    tops = [keskar["sharpness"][label]["hessian"]["top_eigenvalues"][0] for label in LABELS]
+    tops = [sharpness[label]["hessian"]["top_eigenvalues"][0] for label in LABELS]
     numbers.update(hessian_sb=tops[0], hessian_lb=tops[1])
     sharp = (compare_sharpness(phis["sb"]["phi"], phis["lb"]["phi"],
-                               what=f"full space, ε={first['eps']:g}") + " "
+                               what=f"full space, ε={phis['sb']['eps']:g}") + " "
              + compare_values(tops[0], tops[1], noun="The top Hessian eigenvalue",
                               relative=SAME_SHARPNESS))
     if numbers["fit"] == "large batch under-fitted":
         sharp += " LB's end point is not yet a minimum (see its training loss), so its " \
                  "numbers describe the slope there as much as the curvature."
-    sentences.append(sharp)
-    line = interpolation_sentence(keskar["interpolation"])
-    recalibrated = recalibrated_sentence(keskar["interpolation"], n_val=n_val)
-    if recalibrated:
-        line = f"{line} {recalibrated}" if line else recalibrated
-    if line:
-        sentences.append(line)
-    return numbers
+    return sharp
 
 
 def recalibrated_sentence(rows: list[dict[str, Any]], *, n_val: int) -> str | None:
@@ -467,6 +478,46 @@ def study_report(
 ) -> str:
     """report.md: the figure, the SB/LB table and sentences computed from the numbers."""
     sb_config = configs["sb"]
+    settings = sharpness["sb"]["settings"]
+    first_measure = sharpness["sb"]["sharpness"][0]
+    space, eps = first_measure["subspace"], first_measure["eps"]
+    first = [sharpness[label]["sharpness"][0]["phi"] for label in LABELS]
+    test_gap = 100 * (results["sb"]["final"]["val_acc"] - results["lb"]["final"]["val_acc"])
+    lines = [
+        "# Sharp minima: small-batch vs large-batch solution (Keskar et al. 2016)",
+        "",
+        f"Model `{sb_config.model}` on `{sb_config.dataset}`, {sb_config.epochs} epochs, "
+        f"{sb_config.optimizer}, seed {sb_config.seed}; both runs start from `init.safetensors`. "
+        "Runs: `sb/`, `lb/`.",
+        "",
+        "![parametric plot](interpolation/interpolation.png)",
+        "",
+        "Cross-entropy (log scale, blue) and accuracy (red) along "
+        "θ(α) = α·θ_LB + (1−α)·θ_SB; solid: training set (no augmentation), dashed: test set. "
+        f"BatchNorm statistics: `{bn}` (see `interpolation/interpolation.json`).",
+        "",
+        *_study_table(configs, results, sharpness),
+        "",
+        compare_sharpness(first[0], first[1], what=f"{_space(space)}, ε={eps:g}"),
+        f"LB's test accuracy is {abs(test_gap):.2f} points "
+        f"{'below' if test_gap > 0 else 'above'} SB's."
+        if test_gap != 0 else "SB and LB reach the same test accuracy.",
+        "",
+        "Train accuracy is the last epoch's running average during training (augmented "
+        "batches), test accuracy the validation set, both from each run's `results.json`. "
+        f"φ is Keskar's sharpness (in %) of the mean training cross-entropy over "
+        f"{sharpness['sb']['samples_used']} training images (seed {settings['seed']}), "
+        f"maximised by L-BFGS-B for {settings['iters']} iterations; BatchNorm on running "
+        "statistics. Settings and timings: `sb/sharpness.json`, `lb/sharpness.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _study_table(configs: dict[str, RunConfig], results: dict[str, dict[str, Any]],
+                 sharpness: dict[str, dict[str, Any]]) -> list[str]:
+    """The layout of Keskar et al.'s Tables 2-3: per solution its batch, lr, accuracies, every
+    sharpness measure, and the Hessian's top eigenvalue and trace when measured."""
     measures = [(m["subspace"], m["eps"]) for m in sharpness["sb"]["sharpness"]]
     header = ["", "batch", "lr", "train acc (%)", "test acc (%)"]
     header += [f"φ {_space(space)} ε={eps:g}" for space, eps in measures]
@@ -489,40 +540,7 @@ def study_report(
             t = sharpness[label]["trace"]
             row.append(f"{t['mean']:.4g} ± {t['stderr']:.2g}")
         body.append(row)
-
-    settings = sharpness["sb"]["settings"]
-    space, eps = measures[0]
-    first = [sharpness[label]["sharpness"][0]["phi"] for label in LABELS]
-    test_gap = 100 * (results["sb"]["final"]["val_acc"] - results["lb"]["final"]["val_acc"])
-    lines = [
-        "# Sharp minima: small-batch vs large-batch solution (Keskar et al. 2016)",
-        "",
-        f"Model `{sb_config.model}` on `{sb_config.dataset}`, {sb_config.epochs} epochs, "
-        f"{sb_config.optimizer}, seed {sb_config.seed}; both runs start from `init.safetensors`. "
-        "Runs: `sb/`, `lb/`.",
-        "",
-        "![parametric plot](interpolation/interpolation.png)",
-        "",
-        "Cross-entropy (log scale, blue) and accuracy (red) along "
-        "θ(α) = α·θ_LB + (1−α)·θ_SB; solid: training set (no augmentation), dashed: test set. "
-        f"BatchNorm statistics: `{bn}` (see `interpolation/interpolation.json`).",
-        "",
-        *markdown_table(header, body),
-        "",
-        compare_sharpness(first[0], first[1], what=f"{_space(space)}, ε={eps:g}"),
-        f"LB's test accuracy is {abs(test_gap):.2f} points "
-        f"{'below' if test_gap > 0 else 'above'} SB's."
-        if test_gap != 0 else "SB and LB reach the same test accuracy.",
-        "",
-        "Train accuracy is the last epoch's running average during training (augmented "
-        "batches), test accuracy the validation set, both from each run's `results.json`. "
-        f"φ is Keskar's sharpness (in %) of the mean training cross-entropy over "
-        f"{sharpness['sb']['samples_used']} training images (seed {settings['seed']}), "
-        f"maximised by L-BFGS-B for {settings['iters']} iterations; BatchNorm on running "
-        "statistics. Settings and timings: `sb/sharpness.json`, `lb/sharpness.json`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return markdown_table(header, body)
 
 
 def compare_sharpness(sb: float, lb: float, *, what: str) -> str:

@@ -182,27 +182,13 @@ def _landscape(
     theta = [t.detach().clone() for t in targets]
     weights = theta[:len(names)]
 
-    generator = torch.Generator().manual_seed(spec.seed)
+    theta_other = None
     if directions == "between":
-        other_model, other_config = load_run(other, device=device)
-        check_same_setup((config, model, Path(run)), (other_config, other_model, Path(other)))
-        other_own = {**dict(other_model.named_parameters()), **dict(other_model.named_buffers())}
         # x is written as lerp(theta, theta_other, x), which is exact at x = 0 and x = 1.
-        theta_other = [other_own[n].detach() for n in names + buffer_names]
-        del other_model, other_own
-        d1 = None
-        d2 = normalize_direction(random_direction(weights, generator), weights, spec.norm,
-                                 ignore_bn_bias=spec.ignore_bn_bias)
-        stats = direction_stats(between_direction(weights, theta_other[:len(names)]), d2)
-    else:
-        theta_other = None
-        # one stream, x's direction first: one seed fixes the whole plane
-        raw1 = random_direction(weights, generator)
-        raw2 = random_direction(weights, generator)
-        d1 = normalize_direction(raw1, weights, spec.norm, ignore_bn_bias=spec.ignore_bn_bias)
-        d2 = normalize_direction(raw2, weights, spec.norm, ignore_bn_bias=spec.ignore_bn_bias)
-        del raw1, raw2  # two parameter-sized copies fewer on the device while evaluating
-        stats = direction_stats(d1, d2)
+        theta_other = _other_solution((config, model, Path(run)), other, names + buffer_names,
+                                      device)
+    d1, d2, stats = _directions(
+        spec, weights, None if theta_other is None else theta_other[:len(names)])
     param_targets = targets[:len(names)]
 
     data = resident_splits(config, device, bn_samples=spec.bn_samples)
@@ -234,6 +220,36 @@ def _landscape(
 
         rows = gather_object(rows)
     return sorted(rows, key=lambda r: (r["x"], r["y"], splits.index(r["split"]))), stats
+
+
+def _other_solution(
+    centre: tuple[Any, torch.nn.Module, Path], other: str | Path, names: list[str],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """The tensors ``names`` of the second solution, checked to share the centre's space."""
+    other_model, other_config = load_run(other, device=device)
+    check_same_setup(centre, (other_config, other_model, Path(other)))
+    other_own = {**dict(other_model.named_parameters()), **dict(other_model.named_buffers())}
+    return [other_own[n].detach() for n in names]
+
+
+def _directions(
+    spec: PlaneSpec, weights: list[torch.Tensor], other: list[torch.Tensor] | None
+) -> tuple[list[torch.Tensor] | None, list[torch.Tensor], dict[str, float]]:
+    """(d1, d2, their norms and cosine). Through a second solution (``other``, its
+    parameters) d1 is None: x moves by lerp towards it; otherwise both are random."""
+    generator = torch.Generator().manual_seed(spec.seed)
+
+    def drawn() -> list[torch.Tensor]:
+        return normalize_direction(random_direction(weights, generator), weights, spec.norm,
+                                   ignore_bn_bias=spec.ignore_bn_bias)
+
+    if other is not None:
+        d2 = drawn()
+        return None, d2, direction_stats(between_direction(weights, other), d2)
+    d1 = drawn()  # one stream, x's direction first: one seed fixes the whole plane
+    d2 = drawn()
+    return d1, d2, direction_stats(d1, d2)
 
 
 # --- files -----------------------------------------------------------------------------------
