@@ -60,3 +60,16 @@ def test_bad_landscape_input(two_runs, tmp_path):
     assert_user_error(run_cli("interpolate", sb, tmp_path / "missing", "--output",
                               tmp_path / "o", tmp_path=tmp_path), "missing")
     assert_user_error(run_cli("sharpness", sb, "--eps", "big", tmp_path=tmp_path), "big")
+
+
+def test_the_cli_shows_the_library_log_lines(two_runs, tmp_path):
+    """The library logs; the CLI shows its warnings as "warning: ..." lines on stderr, and
+    stdout keeps only the command's own output."""
+    sb, lb = two_runs
+    result = run_cli("interpolate", sb, lb, "--alphas", "-1,0", "--bn", "interpolate",
+                     "--splits", "test", "--output", tmp_path / "o", tmp_path=tmp_path, check=0)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings and warnings[0].startswith("warning: alpha=-1: "), result.stderr
+    assert "BatchNorm running variances are negative" in warnings[0]
+    assert "warning" not in result.stdout
+    assert f"csv: {tmp_path / 'o' / 'interpolation.csv'}" in result.stdout

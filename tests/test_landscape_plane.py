@@ -164,6 +164,23 @@ def test_inconsistent_options_and_runs_are_refused(runs, tmp_path):
         landscape_runs(centre.updated(directions="between"), sb, other)
 
 
+def test_a_launch_file_runs_the_spec_it_holds(runs, tmp_path):
+    from lbtkit.landscape.jobs import JOB_FILE, run_job, write_job
+
+    sb, _, _ = runs
+    spec = PlaneSpec(x=[0.0, 0.5], y=[0.0], splits=["test"], bn="batch-stats", seed=3)
+    job = write_job("landscape", spec, [sb, None], tmp_path / "out")
+    assert job == tmp_path / "out" / JOB_FILE
+    paths = run_job(job, progress=False)
+    meta = json.loads(paths["json"].read_text())
+    assert PlaneSpec.from_dict(meta["spec"]) == spec and meta["run"] == str(sb.resolve())
+    assert [(r["x"], r["y"]) for r in meta["rows"]] == [(0.0, 0.0), (0.5, 0.0)]
+    with pytest.raises(ConfigError, match="not an analysis launch file"):
+        run_job(paths["json"])
+    with pytest.raises(ConfigError, match="unknown analysis 'plane'"):
+        write_job("plane", spec, [sb], tmp_path / "other")
+
+
 # --- the command line ------------------------------------------------------------------------
 
 

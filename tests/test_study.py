@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 
 import pytest
@@ -24,7 +25,8 @@ def smoke(**values) -> RunConfig:
     return RunConfig().updated(preset_values("smoke")).updated({"epochs": 1, **values})
 
 
-def test_keskar_study_end_to_end(tmp_path):
+def test_keskar_study_end_to_end(tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="lbtkit")
     out = tmp_path / "study"
     spec = KeskarStudySpec(
         sb=32, lb=512, interpolation=InterpolationSpec(alphas=[-1.0, 0.0, 0.5, 1.0, 2.0]),
@@ -32,6 +34,9 @@ def test_keskar_study_end_to_end(tmp_path):
                                 hessian_iters=3, trace=True, trace_samples=2, samples=256))
     summary = keskar_study(smoke(), spec, out, progress=False)
     assert summary["status"] == "completed"
+    # The library logs its steps and prints nothing: its user decides what is shown.
+    assert "study: SB run, batch 32" in caplog.text and "study: wrote" in caplog.text
+    assert "study:" not in capsys.readouterr().out
 
     # Both runs started from the saved initialisation, which is the seeded model.
     init = out / "init.safetensors"
