@@ -8,7 +8,11 @@ digits (no download) with Keskar's F1 MLP, through the same code paths as a clus
 2. the Keskar study on the smallest vs the largest batch of that sweep: the parametric
    interpolation plot (``run_interpolation``) and the sharpness table (``run_sharpness``);
 3. ``index.md``: what was run, the tables and figures, and sentences computed from the numbers
-   with the thresholds stated next to them. Nothing is tuned to produce a gap.
+   with the thresholds stated next to them (the prose is ``lbtkit.narrative``'s). Nothing is
+   tuned to produce a gap.
+
+What runs is one ``DemoSpec``: ``FULL`` (``make demo``, the numbers under docs/demo) or
+``QUICK`` (``--quick`` and the tests).
 
     OUTPUT/index.md                        start here
     OUTPUT/report.md, results.csv          the sweep report (all columns, timings included)
@@ -23,8 +27,8 @@ two more: every sweep entry builds its model right after ``torch.manual_seed(see
 ``lbtkit.train.run`` does, and as ``keskar_study`` does for its ``init.safetensors``), so all
 entries start from the same initial weights and draw the same data order.
 
-Determinism: fixed seeds, and torch runs on ``threads`` intra-op threads (default 1) during the
-demo, because a different thread count changes float reductions and hence the numbers. The
+Determinism: fixed seeds, and torch runs on ``spec.threads`` intra-op threads (default 1) during
+the demo, because a different thread count changes float reductions and hence the numbers. The
 same machine gives the same tables; wall time and images/s (report.md, results.csv only) vary.
 Re-running on the same OUTPUT resumes: completed sweep runs are not retrained.
 """

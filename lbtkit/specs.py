@@ -174,8 +174,8 @@ class Spec:
     @classmethod
     def from_dict(cls: type[SpecT], values: dict[str, Any], *, source: str | None = None
                   ) -> SpecT:
-        """Build from a plain dict (a JSON file, the command line), refusing unknown keys.
-        None values mean "not given": the field keeps its default."""
+        """Build from a plain dict (a JSON file, the command line), refusing unknown keys;
+        a key left out keeps its default."""
         if not isinstance(values, dict):
             raise ConfigError(f"{source or cls.kind} must be a table of keys, got {values!r}")
         known = [f.name for f in fields(cls)]
@@ -183,7 +183,7 @@ class Spec:
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} in {source or cls.kind}; known keys: "
                               f"{', '.join(known)}")
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        return cls(**values)
 
     def updated(self: SpecT, **changes: Any) -> SpecT:
         """A copy with ``changes`` applied (validated again)."""
@@ -285,10 +285,6 @@ class PlaneSpec(Spec):
         if grid is not None:
             values["x"], values["y"] = parse_grid(grid)
         return super().from_dict(values, source=source)
-
-    @property
-    def grid(self) -> Grid:
-        return list(self.x), list(self.y)
 
     def check_other(self, other: Any) -> None:
         """A second run is needed by, and only by, ``directions="between"``."""

@@ -8,9 +8,10 @@
                               and a comparison computed from the numbers
 
 Every step is also a command of its own (``lbtkit run``, ``interpolate``, ``sharpness``), so a
-cluster can run them as separate jobs. Re-running the study resumes: completed runs are not
-retrained, and an interpolation or sharpness file newer than both runs' weights, made with the
-same settings, is kept.
+cluster can run them as separate jobs. What the study measures is one ``KeskarStudySpec``
+(``lbtkit.specs``): the two batch sizes and the interpolation and sharpness specs. Re-running
+the study resumes: completed runs are not retrained, and an interpolation or sharpness file
+newer than both runs' weights, holding the same spec, is kept.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ def through_json(spec):
                     sharpness=SharpnessSpec(subspaces=("random:5",))),
     FULL,
     QUICK,
+    DemoSpec(threads=None),  # None is a value here (leave torch's threads), not "default"
 ], ids=lambda spec: type(spec).__name__)
 def test_round_trip_through_json(spec):
     again = through_json(spec)
@@ -108,13 +109,15 @@ def test_bad_values_are_refused_naming_them(build, needle):
     assert needle in str(caught.value)
 
 
-def test_from_dict_refuses_unknown_keys_and_keeps_defaults_for_none():
+def test_from_dict_refuses_unknown_keys_and_keeps_defaults_for_missing_ones():
     with pytest.raises(ConfigError, match=r"unknown key 'alpha' in interpolation spec; known "
                                           r"keys: alphas, splits"):
         InterpolationSpec.from_dict({"alpha": "0:1:3"})
     with pytest.raises(ConfigError, match=r"unknown key 'eps' in job\.json"):
         PlaneSpec.from_dict({"eps": 1}, source="job.json")
-    assert SharpnessSpec.from_dict({"iters": None, "seed": 3}) == SharpnessSpec(seed=3)
+    assert SharpnessSpec.from_dict({"seed": 3}) == SharpnessSpec(seed=3)
+    with pytest.raises(ConfigError, match="iters must be a whole number >= 1, got None"):
+        SharpnessSpec.from_dict({"iters": None})
     with pytest.raises(ConfigError, match="must be a table of keys"):
         SharpnessSpec.from_dict([1, 2])
 
