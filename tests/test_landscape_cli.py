@@ -73,3 +73,25 @@ def test_the_cli_shows_the_library_log_lines(two_runs, tmp_path):
     assert "BatchNorm running variances are negative" in warnings[0]
     assert "warning" not in result.stdout
     assert f"csv: {tmp_path / 'o' / 'interpolation.csv'}" in result.stdout
+
+
+def test_study_flags_become_the_specs_its_files_carry(tmp_path):
+    from lbtkit.specs import InterpolationSpec, SharpnessSpec
+
+    out = tmp_path / "study"
+    result = run_cli("study", "keskar", "--preset", "smoke", "--epochs", "1", "--sb", "32",
+                     "--lb", "512", "--alphas", "0,1", "--bn", "batch-stats", "--eps", "1e-3",
+                     "--subspace", "random:3", "--iters", "1", "--samples", "64",
+                     "--hessian-k", "0", "--no-trace", "--seed", "3", "--eval-batch-size", "256",
+                     "--no-progress", "--output", out, tmp_path=tmp_path, check=0)
+    assert f"study: wrote {out / 'report.md'}" in result.stdout  # the library's log line
+    interpolation = json.loads((out / "interpolation" / "interpolation.json").read_text())
+    assert InterpolationSpec.from_dict(interpolation["spec"]) == InterpolationSpec(
+        alphas=(0.0, 1.0), bn="batch-stats", eval_batch_size=256)
+    # --hessian-k 0 skips the Hessian; the run config's seed and eval batch measure sharpness
+    expected = SharpnessSpec(eps=(1e-3,), subspaces=("random:3",), iters=1, samples=64,
+                             hessian=False, trace=False, batch_size=256, seed=3)
+    for label in ("sb", "lb"):
+        stored = json.loads((out / label / "sharpness.json").read_text())
+        assert SharpnessSpec.from_dict(stored["spec"]) == expected
+        assert stored["hessian"] is None and stored["trace"] is None
