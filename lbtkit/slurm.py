@@ -3,14 +3,14 @@
     sbatch --parsable --array=0-(N-1)[%K] [extra...] JOBS/sweep.sh SWEEP_DIR
     sbatch --parsable --dependency=afterany:<array job id> [extra...] JOBS/report.sh SWEEP_DIR
 
-The job scripts are the ``jobs/`` folder of an lbtkit checkout (``jobs_dir`` finds it); what
-they do on the nodes (GPU count, accelerate launch, checkpoint-and-requeue on SIGUSR1) is
-documented in ``jobs/common.sh``. The command builders are pure functions; ``submit_sweep``
-runs them. The jobs run the lbtkit of the submitting interpreter: ``submit_sweep`` exports
-``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this Python's ``-m lbtkit`` / ``-m accelerate...``
-(sbatch passes the environment on), unless they are set already, or ``LBT_IMAGE`` (run in a
-container image, whose lbtkit is on the image's PATH: this Python's path does not exist there)
-or ``LBT_EXEC`` (a command prefix) is.
+The job scripts ship inside the package (``lbtkit/jobs``, ``lbtkit jobs path``); what they run
+on the nodes (GPU count, accelerate launch, container, rendezvous port) is decided by
+``lbtkit.cluster``; the scripts relay SIGUSR1 and requeue. The command builders are pure
+functions; ``submit_sweep`` runs them. The jobs run the lbtkit of the submitting interpreter:
+``submit_sweep`` exports ``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this Python's ``-m lbtkit`` /
+``-m accelerate...`` (sbatch passes the environment on), unless they are set already, or
+``LBT_IMAGE`` (a container image, whose lbtkit is on the image's PATH) or ``LBT_EXEC`` (a
+command prefix) is.
 """
 
 from __future__ import annotations
@@ -29,27 +29,67 @@ SBATCH = "sbatch"
 SWEEP_SCRIPT = "sweep.sh"
 REPORT_SCRIPT = "report.sh"
 JOBS_DIR_ENV = "LBT_JOBS_DIR"
+# What sbatch prints when it finds no slurm.conf and falls back to a DNS SRV lookup.
+NO_CONFIG_SIGNS = ("DNS SRV", "fetch_config", "failed to fetch config",
+                   "Could not establish a configuration source", "Unable to process configuration")
+
+
+class SlurmUnavailable(UserError):
+    """No usable SLURM here (no sbatch, no configuration): an environment fault, exit 1."""
+
+    exit_code = 1
+
+
+JOB_SCRIPTS = ("common.sh", "sweep.sh", "run.sh", "multinode.sh", "report.sh")
+# sbatch flags that ask for GPUs: the report job needs none, and must not wait for them.
+GPU_FLAGS = ("--gpus-per-node", "--gpus", "-G", "--gres", "--gpus-per-task",
+             "--gpus-per-socket", "--cpus-per-gpu", "--mem-per-gpu", "--gpu-bind",
+             "--gpu-freq", "--tres-per-task")
 
 
 def jobs_dir() -> Path:
-    """The folder holding the job scripts: ``$LBT_JOBS_DIR``, else the checkout's ``jobs/``.
+    """The folder holding the job scripts: ``$LBT_JOBS_DIR``, else the installed copies."""
+    from lbtkit.cluster import installed_jobs_dir
 
-    A wheel does not carry them (they live outside the package): from an installed lbtkit,
-    point ``LBT_JOBS_DIR`` at a checkout's ``jobs/`` folder.
-    """
     configured = os.environ.get(JOBS_DIR_ENV)
     if configured:
         folder = Path(configured).absolute()
         if not (folder / SWEEP_SCRIPT).is_file():
             raise UserError(f"{JOBS_DIR_ENV}={configured} has no {SWEEP_SCRIPT}")
         return folder
-    checkout = Path(__file__).resolve().parent.parent / "jobs"
-    if (checkout / SWEEP_SCRIPT).is_file():
-        return checkout
-    raise UserError(
-        f"cannot find lbtkit's SLURM job scripts (jobs/{SWEEP_SCRIPT}) next to this installation; "
-        f"set {JOBS_DIR_ENV} to the jobs/ folder of an lbtkit checkout"
-    )
+    folder = installed_jobs_dir()
+    if not (folder / SWEEP_SCRIPT).is_file():
+        raise SlurmUnavailable(f"this lbtkit installation has no job scripts in {folder} "
+                               f"(a broken install?); reinstall lbtkit")
+    return folder
+
+
+def copy_jobs(directory: str | Path) -> list[Path]:
+    """Copy the job scripts into ``directory`` (made if needed); return the copies."""
+    source, target = jobs_dir(), Path(directory)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} is not a directory")
+    target.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in JOB_SCRIPTS:
+        copies.append(Path(shutil.copy2(source / name, target / name)))
+    return copies
+
+
+def without_gpu_flags(extra: Sequence[str]) -> list[str]:
+    """``extra`` without the flags that request GPUs (``--gpus-per-node=4``, ``-G 4``...)."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in extra:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in GPU_FLAGS:
+            skip_value = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
 
 
 def sweep_submit_command(
@@ -104,7 +144,8 @@ def submit_sweep(
     """Submit the sweep's job array (and a report job after it); return what was done.
 
     ``extra`` are sbatch flags for the array (partition, account, time, GPUs, CPUs...);
-    the report job gets ``report_extra``, by default the same flags. Returns
+    the report job gets ``report_extra``, by default the same flags without the GPU
+    requests (the report needs none). Returns
     ``{"array_job_id", "report_job_id", "commands"}`` (ids None with ``dry_run``, or
     ``report_job_id`` None without a report).
     """
@@ -114,7 +155,7 @@ def submit_sweep(
     root = Path(sweep["sweep_dir"])
     folder = jobs_dir()
     extra = list(extra)
-    report_extra = extra if report_extra is None else list(report_extra)
+    report_extra = without_gpu_flags(extra) if report_extra is None else list(report_extra)
     array_command = sweep_submit_command(
         root, num_entries=len(sweep["runs"]), max_parallel=max_parallel, jobs_dir=folder,
         extra=extra,
@@ -131,7 +172,7 @@ def submit_sweep(
             )
         return result
     if shutil.which(SBATCH) is None:
-        raise UserError("sbatch not found: run this on a SLURM login node")
+        raise SlurmUnavailable("sbatch not found: run this on a SLURM login node")
     env = submit_environment(folder)
     result["array_job_id"] = _sbatch(array_command, env)
     if with_report:
@@ -170,11 +211,15 @@ def _sbatch(command: list[str], env: dict[str, str]) -> str:
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     except OSError as exc:
-        raise UserError(f"cannot run sbatch: {exc}") from None
+        raise SlurmUnavailable(f"cannot run sbatch: {exc}") from None
     except subprocess.TimeoutExpired:
-        raise UserError("sbatch did not answer within 120 s: is slurmctld up?") from None
+        raise SlurmUnavailable("sbatch did not answer within 120 s: is slurmctld up?") from None
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip()
+        if any(sign in message for sign in NO_CONFIG_SIGNS):
+            raise SlurmUnavailable(
+                "no SLURM configuration on this machine (no SLURM_CONF, no slurm.conf, no "
+                "DNS SRV record for slurmctld): run this on a login node of the cluster")
         raise UserError(f"sbatch failed (exit {done.returncode}): {message}")
     job_id = done.stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
     if not job_id.isdigit():

@@ -19,8 +19,9 @@ from lbtkit import slurm
 from lbtkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBS = ROOT / "jobs"
-SCRIPTS = sorted(JOBS.glob("*.sh")) + sorted((ROOT / "tests").glob("*.sh"))
+JOBS = ROOT / "jobs"  # links to the package's copies: sbatch jobs/sweep.sh from a checkout
+PACKAGED = ROOT / "lbtkit" / "jobs"
+SCRIPTS = sorted(PACKAGED.glob("*.sh")) + sorted((ROOT / "tests").glob("*.sh"))
 BATCH_SCRIPTS = ["sweep.sh", "run.sh", "multinode.sh", "report.sh"]
 # sbatch options whose values belong to a site, not to a script in a repository.
 SITE_OPTIONS = ("-p", "--partition", "-A", "--account", "-t", "--time", "--gres", "--gpus",
@@ -43,21 +44,23 @@ def sbatch_lines(script: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^#SBATCH\s+(\S+)", text, re.MULTILINE)]
 
 
-def bash(*args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd=None):
+def bash(*args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd=None):
+    """bash with the job's environment: no SLURM_* / LBT_* of ours, this venv's lbtkit."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LBT_"))}
+    if "LBT_IMAGE" not in (env or {}):
+        full_env["LBT_LBTKIT"] = f"{sys.executable} -m lbtkit"
     full_env.update(env or {})
     return subprocess.run(["bash", *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=cwd)
 
 
 def write_plan(folder: Path, runs: int) -> Path:
-    """A sweep.json with just what the job scripts read (the run directories, in order)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = ",\n".join(
-        f'    {{"index": {i}, "config": {{}}, "run_dir": "runs/b{32 << i}-s0"}}'
-        for i in range(runs)
-    )
-    (folder / "sweep.json").write_text(f'{{\n  "version": 1,\n  "runs": [\n{entries}\n  ]\n}}\n')
+    """A sweep of the smoke preset (one epoch) over batch sizes 32, 64, ... (``runs`` of them)."""
+    from lbtkit.config import build_config
+    from lbtkit.sweep import plan_sweep
+
+    config = build_config(preset="smoke", overrides={"epochs": 1}, resolve=False)
+    plan_sweep(config, {"batch_size": [32 << i for i in range(runs)]}, folder)
     return folder
 
 
@@ -67,6 +70,21 @@ def write_plan(folder: Path, runs: int) -> Path:
 def test_the_scripts_exist():
     names = {p.name for p in SCRIPTS}
     assert {"common.sh", *BATCH_SCRIPTS, "install-slurm.sh"} <= names
+
+
+def test_the_checkout_jobs_are_the_packaged_scripts():
+    for name in ["common.sh", *BATCH_SCRIPTS]:
+        assert (JOBS / name).resolve() == (PACKAGED / name).resolve(), name
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"jobs/*.sh"' in pyproject  # package data: the wheel carries them
+
+
+def test_the_shell_is_short_and_parses_no_json():
+    """The job logic is Python (lbtkit/cluster.py); the shell relays signals and requeues."""
+    texts = {p.name: p.read_text() for p in PACKAGED.glob("*.sh")}
+    assert sum(text.count("\n") for text in texts.values()) <= 200
+    for name, text in texts.items():
+        assert ".json" not in text, name
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -100,15 +118,6 @@ def test_sweep_header():
     assert "--output=%x_%A_%a.out" in options
     assert "--job-name=lbtkit-sweep" in options
     assert {"--nodes=1", "--ntasks=1"} <= set(options)
-
-
-def test_multinode_runs_one_srun_task_per_node_and_kills_on_bad_exit():
-    text = (JOBS / "multinode.sh").read_text()
-    assert "--kill-on-bad-exit=1" in text
-    assert "--ntasks-per-node=1" in text
-    assert "--rdzv_backend c10d" in text
-    # The machine rank must expand on each node, inside srun (single quotes).
-    assert re.search(r"'[^']*--machine_rank \"\$SLURM_NODEID\"[^']*'", text)
 
 
 # --- usage errors ------------------------------------------------------------------------------
@@ -164,74 +173,7 @@ def test_a_missing_lbtkit_is_named(tmp_path):
     assert "'no-such-lbtkit' not found" in result.stderr
 
 
-# --- jobs/common.sh ----------------------------------------------------------------------------
-
-
-def common(snippet: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    script = f'set -euo pipefail\n. "{JOBS}/common.sh"\n{snippet}\n'
-    return bash("-c", script, env={"PATH": os.environ["PATH"], **(env or {})})
-
-
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"LBT_GPUS_PER_NODE": "3", "CUDA_VISIBLE_DEVICES": "0"}, "3"),
-    ({"CUDA_VISIBLE_DEVICES": "0,1,3", "SLURM_GPUS_ON_NODE": "8"}, "3"),
-    ({"CUDA_VISIBLE_DEVICES": ""}, "0"),
-    ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, "0"),
-    ({"SLURM_GPUS_ON_NODE": "4"}, "4"),
-])
-def test_gpu_count(env, expected):
-    result = common("lbt_gpus_per_node", env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == expected
-
-
-def test_a_bad_gpu_count_is_refused():
-    result = common("gpus=$(lbt_gpus_per_node)", {"LBT_GPUS_PER_NODE": "four"})
-    assert result.returncode == 2
-    assert "LBT_GPUS_PER_NODE must be a number" in result.stderr
-
-
-def test_port_follows_the_job_id():
-    result = common("lbt_port", {"SLURM_JOB_ID": "123457"})
-    assert result.stdout.strip() == str(20000 + 123457 % 20000)
-
-
-def test_launch_commands():
-    snippet = """lbt_setup
-lbt_command 4 sweep run-task /s --index 2; printf '%s\\n' "${LBT_CMD[*]}"
-lbt_command 1 sweep run-task /s --index 2; printf '%s\\n' "${LBT_CMD[*]}"
-lbt_command 0 run --output r; printf '%s\\n' "${LBT_CMD[*]}"
-"""
-    env = {"SLURM_JOB_ID": "77", "LBT_LBTKIT": "/venv/bin/python -m lbtkit",
-           "LBT_ACCELERATE": "/venv/bin/accelerate", "HOME": "/nonexistent"}
-    lines = common(snippet, {**env, "LBT_EXEC": "apptainer exec --nv x.sif"}).stdout.splitlines()
-    assert lines == [
-        "apptainer exec --nv x.sif /venv/bin/accelerate launch --multi_gpu --mixed_precision no "
-        "--dynamo_backend no --num_processes 4 --num_machines 1 --main_process_port 20077 "
-        "-m lbtkit sweep run-task /s --index 2",
-        "apptainer exec --nv x.sif /venv/bin/python -m lbtkit sweep run-task /s --index 2",
-        "apptainer exec --nv x.sif /venv/bin/python -m lbtkit run --output r",
-    ]
-
-
-def test_ignoring_the_accelerate_default_config(tmp_path):
-    snippet = 'lbt_setup; printf "%s\\n" "${LBT_LAUNCH_ARGS[@]}"'
-    env = {"LBT_LBTKIT": "true", "LBT_IGNORE_ACCELERATE_CONFIG": "1", "TMPDIR": str(tmp_path)}
-    lines = common(snippet, env).stdout.splitlines()
-    config = Path(lines[lines.index("--config_file") + 1])
-    assert "distributed_type: MULTI_GPU" in config.read_text()
-
-
-def test_output_argument():
-    result = common('lbt_output_arg --preset smoke --output "a b" --epochs 2; '
-                    'lbt_output_arg --output=c; lbt_output_arg --epochs 1')
-    assert result.stdout.splitlines() == ["a b", "c"]
-
-
-def test_sweep_run_dirs_come_from_the_plan(tmp_path):
-    plan = write_plan(tmp_path / "sweep", 3)
-    result = common(f'lbt_sweep_run_dirs "{plan}"')
-    assert result.stdout.splitlines() == ["runs/b32-s0", "runs/b64-s0", "runs/b128-s0"]
+# --- jobs/common.sh: the relay and the outcome ---------------------------------------------------
 
 
 FAKE_RUN = """
@@ -251,6 +193,14 @@ sys.exit(code if got else 0)
 """
 
 
+def relay_script(run_dir: Path, command: str) -> str:
+    """Source common.sh, run ``command`` as the job's run and finish as jobs/run.sh does."""
+    lbtkit = f"{sys.executable} -m lbtkit"
+    return (f'set -euo pipefail\n. "{JOBS}/common.sh"\n'
+            f"LBT_CMD=({command}) LBT_FINISH=({lbtkit} job finish) LBT_RELAY=pid\n"
+            f'lbt_run\nlbt_finish run --output "{run_dir}"\n')
+
+
 @pytest.mark.parametrize(("signame", "child_code"), [("USR1", 75), ("USR1", 1), ("TERM", 75)])
 def test_signal_relay(tmp_path, signame, child_code):
     """USR1/TERM to the batch shell reach the child as SIGTERM; the shell waits for it, and
@@ -259,9 +209,7 @@ def test_signal_relay(tmp_path, signame, child_code):
     fake = tmp_path / "fake_run.py"
     fake.write_text(FAKE_RUN)
     run_dir = tmp_path / "run"
-    snippet = (f'lbt_run {sys.executable} {fake} {run_dir} {child_code}\n'
-               f'lbt_finish {run_dir} 0')
-    script = f'set -euo pipefail\n. "{JOBS}/common.sh"\n{snippet}\n'
+    script = relay_script(run_dir, f"{sys.executable} {fake} {run_dir} {child_code}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LBT_"))}
     process = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
@@ -269,7 +217,7 @@ def test_signal_relay(tmp_path, signame, child_code):
     assert process.stdout.readline().strip() == "child ready"
     time.sleep(0.2)
     process.send_signal(getattr(signal, f"SIG{signame}"))
-    out, _ = process.communicate(timeout=30)
+    out, _ = process.communicate(timeout=60)
     assert f"received SIG{signame}: sending SIGTERM to pid" in out
     assert f"exited with status {child_code}" in out
     assert process.returncode == 75, out
@@ -279,27 +227,31 @@ def test_signal_relay(tmp_path, signame, child_code):
         assert "not under SLURM" in out
 
 
+def finished(tmp_path: Path, command: str) -> subprocess.CompletedProcess:
+    return bash("-c", relay_script(tmp_path / "run", command), timeout=60)
+
+
 def test_a_completed_run_exits_0_whatever_the_launcher_says(tmp_path):
     run_dir = tmp_path / "run"
-    snippet = (f"lbt_run bash -c 'mkdir -p {run_dir}; "
-               f"printf \"{{\\n  \\\"status\\\": \\\"completed\\\"\\n}}\\n\" "
-               f"> {run_dir}/results.json; exit 1'\n"
-               f"lbt_finish {run_dir} 0")
-    result = common(snippet)
+    result = finished(tmp_path, f"bash -c 'mkdir -p {run_dir}; echo {{\\\"status\\\": "
+                                f"\\\"completed\\\"}} > {run_dir}/results.json; exit 1'")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "run completed" in result.stdout
+    assert "run completed" in result.stderr
 
 
-@pytest.mark.parametrize(("diverged_exit", "code"), [(0, 0), (3, 3)])
-def test_a_diverged_run(tmp_path, diverged_exit, code):
-    result = common(f"lbt_run bash -c 'exit 3'\nlbt_finish {tmp_path} {diverged_exit}")
-    assert result.returncode == code
-    assert "run diverged" in result.stdout
+def test_a_diverged_run_and_a_failure_keep_their_exit_codes(tmp_path):
+    result = finished(tmp_path, "bash -c 'exit 3'")
+    assert result.returncode == 3
+    assert "run diverged" in result.stderr
+    assert finished(tmp_path, "bash -c 'exit 7'").returncode == 7
 
 
-def test_a_failure_keeps_its_exit_code(tmp_path):
-    result = common(f"lbt_run bash -c 'exit 7'\nlbt_finish {tmp_path} 0")
-    assert result.returncode == 7
+def test_a_signal_before_the_run_does_not_kill_the_batch_shell(tmp_path):
+    script = f'set -euo pipefail\n. "{JOBS}/common.sh"\nkill -USR1 $$\necho still here\n'
+    result = bash("-c", script)
+    assert result.returncode == 0, result.stderr
+    assert "received SIGUSR1 (nothing running)" in result.stdout
+    assert "still here" in result.stdout
 
 
 # --- container mode (LBT_IMAGE) -------------------------------------------------------------------
@@ -378,104 +330,21 @@ class Container:
             return []
         return [line.split("\x1f") for line in log.read_text().splitlines()]
 
+    def runs(self) -> list[list[str]]:
+        """The apptainer calls that run the job's work, not lbtkit's job plan/finish."""
+        image = str(self.image)
+        return [call for call in self.calls() if call[call.index(image) + 1:][1:2] != ["job"]]
+
+    def planned(self) -> list[list[str]]:
+        """The calls of ``lbtkit job plan|finish`` (in the image too): the part after IMAGE."""
+        image = str(self.image)
+        return [call[call.index(image) + 1:] for call in self.calls()
+                if call[call.index(image) + 1:][1:2] == ["job"]]
+
 
 def printed(result: subprocess.CompletedProcess) -> list[str]:
     """stdout without the scripts' log lines."""
     return [line for line in result.stdout.splitlines() if not line.startswith("[lbtkit-job")]
-
-
-def launch_args(port: int) -> list[str]:
-    return ["launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(port)]
-
-
-@pytest.mark.parametrize(("runtime", "gpu_env", "count"), [
-    ("apptainer", {"LBT_GPUS_PER_NODE": "2"}, 2),
-    ("apptainer", {"CUDA_VISIBLE_DEVICES": "0,1"}, 2),
-    ("apptainer", {"CUDA_VISIBLE_DEVICES": "3"}, 1),
-    ("apptainer", {"CUDA_VISIBLE_DEVICES": ""}, 0),
-    ("singularity", {"CUDA_VISIBLE_DEVICES": "0"}, 1),
-])
-def test_container_commands(tmp_path, runtime, gpu_env, count):
-    """apptainer exec [--nv] --bind <LBT_BIND>,<parent of the sweep> IMAGE, then the command
-    as it is in the image: `lbtkit ...`, or `accelerate launch ... -m lbtkit ...` on 2 GPUs.
-    --nv when the job has GPUs (the count is >= 1), never otherwise."""
-    box = Container(tmp_path, runtime)
-    scratch, shared = tmp_path / "site" / "scratch", tmp_path / "site" / "shared"
-    scratch.mkdir(parents=True)
-    shared.mkdir()
-    sweep = tmp_path / "work" / "sweep"
-    sweep.mkdir(parents=True)
-    # A host Accelerate default config: not announced, it does not apply in the image.
-    (tmp_path / "hf" / "accelerate").mkdir(parents=True)
-    (tmp_path / "hf" / "accelerate" / "default_config.yaml").write_text("{}\n")
-    snippet = f"""lbt_setup {sweep} {sweep}/runs/b32-s0
-lbt_command "$(lbt_gpus_per_node)" sweep run-task {sweep} --index 1
-printf '%s\\n' "${{LBT_CMD[@]}}" """
-    env = box.env(SLURM_JOB_ID="77", LBT_BIND=f"{scratch},{shared}:/shared:ro",
-                  HF_HOME=str(tmp_path / "hf"), **gpu_env)
-    result = common(snippet, env)
-    assert result.returncode == 0, result.stderr
-    prefix = [runtime, "exec", *(["--nv"] if count else []),
-              "--bind", f"{scratch},{shared}:/shared:ro,{tmp_path / 'work'}", str(box.image)]
-    command = ["accelerate", *launch_args(20077), "-m", "lbtkit"] if count == 2 else ["lbtkit"]
-    assert printed(result) == [*prefix, *command, "sweep", "run-task", str(sweep), "--index", "1"]
-    assert "default_config.yaml" not in result.stdout + result.stderr
-    assert f"container: {box.image} via {runtime}" in result.stdout
-
-
-def test_bind_directories(tmp_path):
-    """The parent (a run directory need not exist yet), else the nearest existing ancestor;
-    a directory right under / itself; relative paths from the working directory."""
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    snippet = f"""cd {tmp_path}
-for path in {tmp_path}/a/b {tmp_path}/a/new/deeper/run runs/b32 ./a/../a/b/ /tmp /no-such-dir; do
-    echo "$path -> $(lbt_bind_dir "$path")"
-done"""
-    result = common(snippet)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        f"{tmp_path}/a/b -> {tmp_path}/a",
-        f"{tmp_path}/a/new/deeper/run -> {tmp_path}/a",
-        f"runs/b32 -> {tmp_path}",
-        f"./a/../a/b/ -> {tmp_path}/a",
-        "/tmp -> /tmp",
-        "/no-such-dir -> ",
-    ]
-
-
-def test_container_binds_data_torch_home_and_leave_out_covered_paths(tmp_path):
-    box = Container(tmp_path)
-    runs, data, torch_home = tmp_path / "runs", tmp_path / "shared" / "data", tmp_path / "torch"
-    for folder in (runs, data, torch_home):
-        folder.mkdir(parents=True)
-    snippet = (f"lbt_setup {runs}/b64 {runs}/b64/model.safetensors {tmp_path}/shared/cfg.toml\n"
-               "printf '%s\\n' \"${LBT_EXEC_CMD[@]}\"")
-    (tmp_path / "t").mkdir()
-    result = common(snippet, box.env(LBT_DATA_DIR=str(data), LBT_TORCH_HOME=str(torch_home),
-                                     LBT_IGNORE_ACCELERATE_CONFIG="1", TMPDIR=str(tmp_path / "t"),
-                                     LBT_APPTAINER_ARGS="--nvccli --writable-tmpfs"))
-    assert result.returncode == 0, result.stderr
-    # runs/b64 -> runs' parent tmp_path, which covers everything else here.
-    assert printed(result) == [
-        "apptainer", "exec", "--bind", str(tmp_path), "--env", f"TORCH_HOME={torch_home}",
-        "--nvccli", "--writable-tmpfs", str(box.image)]
-
-
-def test_host_mode_exports_the_shared_torch_home():
-    result = common('lbt_setup; echo "$TORCH_HOME ${#LBT_EXEC_CMD[@]}"',
-                    {"LBT_LBTKIT": "true", "LBT_TORCH_HOME": "/shared/torch"})
-    assert result.stdout.splitlines()[-1] == "/shared/torch 0"
-
-
-def test_paths_of_the_run_flags_and_the_sweep(tmp_path):
-    result = common("lbt_run_paths --preset p --data-dir /d --output o --config=c.toml "
-                    "--init-weights w/init.safetensors; echo; lbt_run_paths --epochs 1")
-    assert result.stdout.splitlines() == ["/d", "c.toml", "w/init.safetensors", ""]
-    plan = plan_for_submit(tmp_path)
-    no_data_dir = write_plan(tmp_path / "s", 1)
-    result = common(f'lbt_sweep_data_dirs "{plan}"; lbt_sweep_data_dirs "{no_data_dir}"')
-    assert result.stdout.splitlines() == ["data"]
 
 
 @pytest.mark.parametrize("case", ["no image", "no runtime", "missing bind", "exec too", "comma"])
@@ -506,29 +375,28 @@ def test_container_preflight_fails_fast(tmp_path, case):
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr
     assert "running:" not in result.stdout
-    assert box.calls() == []
+    assert box.runs() == []
 
 
 def test_a_sweep_task_runs_in_the_container(tmp_path):
-    """sweep.sh with LBT_IMAGE: apptainer exec ... IMAGE lbtkit sweep run-task SWEEP --index I,
-    here run by the fake apptainer with the host's lbtkit (one short epoch)."""
-    from lbtkit.config import RunConfig, preset_values
-    from lbtkit.sweep import plan_sweep
-
+    """sweep.sh with LBT_IMAGE: the plan, the run and the finish all run in the image (here
+    the fake apptainer runs them with the host's lbtkit; one short epoch)."""
     box = Container(tmp_path)
     site = tmp_path / "site"
     site.mkdir()
-    sweep = tmp_path / "work" / "sweep"
-    base = RunConfig().updated({**preset_values("smoke"), "epochs": 1})
-    plan_sweep(base, {"batch_size": [32, 64]}, sweep)
+    sweep = write_plan(tmp_path / "work" / "sweep", 2)
     env = box.env(SLURM_ARRAY_TASK_ID="1", LBT_BIND=str(site))
-    result = bash(str(JOBS / "sweep.sh"), str(sweep), env=env, cwd=tmp_path, timeout=120)
+    result = bash(str(JOBS / "sweep.sh"), str(sweep), env=env, cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     # The data directory ("data", relative to the working directory tmp_path) -> tmp_path,
     # which covers the sweep's parent.
-    assert box.calls() == [["exec", "--bind", f"{site},{tmp_path}", str(box.image),
-                            "lbtkit", "sweep", "run-task", str(sweep), "--index", "1"]]
-    assert f"run completed: {sweep}/runs/" in result.stdout
+    prefix = ["exec", "--bind", f"{site},{tmp_path}", str(box.image), "lbtkit"]
+    assert box.runs() == [[*prefix, "sweep", "run-task", str(sweep), "--index", "1"]]
+    assert [call[:3] for call in box.planned()] == [["lbtkit", "job", "plan"],
+                                                    ["lbtkit", "job", "finish"]]
+    # The plan ran with the sweep directory bound (the image sees nothing else by default).
+    assert box.calls()[0][:3] == ["exec", "--bind", str(sweep)]
+    assert f"run completed: {sweep}/runs/" in result.stderr
     results = json.loads(next((sweep / "runs").glob("b64*/results.json")).read_text())
     assert results["status"] == "completed"
 
@@ -537,13 +405,16 @@ def test_a_multi_gpu_sweep_task_launches_accelerate_in_the_container(tmp_path):
     box = Container(tmp_path)
     accelerate_log = box.add_logger("accelerate")  # what runs "in the image"
     plan = write_plan(tmp_path / "work" / "sweep", 2)
-    env = box.env(SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="4321", LBT_GPUS_PER_NODE="2")
-    result = bash(str(JOBS / "sweep.sh"), str(plan), env=env)
+    env = box.env(SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="4321", LBT_GPUS_PER_NODE="2",
+                  LBT_PORT="24321")
+    result = bash(str(JOBS / "sweep.sh"), str(plan), env=env, cwd=tmp_path)
+    # The fake accelerate trains nothing: no fresh results, the job exits with its status 0.
     assert result.returncode == 0, result.stdout + result.stderr
-    command = [*launch_args(20000 + 4321), "-m", "lbtkit", "sweep", "run-task", str(plan),
-               "--index", "1"]
-    assert box.calls() == [["exec", "--nv", "--bind", str(tmp_path / "work"), str(box.image),
-                            "accelerate", *command]]
+    command = ["launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_processes", "2", "--num_machines", "1", "--main_process_port", "24321",
+               "-m", "lbtkit", "sweep", "run-task", str(plan), "--index", "1"]
+    assert box.runs() == [["exec", "--nv", "--bind", str(tmp_path), str(box.image),
+                           "accelerate", *command]]
     assert box.calls(accelerate_log) == [command]
 
 
@@ -560,7 +431,7 @@ def test_multinode_runs_apptainer_on_every_node_with_its_own_rank(tmp_path):
     data = tmp_path / "data" / "cifar"
     data.mkdir(parents=True)
     env = box.env(SLURM_JOB_ID="5000", SLURM_NNODES="2", SLURM_JOB_NODELIST="node[1-2]",
-                  LBT_GPUS_PER_NODE="4")
+                  LBT_GPUS_PER_NODE="4", LBT_PORT="25000")
     result = bash(str(JOBS / "multinode.sh"), "--preset", "smoke", "--data-dir", str(data),
                   "--output", str(run_dir), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -571,8 +442,8 @@ def test_multinode_runs_apptainer_on_every_node_with_its_own_rank(tmp_path):
             "--output", str(run_dir)]
     prefix = ["exec", "--nv", "--bind", f"{tmp_path / 'data'},{tmp_path / 'runs'}",
               str(box.image)]
-    assert box.calls() == [[*prefix, "accelerate", *launch, "--machine_rank", str(rank), *rest]
-                           for rank in (0, 1)]
+    assert box.runs() == [[*prefix, "accelerate", *launch, "--machine_rank", str(rank), *rest]
+                          for rank in (0, 1)]
     assert [call[-len(rest) - 2:-len(rest)] for call in box.calls(accelerate_log)] == [
         ["--machine_rank", "0"], ["--machine_rank", "1"]]
 
@@ -582,24 +453,12 @@ def test_the_report_runs_in_the_container(tmp_path):
     plan = write_plan(tmp_path / "work" / "sweep", 1)
     out = tmp_path / "reports" / "r1"  # report --output elsewhere: bound too
     out.parent.mkdir()
-    lbtkit_log = box.add_logger("lbtkit")
-    result = bash(str(JOBS / "report.sh"), str(plan), "--output", str(out), env=box.env())
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = bash(str(JOBS / "report.sh"), str(plan), "--output", str(out), env=box.env(),
+                  cwd=tmp_path)
     prefix = ["exec", "--bind", f"{tmp_path / 'reports'},{tmp_path / 'work'}", str(box.image),
               "lbtkit"]
-    assert box.calls() == [[*prefix, "sweep", "status", str(plan)],
-                           [*prefix, "report", str(plan), "--output", str(out)]]
-    assert box.calls(lbtkit_log) == [["sweep", "status", str(plan)],
-                                     ["report", str(plan), "--output", str(out)]]
-
-
-@pytest.mark.parametrize(("prefix", "relay"), [("srun --ntasks=1 --container-image=x", "1"),
-                                               ("/usr/bin/srun", "1"), ("taskset -c 0", "0")])
-def test_an_srun_prefix_relays_signals_to_the_job_step(prefix, relay):
-    """pyxis: LBT_EXEC="srun --container-image=..."; a SIGTERM to srun would cancel the step
-    before the run checkpoints, so the relay signals the step (scancel --signal=TERM)."""
-    result = common('lbt_setup; echo "$LBT_RELAY_TO_STEPS"', {"LBT_EXEC": prefix})
-    assert result.stdout.splitlines()[-1] == relay
+    assert box.runs() == [[*prefix, "sweep", "status", str(plan)],
+                          [*prefix, "report", str(plan), "--output", str(out)]], result.stderr
 
 
 def test_multinode_refuses_an_srun_prefix(tmp_path):
@@ -649,7 +508,7 @@ def test_report_submit_command():
 
 def test_jobs_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("LBT_JOBS_DIR", raising=False)
-    assert slurm.jobs_dir() == JOBS
+    assert slurm.jobs_dir() == PACKAGED
     monkeypatch.setenv("LBT_JOBS_DIR", str(tmp_path))
     with pytest.raises(UserError, match=r"has no sweep\.sh"):
         slurm.jobs_dir()
@@ -672,10 +531,10 @@ def test_submit_sweep_dry_run(tmp_path, monkeypatch):
     result = slurm.submit_sweep(plan, max_parallel=2, extra=["-t", "1:00:00"], dry_run=True)
     assert result["array_job_id"] is None
     assert result["commands"] == [
-        ["sbatch", "--parsable", "--array=0-2%2", "-t", "1:00:00", str(JOBS / "sweep.sh"),
+        ["sbatch", "--parsable", "--array=0-2%2", "-t", "1:00:00", str(PACKAGED / "sweep.sh"),
          str(plan)],
         ["sbatch", "--parsable", "--dependency=afterany:<array-job-id>", "-t", "1:00:00",
-         str(JOBS / "report.sh"), str(plan)],
+         str(PACKAGED / "report.sh"), str(plan)],
     ]
 
 
@@ -708,9 +567,9 @@ def test_submit_sweep_runs_sbatch_with_the_environment(tmp_path, monkeypatch):
     assert result["array_job_id"] == "1001"
     assert result["report_job_id"] == "1002"
     lines = log.read_text().splitlines()
-    assert lines[0].startswith(f"--parsable --array=0-2 {JOBS}/sweep.sh {plan} | {JOBS} | "
+    assert lines[0].startswith(f"--parsable --array=0-2 {PACKAGED}/sweep.sh {plan} | {PACKAGED} | "
                                f"{sys.executable} -m lbtkit")
-    assert lines[1].startswith(f"--parsable --dependency=afterany:1001 {JOBS}/report.sh")
+    assert lines[1].startswith(f"--parsable --dependency=afterany:1001 {PACKAGED}/report.sh")
 
 
 def test_submit_sweep_does_not_pin_the_host_lbtkit_for_a_container(tmp_path, monkeypatch):
@@ -729,4 +588,35 @@ def test_submit_sweep_does_not_pin_the_host_lbtkit_for_a_container(tmp_path, mon
     monkeypatch.setenv("LBT_IMAGE", "/shared/lbtkit.sif")
     slurm.submit_sweep(plan)
     assert log.read_text().splitlines() == ["unset|unset|/shared/lbtkit.sif"] * 2
-    assert "LBT_LBTKIT" not in slurm.submit_environment(JOBS)
+    assert "LBT_LBTKIT" not in slurm.submit_environment(PACKAGED)
+
+
+def test_submit_without_a_slurm_configuration_says_so_in_one_line(tmp_path):
+    """sbatch without slurm.conf falls back to DNS SRV and prints four lines of errors: the
+    command says what is wrong in one line, exit 1 (the machine, not the user)."""
+    plan = plan_for_submit(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\n"
+        "echo 'sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+        "echo 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "lbtkit", "sweep", "submit", str(plan)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "no SLURM configuration on this machine" in lines[0]
+    assert "DNS" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_report_job_does_not_inherit_the_arrays_gpus(tmp_path):
+    plan = plan_for_submit(tmp_path)
+    result = slurm.submit_sweep(plan, extra=["-p", "gpu", "--gpus-per-node=4", "-G", "8",
+                                             "--gres", "gpu:4", "-t", "1:00:00"], dry_run=True)
+    assert result["commands"][0][3:8] == ["-p", "gpu", "--gpus-per-node=4", "-G", "8"]
+    assert result["commands"][1][2:6] == ["--dependency=afterany:<array-job-id>", "-p", "gpu",
+                                          "-t"]

@@ -1,0 +1,24 @@
+#!/bin/bash
+# One `lbtkit run` on all GPUs of one node (one process per GPU; one CPU process without):
+#   sbatch [site flags] run.sh --output RUN_DIR [lbtkit run flags...]
+# What runs: `lbtkit job plan run ARGS`; settings: README "On a SLURM cluster".
+#SBATCH --job-name=lbtkit-run
+#SBATCH --output=%x_%j.out
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --signal=B:USR1@120
+set -euo pipefail
+# sbatch runs a copy of this script: find common.sh next to the one submitted.
+for LBT_JOBS_DIR in "${LBT_JOBS_DIR:-}" "$(dirname -- "$0")" "$(scontrol show job \
+    "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*$|\1|p')" \
+    "${SLURM_SUBMIT_DIR:-.}/jobs"; do
+    [ -f "$LBT_JOBS_DIR/common.sh" ] && break
+done
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$LBT_JOBS_DIR/common.sh" || { echo "error: set LBT_JOBS_DIR=\$(lbtkit jobs path)" >&2; exit 2; }
+
+lbt_plan run "$@"
+lbt_run
+lbt_finish run "$@"
