@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 HANDLED = ("SIGTERM", "SIGUSR1", "SIGINT")
 
@@ -40,3 +43,68 @@ class GracefulStop:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class StopPoll:
+    """When the processes of a run agree on whether any of them was told to stop.
+
+    Agreeing costs a collective (one tiny all-reduce), so a multi-process run cannot ask every
+    step; asking every ``every_steps`` steps alone is too late when a step is slow: torchrun
+    SIGKILLs its workers a grace period after the SIGTERM it forwards, and a step plus the
+    checkpoint must fit in it. So the poll is also due once ``every_seconds`` have passed. The
+    clocks of the processes differ, so the time is not compared locally (ranks could disagree
+    on whether to poll and deadlock): each poll also reduces the seconds since the previous one
+    (max over processes), and from that every process computes the same next poll step.
+    A single process polls every step (no collective needed).
+    """
+
+    def __init__(self, world_size: int = 1, *, every_steps: int = 10,
+                 every_seconds: float = 5.0,
+                 reduce_max: Callable[[list[float]], list[float]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.world_size = world_size
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self._reduce_max = reduce_max or (lambda values: values)
+        self._clock = clock
+        self._last_step: int | None = None
+        self._last_time = clock()
+        self.next_step = 0  # poll at the first step boundary at or after this one
+
+    @classmethod
+    def for_accelerator(cls, accelerator: Any, **kwargs: Any) -> StopPoll:
+        """A poll over ``accelerator``'s processes (all-reduce MAX on its device)."""
+        def reduce_max(values: list[float]) -> list[float]:
+            import torch
+            import torch.distributed as dist
+
+            tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            return tensor.tolist()
+
+        world = accelerator.num_processes
+        return cls(world, reduce_max=reduce_max if world > 1 else None, **kwargs)
+
+    def due(self, step: int) -> bool:
+        return self.world_size == 1 or step >= self.next_step
+
+    def agreed_stop(self, step: int, requested: bool) -> bool:
+        """At a step boundary: True when any process was asked to stop (polled when due)."""
+        if not self.due(step):
+            return False
+        now = self._clock()
+        flag, elapsed = self._reduce_max([float(requested), now - self._last_time])
+        self.schedule(step, elapsed)
+        self._last_time = now
+        return flag > 0
+
+    def schedule(self, step: int, elapsed: float) -> None:
+        """Set the next poll from the steps and seconds since the last one (same everywhere)."""
+        if self._last_step is None or step <= self._last_step:
+            interval = 1  # nothing measured yet: poll again at the next boundary
+        else:
+            per_step = elapsed / (step - self._last_step)
+            fits = int(self.every_seconds / per_step) if per_step > 0 else self.every_steps
+            interval = max(1, min(self.every_steps, fits))
+        self._last_step = step
+        self.next_step = step + interval

@@ -46,7 +46,7 @@ from lbtkit.rundir import (
     write_json,
 )
 from lbtkit.schedule import Schedule
-from lbtkit.signals import GracefulStop
+from lbtkit.signals import GracefulStop, StopPoll
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -59,8 +59,6 @@ _RESUME_FREE_FIELDS = {
     "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
     "eval_batch_size", "log_noise_scale", "noise_scale_ema",
 }
-# Multi-process runs agree on a stop request every this many steps (one tiny all-reduce).
-_STOP_CHECK_EVERY = 10
 
 
 def exit_code(status: str) -> int:
@@ -269,6 +267,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
 
     model.train()
     with GracefulStop() as stop:
+        stop_poll = StopPoll.for_accelerator(accelerator)
         try:
             while state.epoch < config.epochs:
                 epoch = state.epoch
@@ -304,9 +303,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                     if state.global_step % config.log_every == 0 and \
                             _any_process(accelerator, nonfinite):
                         break
-                    check_stop = world == 1 or state.global_step % _STOP_CHECK_EVERY == 0
-                    if check_stop and step + 1 < steps_per_epoch and \
-                            _any_process(accelerator, stop.requested is not None):
+                    if step + 1 < steps_per_epoch and \
+                            stop_poll.agreed_stop(state.global_step, stop.requested is not None):
                         interrupted = True
                         break
 

@@ -1,8 +1,10 @@
-"""A real single-node SLURM for the integration tests (Debian's slurm-wlm + munge, no mock).
+"""A real two-node SLURM on this machine for the integration tests (Debian's slurm-wlm +
+munge, no mock).
 
 ``SlurmCluster(state_dir).start()`` writes a slurm.conf into ``state_dir``, starts munged
-(unless one already answers), slurmctld and ``slurmd -N localhost``, and waits until the node
-is idle. Every client command needs ``SLURM_CONF``: use ``cluster.env`` (or ``cluster.run``).
+(unless one already answers), slurmctld and one ``slurmd -N NAME`` per node (Debian builds
+slurmd with MULTIPLE_SLURMD: each has its own port, spool and pid file; the node names resolve
+to 127.0.0.1, added to /etc/hosts if missing), and waits until both nodes are idle. Every client command needs ``SLURM_CONF``: use ``cluster.env`` (or ``cluster.run``).
 ``stop()`` cancels what is left and stops the daemons it started, by their pid files.
 
 The daemons are not installed here: ``tests/install-slurm.sh`` does that (CI runs it). The
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import scaled_timeout
+
 DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld",
            "slurmd": "/usr/sbin/slurmd"}
 CLIENTS = ("sbatch", "scontrol", "sinfo", "squeue", "scancel", "srun", "munge", "unmunge")
@@ -44,7 +48,6 @@ SLURM_CONF = """\
 ClusterName=lbtkit-ci
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -58,11 +61,11 @@ SchedulerParameters=sched_interval=2,bf_interval=1
 # job's record promptly (wait_final does).
 MinJobAge=24
 StateSaveLocation={state}/state
-SlurmdSpoolDir={state}/spool
+SlurmdSpoolDir={state}/spool/%n
 SlurmctldPidFile={state}/slurmctld.pid
-SlurmdPidFile={state}/slurmd.pid
+SlurmdPidFile={state}/slurmd-%n.pid
 SlurmctldLogFile={state}/log/slurmctld.log
-SlurmdLogFile={state}/log/slurmd.log
+SlurmdLogFile={state}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -72,9 +75,28 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
 SwitchType=switch/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=debug Nodes={node_names} Default=YES MaxTime=INFINITE State=UP
 """
+NODE_LINE = ("NodeName={name} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} RealMemory=2000 "
+             "State=UNKNOWN")
+NODES = ("lbt1", "lbt2")
+HOSTS_FILE = Path("/etc/hosts")
+
+
+def ensure_hosts(names=NODES, hosts_file: Path = HOSTS_FILE) -> None:
+    """Make the node names resolve to 127.0.0.1 (idempotent: adds one line if any is missing)."""
+    missing = []
+    for name in names:
+        try:
+            if socket.gethostbyname(name) == "127.0.0.1":
+                continue
+        except OSError:
+            pass
+        missing.append(name)
+    if missing:
+        with open(hosts_file, "a") as handle:
+            handle.write(f"127.0.0.1 {' '.join(missing)}  # lbtkit test SLURM nodes\n")
 
 
 def missing_binaries() -> list[str]:
@@ -109,7 +131,7 @@ def parse_records(text: str) -> list[dict[str, str]]:
 
 
 class SlurmCluster:
-    """One slurmctld + one slurmd on localhost, configured under ``state``."""
+    """One slurmctld + one slurmd per node (all on this machine), configured under ``state``."""
 
     def __init__(self, state: str | Path, *, cpus: int | None = None) -> None:
         self.state = Path(state).absolute()
@@ -123,8 +145,10 @@ class SlurmCluster:
     def write_config(self) -> None:
         for sub in ("state", "spool", "log"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
+        nodes = "\n".join(NODE_LINE.format(name=name, port=free_port(), cpus=self.cpus)
+                          for name in NODES)
         self.conf.write_text(SLURM_CONF.format(
-            state=self.state, cpus=self.cpus, ctld_port=free_port(), slurmd_port=free_port(),
+            state=self.state, ctld_port=free_port(), nodes=nodes, node_names=",".join(NODES),
         ))
 
     def start(self, timeout: float = 60) -> SlurmCluster:
@@ -132,12 +156,15 @@ class SlurmCluster:
         if missing:
             raise RuntimeError(f"SLURM is not installed (missing: {', '.join(missing)}); "
                                f"run tests/install-slurm.sh")
+        ensure_hosts()
         self.write_config()
         self._start_munge()
         try:
             self._daemon("/usr/sbin/slurmctld")
-            self._daemon("/usr/sbin/slurmd", "-N", "localhost")
-            self._wait_idle(timeout)
+            for name in NODES:
+                (self.state / "spool" / name).mkdir(parents=True, exist_ok=True)
+                self._daemon("/usr/sbin/slurmd", "-N", name)
+            self._wait_idle(scaled_timeout(timeout))
         except BaseException:
             self.stop()
             raise
@@ -149,7 +176,7 @@ class SlurmCluster:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(["scancel", "--user", str(os.getuid())], env=self.env,
                                capture_output=True, timeout=10)
-        for name in ("slurmd.pid", "slurmctld.pid"):
+        for name in [*(f"slurmd-{node}.pid" for node in NODES), "slurmctld.pid"]:
             _stop_pid_file(self.state / name)
         if self.started_munge:
             _stop_pid_file(MUNGE_PID_FILE)
@@ -198,18 +225,18 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env,
+            out = subprocess.run(["sinfo", "-h", "-o", "%T %D"], env=self.env,
                                  capture_output=True, text=True, timeout=10)
             state = out.stdout.strip()
-            if out.returncode == 0 and state == "idle":
+            if out.returncode == 0 and state == f"idle {len(NODES)}":
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"the node did not become idle in {timeout:.0f} s "
+        raise RuntimeError(f"the nodes did not become idle in {timeout:.0f} s "
                            f"(state {state!r})\n{self.logs()}")
 
     def logs(self) -> str:
         parts = []
-        for name in ("slurmctld.log", "slurmd.log"):
+        for name in ["slurmctld.log", *(f"slurmd-{node}.log" for node in NODES)]:
             path = self.state / "log" / name
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-40:]
@@ -242,19 +269,33 @@ class SlurmCluster:
             return []
         return parse_records(out.stdout)
 
-    def wait_final(self, job_id: str, *, timeout: float = 180,
-                   poll: float = 1.0) -> list[dict[str, str]]:
-        """Wait until every record of ``job_id`` is in a final state; return the records."""
-        deadline = time.monotonic() + timeout
+    def wait_final(self, job_id: str, *, timeout: float = 180, poll: float = 1.0,
+                   outputs: tuple[Path, ...] = ()) -> list[dict[str, str]]:
+        """Wait until every record of ``job_id`` is in a final state; return the records.
+
+        ``timeout`` is scaled (``scaled_timeout``); a timeout fails with the job's records,
+        the daemons' logs and the job's output files (``outputs``)."""
+        deadline = time.monotonic() + scaled_timeout(timeout)
         records: list[dict[str, str]] = []
         while time.monotonic() < deadline:
             records = self.jobs(job_id)
             if records and all(r.get("JobState") in FINAL_STATES for r in records):
                 return records
             time.sleep(poll)
-        raise AssertionError(f"job {job_id} not finished after {timeout:.0f} s: "
-                             f"{[(r.get('JobId'), r.get('JobState')) for r in records]}\n"
-                             f"{self.logs()}")
+        raise AssertionError(f"job {job_id} not finished after {scaled_timeout(timeout):.0f} s"
+                             f"\n{self.diagnostics(job_id, outputs)}")
+
+    def diagnostics(self, job_id: str | None = None, outputs: tuple[Path, ...] = ()) -> str:
+        """What to read when a job test fails: scontrol's record, the logs, the job output."""
+        parts = []
+        if job_id:
+            shown = self.run("scontrol", "show", "job", str(job_id), check=False)
+            parts.append(f"--- scontrol show job {job_id}\n{shown.stdout}{shown.stderr}")
+        parts.append(self.logs())
+        for path in outputs:
+            text = path.read_text(errors="replace") if path.exists() else "(missing)"
+            parts.append(f"--- {path}\n{text[-6000:]}")
+        return "\n".join(parts)
 
 
 def _stop_pid_file(pid_file: Path, timeout: float = 15) -> None:
