@@ -463,12 +463,15 @@ def _plan_multinode(args: list[str], environ: Mapping[str, str], cwd: Path,
     port = _port(environ, slurm)
     launch = [*setup.prefix, *setup.accelerate, "launch", *setup.launch_args,
               "--num_machines", str(nodes), "--num_processes", str(nodes * per_node)]
+    # A static rendezvous (torchrun --master_addr/--master_port/--node_rank), hosted by node
+    # rank 0 on the job's own port. Not c10d: for one machine accelerate sets no c10d endpoint
+    # (torchrun falls back to localhost:29400, shared by every job on the node), and with
+    # several, any agent whose host matches the endpoint may open the store first, which
+    # fails accelerate's port check on rank 0 when two "nodes" share a machine.
     if nodes > 1:
         launch += ["--main_process_ip", first, "--main_process_port", str(port),
-                   "--rdzv_backend", "c10d"]
+                   "--same_network"]
     else:
-        # One machine: accelerate sets no c10d endpoint (torchrun would fall back to
-        # localhost:29400, shared by every job on the node): a static rendezvous on our port.
         launch += ["--main_process_port", str(port)]
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}", f"--ntasks={nodes}",
             "--ntasks-per-node=1"]

@@ -4,7 +4,8 @@ munge, no mock).
 ``SlurmCluster(state_dir).start()`` writes a slurm.conf into ``state_dir``, starts munged
 (unless one already answers), slurmctld and one ``slurmd -N NAME`` per node (Debian builds
 slurmd with MULTIPLE_SLURMD: each has its own port, spool and pid file; the node names resolve
-to 127.0.0.1, added to /etc/hosts if missing), and waits until both nodes are idle. Every client command needs ``SLURM_CONF``: use ``cluster.env`` (or ``cluster.run``).
+to 127.0.0.1, added to /etc/hosts if missing), and waits until both nodes are idle. Every
+client command needs ``SLURM_CONF``: use ``cluster.env`` (or ``cluster.run``).
 ``stop()`` cancels what is left and stops the daemons it started, by their pid files.
 
 The daemons are not installed here: ``tests/install-slurm.sh`` does that (CI runs it). The

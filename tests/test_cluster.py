@@ -197,7 +197,7 @@ def test_multinode_runs_one_launch_per_node_with_its_rank_expanded_there(tmp_pat
     assert plan.relay == "steps"
     launch = ["accelerate", "launch", *LAUNCH, "--num_machines", "2", "--num_processes", "8",
               "--main_process_ip", "node1", "--main_process_port", "25000",
-              "--rdzv_backend", "c10d"]
+              "--same_network"]
     assert plan.command == [
         "srun", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
         "--cpus-per-task=16", "bash", "-c", cluster.NODE_SCRIPT, "lbtkit-node", *launch, "--",

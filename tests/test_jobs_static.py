@@ -437,7 +437,7 @@ def test_multinode_runs_apptainer_on_every_node_with_its_own_rank(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     launch = ["launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--num_machines", "2", "--num_processes", "8", "--main_process_ip", "node1",
-              "--main_process_port", "25000", "--rdzv_backend", "c10d"]
+              "--main_process_port", "25000", "--same_network"]
     rest = ["-m", "lbtkit", "run", "--preset", "smoke", "--data-dir", str(data),
             "--output", str(run_dir)]
     prefix = ["exec", "--nv", "--bind", f"{tmp_path / 'data'},{tmp_path / 'runs'}",

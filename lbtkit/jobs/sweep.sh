@@ -12,7 +12,7 @@
 set -euo pipefail
 # sbatch runs a copy of this script: find common.sh next to the one submitted.
 for LBT_JOBS_DIR in "${LBT_JOBS_DIR:-}" "$(dirname -- "$0")" "$(scontrol show job \
-    "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*$|\1|p')" \
+    "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\([^ ]*\)/[^/ ]*.*$|\1|p' | head -n 1)" \
     "${SLURM_SUBMIT_DIR:-.}/jobs"; do
     [ -f "$LBT_JOBS_DIR/common.sh" ] && break
 done
