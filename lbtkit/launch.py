@@ -91,20 +91,33 @@ def launch_run(config: RunConfig, num_processes: int, *, progress: bool = True) 
 
 def run_launched(command: list[str], run_dir: Path) -> int:
     """Run the launcher; forward SIGTERM/SIGUSR1/SIGINT to it as SIGTERM (which torchrun
-    relays to its workers, unlike SIGUSR1); return the exit code the run's status implies."""
+    relays to its workers, unlike SIGUSR1); return the exit code the run's status implies.
+
+    The workers run in sessions of their own: a launcher that dies (killed on its own, or by a
+    signal before torchrun handles them) would leave them training. This process becomes
+    their subreaper (Linux), so orphaned workers become its children: it sends them SIGTERM
+    and waits for them (they checkpoint and stop) before it returns."""
+    from lbtkit.cluster import launcher_environment
     from lbtkit.train import exit_code
 
     results_file = RunDir(run_dir).results_path
     before = results_file.stat().st_mtime_ns if results_file.exists() else None
-    child = subprocess.Popen(command)
+    subreaper = become_subreaper()
+    env = {**launcher_environment(os.environ), **os.environ}
+    child = subprocess.Popen(command, env=env)
 
     def relay(signum, frame) -> None:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+        for pid in child_pids(exclude=child.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
         returncode = child.wait()
+        if subreaper:
+            stop_orphans(int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -112,4 +125,51 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     fresh = results_file.exists() and results_file.stat().st_mtime_ns != before
     if results and fresh:
         return exit_code(results.get("status", ""))
-    return returncode
+    return returncode if returncode >= 0 else 128 - returncode  # killed by a signal: 128+N
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (``prctl(PR_SET_CHILD_SUBREAPER)``); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def child_pids(exclude: int | None = None) -> list[int]:
+    """This process's live children (adopted orphans included), from /proc."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in task.read_text().split()]
+    return [pid for pid in pids if pid != exclude]
+
+
+def stop_orphans(grace: float) -> list[int]:
+    """SIGTERM the workers a dead launcher left to us, wait up to ``grace`` s (they
+    checkpoint), then SIGKILL; reap them. Returns their pids."""
+    import time
+
+    orphans = child_pids()
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    waiting = set(orphans)
+    while waiting:
+        for pid in list(waiting):
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+            waiting.discard(pid)
+        if waiting and time.monotonic() > deadline:
+            for pid in waiting:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
+    return orphans
