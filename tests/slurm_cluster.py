@@ -251,7 +251,7 @@ class SlurmCluster:
         """Run a client command (sbatch, scontrol, ...) against this cluster."""
         full_env = {**(env if env is not None else os.environ), "SLURM_CONF": str(self.conf)}
         result = subprocess.run(list(map(str, args)), env=full_env, capture_output=True,
-                                text=True, timeout=timeout, cwd=cwd)
+                                text=True, timeout=scaled_timeout(timeout), cwd=cwd)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")

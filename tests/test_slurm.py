@@ -116,7 +116,7 @@ def test_sweep_array_completes_and_the_report_has_every_row(slurm, tmp_path):  #
     env = job_env(tmp_path)
 
     result = slurm.run("sbatch", "--wait", f"--array=0-{len(runs) - 1}", JOBS / "sweep.sh", sweep,
-                       env=env, cwd=tmp_path, timeout=scaled_timeout(240), check=False)
+                       env=env, cwd=tmp_path, timeout=240, check=False)
     array_id = submitted_id(result)
     logs = [tmp_path / f"lbtkit-sweep_{array_id}_{i}.out" for i in range(len(runs))]
     all_logs = "\n".join(read_log(p) for p in logs)
@@ -142,7 +142,7 @@ def test_plain_sbatch_without_an_array_refuses_to_run(slurm, tmp_path):  # noqa:
     sweep = tmp_path / "sweep"
     plan(sweep, {"batch_size": [32, 64, 128]}, epochs=1)
     result = slurm.run("sbatch", "--wait", JOBS / "sweep.sh", sweep, env=job_env(tmp_path),
-                       cwd=tmp_path, timeout=scaled_timeout(60), check=False)
+                       cwd=tmp_path, timeout=60, check=False)
     job_id = submitted_id(result)
     assert result.returncode == 2
     (log,) = tmp_path.glob(f"lbtkit-sweep_{job_id}_*.out")  # %a of a job outside an array
