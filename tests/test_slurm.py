@@ -1,4 +1,4 @@
-"""The job scripts on a real single-node SLURM (tests/slurm_cluster.py), not a mock.
+"""The job scripts on a real two-node SLURM on this machine (tests/slurm_cluster.py), not a mock.
 
 1. ``sbatch --wait --array=0-2 jobs/sweep.sh`` completes every task; the report has every row.
    A plain ``sbatch jobs/sweep.sh`` (no --array) fails at once instead of training one entry.
@@ -10,6 +10,11 @@
 5. Container mode (``LBT_IMAGE``), submitted by ``submit_sweep``: the task runs ``apptainer exec
    --bind ... IMAGE lbtkit sweep run-task ...`` (the image's lbtkit, not a pinned host path),
    with a stand-in apptainer that runs the command on the host (no Apptainer here).
+6. ``jobs/multinode.sh`` on 2 nodes x 1 and x 2 processes keeps the global batch; a SIGUSR1
+   requeues it and it resumes to the weights of an uninterrupted run; two 1-node multi-process
+   jobs on one node at once rendezvous on their own ports.
+7. A deliberately slow step (35 s, > torchrun's default 30 s grace) still checkpoints.
+8. A wheel installed into a fresh venv, no checkout: ``lbtkit sweep submit`` completes.
 
 Needs root and the Debian packages (tests/install-slurm.sh); skipped without them unless
 LBTKIT_REQUIRE_SLURM=1, which turns the skip into a failure (CI).
