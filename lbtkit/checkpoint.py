@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lbtkit.errors import CheckpointError
+from lbtkit.errors import CheckpointError, WriteFailed
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
+# Without these the loop cannot know where it stands; the other LoopState fields have
+# defaults that checkpoints written before they existed rely on.
+_REQUIRED_STATE = ("epoch", "step_in_epoch", "global_step")
 
 
 @dataclass
@@ -86,14 +91,11 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
     if not final.exists():
-        _save_rng(tmp / f"rng-rank{rank}.safetensors")
+        _save_rng(tmp / f"rng-rank{rank}.safetensors", previous=latest_checkpoint(folder))
     barrier()
     if rank == 0 and not final.exists():
-        save_weights(model, tmp / "model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        meta = {"world_size": world_size, "state": state.to_dict()}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        _fsync_dir_files(tmp)
+        _write_checkpoint_files(tmp, state, model=model, optimizer=optimizer,
+                                world_size=world_size, previous=latest_checkpoint(folder))
         os.replace(tmp, final)
         _fsync(folder)
         for old in folder.iterdir():
@@ -103,6 +105,33 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     return final
+
+
+def _write_checkpoint_files(tmp: Path, state: LoopState, *, model: torch.nn.Module,
+                            optimizer: torch.optim.Optimizer, world_size: int,
+                            previous: Path | None) -> None:
+    """Rank 0's share of a checkpoint, into ``tmp``. A failed write (a full disk) removes
+    ``tmp`` and names the file and the older checkpoint that is still complete."""
+    current = tmp / "model.safetensors"
+    try:
+        save_weights(model, current)
+        current = tmp / "optimizer.pt"
+        torch.save(optimizer.state_dict(), current)
+        current = tmp / "state.json"
+        meta = {"world_size": world_size, "state": state.to_dict()}
+        current.write_text(json.dumps(meta, indent=2))
+        _fsync_dir_files(tmp)
+    except (OSError, RuntimeError, WriteFailed) as exc:  # torch.save: RuntimeError on ENOSPC
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.reason if isinstance(exc, WriteFailed) else _first_line(exc)
+        raise WriteFailed(current, reason, _kept_note(previous)) from None
+
+
+def _kept_note(previous: Path | None) -> str:
+    if previous is None:
+        return "; no complete checkpoint yet"
+    return (f"; the last complete checkpoint {previous} is still there: free space and rerun "
+            f"the same command to resume")
 
 
 def load_checkpoint(
@@ -117,56 +146,122 @@ def load_checkpoint(
     Data order and augmentation do not depend on the number of processes, but dropout
     streams are per process: resuming on another count works, it is just not bit-exact.
     """
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        weights = load_file(str(path / "model.safetensors"))
-        optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # json, safetensors and torch raise many types for a damaged file
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from None
+    state = _read_state(path / "state.json")
+    weights = read_weights(path / "model.safetensors")
+    optim_state = _read_optimizer_state(path / "optimizer.pt")
     try:
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim_state)
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {_first_line(exc)}") from None
     rng_file = path / f"rng-rank{rank}.safetensors"
     if rng_file.exists():
         _load_rng(rng_file)
-    return LoopState(**meta["state"])
+    return state
+
+
+def _read_state(path: Path) -> LoopState:
+    """The loop state of ``state.json``, refusing one that is valid JSON but incomplete."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    values = meta.get("state") if isinstance(meta, dict) else None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} has no 'state' table: not a checkpoint lbtkit wrote")
+    known = {f.name for f in dataclasses.fields(LoopState)}
+    problem = next((f"unknown key {k!r}" for k in values if k not in known), None)
+    problem = problem or next((f"no {k!r}" for k in _REQUIRED_STATE if k not in values), None)
+    problem = problem or next(
+        (f"{k!r} is {values[k]!r}, not a count" for k in _REQUIRED_STATE
+         if isinstance(values[k], bool) or not isinstance(values[k], int) or values[k] < 0),
+        None,
+    )
+    if problem:
+        raise CheckpointError(f"{path} is incomplete or damaged ({problem}); delete its "
+                              f"checkpoint directory to resume from an earlier one")
+    return LoopState(**values)
+
+
+def _read_optimizer_state(path: Path) -> dict[str, Any]:
+    """``torch.load`` restricted to tensors and plain data; a refusal is one line naming the
+    file and the reason (never an invitation to lift the restriction)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = re.search(r"GLOBAL (\S+)", str(exc))
+        reason = (f"it asks to import {wanted.group(1)}, and an optimizer state holds only "
+                  f"tensors and numbers: loading it could run code" if wanted
+                  else "it is not a readable optimizer state (damaged)")
+        raise CheckpointError(f"refused {path}: {reason}; delete its checkpoint directory "
+                              f"to resume from an earlier one") from None
+    except Exception as exc:  # zip and I/O errors surface as several types
+        raise CheckpointError(f"cannot read {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Write a model's full state (parameters and buffers) as safetensors, atomically."""
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _save_tensors(weights, path)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file via a temporary name, with the umask's mode (save_file itself
+    makes 0600 files), failures as WriteFailed naming ``path``."""
+    from lbtkit.rundir import file_mode
+
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(weights, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp))
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(path, _first_line(exc)) from None
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing or damaged file is one CheckpointError
+    line. Every weight file lbtkit reads (run weights, init.safetensors) goes through here."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"cannot read weights {path}: {_first_line(exc)}; it is "
+                              f"damaged or not a safetensors file") from None
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a full state written by ``save_weights`` (strict: every key must match)."""
-    try:
-        weights = load_file(str(path))
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from None
+    weights = read_weights(path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"weights {path} do not fit this model: {first}") from None
+        raise CheckpointError(
+            f"weights {path} do not fit this model: {_first_line(exc)}") from None
 
 
-def _save_rng(path: Path) -> None:
+def _save_rng(path: Path, *, previous: Path | None) -> None:
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state()
-    save_file(states, str(path))
+    try:
+        _save_tensors(states, path)
+    except WriteFailed as exc:
+        raise exc.noting(_kept_note(previous)) from None
 
 
 def _load_rng(path: Path) -> None:
-    try:
-        states = load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot load RNG state {path}: {exc}") from None
+    states = read_weights(path)
+    if "cpu" not in states:
+        raise CheckpointError(f"{path} holds no 'cpu' RNG state")
     torch.set_rng_state(states["cpu"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])

@@ -28,7 +28,7 @@ from lbtkit.config import (
     preset_description,
     preset_values,
 )
-from lbtkit.errors import UserError
+from lbtkit.errors import EnvironmentFault, UserError
 from lbtkit.specs import (
     DEFAULT_ALPHAS,
     DEFAULT_GRID,
@@ -48,10 +48,13 @@ app = typer.Typer(
 # Files and pipes get a wide console: Rich would otherwise fold tables to 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 EXIT_USER_ERROR = 2
+EXIT_ENVIRONMENT = 1
 
 
 def user_errors(fn):
-    """Print a user mistake as one line on stderr and exit 2, with no traceback."""
+    """Print a user mistake as one line on stderr and exit 2; an environment fault (a full or
+    read-only disk, a path the system refuses) as one line and exit 1. No traceback for
+    either: anything else is a bug and keeps it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -60,8 +63,21 @@ def user_errors(fn):
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        except EnvironmentFault as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
 
     return wrapper
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
@@ -84,7 +100,8 @@ def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
         flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
         kind = _flag_type(f.type)
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(*decls, help=f.metadata.get("help"), show_default=False)
+        option = typer.Option(*decls, help=f.metadata.get("help"), show_default=False,
+                              parser=_NUMBER_PARSERS.get(kind))
         params.append(inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY,
             default=None, annotation=Annotated[Optional[kind], option],  # noqa: UP045
@@ -98,6 +115,24 @@ def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
 
     wrapper.__signature__ = original.replace(parameters=params)
     return wrapper
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+
+
+# Typer's own messages ("Input should be a valid integer") do not repeat the value given.
+_NUMBER_PARSERS = {int: _parse_int, float: _parse_float}
 
 
 def _flag_type(annotation: Any) -> type:
@@ -122,7 +157,8 @@ def run(
     ] = False,
     num_processes: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="launch N processes (accelerate launch, DDP)"),
+        typer.Option("--num-processes", help="launch N processes (accelerate launch, DDP)",
+                     parser=_parse_int),
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
     *,
@@ -142,6 +178,9 @@ def run(
         shown = {**resolved.to_dict(), **batch_plan.to_dict()}
         print(json.dumps(shown, indent=2))
         return
+    from lbtkit.preflight import preflight
+
+    preflight(resolved, world_size=world)  # once here, not once per process
     if num_processes and num_processes > 1:
         raise typer.Exit(launch.launch_run(resolved, num_processes, progress=progress))
 
@@ -641,8 +680,10 @@ def demo(
 ) -> None:
     """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md."""
     from lbtkit.demo import FULL, QUICK, run_demo
+    from lbtkit.preflight import check_output_dir
     from lbtkit.train import exit_code
 
+    check_output_dir(output)
     summary = run_demo(output, QUICK if quick else FULL, progress=progress)
     raise typer.Exit(exit_code(summary["status"]))
 
@@ -756,6 +797,9 @@ def configure_logging() -> None:
 
 
 def main() -> None:
+    from lbtkit.signals import exit_interrupted_during_startup
+
+    exit_interrupted_during_startup()  # the console script's entry; python -m did it already
     configure_logging()
     app()
 

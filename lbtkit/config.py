@@ -27,6 +27,21 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "lars", "lamb")
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 SCHEDULERS = ("cosine", "step", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# Seeds feed torch.manual_seed (64 bits) after scaling (seed * 1000 + rank in training).
+SEED_LIMIT = 2**32
+# The range of every float field: (low, low included, high, high included). All must also be
+# finite: nan slips through every comparison, so a check of the form "x < 0" lets it pass.
+FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "momentum": (0.0, True, 1.0, False),
+    "weight_decay": (0.0, True, math.inf, False),
+    "lr": (0.0, False, math.inf, False),
+    "base_lr": (0.0, False, math.inf, False),
+    "warmup_epochs": (0.0, True, math.inf, False),
+    "step_gamma": (0.0, False, 1.0, True),
+    "trust_coefficient": (0.0, False, math.inf, False),
+    "sam_rho": (0.0, True, math.inf, False),
+    "noise_scale_ema": (0.0, True, 1.0, False),
+}
 
 
 def _opt(help_text: str, **kwargs: Any) -> Any:
@@ -183,6 +198,9 @@ class RunConfig:
         _positive("eval_every", self.eval_every)
         _positive("log_every", self.log_every)
         _positive("step_epochs", self.step_epochs)
+        _check_floats(self)
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed must be a whole number in [0, 2**32), got {self.seed}")
         for name in ("max_per_device_batch", "grad_accum_steps", "image_size", "num_classes"):
             value = getattr(self, name)
             if value is not None:
@@ -191,34 +209,14 @@ class RunConfig:
             raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
-            raise ConfigError(f"base_lr must be a positive number, got {self.base_lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ConfigError("nesterov needs optimizer 'sgd' with momentum > 0")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ConfigError(
                 f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})"
             )
-        if not 0 < self.step_gamma <= 1:
-            raise ConfigError(f"step_gamma must be in (0, 1], got {self.step_gamma}")
-        if not (math.isfinite(self.trust_coefficient) and self.trust_coefficient > 0):
-            raise ConfigError(
-                f"trust_coefficient must be a positive number, got {self.trust_coefficient}"
-            )
         if self.ghost_batch_size is not None:
             _positive("ghost_batch_size", self.ghost_batch_size)
-        if not (math.isfinite(self.sam_rho) and self.sam_rho >= 0):
-            raise ConfigError(f"sam_rho must be >= 0 (0 turns SAM off), got {self.sam_rho}")
-        if not 0 <= self.noise_scale_ema < 1:
-            raise ConfigError(f"noise_scale_ema must be in [0, 1), got {self.noise_scale_ema}")
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():
@@ -429,6 +427,20 @@ def build_config(
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _check_floats(config: RunConfig) -> None:
+    """Every float field is a finite number inside its FLOAT_RANGES interval."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if "float" not in str(f.type) or value is None:
+            continue
+        low, low_in, high, high_in = FLOAT_RANGES.get(f.name, (-math.inf, False, math.inf, False))
+        inside = (value >= low if low_in else value > low) and \
+            (value <= high if high_in else value < high)
+        if not (math.isfinite(value) and inside):
+            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise ConfigError(f"{f.name} must be a finite number in {interval}, got {value}")
 
 
 def _positive(name: str, value: int) -> None:

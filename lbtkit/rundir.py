@@ -5,23 +5,35 @@
     RUN/results.json       status, final and best metrics, batch plan, versions
     RUN/model.safetensors  final weights (written when the run completes)
     RUN/checkpoints/       resume state (see lbtkit.checkpoint)
+    RUN/.lock              the advisory lock a live run holds (flock; empty of meaning otherwise)
 
-Every file is written atomically (temporary name, fsync, rename), so a kill at any instant
-leaves either the old or the new file, never a torn one.
+Every file but metrics.jsonl is written atomically (temporary name, fsync, rename), so a kill
+at any instant leaves either the old or the new file, never a torn one; files get the mode
+the umask allows, like any other file the user creates. metrics.jsonl is appended to, so a
+kill mid-append can leave a torn last line: this module is the one reader of run files, and
+it drops (and logs) what it cannot parse; a resumed run rewrites the file without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import platform
+import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import CheckpointError
+from lbtkit.errors import CheckpointError, RunDirBusyError, UserError, WriteFailed
+
+log = logging.getLogger(__name__)
 
 STATUS_COMPLETED = "completed"
 STATUS_DIVERGED = "diverged"
@@ -38,36 +50,91 @@ class RunDir:
         self.results_path = self.root / "results.json"
         self.model_path = self.root / "model.safetensors"
         self.checkpoints = self.root / "checkpoints"
+        self.lock_path = self.root / ".lock"
 
     def create(self) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        ensure_directory(self.root)
+        ensure_directory(self.checkpoints)
 
     def read_config(self) -> RunConfig | None:
+        """The stored config; None when there is none. Unreadable raises CheckpointError:
+        without it we cannot tell whether the checkpoints belong to this run."""
         if not self.config_path.exists():
             return None
-        return RunConfig.from_dict(read_json(self.config_path), source=str(self.config_path))
+        values = read_json(self.config_path)
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{self.config_path} does not hold a table of settings")
+        return RunConfig.from_dict(values, source=str(self.config_path))
 
     def read_results(self) -> dict[str, Any] | None:
-        if not self.results_path.exists():
+        """The stored results (a dict with a string ``status``); None when absent or
+        unreadable (logged). A run rewrites the file when it ends, so nothing depends on a
+        damaged one; ``results_path.exists()`` tells the two cases apart."""
+        try:
+            text = self.results_path.read_text()
+        except FileNotFoundError:
             return None
-        return read_json(self.results_path)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.results_path, exc)
+            return None
+        try:
+            results = json.loads(text)
+        except ValueError as exc:
+            log.warning("ignoring unreadable %s: %s", self.results_path, exc)
+            return None
+        if not isinstance(results, dict) or not isinstance(results.get("status"), str):
+            log.warning("ignoring %s: not a results table with a status", self.results_path)
+            return None
+        return results
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """The epoch rows (dicts with a numeric ``epoch``). A line torn by a kill mid-append,
+        or otherwise unparseable, is dropped and logged; the file is not changed here (a live
+        run may be appending): ``keep_metrics_before`` rewrites it on resume."""
+        try:
+            text = self.metrics_path.read_text(errors="replace")
+        except FileNotFoundError:
             return []
-        lines = self.metrics_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        except OSError as exc:
+            log.warning("ignoring unreadable %s: %s", self.metrics_path, exc)
+            return []
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = _metrics_row(line)
+            if row is None:
+                log.warning("%s line %d is torn or not an epoch row; dropped: %.200r",
+                            self.metrics_path, number, line)
+                continue
+            rows.append(row)
+        return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.metrics_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise WriteFailed(self.metrics_path, _reason(exc)) from None
 
     def keep_metrics_before(self, epochs_completed: int) -> None:
-        """Drop epoch lines a resumed run is about to redo (they came after its checkpoint)."""
+        """Drop epoch lines a resumed run is about to redo (they came after its checkpoint),
+        and any torn line a kill left behind."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epochs_completed]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _metrics_row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        return None
+    return row
 
 
 def read_json(path: Path) -> Any:
@@ -77,22 +144,141 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# --- writing ----------------------------------------------------------------------------------
+
+
+def ensure_directory(path: Path) -> None:
+    """``mkdir -p path``; a path that is a file is a user mistake, a refusal by the system an
+    environment fault, each one line naming the path."""
+    path = Path(path)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise UserError(f"{path} cannot be a directory: {blocker} is a file; "
+                        f"choose another --output") from None
+    except OSError as exc:
+        raise WriteFailed(path, _reason(exc)) from None
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (what ``open`` would give)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it, then put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` via a temporary file and a rename; OSError becomes WriteFailed."""
+    path = Path(path)
+    ensure_directory(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteFailed(path, _reason(exc)) from None
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a run's group should read its files
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteFailed(path, _reason(exc)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += " (disk full)"
+    return reason
+
+
+# --- one live run per directory ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(root: str | Path) -> Iterator[None]:
+    """Hold ``root/.lock`` (flock, exclusive) while the block runs; refuse when another live
+    process holds it. The kernel drops the lock when its holder dies, so the file a killed
+    run leaves behind never blocks a resume."""
+    run = RunDir(root)
+    ensure_directory(run.root)
+    try:
+        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as exc:
+        raise WriteFailed(run.lock_path, _reason(exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusyError(_busy_message(run, fd)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_not_locked(root: str | Path) -> None:
+    """Raise RunDirBusyError when a live run holds ``root``'s lock (a check before launching
+    processes; the run itself takes the lock)."""
+    run = RunDir(root)
+    try:
+        fd = os.open(run.lock_path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or none we can open): nobody to wait for
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirBusyError(_busy_message(run, fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _busy_message(run: RunDir, fd: int) -> str:
+    try:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        holder = []
+    who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
+    return (f"{run.root} is in use by another live run{who}; wait for it to end or choose "
+            f"another --output")
+
+
+@contextlib.contextmanager
+def guard_run(root: str | Path, *, main: bool) -> Iterator[None]:
+    """What ``lbtkit.train.run`` holds around training: the directory's lock (main process
+    only), and a failed write that says where the last complete checkpoint is."""
+    from lbtkit.checkpoint import latest_checkpoint
+
+    with run_lock(root) if main else contextlib.nullcontext():
+        try:
+            yield
+        except WriteFailed as exc:
+            last = latest_checkpoint(RunDir(root).checkpoints)
+            note = (f"; the last complete checkpoint {last} is still there: free space and "
+                    f"rerun the same command to resume") if last else "; no checkpoint yet"
+            raise exc.noting(note) if "checkpoint" not in exc.note else exc from None
 
 
 def versions() -> dict[str, str | None]:

@@ -8,6 +8,7 @@ A second SIGINT falls back to the default (KeyboardInterrupt), for a user who me
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -108,3 +109,34 @@ class StopPoll:
             interval = max(1, min(self.every_steps, fits))
         self._last_step = step
         self.next_step = step + interval
+
+
+# Exit code of an interrupted run that a rerun resumes (lbtkit.train.EXIT_INTERRUPTED; not
+# imported from there, because this runs before torch is imported).
+_EXIT_INTERRUPTED = 75
+
+
+def exit_interrupted_during_startup() -> None:
+    """Until ``GracefulStop`` takes over, make SIGTERM, SIGUSR1 and SIGINT end the process with
+    exit 75 and one line: a job killed while importing or loading data has no checkpoint to
+    save yet, but a batch script must still tell "interrupted, rerun me" from a crash.
+
+    Called first thing by the command-line entry points. Signals that the parent set to be
+    ignored (a background job's SIGINT) stay ignored. ``GracefulStop`` restores this handler
+    when it exits, so the same holds while a finished run writes its results.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in HANDLED:
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL,
+                                                                signal.default_int_handler):
+            signal.signal(signum, _exit_interrupted)
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    # os.write, not print: the signal may arrive in the middle of another write to stderr.
+    os.write(2, f"interrupted by {name} while starting, before any checkpoint; rerun the "
+                f"same command\n".encode())
+    raise SystemExit(_EXIT_INTERRUPTED)

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from lbtkit.checkpoint import load_weights, save_weights
+from lbtkit.checkpoint import load_weights, read_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
@@ -131,7 +130,7 @@ def write_initial_weights(base: RunConfig, path: Path) -> Path:
     if not path.exists():
         save_weights(model, path)
         return path
-    stored = load_file(str(path))
+    stored = read_weights(path)
     state = model.state_dict()
     if stored.keys() != state.keys() or any(
         not torch.equal(stored[k], state[k].cpu()) for k in state

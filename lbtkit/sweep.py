@@ -392,10 +392,15 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
     is recorded as ``failed`` in its results.json and the sweep goes on. An interruption
     (signal, Ctrl-C) stops the loop: the entries after it are missing from the result.
     """
+    from lbtkit.launch import launched_world_size
+    from lbtkit.preflight import preflight_all
     from lbtkit.train import run
 
     sweep = load_sweep(sweep_dir)
     total = len(sweep["runs"])
+    # A missing data set is one line now, not one failure per entry.
+    preflight_all([entry_config(sweep, entry["index"]) for entry in sweep["runs"]
+                   if read_run(entry).state not in _FINAL], world_size=launched_world_size())
     statuses: dict[int, str] = {}
     for entry in sweep["runs"]:
         index = entry["index"]
@@ -490,11 +495,11 @@ def read_run(entry: dict[str, Any], *, now: float | None = None) -> RunRecord:
     """
     run = RunDir(entry["run_dir"])
     now = time.time() if now is None else now
-    metrics = _read_metrics(run.metrics_path)
+    metrics = run.read_metrics()
     results_time = _mtime(run.results_path)
     if results_time is not None:
-        results = _read_results(run.results_path)
-        if results is None:
+        results = run.read_results()
+        if results is None:  # there, but unreadable (lbtkit.rundir logged why)
             return RunRecord(entry, STATE_UNREADABLE, None, [])
         # After an interruption or failure, a newer config.json means a new attempt began.
         if results["status"] in _FINAL or _last_activity(run) <= results_time:
@@ -532,33 +537,6 @@ def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _read_results(path: Path) -> dict[str, Any] | None:
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, dict) or not isinstance(results.get("status"), str):
-        return None
-    return results
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The readable epoch rows; a line torn by a kill mid-append is skipped."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, ValueError):
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and number(row.get("epoch")) is not None:
-            rows.append(row)
-    return rows
 
 
 def _mtime(path: Path) -> float | None:

@@ -42,6 +42,7 @@ from lbtkit.rundir import (
     STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     RunDir,
+    guard_run,
     versions,
     write_json,
 )
@@ -88,7 +89,8 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     config = config.resolved()
     accelerator = make_accelerator(config)
     try:
-        return _run(config, accelerator, progress=progress)
+        with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
+            return _run(config, accelerator, progress=progress)
     finally:
         accelerator.end_training()
         _reset_accelerate_state()

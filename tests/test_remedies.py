@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+import traceback
+from queue import Empty
 
 import pytest
 import torch
@@ -26,7 +29,7 @@ from lbtkit.models.norm import (
 from lbtkit.rundir import RunDir
 from lbtkit.train import run
 
-from conftest import run_cli
+from conftest import run_cli, scaled_timeout
 
 
 def _bn_mlp(*, num_classes, in_channels, image_size, pretrained):
@@ -124,6 +127,16 @@ def test_ghost_size_must_divide_the_per_device_batch(tmp_path):
 
 
 def _global_bn_worker(rank: int, world: int, port: int, x, weight, bias, queue) -> None:
+    try:
+        # As numpy arrays: tensors would travel as shared memory that vanishes with the worker.
+        queue.put((rank, *(t.numpy() for t in _global_bn_pass(rank, world, port, x, weight,
+                                                              bias))))
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc()))
+        raise
+
+
+def _global_bn_pass(rank: int, world: int, port: int, x, weight, bias) -> tuple:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -138,10 +151,36 @@ def _global_bn_worker(rank: int, world: int, port: int, x, weight, bias, queue) 
         # A loss over the whole batch (sum over processes), so the input gradient of each
         # part must include the path through the other process's statistics.
         (out * torch.arange(out.numel()).view_as(out).float()).sum().backward()
-        queue.put((rank, out.detach(), part.grad, bn.weight.grad, bn.running_mean.clone(),
-                   bn.running_var.clone()))
+        return (out.detach(), part.grad, bn.weight.grad, bn.running_mean.clone(),
+                bn.running_var.clone())
     finally:
         dist.destroy_process_group()
+
+
+def _collect(queue, processes, timeout: float) -> dict[int, tuple]:
+    """Each worker's result; a worker error or a timeout fails with what every worker did."""
+    results: dict[int, tuple] = {}
+    deadline = time.monotonic() + timeout
+    while len(results) < len(processes):
+        try:
+            rank, *rest = queue.get(timeout=1.0)
+        except Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                states = ", ".join(f"rank {i}: alive={p.is_alive()} exit={p.exitcode}"
+                                   for i, p in enumerate(processes))
+                for process in processes:
+                    process.kill()
+                what = "a worker died" if dead else f"timed out after {timeout:.0f} s"
+                raise AssertionError(f"{what}; got ranks {sorted(results)}; {states} "
+                                     f"(worker output is in the captured stderr)") from None
+            continue
+        if isinstance(rest[0], str):  # ("error", traceback)
+            for process in processes:
+                process.kill()
+            raise AssertionError(f"rank {rank} failed:\n{rest[1]}")
+        results[rank] = tuple(torch.from_numpy(array) for array in rest)
+    return results
 
 
 def test_global_bn_over_two_processes_equals_bn_over_the_whole_batch():
@@ -160,10 +199,10 @@ def test_global_bn_over_two_processes_equals_bn_over_the_whole_batch():
                  for rank in range(2)]
     for process in processes:
         process.start()
-    results = dict((item[0], item[1:]) for item in (queue.get(timeout=120) for _ in range(2)))
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = _collect(queue, processes, timeout=scaled_timeout(120))
+    for rank, process in enumerate(processes):
+        process.join(timeout=scaled_timeout(60))
+        assert process.exitcode == 0, f"rank {rank}: exit {process.exitcode}"
 
     reference = nn.BatchNorm2d(3, momentum=0.1)
     with torch.no_grad():

@@ -1,0 +1,97 @@
+"""Checks made once, before any process or sweep entry starts.
+
+A mistake found inside ``lbtkit.train.run`` is reported by every process of a launch and by
+every entry of a sweep (a missing data set: N tracebacks, or 18 failed entries). What can be
+known without loading data or building a model is therefore checked here first: the batch
+plan, the data files, the pretrained weights, and the output directory. The first problem is
+raised as one ``UserError`` line (exit 2), or ``WriteFailed`` (exit 1) when the system refuses
+the output directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from lbtkit.config import RunConfig, plan_batches
+from lbtkit.errors import ConfigError, DataNotFoundError, WriteFailed
+from lbtkit.rundir import STATUS_COMPLETED, RunDir, check_not_locked, ensure_directory
+
+
+def preflight(config: RunConfig, *, world_size: int = 1) -> None:
+    """Raise the first problem that would stop ``config`` (resolved) on ``world_size``
+    processes. A completed run directory needs nothing: the run would not train again."""
+    plan_batches(config, world_size)
+    run = RunDir(config.output_dir)
+    check_output_dir(run.root)
+    results = run.read_results()
+    if results is not None and results["status"] == STATUS_COMPLETED:
+        return
+    check_not_locked(run.root)
+    check_data(config)
+    check_weights(config)
+
+
+def preflight_all(configs: list[RunConfig], *, world_size: int = 1) -> None:
+    """``preflight`` for several runs (a sweep's entries), each data set and weight file once."""
+    seen: set[tuple] = set()
+    for config in configs:
+        plan_batches(config, world_size)
+        check_output_dir(Path(config.output_dir))
+        check_not_locked(config.output_dir)
+        key = (config.dataset, config.data_dir, config.download, config.pretrained)
+        if key not in seen:
+            seen.add(key)
+            check_data(config)
+            check_weights(config)
+
+
+def check_output_dir(path: Path) -> None:
+    """Create ``path`` if needed and make sure a file can be created in it."""
+    ensure_directory(path)
+    try:
+        with tempfile.TemporaryFile(dir=path, prefix=".lbtkit-probe-"):
+            pass
+    except OSError as exc:
+        raise WriteFailed(path, exc.strerror or str(exc)) from None
+
+
+def check_data(config: RunConfig) -> None:
+    """The data set's files are where the config says (unless the run downloads them)."""
+    from lbtkit.doctor import dataset_files
+
+    files = dataset_files(config.dataset, config.data_dir)
+    if config.download or files is None:
+        return
+    gz_ok = config.dataset == "mnist"
+    missing = [f for f in files if not (f.is_file() or (gz_ok and f.with_name(f.name + ".gz")
+                                                       .is_file()))]
+    if missing:
+        root = Path(config.data_dir).expanduser().absolute()
+        raise DataNotFoundError(
+            f"dataset {config.dataset!r} not found: looked for {missing[0]}; fetch it with "
+            f"`lbtkit fetch {config.dataset} --data-dir {root}` or rerun with --download on a "
+            f"machine with internet"
+        )
+
+
+def check_weights(config: RunConfig) -> None:
+    """The pretrained weights (a file, or ImageNet's in the torch hub cache) exist."""
+    if config.pretrained == "none":
+        return
+    if config.pretrained != "imagenet":
+        path = Path(config.pretrained).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"pretrained weights file not found: {path}")
+        return
+    from lbtkit.doctor import imagenet_weights_path
+
+    path = imagenet_weights_path()
+    if not path.is_file():
+        home = os.environ.get("TORCH_HOME")
+        fetch = f"TORCH_HOME={home} lbtkit fetch weights" if home else "lbtkit fetch weights"
+        raise ConfigError(
+            f"the ImageNet MobileNetV2 weights (--pretrained imagenet) are not in the torch hub "
+            f"cache: {path}; fetch them on a machine with internet: {fetch}"
+        )
