@@ -171,7 +171,7 @@ def _collect(queue, processes, timeout: float) -> dict[int, tuple]:
                                    for i, p in enumerate(processes))
                 for process in processes:
                     process.kill()
-                what = "a worker died" if dead else f"timed out after {timeout:.0f} s"
+                what = "a worker died" if dead else f"timed out after {timeout:.3g} s"
                 raise AssertionError(f"{what}; got ranks {sorted(results)}; {states} "
                                      f"(worker output is in the captured stderr)") from None
             continue

@@ -1,0 +1,448 @@
+"""Every fault a user meets ends in one line on stderr and the documented exit code.
+
+The table holds the bad inputs: each case builds its setup in a fresh directory and gives the
+command line, the exit code (2 a user mistake, 1 an environment fault) and a needle that the
+single stderr line must contain. The integration tests below it kill, signal and starve real
+runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from lbtkit.checkpoint import latest_checkpoint, save_weights
+from lbtkit.config import FLOAT_RANGES, RunConfig
+from lbtkit.errors import RunDirBusyError, UserError, WriteFailed
+from lbtkit.rundir import RunDir, atomic_write_text, guard_run, run_lock, write_json
+
+from conftest import cli_env, scaled_timeout, train_smoke
+
+SMOKE = ["run", "--preset", "smoke", "--epochs", "2", "--no-progress"]
+
+
+def lbtkit(*args, tmp_path: Path, env: dict | None = None,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lbtkit", *map(str, args)], capture_output=True, text=True,
+        timeout=scaled_timeout(timeout), env={**cli_env(tmp_path), **(env or {})},
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess, code: int, needle: str) -> str:
+    """Exit ``code``, no traceback, exactly one line on stderr, containing ``needle``."""
+    shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == code, shown
+    assert "Traceback" not in result.stderr + result.stdout, shown
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, shown
+    assert needle in lines[0], shown
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory) -> Path:
+    """A 2-epoch smoke run with its epoch-1 checkpoint, as a kill before the end leaves it."""
+    run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
+    assert train_smoke(run_dir, epochs=2)["status"] == "completed"
+    (run_dir / "results.json").unlink()
+    (run_dir / "model.safetensors").unlink()
+    return run_dir
+
+
+def _interrupted_copy(checkpointed: Path, tmp_path: Path) -> tuple[Path, Path]:
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpointed, run_dir)
+    return run_dir, latest_checkpoint(run_dir / "checkpoints")
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    name: str
+    setup: Callable[[Path, Path], list]  # (tmp_path, checkpointed run) -> argv
+    code: int
+    needle: str
+    env: Callable[[Path], dict] | None = None
+
+
+def _file(tmp_path: Path) -> Path:
+    path = tmp_path / "a-file"
+    path.write_text("not a directory\n")
+    return path
+
+
+def _list_config(tmp_path: Path, _) -> list:
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([{"batch_size": 64}]))
+    return ["run", "--config", path, "--dry-run"]
+
+
+def _incomplete_state(tmp_path: Path, checkpointed: Path) -> list:
+    run_dir, checkpoint = _interrupted_copy(checkpointed, tmp_path)
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["state"]["global_step"]
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    return [*SMOKE, "--output", run_dir]
+
+
+class _Payload:
+    """Unpickling this would create the file ``marker``: the refusal must come first."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_optimizer(tmp_path: Path, checkpointed: Path) -> list:
+    run_dir, checkpoint = _interrupted_copy(checkpointed, tmp_path)
+    torch.save({"state": {}, "param_groups": [], "x": _Payload(tmp_path / "pwned")},
+               checkpoint / "optimizer.pt")
+    return [*SMOKE, "--output", run_dir]
+
+
+def _corrupt_init(tmp_path: Path, _) -> list:
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "init.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    return ["study", "keskar", "--preset", "smoke", "--sb", "32", "--lb", "256", "--epochs", "1",
+            "--no-progress", "--output", study]
+
+
+def _missing_cifar_four_processes(tmp_path: Path, _) -> list:
+    return ["run", "--preset", "seed-mobilenetv2-finetune", "--batch-size", "256",
+            "--num-processes", "4", "--data-dir", tmp_path / "no-data", "--output", tmp_path / "r"]
+
+
+def _fake_cifar(tmp_path: Path) -> Path:
+    """Empty files where CIFAR-10 belongs: enough for the presence checks before a run."""
+    from lbtkit.doctor import dataset_files
+
+    data = tmp_path / "data"
+    for path in dataset_files("cifar10", data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return data
+
+
+def _missing_imagenet_weights(tmp_path: Path, _) -> list:
+    return ["run", "--preset", "seed-mobilenetv2-finetune", "--batch-size", "256",
+            "--num-processes", "2", "--data-dir", _fake_cifar(tmp_path),
+            "--output", tmp_path / "r"]
+
+
+def _sweep_without_data(tmp_path: Path, _) -> list:
+    sweep = tmp_path / "sweep"
+    planned = lbtkit("sweep", "plan", "--model", "c1", "--dataset", "cifar10", "--epochs", "1",
+                     "--data-dir", tmp_path / "no-data", "--batch-sizes", "32,64",
+                     "--seeds", "0,1,2", "--output", sweep, tmp_path=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    return ["sweep", "run", sweep, "--no-progress"]
+
+
+def _held_lock(tmp_path: Path, _) -> list:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = (run_dir / ".lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("4242 somehost\n")
+    lock.flush()
+    _HELD.append(lock)  # released when the test ends
+    return [*SMOKE, "--output", run_dir]
+
+
+_HELD: list = []
+
+
+CASES = [
+    Case("weight decay nan", lambda t, c: ["run", "--weight-decay", "nan", "--dry-run"], 2,
+         "weight_decay must be a finite number in [0, inf), got nan"),
+    Case("weight decay inf", lambda t, c: ["run", "--weight-decay", "inf", "--dry-run"], 2,
+         "got inf"),
+    Case("warm-up nan", lambda t, c: ["run", "--warmup-epochs", "nan", "--dry-run"], 2,
+         "warmup_epochs"),
+    Case("momentum nan", lambda t, c: ["run", "--momentum", "nan", "--dry-run"], 2, "momentum"),
+    Case("step gamma inf", lambda t, c: ["run", "--step-gamma", "inf", "--dry-run"], 2,
+         "step_gamma"),
+    Case("sam rho nan", lambda t, c: ["run", "--sam-rho", "nan", "--dry-run"], 2, "sam_rho"),
+    Case("seed beyond 64 bits",
+         lambda t, c: ["run", "--seed", str(2**64), "--dry-run"], 2, str(2**64)),
+    Case("negative seed", lambda t, c: ["run", "--seed", "-1", "--dry-run"], 2, "seed"),
+    Case("config is a JSON list", _list_config, 2, "list.json"),
+    Case("output is a file",
+         lambda t, c: [*SMOKE, "--output", _file(t)], 2, "a-file is a file"),
+    Case("output below a file",
+         lambda t, c: [*SMOKE, "--output", _file(t) / "run"], 2, "a-file is a file"),
+    Case("demo output is a file",
+         lambda t, c: ["demo", "--quick", "--no-progress", "--output", _file(t)], 2,
+         "a-file is a file"),
+    Case("checkpoint state incomplete", _incomplete_state, 2, "no 'global_step'"),
+    Case("malicious optimizer.pt", _malicious_optimizer, 2, "optimizer.pt"),
+    Case("corrupt init.safetensors in study", _corrupt_init, 2, "init.safetensors"),
+    Case("4 processes, no data", _missing_cifar_four_processes, 2, "not found"),
+    Case("no ImageNet weights", _missing_imagenet_weights, 2, "lbtkit fetch weights",
+         env=lambda t: {"TORCH_HOME": str(t / "torch-home")}),
+    Case("sweep run, no data", _sweep_without_data, 2, "not found"),
+    Case("second live run", _held_lock, 2, "in use by another live run (pid 4242 on somehost)"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_fault_ends_in_one_line(case, tmp_path, checkpointed):
+    argv = case.setup(tmp_path, checkpointed)
+    try:
+        result = lbtkit(*argv, tmp_path=tmp_path, env=case.env(tmp_path) if case.env else None)
+    finally:
+        while _HELD:
+            _HELD.pop().close()
+    line = assert_one_line(result, case.code, case.needle)
+    assert "weights_only" not in line  # never suggest turning the protection off
+
+
+def test_malicious_optimizer_state_never_runs(tmp_path, checkpointed):
+    argv = _malicious_optimizer(tmp_path, checkpointed)
+    line = assert_one_line(lbtkit(*argv, tmp_path=tmp_path), 2, "refused")
+    assert "posix.system" in line and "could run code" in line
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sweep_without_data_fails_before_any_entry(tmp_path, checkpointed):
+    argv = _sweep_without_data(tmp_path, checkpointed)
+    assert_one_line(lbtkit(*argv, tmp_path=tmp_path), 2, "dataset 'cifar10' not found")
+    status = lbtkit("sweep", "status", argv[2], tmp_path=tmp_path)
+    assert status.returncode == 0
+    assert "failed" not in status.stdout and status.stdout.count("pending") == 6
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "abc"), ("--lr", "1e-3x"),
+                                        ("--num-processes", "two")])
+def test_non_numbers_are_named_in_typers_message(tmp_path, flag, value):
+    result = lbtkit("run", flag, value, "--dry-run", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"'{value}'" in result.stderr and flag in result.stderr
+
+
+# --- the library side of the same promises ---------------------------------------------------
+
+
+def test_every_float_field_has_a_range():
+    floats = {f.name for f in fields(RunConfig) if "float" in str(f.type)}
+    assert floats == set(FLOAT_RANGES)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_RANGES))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_field_refuses_non_finite_values(name, value):
+    from lbtkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+        RunConfig().updated({name: value}).validate()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_logged(tmp_path, caplog):
+    run = RunDir(tmp_path)
+    run.append_metrics({"epoch": 1, "val_acc": 0.5})
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"epoch": 2, "val_')
+    with caplog.at_level(logging.WARNING, logger="lbtkit.rundir"):
+        assert run.read_metrics() == [{"epoch": 1, "val_acc": 0.5}]
+    assert "line 2 is torn" in caplog.text and '{"epoch": 2, "val_' in caplog.text
+    run.keep_metrics_before(5)  # what a resumed run does first: the repair
+    assert run.metrics_path.read_text() == '{"epoch": 1, "val_acc": 0.5}\n'
+
+
+@pytest.mark.parametrize("text", ['{"status": "comp', "[1, 2]", '{"no_status": 1}', "\xff"])
+def test_unreadable_results_are_none_and_logged(tmp_path, caplog, text):
+    run = RunDir(tmp_path)
+    run.results_path.write_text(text, errors="surrogateescape")
+    with caplog.at_level(logging.WARNING, logger="lbtkit.rundir"):
+        assert run.read_results() is None
+    assert str(run.results_path) in caplog.text
+
+
+def test_sweep_and_report_read_runs_through_rundir(tmp_path):
+    from lbtkit.sweep import STATE_UNREADABLE, read_run
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.config_path.write_text("{}")
+    run.append_metrics({"epoch": 1, "val_acc": 0.25})
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"epo')
+    record = read_run({"run_dir": str(run.root), "config": {}})
+    assert [row["epoch"] for row in record.metrics] == [1]
+    run.results_path.write_text("{torn")
+    assert read_run({"run_dir": str(run.root), "config": {}}).state == STATE_UNREADABLE
+
+
+def _fail_fsync(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    write_json(path, {"status": "interrupted"})
+    monkeypatch.setattr(os, "fsync", _fail_fsync)
+    with pytest.raises(WriteFailed, match=r"cannot write .*results\.json: .*disk full"):
+        write_json(path, {"status": "completed"})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"status": "interrupted"}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left
+
+
+def test_a_failed_write_in_a_run_names_the_last_checkpoint(tmp_path, checkpointed):
+    run_dir, checkpoint = _interrupted_copy(checkpointed, tmp_path)
+    with pytest.raises(WriteFailed) as caught, guard_run(run_dir, main=True):
+        raise WriteFailed(run_dir / "results.json", "No space left on device (disk full)")
+    assert str(checkpoint) in str(caught.value) and "still there" in str(caught.value)
+
+
+def test_a_refused_directory_is_an_environment_fault(tmp_path, monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(WriteFailed, match="Permission denied"):
+        write_json(tmp_path / "new" / "results.json", {})
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_run_files_respect_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        save_weights(torch.nn.Linear(2, 2), tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_the_lock_refuses_a_second_holder_and_a_dead_ones_file_does_not_block(tmp_path):
+    (tmp_path / ".lock").write_text("999999 deadhost\n")  # left by a killed run
+    busy = pytest.raises(RunDirBusyError, match=f"pid {os.getpid()}")
+    with run_lock(tmp_path), busy, run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released on exit
+        pass
+
+
+def test_an_output_that_is_a_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="is a file"), run_lock(_file(tmp_path)):
+        pass
+
+
+# --- integration: real runs, signals, a full disk ----------------------------------------------
+
+
+def _start(*args, tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lbtkit", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(tmp_path))
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc/PID/status)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_starting_exits_75(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    proc = _start(*SMOKE, "--output", run_dir, tmp_path=tmp_path)
+    deadline = time.monotonic() + scaled_timeout(30)
+    while not _catches(proc.pid, signum):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the handler was never installed"
+        time.sleep(0.001)
+    proc.send_signal(signum)  # still importing: torch, the data and the model are far ahead
+    out, err = proc.communicate(timeout=scaled_timeout(60))
+    assert proc.returncode == 75, (out, err)
+    assert "Traceback" not in err
+    assert "rerun the same command" in err
+    assert not (run_dir / "metrics.jsonl").exists()  # it was stopped before training
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_directory_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", "--preset", "smoke", "--epochs", "6", "--no-progress", "--output", run_dir]
+    first = _start(*args, tmp_path=tmp_path)
+    try:
+        deadline = time.monotonic() + scaled_timeout(240)
+        while not (run_dir / "metrics.jsonl").exists() or \
+                not (run_dir / "metrics.jsonl").read_text():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never logged an epoch"
+            time.sleep(0.05)
+        second = lbtkit(*args, tmp_path=tmp_path)
+        assert_one_line(second, 2, "in use by another live run")
+        out, err = first.communicate(timeout=scaled_timeout(300))
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, (out, err)
+    assert [row["epoch"] for row in RunDir(run_dir).read_metrics()] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs: room for one smoke checkpoint (8.4 MiB), not for the next."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_last_checkpoint_stays(
+        tmp_path, small_disk):
+    run_dir = small_disk / "run"
+    result = lbtkit("run", "--preset", "smoke", "--epochs", "3", "--no-progress",
+                    "--output", run_dir, tmp_path=tmp_path)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    line = assert_one_line(result, 1, "No space left on device")
+    assert f"the last complete checkpoint {checkpoint} is still there" in line
+    assert checkpoint.name == "step-000000022"  # epoch 1's, complete
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "model.safetensors", "optimizer.pt", "rng-rank0.safetensors", "state.json"]
+
+
+@pytest.mark.slow
+def test_an_output_on_a_read_only_file_system_is_an_environment_fault(tmp_path, small_disk):
+    remounted = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)],
+                               capture_output=True)
+    if remounted.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
+    result = lbtkit(*SMOKE, "--output", small_disk / "run", tmp_path=tmp_path)
+    assert_one_line(result, 1, "Read-only file system")
