@@ -127,7 +127,8 @@ def exit_interrupted_during_startup() -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in HANDLED:
+    # SIGTERM last: once it is caught (SigCgt in /proc/PID/status) all three are.
+    for name in ("SIGINT", "SIGUSR1", "SIGTERM"):
         signum = getattr(signal, name, None)
         if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL,
                                                                 signal.default_int_handler):
@@ -137,6 +138,6 @@ def exit_interrupted_during_startup() -> None:
 def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     # os.write, not print: the signal may arrive in the middle of another write to stderr.
-    os.write(2, f"interrupted by {name} while starting, before any checkpoint; rerun the "
-                f"same command\n".encode())
+    os.write(2, f"interrupted by {name} outside the training loop (starting or finishing: "
+                f"nothing to checkpoint); rerun the same command\n".encode())
     raise SystemExit(_EXIT_INTERRUPTED)

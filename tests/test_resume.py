@@ -88,3 +88,15 @@ def test_sigkill_at_any_moment_then_resume_is_exact(reference, tmp_path):
     proc.kill()
     proc.wait()
     _assert_identical(_finish(run_dir, tmp_path), reference)
+
+
+def test_a_torn_metrics_line_from_a_kill_mid_append_is_repaired_and_resume_is_exact(
+        reference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, tmp_path)
+    _wait_for(lambda: _epochs_logged(run_dir) >= 2, proc)
+    proc.kill()
+    proc.wait()
+    with (run_dir / "metrics.jsonl").open("a") as handle:  # what a kill mid-append leaves
+        handle.write('{"epoch": 3, "step": 30, "lr": 0.0')
+    _assert_identical(_finish(run_dir, tmp_path), reference)  # also checks epochs 1..5
