@@ -180,7 +180,8 @@ def run(
         return
     from lbtkit.preflight import preflight
 
-    preflight(resolved, world_size=world)  # once here, not once per process
+    # Once here, not once per process (rank 0 of a launch holds the lock: others skip it).
+    preflight(resolved, world_size=world, check_lock=not launch.in_launched_worker())
     if num_processes and num_processes > 1:
         raise typer.Exit(launch.launch_run(resolved, num_processes, progress=progress))
 

@@ -19,16 +19,18 @@ from lbtkit.errors import ConfigError, DataNotFoundError, WriteFailed
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, check_not_locked, ensure_directory
 
 
-def preflight(config: RunConfig, *, world_size: int = 1) -> None:
+def preflight(config: RunConfig, *, world_size: int = 1, check_lock: bool = True) -> None:
     """Raise the first problem that would stop ``config`` (resolved) on ``world_size``
-    processes. A completed run directory needs nothing: the run would not train again."""
+    processes. A completed run directory needs nothing: the run would not train again.
+    ``check_lock=False`` inside a launched worker: its own rank 0 may hold the lock already."""
     plan_batches(config, world_size)
     run = RunDir(config.output_dir)
     check_output_dir(run.root)
     results = run.read_results()
     if results is not None and results["status"] == STATUS_COMPLETED:
         return
-    check_not_locked(run.root)
+    if check_lock:
+        check_not_locked(run.root)
     check_data(config)
     check_weights(config)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig, plan_batches
-from lbtkit.errors import ConfigError, UserError
+from lbtkit.errors import ConfigError, EnvironmentFault, UserError
 from lbtkit.rundir import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -422,7 +422,9 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
             break
         except Exception as exc:
             status = STATUS_FAILED
-            text = traceback.format_exc()
+            # A mistake or a full disk is one line; a bug keeps its traceback.
+            text = f"error: {exc}" if isinstance(exc, (UserError, EnvironmentFault)) \
+                else traceback.format_exc()
             print(text, file=sys.stderr, flush=True)
             # A run that got as far as writing its own results.json said what happened.
             if _mtime(results_path) == before:
