@@ -61,14 +61,12 @@ def check_output_dir(path: Path) -> None:
 
 def check_data(config: RunConfig) -> None:
     """The data set's files are where the config says (unless the run downloads them)."""
-    from lbtkit.doctor import dataset_files
+    from lbtkit.data import dataset_files
 
     files = dataset_files(config.dataset, config.data_dir)
     if config.download or files is None:
         return
-    gz_ok = config.dataset == "mnist"
-    missing = [f for f in files if not (f.is_file() or (gz_ok and f.with_name(f.name + ".gz")
-                                                       .is_file()))]
+    missing = [f for f in files if not f.is_file()]
     if missing:
         root = Path(config.data_dir).expanduser().absolute()
         raise DataNotFoundError(

@@ -135,7 +135,7 @@ def _missing_cifar_four_processes(tmp_path: Path, _) -> list:
 
 def _fake_cifar(tmp_path: Path) -> Path:
     """Empty files where CIFAR-10 belongs: enough for the presence checks before a run."""
-    from lbtkit.doctor import dataset_files
+    from lbtkit.data import dataset_files
 
     data = tmp_path / "data"
     for path in dataset_files("cifar10", data):
