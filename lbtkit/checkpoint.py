@@ -14,6 +14,7 @@ complete checkpoint (or none yet). Loading picks the newest complete one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -219,7 +220,8 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp))
-        os.chmod(tmp, file_mode())
+        with contextlib.suppress(OSError):  # a file system without modes keeps save_file's
+            os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except Exception as exc:  # safetensors reports a full disk as its own error type
         tmp.unlink(missing_ok=True)

@@ -184,7 +184,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise WriteFailed(path, _reason(exc)) from None
     try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a run's group should read its files
+        with contextlib.suppress(OSError):  # a file system without modes keeps mkstemp's
+            os.fchmod(fd, file_mode())  # mkstemp makes 0600; a run's group should read it
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -232,8 +233,9 @@ def run_lock(root: str | Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirBusyError(_busy_message(run, fd)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        with contextlib.suppress(OSError):  # who holds it: for the refusal message only
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock
