@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lbtkit.config import RunConfig, plan_batches
-from lbtkit.errors import ConfigError, DataNotFoundError, WriteFailed
+from lbtkit.errors import ConfigError, DataNotFoundError, UserError, WriteFailed
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, check_not_locked, ensure_directory
 
 
@@ -76,8 +76,13 @@ def check_data(config: RunConfig) -> None:
         )
 
 
+# The models whose --pretrained imagenet means torchvision's ImageNet MobileNetV2 weights.
+_MOBILENET_MODELS = ("mobilenet_v2", "mobilenet_v2_cifar")
+
+
 def check_weights(config: RunConfig) -> None:
-    """The pretrained weights (a file, or ImageNet's in the torch hub cache) exist."""
+    """The pretrained weights exist: a file, or ImageNet's in the torch hub cache, fetched
+    here once (in the one process that starts the launch) when the cache lacks them."""
     if config.pretrained == "none":
         return
     if config.pretrained != "imagenet":
@@ -85,13 +90,21 @@ def check_weights(config: RunConfig) -> None:
         if not path.is_file():
             raise ConfigError(f"pretrained weights file not found: {path}")
         return
-    from lbtkit.doctor import imagenet_weights_path
+    if config.model not in _MOBILENET_MODELS:
+        return  # other builders fetch (or refuse) their own weights
+    from lbtkit.fetch import fetch_weights
+    from lbtkit.models.mobilenet import imagenet_weights_path
 
-    path = imagenet_weights_path()
-    if not path.is_file():
+    path = Path(imagenet_weights_path())
+    if path.is_file():
+        return
+    try:
+        fetch_weights()
+    except UserError as exc:
         home = os.environ.get("TORCH_HOME")
         fetch = f"TORCH_HOME={home} lbtkit fetch weights" if home else "lbtkit fetch weights"
         raise ConfigError(
             f"the ImageNet MobileNetV2 weights (--pretrained imagenet) are not in the torch hub "
-            f"cache: {path}; fetch them on a machine with internet: {fetch}"
-        )
+            f"cache ({path}) and could not be downloaded ({exc}); fetch them on a machine with "
+            f"internet: {fetch}"
+        ) from None
