@@ -286,13 +286,11 @@ def _split_sizes() -> tuple[int, int]:
 
 
 def _parameter_count() -> int:
-    from lbtkit.data import dataset_info
-    from lbtkit.models import build_model
+    from lbtkit.config import RunConfig
+    from lbtkit.models import build_model_for
 
-    info = dataset_info(DATASET)
     with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
-        model = build_model(MODEL, num_classes=info.num_classes, in_channels=info.channels,
-                            image_size=info.image_size)
+        model = build_model_for(RunConfig(model=MODEL, dataset=DATASET), initial_weights=False)
     return sum(p.numel() for p in model.parameters())
 
 

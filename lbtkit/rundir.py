@@ -315,7 +315,7 @@ def _git_commit() -> str | None:
 def load_run(path: str | Path, *, device: str = "cpu"):  # -> tuple[nn.Module, RunConfig]
     """Return ``(model, config)`` of a completed run, its final weights loaded, in eval mode."""
     from lbtkit.checkpoint import load_weights
-    from lbtkit.models import build_model
+    from lbtkit.models import build_model_for
 
     run = RunDir(path)
     if not run.root.is_dir():
@@ -326,15 +326,6 @@ def load_run(path: str | Path, *, device: str = "cpu"):  # -> tuple[nn.Module, R
     if not run.model_path.exists():
         status = (run.read_results() or {}).get("status", "not finished")
         raise CheckpointError(f"{run.root} has no final weights (run status: {status})")
-    from lbtkit.data import dataset_info
-
-    info = dataset_info(config.dataset)
-    model = build_model(
-        config.model,
-        num_classes=config.num_classes or info.num_classes,
-        in_channels=info.channels,
-        image_size=config.image_size or info.image_size,
-        pretrained="none",
-    )
+    model = build_model_for(config, initial_weights=False)
     load_weights(model, run.model_path)
     return model.to(device).eval(), config

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from lbtkit.checkpoint import load_weights, read_weights, save_weights
+from lbtkit.checkpoint import read_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
-from lbtkit.models import build_model
+from lbtkit.models import build_model_for
 from lbtkit.narrative import study_report
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
 from lbtkit.specs import KeskarStudySpec
@@ -117,16 +117,8 @@ def _measure(spec: KeskarStudySpec, run_dir: Path) -> dict[str, Any]:
 def write_initial_weights(base: RunConfig, path: Path) -> Path:
     """Build the model as ``lbtkit run`` would (seed, pretrained, init_weights) and save it
     to ``path``; an existing file must hold exactly these weights (a resumed study)."""
-    from lbtkit.data import dataset_info
-
-    info = dataset_info(base.dataset)
     torch.manual_seed(base.seed)
-    model = build_model(
-        base.model, num_classes=base.num_classes or info.num_classes, in_channels=info.channels,
-        image_size=base.image_size or info.image_size, pretrained=base.pretrained,
-    )
-    if base.init_weights:
-        load_weights(model, base.init_weights)
+    model = build_model_for(base)
     if not path.exists():
         save_weights(model, path)
         return path

@@ -8,12 +8,17 @@ normalised images (N, in_channels, image_size, image_size) to logits (N, num_cla
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from lbtkit.errors import ConfigError
 
-__all__ = ["build_model", "list_models", "register_model"]
+if TYPE_CHECKING:
+    from lbtkit.config import RunConfig
+    from lbtkit.data import DatasetInfo
+
+__all__ = ["build_model", "build_model_for", "list_models", "register_model"]
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -64,6 +69,36 @@ def build_model(
         image_size=image_size,
         pretrained=pretrained,
     )
+
+
+def build_model_for(
+    config: RunConfig, info: DatasetInfo | None = None, *, initial_weights: bool = True
+) -> nn.Module:
+    """The network a run of ``config`` trains: the one place that derives the builder's
+    arguments from a config (unset sizes are the dataset's; ``info`` defaults to
+    ``dataset_info(config.dataset)``).
+
+    With ``initial_weights`` it starts as training starts: from ``config.pretrained``, then
+    ``config.init_weights``. Without, it is freshly initialised, for callers that load other
+    weights into it (a run's final ones) or only need its shape. Seed the RNG first when the
+    initial draw matters.
+    """
+    if info is None:
+        from lbtkit.data import dataset_info
+
+        info = dataset_info(config.dataset)
+    model = build_model(
+        config.model,
+        num_classes=config.num_classes or info.num_classes,
+        in_channels=info.channels,
+        image_size=config.image_size or info.image_size,
+        pretrained=config.pretrained if initial_weights else "none",
+    )
+    if initial_weights and config.init_weights:
+        from lbtkit.checkpoint import load_weights
+
+        load_weights(model, config.init_weights)
+    return model
 
 
 def reject_pretrained(model_name: str, pretrained: str) -> None:
