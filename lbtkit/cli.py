@@ -23,6 +23,7 @@ from rich.table import Table
 from lbtkit.config import (
     RunConfig,
     build_config,
+    field_type,
     list_presets,
     plan_batches,
     preset_description,
@@ -49,6 +50,30 @@ app = typer.Typer(
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT = 1
+
+
+class _PlainLines(logging.Handler):
+    """The library's log records as the bare message, one line each: errors on stderr, the
+    rest on stdout. The stream is looked up per record, so a live progress bar (which
+    redirects stdout to print above itself) and a test runner's capture both see it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.ERROR else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@app.callback()
+def _show_library_logs() -> None:
+    # The library logs and stays quiet unless asked; the CLI asks, once per invocation.
+    library = logging.getLogger("lbtkit")
+    library.handlers = [h for h in library.handlers if not isinstance(h, _PlainLines)]
+    library.addHandler(_PlainLines())
+    library.setLevel(logging.INFO)
+    library.propagate = False
 
 
 def user_errors(fn):
@@ -98,7 +123,7 @@ def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
         if f.name in exclude:
             continue
         flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
-        kind = _flag_type(f.type)
+        kind = field_type(f.name)
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         option = typer.Option(*decls, help=f.metadata.get("help"), show_default=False,
                               parser=_NUMBER_PARSERS.get(kind))
@@ -133,14 +158,6 @@ def _parse_float(text: str) -> float:
 
 # Typer's own messages ("Input should be a valid integer") do not repeat the value given.
 _NUMBER_PARSERS = {int: _parse_int, float: _parse_float}
-
-
-def _flag_type(annotation: Any) -> type:
-    text = str(annotation)
-    for kind in (bool, int, float, str):
-        if kind.__name__ in text:
-            return kind
-    return str
 
 
 @app.command()

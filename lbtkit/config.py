@@ -8,9 +8,11 @@ and ``RunConfig.from_dict`` reads it back, so every result says exactly how it w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -169,7 +171,7 @@ class RunConfig:
         for key, value in values.items():
             if value is None:
                 continue
-            changes[key] = _coerce(key, value, known[key].type, source)
+            changes[key] = _coerce(key, value, source)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +245,29 @@ class RunConfig:
             name=name,
             output_dir=self.output_dir or str(Path("runs") / name),
         )
+
+
+@functools.cache
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    types = {}
+    for f in fields(RunConfig):
+        # "int | None" is an int that may be left unset: the value type is the non-None one.
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
+        types[f.name] = kinds[0] if kinds else hints[f.name]
+    return types
+
+
+def field_type(name: str) -> type:
+    """The value type of RunConfig field ``name``: bool, int, float or str.
+
+    The one owner of this knowledge: file values are checked, sweep values parsed and CLI
+    flags typed with it. ConfigError names the known fields when ``name`` is not one.
+    """
+    types = _field_types()
+    if name not in types:
+        raise ConfigError(f"unknown key {name!r}; known keys: {', '.join(types)}")
+    return types[name]
 
 
 # --- the batch arithmetic ------------------------------------------------------------------
@@ -448,26 +473,24 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value}")
 
 
-def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+def _coerce(key: str, value: Any, source: str) -> Any:
     """Check a value from a file against the field's declared type (files are untyped)."""
-    text = str(annotation)
-    bad = ConfigError(f"{key} = {value!r} in {source} is not a valid {text.replace(' | None', '')}")
-    if "bool" in text:
+    kind = field_type(key)
+    bad = ConfigError(f"{key} = {value!r} in {source} is not a valid {kind.__name__}")
+    if kind is bool:
         if isinstance(value, bool):
             return value
         raise bad
-    if "int" in text:
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise bad
         return value
-    if "float" in text:
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
-    if "str" in text:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    return value  # pragma: no cover - every field is one of the types above
+    if not isinstance(value, str):
+        raise bad
+    return value

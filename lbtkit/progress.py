@@ -1,11 +1,16 @@
 """Progress display: a Rich bar on a terminal, plain periodic lines otherwise (SLURM .out).
 
 Rich prints only the final state of a bar when stdout is not a terminal, so a batch log
-would show nothing for hours; there we print one line every ``log_every`` steps instead.
+would show nothing for hours; there we log one line every ``log_every`` steps instead.
+
+Text goes through ``logging`` (INFO, logger ``lbtkit.progress``) and the bar is drawn only
+when that logger would show INFO: the CLI turns it on; a library caller who configured no
+logging sees neither.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -19,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+logger = logging.getLogger(__name__)
+
 
 class TrainingProgress:
     """Progress of a loop over ``total_steps`` items (optimizer steps, grid points, ...)."""
@@ -27,18 +34,16 @@ class TrainingProgress:
         self, *, total_steps: int, done_steps: int, log_every: int, enabled: bool = True,
         interactive: bool | None = None, description: str = "training", unit: str = "step",
     ) -> None:
-        self.enabled = enabled
+        self.enabled = enabled and logger.isEnabledFor(logging.INFO)
         self.unit = unit
         self.log_every = log_every
         self.total_steps = total_steps
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
-        # A log file gets long lines: Rich would wrap them at 80 columns.
-        self.console = Console(highlight=False, width=None if self.interactive else 200)
         self._bar: Progress | None = None
         self._task = None
         self._done = done_steps
         self._last_print = time.monotonic()
-        if enabled and self.interactive:
+        if self.enabled and self.interactive:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -46,7 +51,7 @@ class TrainingProgress:
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=Console(highlight=False),
             )
             self._task = self._bar.add_task(
                 description, total=total_steps, completed=done_steps, info=""
@@ -65,11 +70,11 @@ class TrainingProgress:
                 self._bar.update(self._task, info=describe())
                 self._last_print = now
         elif global_step % self.log_every == 0:
-            self.console.print(f"{self.unit} {global_step}/{self.total_steps} {describe()}")
+            logger.info("%s %d/%d %s", self.unit, global_step, self.total_steps, describe())
 
     def message(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text)
+            logger.info("%s", text)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -19,9 +19,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import re
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lbtkit.config import RunConfig, plan_batches
+from lbtkit.config import RunConfig, field_type, plan_batches
 from lbtkit.errors import ConfigError, EnvironmentFault, UserError
 from lbtkit.rundir import (
     STATUS_COMPLETED,
@@ -39,6 +39,8 @@ from lbtkit.rundir import (
     versions,
     write_json,
 )
+
+logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 SWEEP_VERSION = 1
@@ -162,27 +164,22 @@ def parse_grid(*, batch_sizes: str, seeds: str | None = None,
 
 
 def _parse_values(key: str, text: str) -> list[Any]:
-    field_types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
-    if key not in field_types:
-        known = ", ".join(field_types)
-        raise ConfigError(f"unknown sweep key {key!r}; known keys: {known}")
-    kind = field_types[key]
+    known = RunConfig.field_names()
+    if key not in known:
+        raise ConfigError(f"unknown sweep key {key!r}; known keys: {', '.join(known)}")
+    kind = field_type(key)
     items = [part.strip() for part in text.split(",") if part.strip()]
     if not items:
         raise ConfigError(f"sweep key {key!r} has no values in {text!r}")
     values: list[Any] = []
     for item in items:
         try:
-            if "bool" in kind:
+            if kind is bool:
                 if item.lower() not in ("true", "false"):
                     raise ValueError(item)
                 values.append(item.lower() == "true")
-            elif "int" in kind:
-                values.append(int(item))
-            elif "float" in kind:
-                values.append(float(item))
             else:
-                values.append(item)
+                values.append(kind(item))
         except ValueError:
             raise ConfigError(f"sweep key {key!r}: {item!r} is not a valid value") from None
     return values
@@ -408,29 +405,30 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
         state = read_run(entry).state
         if state in _FINAL:
             statuses[index] = state
-            print(f"{label}: {state} already; skipping", flush=True)
+            logger.info("%s: %s already; skipping", label, state)
             continue
-        print(f"{label}: batch {entry['config']['batch_size']}, lr {entry['config']['lr']:g}",
-              flush=True)
+        logger.info("%s: batch %s, lr %g", label, entry["config"]["batch_size"],
+                    entry["config"]["lr"])
         results_path = RunDir(entry["run_dir"]).results_path
         before = _mtime(results_path)
         try:
             status = run(entry_config(sweep, index), progress=progress)["status"]
         except KeyboardInterrupt:
             statuses[index] = STATUS_INTERRUPTED
-            print(f"{label}: interrupted; stopping the sweep", flush=True)
+            logger.info("%s: interrupted; stopping the sweep", label)
             break
         except Exception as exc:
             status = STATUS_FAILED
             # A mistake or a full disk is one line; a bug keeps its traceback.
-            text = f"error: {exc}" if isinstance(exc, (UserError, EnvironmentFault)) \
-                else traceback.format_exc()
-            print(text, file=sys.stderr, flush=True)
+            one_line = isinstance(exc, (UserError, EnvironmentFault))
+            text = f"error: {exc}" if one_line else traceback.format_exc()
+            # The CLI shows an error record as "error: MESSAGE" on stderr.
+            logger.error("%s", exc if one_line else text)
             # A run that got as far as writing its own results.json said what happened.
             if _mtime(results_path) == before:
                 _record_failure(results_path, entry, exc, text)
         statuses[index] = status
-        print(f"{label}: {status}", flush=True)
+        logger.info("%s: %s", label, status)
         if status == STATUS_INTERRUPTED:
             break
     return statuses
