@@ -1,4 +1,9 @@
-"""The training loop: one function, ``run(config)``, readable top to bottom.
+"""The training loop: ``run(config)``.
+
+    run            one Accelerator for the run, released however the run ends
+    _run           claim the run directory, _setup, the epoch loop, _finish: the one exit
+    _train_epoch   _optimizer_step for each remaining batch, then _end_epoch
+    _end_epoch     evaluate when due, log the metrics row, checkpoint when due or asked to stop
 
 One code path for one process and for N processes (``accelerate launch``): every process
 draws the same epoch permutation and takes its own slice of each global batch, so the
@@ -12,7 +17,9 @@ checkpoint -> 75 (EX_TEMPFAIL: requeue me). User errors exit 2 (the CLI's busine
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,15 +31,14 @@ from lbtkit.checkpoint import (
     LoopState,
     latest_checkpoint,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
     save_weights,
 )
-from lbtkit.config import RunConfig, plan_batches
-from lbtkit.data import augment, draw_epoch, load_dataset
+from lbtkit.config import BatchPlan, RunConfig, plan_batches
+from lbtkit.data import DatasetInfo, EpochDraw, ImageData, augment, draw_epoch, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
-from lbtkit.models import build_model
+from lbtkit.models import build_model_for
 from lbtkit.models.norm import convert_batchnorm, frozen_running_stats
 from lbtkit.noise_scale import NoiseScaleMonitor, last_logged_noise_scale, noise_scale_row
 from lbtkit.optim import LAMB, LARS
@@ -49,6 +55,8 @@ from lbtkit.rundir import (
 from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
 
+logger = logging.getLogger(__name__)
+
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -60,6 +68,7 @@ _RESUME_FREE_FIELDS = {
     "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
     "eval_batch_size", "log_noise_scale", "noise_scale_ema",
 }
+_FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def exit_code(status: str) -> int:
@@ -96,32 +105,129 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         _reset_accelerate_state()
 
 
-def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
-    rank, world = accelerator.process_index, accelerator.num_processes
-    is_main = accelerator.is_main_process
-    device = accelerator.device
-    plan = plan_batches(config, world)
-    run_dir = RunDir(config.output_dir)
+# --- the loop --------------------------------------------------------------------------------
 
+
+@dataclass
+class Clock:
+    """Training wall time: the seconds of earlier segments (a checkpoint stores them as
+    ``LoopState.train_seconds``) plus the segment running since ``started``."""
+
+    banked: float
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return self.banked + (time.monotonic() - self.started)
+
+    def bank(self) -> float:
+        """Close the running segment into ``banked`` (before a checkpoint); return it."""
+        self.banked, self.started = self.elapsed(), time.monotonic()
+        return self.banked
+
+
+@dataclass
+class Training:
+    """Everything the loop works with, built once by ``_setup``."""
+
+    config: RunConfig
+    accelerator: Any
+    plan: BatchPlan
+    run_dir: RunDir
+    data: ImageData
+    inputs: InputSpec
+    model: torch.nn.Module  # what a step calls: DDP (and compile) wrapped
+    raw_model: torch.nn.Module  # what checkpoints and evaluation use: no wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    state: LoopState
+    noise: NoiseScaleMonitor | None
+    clock: Clock
+    stop_poll: StopPoll  # when the processes agree on a stop request mid-epoch
+    # This process's running (loss sum, correct) of the epoch, and "a loss was not finite",
+    # on the device: no host sync per step.
+    sums: torch.Tensor
+    nonfinite: torch.Tensor
+    last_final: dict[str, Any] | None = None  # the final metrics, once an epoch has ended
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.train_labels.shape[0] // self.config.batch_size
+
+    def describe(self) -> str:
+        """The epoch so far, for the progress display (a host sync: called sparingly)."""
+        loss_sum, correct = self.sums.tolist()
+        samples_per_step = self.plan.per_device_batch_size * self.plan.grad_accum_steps
+        seen = max(samples_per_step * (self.state.step_in_epoch or 1), 1)
+        return (f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
+                f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+
+
+@dataclass(frozen=True)
+class _EarlyStop:
+    """Why the loop ended before its last epoch, and the line that tells the user."""
+
+    status: str
+    message: str
+
+
+def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
+    plan = plan_batches(config, accelerator.num_processes)
+    run_dir = RunDir(config.output_dir)
+    previous = _claim_run_dir(run_dir, config, accelerator)
+    if previous is not None:
+        return previous
+    training = _setup(config, accelerator, plan, run_dir)
+    display = TrainingProgress(
+        total_steps=training.schedule.total_steps, done_steps=training.state.global_step,
+        log_every=config.log_every, enabled=progress and training.is_main,
+    )
+    training.model.train()
+    with GracefulStop() as stop:
+        early: _EarlyStop | None = None
+        try:
+            while early is None and training.state.epoch < config.epochs:
+                early = _train_epoch(training, display, stop)
+        finally:
+            display.close()
+        if early is not None and training.is_main:
+            logger.warning("%s", early.message)
+        return _finish(training, early.status if early else STATUS_COMPLETED)
+
+
+def _claim_run_dir(run_dir: RunDir, config: RunConfig, accelerator) -> dict[str, Any] | None:
+    """The stored results when ``run_dir`` holds this run completed; else create it (once,
+    on the main process), write the config and return None."""
     # Every process reads the directory before the main one writes to it.
     check_same_run(run_dir, config)
     previous = run_dir.read_results()
     if previous and previous.get("status") == STATUS_COMPLETED:
-        if is_main:
-            print(f"{run_dir.root}: already completed; not retraining")
+        if accelerator.is_main_process:
+            logger.info("%s: already completed; not retraining", run_dir.root)
         return previous
     accelerator.wait_for_everyone()
-    if is_main:
+    if accelerator.is_main_process:
         run_dir.create()
         write_json(run_dir.config_path, config.to_dict())
     accelerator.wait_for_everyone()
+    return None
 
-    with accelerator.main_process_first():  # only the main process downloads
-        data = load_dataset(
-            config.dataset, config.data_dir, download=config.download and is_main,
-            image_size=config.image_size, num_classes=config.num_classes,
-        ).to(device)
-    info = data.info
+
+def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> Training:
+    """Data, model, optimizer and schedule; the loop state from the latest checkpoint."""
+    device = accelerator.device
+    data = _load_data(config, accelerator)
     n_train = data.train_labels.shape[0]
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch == 0:
@@ -129,28 +235,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
             f"batch_size {config.batch_size} is larger than the training set "
             f"({n_train} samples of {config.dataset})"
         )
-    inputs = InputSpec(info, config.image_size, config.channels_last)
-
-    torch.manual_seed(config.seed)  # identical initial weights on every process
-    model = build_model(
-        config.model, num_classes=config.num_classes, in_channels=info.channels,
-        image_size=config.image_size, pretrained=config.pretrained,
-    )
-    if config.init_weights:
-        load_weights(model, config.init_weights)
-    model = convert_batchnorm(model, ghost_batch_size=config.ghost_batch_size,
-                              sync=config.sync_bn and world > 1)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(device)
-    optimizer = build_optimizer(config, model, device)
-    raw_model = model  # what checkpoints and evaluation use: no DDP or compile wrapper
-    if config.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Dropout draws differ per process, as they would on separate GPUs.
-    torch.manual_seed(config.seed * 1000 + rank + 1)
-
+    model, raw_model, optimizer = _build_model(config, data.info, accelerator)
     schedule = Schedule(
         peak_lr=config.lr,
         total_steps=config.epochs * steps_per_epoch,
@@ -159,19 +244,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         step_every=config.step_epochs * steps_per_epoch,
         gamma=config.step_gamma,
     )
-
-    state = LoopState()
-    checkpoint = latest_checkpoint(run_dir.checkpoints)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=raw_model, optimizer=optimizer, rank=rank)
-        if is_main:
-            run_dir.keep_metrics_before(state.epoch)
-            print(f"resuming {run_dir.root} from {checkpoint.name} "
-                  f"(epoch {state.epoch + 1}, step {state.global_step})")
-    elif is_main:
-        run_dir.keep_metrics_before(0)
-    if state.scaler is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state.scaler)
+    state = _resume(run_dir, raw_model, optimizer, accelerator)
     # Gradient noise scale: a DDP comm hook reads each process's own gradient (small batch)
     # before it is averaged (big batch); no host sync per step, see lbtkit.noise_scale.
     noise = NoiseScaleMonitor(
@@ -180,213 +253,277 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         state=state.noise_scale,
         scaler=accelerator.scaler,
     ) if config.log_noise_scale else None
-
-    def save(loop_state: LoopState) -> None:
-        if accelerator.scaler is not None:
-            loop_state.scaler = accelerator.scaler.state_dict()
-        if noise is not None:  # collective: every process's moving averages
-            loop_state.noise_scale = noise.state_dict()
-        save_checkpoint(
-            run_dir.checkpoints, loop_state, model=raw_model, optimizer=optimizer,
-            rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
-        )
-
-    def finish(status: str, final: dict[str, Any] | None) -> dict[str, Any]:
-        results = {
-            "status": status,
-            "config": config.to_dict(),
-            **plan.to_dict(),
-            "lr": config.lr,
-            "steps_per_epoch": steps_per_epoch,
-            "global_step": state.global_step,
-            "epochs_completed": state.epoch,
-            "final": final,
-            "best_val_acc": state.best_val_acc,
-            "train_seconds": state.train_seconds + (time.monotonic() - segment_start),
-            "images_per_second": _overall_rate(run_dir, is_main),
-            "noise_scale": last_logged_noise_scale(run_dir.read_metrics()) if is_main else None,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-        }
-        if is_main:
-            if status == STATUS_COMPLETED:
-                save_weights(raw_model, run_dir.model_path)
-            write_json(run_dir.results_path, results)
-        accelerator.wait_for_everyone()
-        return results
-
-    display = TrainingProgress(
-        total_steps=schedule.total_steps, done_steps=state.global_step,
-        log_every=config.log_every, enabled=progress and is_main,
-    )
-    segment_start = time.monotonic()
-    per_device = plan.per_device_batch_size
-    accum = plan.grad_accum_steps
-    last_final: dict[str, Any] | None = None
-    # Running (loss sum, correct) of this process live on the device: no host sync per step.
-    # A checkpoint stores the totals over processes; on resume rank 0 carries them.
+    # A checkpoint stores the running sums totalled over processes; on resume rank 0 carries them.
     sums = torch.zeros(2, dtype=torch.float64, device=device)
-    if rank == 0:
+    if accelerator.process_index == 0:
         sums += torch.tensor([state.epoch_loss_sum, state.epoch_correct], dtype=torch.float64)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    return Training(
+        config=config, accelerator=accelerator, plan=plan, run_dir=run_dir, data=data,
+        inputs=InputSpec(data.info, config.image_size, config.channels_last),
+        model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
+        state=state, noise=noise, clock=Clock(banked=state.train_seconds),
+        stop_poll=StopPoll.for_accelerator(accelerator), sums=sums,
+        nonfinite=torch.zeros((), dtype=torch.bool, device=device),
+    )
 
-    def describe() -> str:
-        loss_sum, correct = sums.tolist()
-        seen = max(per_device * accum * (state.step_in_epoch or 1), 1)
-        return (f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
-                f"lr {optimizer.param_groups[0]['lr']:.3g}")
 
-    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+def _load_data(config: RunConfig, accelerator) -> ImageData:
+    with accelerator.main_process_first():  # only the main process downloads
+        return load_dataset(
+            config.dataset, config.data_dir,
+            download=config.download and accelerator.is_main_process,
+            image_size=config.image_size, num_classes=config.num_classes,
+        ).to(accelerator.device)
 
-    def gradients(batch: torch.Tensor, draw, *, all_reduce: bool, record: bool) -> None:
-        """Accumulate this process's share of ``batch`` into .grad, micro-batch by micro-batch.
 
-        With ``all_reduce`` the last micro-batch averages the gradients over processes (the
-        others never do); ``record`` adds loss and accuracy to the running sums.
-        """
-        nonlocal nonfinite
-        for micro in range(accum):
-            offset = (micro * world + rank) * per_device
-            idx = batch[offset:offset + per_device]
-            x = inputs(augment(
-                data.train_images[idx], draw.shifts[idx], draw.flips[idx],
-                padding=info.crop_padding,
-            ))
-            y = data.train_labels[idx]
-            sync = contextlib.nullcontext() if all_reduce and micro == accum - 1 \
-                else accelerator.no_sync(model)
-            with sync:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                accelerator.backward(loss / accum)
-            if record:
-                detached = loss.detach()
-                nonfinite |= ~torch.isfinite(detached)
-                sums.add_(torch.stack((
-                    detached.double() * y.shape[0],
-                    (logits.detach().argmax(dim=1) == y).sum().double(),
-                )))
+def _build_model(config: RunConfig, info: DatasetInfo, accelerator):
+    """``(model, raw_model, optimizer)``: the model as a step calls it (prepared by
+    Accelerate: DDP, compile) and as checkpoints and evaluation see it."""
+    device = accelerator.device
+    torch.manual_seed(config.seed)  # identical initial weights on every process
+    raw_model = build_model_for(config, info)
+    raw_model = convert_batchnorm(raw_model, ghost_batch_size=config.ghost_batch_size,
+                                  sync=config.sync_bn and accelerator.num_processes > 1)
+    if config.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    raw_model = raw_model.to(device)
+    optimizer = build_optimizer(config, raw_model, device)
+    model = torch.compile(raw_model) if config.compile else raw_model
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Dropout draws differ per process, as they would on separate GPUs.
+    torch.manual_seed(config.seed * 1000 + accelerator.process_index + 1)
+    return model, raw_model, optimizer
 
-    model.train()
-    with GracefulStop() as stop:
-        stop_poll = StopPoll.for_accelerator(accelerator)
-        try:
-            while state.epoch < config.epochs:
-                epoch = state.epoch
-                draw = draw_epoch(
-                    n_train, seed=config.seed, epoch=epoch, padding=info.crop_padding,
-                    flip=info.flip, device=device,
-                )
-                epoch_clock = time.monotonic()
-                interrupted = False
-                for step in range(state.step_in_epoch, steps_per_epoch):
-                    lr = schedule.lr_at_step(state.global_step)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    batch = draw.order[step * config.batch_size:(step + 1) * config.batch_size]
-                    if config.sam_rho > 0:
-                        # The training metrics are those at w, from the first pass.
-                        gradients(batch, draw, all_reduce=False, record=True)
-                        perturbation = sam.ascend(trainable, config.sam_rho)
-                        optimizer.zero_grad(set_to_none=True)
-                        with frozen_running_stats(raw_model):
-                            gradients(batch, draw, all_reduce=True, record=False)
-                        sam.descend(perturbation)
-                    else:
-                        gradients(batch, draw, all_reduce=True, record=True)
-                    if noise is not None:  # needs the averaged .grad: before step/zero_grad
-                        noise.step()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.global_step += 1
-                    state.step_in_epoch = step + 1
-                    display.step(state.global_step, describe)
 
-                    if state.global_step % config.log_every == 0 and \
-                            _any_process(accelerator, nonfinite):
-                        break
-                    if step + 1 < steps_per_epoch and \
-                            stop_poll.agreed_stop(state.global_step, stop.requested is not None):
-                        interrupted = True
-                        break
+def _resume(run_dir: RunDir, raw_model, optimizer, accelerator) -> LoopState:
+    """The loop state of the latest checkpoint, its model, optimizer, RNG and scaler restored;
+    a fresh state when there is none. Metrics rows after it are dropped (they are redone)."""
+    is_main = accelerator.is_main_process
+    state = LoopState()
+    checkpoint = latest_checkpoint(run_dir.checkpoints)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=raw_model, optimizer=optimizer,
+                                rank=accelerator.process_index)
+        if is_main:
+            run_dir.keep_metrics_before(state.epoch)
+            logger.info("resuming %s from %s (epoch %d, step %d)", run_dir.root,
+                        checkpoint.name, state.epoch + 1, state.global_step)
+    elif is_main:
+        run_dir.keep_metrics_before(0)
+    if state.scaler is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state.scaler)
+    return state
 
-                if _any_process(accelerator, nonfinite):
-                    display.close()
-                    if is_main:
-                        print(f"diverged: non-finite training loss at step {state.global_step} "
-                              f"(lr {config.lr:g}); stopping")
-                    return finish(STATUS_DIVERGED, None)
 
-                epoch_seconds = state.epoch_step_seconds + (time.monotonic() - epoch_clock)
-                if interrupted:
-                    _store_sums(state, accelerator.reduce(sums.clone(), reduction="sum"),
-                                epoch_seconds)
-                    state.train_seconds += time.monotonic() - segment_start
-                    segment_start = time.monotonic()
-                    save(state)
-                    display.close()
-                    if is_main:
-                        print(f"stopped by {stop.requested} at step {state.global_step}; "
-                              f"checkpoint saved, rerun the same command to resume")
-                    return finish(STATUS_INTERRUPTED, None)
+def _train_epoch(t: Training, display: TrainingProgress, stop: GracefulStop) -> _EarlyStop | None:
+    """The rest of epoch ``t.state.epoch``; why the run must end now, if it must."""
+    info = t.data.info
+    draw = draw_epoch(
+        t.data.train_labels.shape[0], seed=t.config.seed, epoch=t.state.epoch,
+        padding=info.crop_padding, flip=info.flip, device=t.accelerator.device,
+    )
+    started = time.monotonic()
+    cut_short = _take_steps(t, draw, display, stop)
+    if _any_process(t.accelerator, t.nonfinite):
+        return _EarlyStop(STATUS_DIVERGED, f"diverged: non-finite training loss at step "
+                          f"{t.state.global_step} (lr {t.config.lr:g}); stopping")
+    epoch_seconds = t.state.epoch_step_seconds + (time.monotonic() - started)
+    if cut_short:
+        _store_sums(t.state, t.accelerator.reduce(t.sums.clone(), reduction="sum"),
+                    epoch_seconds)
+        _save_checkpoint(t)
+        return _EarlyStop(STATUS_INTERRUPTED, f"stopped by {stop.requested} at step "
+                          f"{t.state.global_step}; checkpoint saved, rerun the same command "
+                          f"to resume")
+    return _end_epoch(t, epoch_seconds, display, stop)
 
-                # End of epoch: one reduction of the running sums across processes.
-                loss_sum, correct = accelerator.reduce(sums.clone(), reduction="sum").tolist()
-                seen = config.batch_size * steps_per_epoch
-                row: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "step": state.global_step,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": loss_sum / seen,
-                    "train_acc": correct / seen,
-                    "val_loss": None,
-                    "val_acc": None,
-                    "images_per_second": seen / max(epoch_seconds, 1e-9),
-                    **noise_scale_row(noise),  # collective when logging (one tiny reduce)
-                }
-                last_epoch = epoch + 1 == config.epochs
-                if (epoch + 1) % config.eval_every == 0 or last_epoch:
-                    _share_buffers_from_main(raw_model, world)
-                    totals = evaluate_sums(
-                        raw_model, data.val_images, data.val_labels, inputs,
-                        batch_size=config.eval_batch_size, rank=rank, world_size=world,
-                    )
-                    val_loss, val_acc = mean_loss_and_accuracy(
-                        accelerator.reduce(totals, reduction="sum")
-                    )
-                    row.update(val_loss=val_loss, val_acc=val_acc)
-                    if state.best_val_acc is None or val_acc > state.best_val_acc:
-                        state.best_val_acc = val_acc
-                row["elapsed_s"] = state.train_seconds + (time.monotonic() - segment_start)
-                if is_main:
-                    run_dir.append_metrics(row)
-                display.message(_epoch_line(row, config.epochs))
-                last_final = {k: row[k] for k in ("train_loss", "train_acc", "val_loss",
-                                                  "val_acc")}
 
-                state.epoch += 1
-                state.step_in_epoch = 0
-                sums.zero_()
-                _store_sums(state, sums, 0.0)
-                stop_now = _any_process(accelerator, stop.requested is not None)
-                due = config.checkpoint_every and state.epoch % config.checkpoint_every == 0
-                if (due or stop_now) and not last_epoch:
-                    state.train_seconds += time.monotonic() - segment_start
-                    segment_start = time.monotonic()
-                    save(state)
-                if stop_now and not last_epoch:
-                    display.close()
-                    if is_main:
-                        print(f"stopped by {stop.requested} after epoch {state.epoch}; "
-                              f"checkpoint saved, rerun the same command to resume")
-                    return finish(STATUS_INTERRUPTED, None)
-        finally:
-            display.close()
+def _take_steps(t: Training, draw: EpochDraw, display: TrainingProgress,
+                stop: GracefulStop) -> bool:
+    """The epoch's remaining optimizer steps; True when a stop request cut them short.
 
-    if last_final is None:  # resumed exactly at the end: the last row is on disk
-        last_final = {k: run_dir.read_metrics()[-1][k]
-                      for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
-    return finish(STATUS_COMPLETED, last_final)
+    A non-finite loss also ends them early (checked every ``log_every`` steps); the caller
+    reads ``t.nonfinite``.
+    """
+    config, state = t.config, t.state
+    for step in range(state.step_in_epoch, t.steps_per_epoch):
+        _optimizer_step(t, draw, step)
+        display.step(state.global_step, t.describe)
+        if state.global_step % config.log_every == 0 and _any_process(t.accelerator, t.nonfinite):
+            return False
+        if step + 1 < t.steps_per_epoch and \
+                t.stop_poll.agreed_stop(state.global_step, stop.requested is not None):
+            return True
+    return False
+
+
+def _optimizer_step(t: Training, draw: EpochDraw, step: int) -> None:
+    """Step ``step`` of the epoch: the lr of the schedule, the batch's gradient, the update."""
+    config, state = t.config, t.state
+    lr = t.schedule.lr_at_step(state.global_step)
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    batch = draw.order[step * config.batch_size:(step + 1) * config.batch_size]
+    if config.sam_rho > 0:
+        # SAM: the gradient at the ascended weights; the training metrics are those at w,
+        # from the first pass.
+        _accumulate_gradients(t, batch, draw, all_reduce=False, record=True)
+        trainable = [p for p in t.raw_model.parameters() if p.requires_grad]
+        perturbation = sam.ascend(trainable, config.sam_rho)
+        t.optimizer.zero_grad(set_to_none=True)
+        with frozen_running_stats(t.raw_model):
+            _accumulate_gradients(t, batch, draw, all_reduce=True, record=False)
+        sam.descend(perturbation)
+    else:
+        _accumulate_gradients(t, batch, draw, all_reduce=True, record=True)
+    if t.noise is not None:  # needs the averaged .grad: before step/zero_grad
+        t.noise.step()
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    state.global_step += 1
+    state.step_in_epoch = step + 1
+
+
+def _accumulate_gradients(t: Training, batch: torch.Tensor, draw: EpochDraw, *,
+                          all_reduce: bool, record: bool) -> None:
+    """Accumulate this process's share of ``batch`` into .grad, micro-batch by micro-batch.
+
+    With ``all_reduce`` the last micro-batch averages the gradients over processes (the
+    others never do); ``record`` adds loss and accuracy to the running sums.
+    """
+    per_device, accum = t.plan.per_device_batch_size, t.plan.grad_accum_steps
+    data = t.data
+    for micro in range(accum):
+        offset = (micro * t.world + t.rank) * per_device
+        idx = batch[offset:offset + per_device]
+        x = t.inputs(augment(
+            data.train_images[idx], draw.shifts[idx], draw.flips[idx],
+            padding=data.info.crop_padding,
+        ))
+        y = data.train_labels[idx]
+        sync = contextlib.nullcontext() if all_reduce and micro == accum - 1 \
+            else t.accelerator.no_sync(t.model)
+        with sync:
+            logits = t.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            t.accelerator.backward(loss / accum)
+        if record:
+            detached = loss.detach()
+            t.nonfinite |= ~torch.isfinite(detached)
+            t.sums.add_(torch.stack((
+                detached.double() * y.shape[0],
+                (logits.detach().argmax(dim=1) == y).sum().double(),
+            )))
+
+
+def _end_epoch(t: Training, epoch_seconds: float, display: TrainingProgress,
+               stop: GracefulStop) -> _EarlyStop | None:
+    """Log the epoch's metrics row (evaluating when due), move on to the next epoch, and
+    checkpoint when due or asked to stop; why the run must end now, if it must."""
+    config, state = t.config, t.state
+    row = _metrics_row(t, epoch_seconds)
+    if t.is_main:
+        t.run_dir.append_metrics(row)
+    display.message(_epoch_line(row, config.epochs))
+    t.last_final = {k: row[k] for k in _FINAL_KEYS}
+
+    state.epoch += 1
+    state.step_in_epoch = 0
+    t.sums.zero_()
+    _store_sums(state, t.sums, 0.0)
+    last_epoch = state.epoch == config.epochs
+    stop_now = _any_process(t.accelerator, stop.requested is not None)
+    due = config.checkpoint_every and state.epoch % config.checkpoint_every == 0
+    if (due or stop_now) and not last_epoch:
+        _save_checkpoint(t)
+    if stop_now and not last_epoch:
+        return _EarlyStop(STATUS_INTERRUPTED, f"stopped by {stop.requested} after epoch "
+                          f"{state.epoch}; checkpoint saved, rerun the same command to resume")
+    return None
+
+
+def _metrics_row(t: Training, epoch_seconds: float) -> dict[str, Any]:
+    """The metrics.jsonl row of the epoch just trained (collective: every process calls it)."""
+    config, state = t.config, t.state
+    epoch = state.epoch + 1
+    # One reduction of the running sums across processes.
+    loss_sum, correct = t.accelerator.reduce(t.sums.clone(), reduction="sum").tolist()
+    seen = config.batch_size * t.steps_per_epoch
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "step": state.global_step,
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "val_loss": None,
+        "val_acc": None,
+        "images_per_second": seen / max(epoch_seconds, 1e-9),
+        **noise_scale_row(t.noise),  # collective when logging (one tiny reduce)
+    }
+    if epoch % config.eval_every == 0 or epoch == config.epochs:
+        val_loss, val_acc = _evaluate(t)
+        row.update(val_loss=val_loss, val_acc=val_acc)
+        if state.best_val_acc is None or val_acc > state.best_val_acc:
+            state.best_val_acc = val_acc
+    row["elapsed_s"] = t.clock.elapsed()
+    return row
+
+
+def _evaluate(t: Training) -> tuple[float, float]:
+    """(val_loss, val_acc) of the raw model, each process taking its share of the split."""
+    _share_buffers_from_main(t.raw_model, t.world)
+    totals = evaluate_sums(
+        t.raw_model, t.data.val_images, t.data.val_labels, t.inputs,
+        batch_size=t.config.eval_batch_size, rank=t.rank, world_size=t.world,
+    )
+    return mean_loss_and_accuracy(t.accelerator.reduce(totals, reduction="sum"))
+
+
+def _save_checkpoint(t: Training) -> None:
+    """Collective: every process calls it (see lbtkit.checkpoint.save_checkpoint)."""
+    t.state.train_seconds = t.clock.bank()
+    if t.accelerator.scaler is not None:
+        t.state.scaler = t.accelerator.scaler.state_dict()
+    if t.noise is not None:  # collective: every process's moving averages
+        t.state.noise_scale = t.noise.state_dict()
+    save_checkpoint(
+        t.run_dir.checkpoints, t.state, model=t.raw_model, optimizer=t.optimizer,
+        rank=t.rank, world_size=t.world, barrier=t.accelerator.wait_for_everyone,
+    )
+
+
+def _finish(t: Training, status: str) -> dict[str, Any]:
+    """Write results.json (and the final weights when completed); every process returns it."""
+    state, run_dir = t.state, t.run_dir
+    final = None
+    if status == STATUS_COMPLETED:
+        # Resumed exactly at the end, no epoch ran here: the last row is on disk.
+        final = t.last_final or {k: run_dir.read_metrics()[-1][k] for k in _FINAL_KEYS}
+    results = {
+        "status": status,
+        "config": t.config.to_dict(),
+        **t.plan.to_dict(),
+        "lr": t.config.lr,
+        "steps_per_epoch": t.steps_per_epoch,
+        "global_step": state.global_step,
+        "epochs_completed": state.epoch,
+        "final": final,
+        "best_val_acc": state.best_val_acc,
+        "train_seconds": t.clock.elapsed(),
+        "images_per_second": _overall_rate(run_dir, t.is_main),
+        "noise_scale": last_logged_noise_scale(run_dir.read_metrics()) if t.is_main else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    if t.is_main:
+        if status == STATUS_COMPLETED:
+            save_weights(t.raw_model, run_dir.model_path)
+        write_json(run_dir.results_path, results)
+    t.accelerator.wait_for_everyone()
+    return results
+
+
+# --- building blocks -------------------------------------------------------------------------
 
 
 def build_optimizer(config: RunConfig, model: torch.nn.Module, device) -> torch.optim.Optimizer:
@@ -483,7 +620,13 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 
 def _reset_accelerate_state() -> None:
-    """Let one Python process run several trainings (tests, sweeps on a laptop)."""
+    """Let one Python process run several trainings (tests, sweeps on a laptop).
+
+    Accelerate's state is a per-process singleton that refuses a second Accelerator with
+    other settings ("AcceleratorState has already been initialized"). Accelerate 1.15 has no
+    public reset: ``end_training`` only destroys the process group, and these private calls
+    are what its own test base class (``AccelerateTestCase.tearDown``) uses.
+    """
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
