@@ -183,6 +183,8 @@ class _EarlyStop:
 
 
 def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
+    """Set up, train epoch by epoch until done or stopped early, then the one exit: close the
+    display, say why it stopped early, write results.json (signals still deferred meanwhile)."""
     plan = plan_batches(config, accelerator.num_processes)
     run_dir = RunDir(config.output_dir)
     previous = _claim_run_dir(run_dir, config, accelerator)
@@ -276,7 +278,9 @@ def _load_data(config: RunConfig, accelerator) -> ImageData:
         ).to(accelerator.device)
 
 
-def _build_model(config: RunConfig, info: DatasetInfo, accelerator):
+def _build_model(
+    config: RunConfig, info: DatasetInfo, accelerator
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
     """``(model, raw_model, optimizer)``: the model as a step calls it (prepared by
     Accelerate: DDP, compile) and as checkpoints and evaluation see it."""
     device = accelerator.device
