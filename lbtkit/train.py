@@ -252,8 +252,7 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
     noise = NoiseScaleMonitor(
         model, b_small=plan.per_device_batch_size * plan.grad_accum_steps,
         b_big=config.batch_size, decay=config.noise_scale_ema, population=n_train,
-        state=state.noise_scale,
-        scaler=accelerator.scaler,
+        state=state.noise_scale, scaler=accelerator.scaler,
     ) if config.log_noise_scale else None
     # A checkpoint stores the running sums totalled over processes; on resume rank 0 carries them.
     sums = torch.zeros(2, dtype=torch.float64, device=device)
