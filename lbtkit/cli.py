@@ -52,30 +52,6 @@ EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT = 1
 
 
-class _PlainLines(logging.Handler):
-    """The library's log records as the bare message, one line each: errors on stderr, the
-    rest on stdout. The stream is looked up per record, so a live progress bar (which
-    redirects stdout to print above itself) and a test runner's capture both see it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stderr if record.levelno >= logging.ERROR else sys.stdout
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-@app.callback()
-def _show_library_logs() -> None:
-    # The library logs and stays quiet unless asked; the CLI asks, once per invocation.
-    library = logging.getLogger("lbtkit")
-    library.handlers = [h for h in library.handlers if not isinstance(h, _PlainLines)]
-    library.addHandler(_PlainLines())
-    library.setLevel(logging.INFO)
-    library.propagate = False
-
-
 def user_errors(fn):
     """Print a user mistake as one line on stderr and exit 2; an environment fault (a full or
     read-only disk, a path the system refuses) as one line and exit 1. No traceback for
@@ -790,6 +766,23 @@ def models() -> None:
         print(name)
 
 
+class _StandardStream(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout`` (or ``sys.stderr``) is when a record comes, not
+    when it was made: a live progress bar swaps in a proxy that prints above the bar."""
+
+    def __init__(self, name: str) -> None:
+        self._stream_name = name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the lookup wins
+        pass
+
+
 def configure_logging() -> None:
     """Show the library's log records as the CLI's own lines: info on stdout as the bare
     message, warnings and errors on stderr as "warning: message". The library itself only logs
@@ -802,9 +795,9 @@ def configure_logging() -> None:
             return text if record.levelno < logging.WARNING else \
                 f"{record.levelname.lower()}: {text}"
 
-    out = logging.StreamHandler(sys.stdout)
+    out = _StandardStream("stdout")
     out.addFilter(lambda record: record.levelno < logging.WARNING)
-    err = logging.StreamHandler(sys.stderr)
+    err = _StandardStream("stderr")
     err.setLevel(logging.WARNING)
     for handler in (out, err):
         handler.setFormatter(_LevelPrefix("%(message)s"))

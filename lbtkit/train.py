@@ -204,7 +204,9 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
         finally:
             display.close()
         if early is not None and training.is_main:
-            logger.warning("%s", early.message)
+            # INFO, not WARNING: a diverged or interrupted run is an outcome (its status and
+            # exit code say so), and the CLI shows it as a plain line on stdout, as ever.
+            logger.info("%s", early.message)
         return _finish(training, early.status if early else STATUS_COMPLETED)
 
 
