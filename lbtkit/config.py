@@ -458,7 +458,7 @@ def _check_floats(config: RunConfig) -> None:
     """Every float field is a finite number inside its FLOAT_RANGES interval."""
     for f in fields(config):
         value = getattr(config, f.name)
-        if "float" not in str(f.type) or value is None:
+        if field_type(f.name) is not float or value is None:
             continue
         low, low_in, high, high_in = FLOAT_RANGES.get(f.name, (-math.inf, False, math.inf, False))
         inside = (value >= low if low_in else value > low) and \
