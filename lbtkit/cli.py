@@ -52,6 +52,23 @@ EXIT_USER_ERROR = 2
 EXIT_ENVIRONMENT = 1
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import lbtkit
+
+        print(f"lbtkit {lbtkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _common(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the version and exit",
+    )] = False,
+) -> None:
+    """lbtkit: the large-batch training kit."""
+
+
 def user_errors(fn):
     """Print a user mistake as one line on stderr and exit 2; an environment fault (a full or
     read-only disk, a path the system refuses) as one line and exit 1. No traceback for
@@ -419,9 +436,13 @@ def report(
 ) -> None:
     """Write report.md, results.csv and the figures for a sweep."""
     from lbtkit.report import write_report
+    from lbtkit.sweep import load_sweep
+    from lbtkit.tracking import tensorboard_dirs
 
     for kind, path in write_report(sweep_dir, output).items():
         print(f"{kind}: {path}")
+    for folder in tensorboard_dirs(load_sweep(sweep_dir)):
+        print(f"tracker logs: tensorboard --logdir {folder}")
 
 
 # Options shared by the commands that evaluate grids in weight space.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.errors import ConfigError
+from lbtkit.tracking import parse_trackers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,6 +146,18 @@ class RunConfig:
     eval_every: int = _opt("evaluate every N epochs (the last epoch always)", default=1)
     checkpoint_every: int = _opt("checkpoint every N epochs (0: only on a signal)", default=1)
     log_every: int = _opt("plain log line every N optimizer steps when not on a TTY", default=50)
+    log_with: str = _opt(
+        "experiment trackers, comma-separated (tensorboard, wandb, mlflow, ...: Accelerate's); "
+        "each needs its extra, e.g. pip install 'lbtkit[tensorboard]'",
+        default="",
+    )
+    tracking_dir: str | None = _opt(
+        "where local trackers write (default: the run directory's parent/tracking, so the runs "
+        "of a sweep share one)",
+        default=None,
+    )
+    tracking_project: str = _opt("tracker project / experiment name (W&B, MLflow)",
+                                 default="lbtkit")
     output_dir: str | None = _opt("the run directory (default: runs/NAME)", default=None)
     name: str | None = _opt("run name (default: model-dataset-bBATCH-sSEED)", default=None)
 
@@ -219,6 +232,7 @@ class RunConfig:
             )
         if self.ghost_batch_size is not None:
             _positive("ghost_batch_size", self.ghost_batch_size)
+        parse_trackers(self.log_with)
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():

@@ -54,6 +54,7 @@ from lbtkit.rundir import (
 )
 from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
+from lbtkit.tracking import Tracking, make_trackers, parse_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ EXIT_INTERRUPTED = 75
 # how often we log or save, or how fast a step runs, not what is trained.
 _RESUME_FREE_FIELDS = {
     "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
-    "eval_batch_size", "log_noise_scale", "noise_scale_ema",
+    "eval_batch_size", "log_noise_scale", "noise_scale_ema", "log_with", "tracking_dir",
+    "tracking_project",
 }
 _FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -86,7 +88,13 @@ def make_accelerator(config: RunConfig):
     has_cuda = torch.cuda.is_available()
     if config.mixed_precision == "fp16" and not has_cuda:
         raise ConfigError("mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' on the CPU")
-    return Accelerator(cpu=not has_cuda, mixed_precision=config.mixed_precision)
+    trackers = parse_trackers(config.log_with)
+    return Accelerator(
+        cpu=not has_cuda, mixed_precision=config.mixed_precision,
+        log_with=make_trackers(trackers, output_dir=config.output_dir,
+                               configured_dir=config.tracking_dir,
+                               project=config.tracking_project) if trackers else None,
+    )
 
 
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -143,6 +151,7 @@ class Training:
     noise: NoiseScaleMonitor | None
     clock: Clock
     stop_poll: StopPoll  # when the processes agree on a stop request mid-epoch
+    tracking: Tracking  # experiment trackers (a no-op without --log-with)
     # This process's running (loss sum, correct) of the epoch, and "a loss was not finite",
     # on the device: no host sync per step.
     sums: torch.Tensor
@@ -165,13 +174,20 @@ class Training:
     def steps_per_epoch(self) -> int:
         return self.data.train_labels.shape[0] // self.config.batch_size
 
-    def describe(self) -> str:
-        """The epoch so far, for the progress display (a host sync: called sparingly)."""
+    def running_means(self) -> dict[str, float]:
+        """This process's mean loss and accuracy so far in the epoch, and the lr (a host
+        sync: called sparingly)."""
         loss_sum, correct = self.sums.tolist()
         samples_per_step = self.plan.per_device_batch_size * self.plan.grad_accum_steps
         seen = max(samples_per_step * (self.state.step_in_epoch or 1), 1)
-        return (f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
-                f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+        return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def describe(self) -> str:
+        """The epoch so far, for the progress display."""
+        means = self.running_means()
+        return (f"loss {means['train_loss']:.4f} acc {means['train_acc']:.3f} "
+                f"lr {means['lr']:.3g}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +265,8 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         gamma=config.step_gamma,
     )
     state = _resume(run_dir, raw_model, optimizer, accelerator)
+    tracking = Tracking(accelerator, enabled=bool(config.log_with))
+    tracking.start(config.to_dict(), config.tracking_project)
     # Gradient noise scale: a DDP comm hook reads each process's own gradient (small batch)
     # before it is averaged (big batch); no host sync per step, see lbtkit.noise_scale.
     noise = NoiseScaleMonitor(
@@ -265,7 +283,7 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         inputs=InputSpec(data.info, config.image_size, config.channels_last),
         model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
         state=state, noise=noise, clock=Clock(banked=state.train_seconds),
-        stop_poll=StopPoll.for_accelerator(accelerator), sums=sums,
+        stop_poll=StopPoll.for_accelerator(accelerator), tracking=tracking, sums=sums,
         nonfinite=torch.zeros((), dtype=torch.bool, device=device),
     )
 
@@ -354,6 +372,8 @@ def _take_steps(t: Training, draw: EpochDraw, display: TrainingProgress,
     for step in range(state.step_in_epoch, t.steps_per_epoch):
         _optimizer_step(t, draw, step)
         display.step(state.global_step, t.describe)
+        if t.tracking.enabled and state.global_step % config.log_every == 0:
+            t.tracking.log_step(state.global_step, t.running_means())
         if state.global_step % config.log_every == 0 and _any_process(t.accelerator, t.nonfinite):
             return False
         if step + 1 < t.steps_per_epoch and \
@@ -429,6 +449,7 @@ def _end_epoch(t: Training, epoch_seconds: float, display: TrainingProgress,
     row = _metrics_row(t, epoch_seconds)
     if t.is_main:
         t.run_dir.append_metrics(row)
+    t.tracking.log_epoch(row)
     display.message(_epoch_line(row, config.epochs))
     t.last_final = {k: row[k] for k in _FINAL_KEYS}
 
@@ -520,6 +541,7 @@ def _finish(t: Training, status: str) -> dict[str, Any]:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
+    t.tracking.finish(results)
     if t.is_main:
         if status == STATUS_COMPLETED:
             save_weights(t.raw_model, run_dir.model_path)
