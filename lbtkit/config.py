@@ -195,12 +195,9 @@ class RunConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
         from lbtkit.data import dataset_info
-        from lbtkit.models import list_models
+        from lbtkit.models import resolve_builder
 
-        if self.model not in list_models():
-            raise ConfigError(
-                f"unknown model {self.model!r}; known models: {', '.join(list_models())}"
-            )
+        resolve_builder(self.model)  # raises ConfigError naming an unknown model
         dataset_info(self.dataset)  # raises on an unknown dataset
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALING_RULES)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from lbtkit.config import RunConfig
     from lbtkit.data import DatasetInfo
 
-__all__ = ["build_model", "build_model_for", "list_models", "register_model"]
+__all__ = ["build_model", "build_model_for", "list_models", "register_model", "resolve_builder"]
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -39,8 +39,24 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    """Names of all registered models and of installed plug-ins, sorted (``torchvision:ARCH``
+    and ``package.module:function`` are accepted too, see lbtkit.models.external)."""
+    from lbtkit.models.external import plugin_names
+
+    return sorted({*_REGISTRY, *plugin_names()})
+
+
+def resolve_builder(name: str) -> ModelBuilder:
+    """The builder for model ``name``; ConfigError naming it when there is none."""
+    from lbtkit.models.external import external_builder
+
+    builder = _REGISTRY.get(name) or external_builder(name)
+    if builder is None:
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())} "
+            "(or torchvision:ARCH, or package.module:function)"
+        )
+    return builder
 
 
 def build_model(
@@ -52,9 +68,7 @@ def build_model(
     pretrained: str = "none",
 ) -> nn.Module:
     """Build model ``name``; ``pretrained`` is "none", "imagenet" or a path to a weights file."""
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    builder = resolve_builder(name)
     for label, value in (
         ("num_classes", num_classes),
         ("in_channels", in_channels),

@@ -1,0 +1,128 @@
+"""Models from outside lbtkit's registry: torchvision's zoo, a user's own builder, plug-ins.
+
+``--model`` accepts, besides the registered names:
+
+- ``torchvision:ARCH`` — any classification builder of ``torchvision.models`` (``resnet18``,
+  ``convnext_tiny``, ...), new head for ``num_classes``; ``--pretrained imagenet`` loads
+  torchvision's default ImageNet weights (from the torch hub cache) before the head is replaced;
+- ``package.module:function`` — a builder in the user's own importable module, called like the
+  registered ones (keyword-only ``num_classes, in_channels, image_size, pretrained``);
+- a name that an installed package registers in the ``lbtkit.models`` entry-point group.
+
+Under ``--num-processes`` or a sweep the module must be importable in every worker (installed,
+or on ``PYTHONPATH``), just as it must be for ``python -c 'import package.module'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+import torchvision
+from torch import nn
+
+from lbtkit.errors import ConfigError
+
+ENTRY_POINT_GROUP = "lbtkit.models"
+TORCHVISION_PREFIX = "torchvision:"
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+def plugin_names() -> list[str]:
+    """Model names registered by installed packages (entry-point group ``lbtkit.models``)."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def external_builder(name: str) -> ModelBuilder | None:
+    """The builder that ``name`` designates outside the registry, or None if it names none."""
+    if name.startswith(TORCHVISION_PREFIX):
+        return torchvision_builder(name[len(TORCHVISION_PREFIX):])
+    if ":" in name:
+        return imported_builder(name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return _checked(ep.load(), f"entry point {name!r} ({ep.value})")
+    return None
+
+
+def imported_builder(spec: str) -> ModelBuilder:
+    """``package.module:function`` -> that function."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"model {spec!r} is not of the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from None
+    builder = getattr(module, attribute, None)
+    if builder is None:
+        raise ConfigError(f"module {module_name!r} has no {attribute!r} (model {spec!r})")
+    return _checked(builder, f"model {spec!r}")
+
+
+def _checked(builder: object, label: str) -> ModelBuilder:
+    if not callable(builder):
+        raise ConfigError(f"{label} is not callable")
+    return builder  # type: ignore[return-value]
+
+
+def torchvision_builder(arch: str) -> ModelBuilder:
+    """A registry-style builder for ``torchvision.models`` classification model ``arch``."""
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        raise ConfigError(
+            f"unknown torchvision model {arch!r}; torchvision's classification models: "
+            f"{', '.join(known)}"
+        )
+
+    def build(*, num_classes: int, in_channels: int, image_size: int,
+              pretrained: str) -> nn.Module:
+        if in_channels != 3:
+            raise ConfigError(
+                f"torchvision:{arch} takes 3-channel images; this dataset has {in_channels}"
+            )
+        if pretrained == "none":
+            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        model = torchvision.models.get_model(arch, weights=None)  # ImageNet-shaped
+        model.load_state_dict(_pretrained_state(arch, pretrained))
+        replace_head(model, num_classes)
+        return model
+
+    build.__doc__ = f"torchvision.models.{arch} with a new {arch} head for num_classes."
+    return build
+
+
+def _pretrained_state(arch: str, pretrained: str) -> dict:
+    # One reader of weights for every model: the hub cache or a local file, weights only.
+    from lbtkit.models.mobilenet import _as_state_dict, _describe, _read_weights_file
+
+    if pretrained != "imagenet":
+        return _as_state_dict(_read_weights_file(pretrained), f"weights file {pretrained!r}")
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True, map_location="cpu",
+                                       weights_only=True)
+    except Exception as exc:  # no network, no cache, or a corrupt cached file
+        raise ConfigError(
+            f"the ImageNet weights of torchvision:{arch} are not usable ({_describe(exc)}); "
+            f"fetch {weights.url} into the torch hub cache on a machine with internet, or "
+            "pass a local weights file with --pretrained PATH"
+        ) from exc
+    return _as_state_dict(state, f"the ImageNet weights of torchvision:{arch}")
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """Replace the last ``nn.Linear`` (the classifier of every torchvision classifier) with a
+    fresh one of ``num_classes`` outputs; nothing changes when it already has that many."""
+    linears = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head to replace")
+    name, head = linears[-1]
+    if head.out_features == num_classes:
+        return
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
