@@ -140,6 +140,11 @@ class RunConfig:
     compile: bool = _opt("torch.compile the model for training (slow first steps)",
                          default=False)
     eval_batch_size: int = _opt("per-device batch size for evaluation", default=1024)
+    threads: int | None = _opt(
+        "CPU threads per process for torch (default: SLURM_CPUS_PER_TASK under SLURM, else "
+        "torch's default; 1 is often fastest for small models on a shared node)",
+        default=None,
+    )
 
     # Bookkeeping.
     seed: int = _opt("seed for initial weights, data order and augmentation", default=0)
@@ -213,7 +218,8 @@ class RunConfig:
         _check_floats(self)
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(f"seed must be a whole number in [0, 2**32), got {self.seed}")
-        for name in ("max_per_device_batch", "grad_accum_steps", "image_size", "num_classes"):
+        for name in ("max_per_device_batch", "grad_accum_steps", "image_size", "num_classes",
+                     "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive(name, value)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -68,7 +70,7 @@ EXIT_INTERRUPTED = 75
 _RESUME_FREE_FIELDS = {
     "data_dir", "download", "output_dir", "log_every", "checkpoint_every", "compile",
     "eval_batch_size", "log_noise_scale", "noise_scale_ema", "log_with", "tracking_dir",
-    "tracking_project",
+    "tracking_project", "threads",
 }
 _FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -97,6 +99,18 @@ def make_accelerator(config: RunConfig):
     )
 
 
+def set_cpu_threads(threads: int | None, environ: Mapping[str, str] = os.environ) -> int:
+    """Set torch's intra-op threads: ``threads``, else the CPUs SLURM gave the task shared by
+    the processes launched in it (torch would otherwise start one thread per core of the
+    whole node in every process); return the count in use."""
+    if threads is None and environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        local_processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, int(environ["SLURM_CPUS_PER_TASK"]) // local_processes)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train as ``config`` says in ``config.output_dir``; return the results dict.
 
@@ -104,6 +118,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     stored results without training.
     """
     config = config.resolved()
+    set_cpu_threads(config.threads)
     accelerator = make_accelerator(config)
     try:
         with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
