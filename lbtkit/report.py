@@ -332,6 +332,16 @@ def _label(key: tuple, extra: list[str]) -> str:
     return ", ".join(f"{k}={_value(v)}" for k, v in zip(extra, key, strict=True))
 
 
+# Horizontal offset between series at one batch size, in powers of 2 on the log2 axis.
+_DODGE = 0.08
+
+
+def dodge_factor(position: int, count: int) -> float:
+    """The factor that moves series ``position`` of ``count`` off its batch size so that
+    series at one batch size sit side by side (centred on it), not on top of each other."""
+    return 2.0 ** (_DODGE * (position - (count - 1) / 2))
+
+
 def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
                    noise: float | None = None) -> None:
     """Best val top-1 against batch size (log2 axis): mean ± std over completed seeds,
@@ -348,18 +358,20 @@ def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
     colors = [f"C{i % 10}" for i in range(len(series))]
     several_seeds = len({row["seed"] for row in rows}) > 1
     plotted = False
-    for color, (key, group) in zip(colors, series.items(), strict=True):
+    for position, (color, (key, group)) in enumerate(zip(colors, series.items(), strict=True)):
+        dodge = dodge_factor(position, len(series))
         xs, means, stds = [], [], []
         for batch in batches:
             accs = [100 * r["best_val_acc"] for r in group if r["batch_size"] == batch
                     and r["status"] == STATUS_COMPLETED and r["best_val_acc"] is not None]
             if not accs:
                 continue
-            xs.append(batch)
+            xs.append(batch * dodge)
             means.append(statistics.mean(accs))
             stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
             if several_seeds:
-                ax.scatter([batch] * len(accs), accs, s=12, color=color, alpha=0.45, zorder=3)
+                ax.scatter([batch * dodge] * len(accs), accs, s=12, color=color, alpha=0.45,
+                           zorder=3)
         if not xs:
             continue
         plotted = True
@@ -419,14 +431,21 @@ def _plot_curves(pairs: list[tuple[dict[str, Any], RunRecord]], extra: list[str]
     cmap = colormaps["viridis"]
     styles = ["-", "--", ":", "-."]
     others = list(dict.fromkeys(tuple(row[k] for k in extra) for row, _ in pairs))
+    # Colour tells apart whichever has more values (batch sizes, or the other swept values
+    # such as remedy variants); line style the other.
+    by_other = len(others) > len(batches)
 
     lines: dict[tuple, list[RunRecord]] = {}
     for row, rec in done:
         lines.setdefault((row["batch_size"], *(row[k] for k in extra)), []).append(rec)
     for key in sorted(lines, key=lambda k: (k[0], others.index(k[1:]))):
         batch, other = key[0], key[1:]
-        color = cmap(0.9 * math.log2(batch / batches[0]) / span)
-        style = styles[others.index(other) % len(styles)]
+        if by_other:
+            color = f"C{others.index(other) % 10}"
+            style = styles[batches.index(batch) % len(styles)]
+        else:
+            color = cmap(0.9 * math.log2(batch / batches[0]) / span)
+            style = styles[others.index(other) % len(styles)]
         label = ", ".join([f"b={batch}", *filter(None, [_label(other, extra)])])
         for ax, field, scale in ((ax_acc, "val_acc", 100.0), (ax_loss, "train_loss", 1.0)):
             epochs, values = _mean_curve(lines[key], field)
@@ -443,7 +462,8 @@ def _plot_curves(pairs: list[tuple[dict[str, Any], RunRecord]], extra: list[str]
             ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center",
                     va="center", fontsize=14, color="0.4")
     if done:
-        ax_loss.legend(fontsize="small", title="batch size")
+        ax_loss.legend(fontsize="small", title="batch size" if not extra else
+                       ", ".join(["batch size", *extra]))
     _save(figure, path)
 
 

@@ -226,3 +226,13 @@ def test_format_lr(value, text):
 ])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_series_at_one_batch_size_are_dodged_apart_and_centred():
+    from lbtkit.report import dodge_factor
+
+    assert dodge_factor(0, 1) == 1.0
+    factors = [dodge_factor(i, 7) for i in range(7)]
+    assert factors == sorted(factors) and len(set(factors)) == 7
+    assert factors[3] == 1.0 and factors[0] * factors[6] == pytest.approx(1.0)
+    assert factors[6] < 2 ** 0.5  # never as far as the next batch size on a log2 axis
