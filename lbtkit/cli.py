@@ -45,6 +45,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help: wraps to any width without cutting option names, and shows help
+    # text as written ("[sweep]" is a TOML table, not Rich markup).
+    rich_markup_mode=None,
 )
 # Files and pipes get a wide console: Rich would otherwise fold tables to 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -118,7 +121,7 @@ def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
         flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
         kind = field_type(f.name)
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(*decls, help=f.metadata.get("help"), show_default=False,
+        option = typer.Option(*decls, help=_field_help(f), show_default=False,
                               parser=_NUMBER_PARSERS.get(kind))
         params.append(inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY,
@@ -133,6 +136,17 @@ def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
 
     wrapper.__signature__ = original.replace(parameters=params)
     return wrapper
+
+
+def _field_help(f: dataclasses.Field) -> str:
+    """A field's help with its RunConfig default (what applies without a preset)."""
+    text = f.metadata.get("help", "")
+    if f.default is None or f.default == "":
+        return text
+    shown = (f"--{f.name.replace('_', '-')}" if f.default is True else
+             f"--no-{f.name.replace('_', '-')}" if f.default is False else f"{f.default:g}"
+             if isinstance(f.default, float) else str(f.default))
+    return f"{text}  [default: {shown}]"
 
 
 def _parse_int(text: str) -> int:
@@ -212,7 +226,7 @@ app.add_typer(sweep_app, name="sweep")
 
 @sweep_app.command("plan")
 @user_errors
-@with_config_flags(exclude=("output_dir", "name"))
+@with_config_flags(exclude=("output_dir", "name", "batch_size"))  # --batch-sizes
 def sweep_plan(
     output: Annotated[Path, typer.Option("--output", help="the sweep directory")],
     batch_sizes: Annotated[

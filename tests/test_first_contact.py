@@ -32,3 +32,23 @@ def test_threads_follow_the_flag_then_slurm_then_torch():
 def test_threads_flag_is_validated(cli, tmp_path):
     assert_user_error(cli("run", "--preset", "smoke", "--threads", "0",
                           "--output", tmp_path / "r"), "threads")
+
+
+def test_run_help_shows_defaults_and_whole_flag_names_at_80_columns(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    text = cli("run", "--help", check=0).stdout
+    assert "--max-per-device-batch <int>" in text
+    assert "[default: 128]" in text  # --batch-size
+    assert "[default: --no-download]" in text
+    assert max(map(len, text.splitlines())) <= 80
+
+
+def test_help_text_is_not_eaten_as_markup(cli):
+    assert "[sweep] table" in cli("sweep", "plan", "--help", check=0).stdout
+
+
+def test_sweep_plan_refuses_the_single_batch_size_flag(cli, tmp_path):
+    result = cli("sweep", "plan", "--preset", "smoke", "--batch-size", "16",
+                 "--output", tmp_path / "s")
+    assert result.returncode == 2 and "--batch-sizes" in result.stderr
+    assert not (tmp_path / "s").exists()
