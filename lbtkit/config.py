@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.errors import ConfigError
+from lbtkit.stopping import StopRule
 from lbtkit.tracking import parse_trackers
 
 if sys.version_info >= (3, 11):
@@ -104,6 +105,19 @@ class RunConfig:
     )
     step_epochs: int = _opt("step scheduler: decay every this many epochs", default=30)
     step_gamma: float = _opt("step scheduler: decay factor", default=0.1)
+
+    # When to stop before `epochs` (Keskar: compare solutions that both fit the training set).
+    stop_train_acc: float | None = _opt(
+        "stop at the end of the first epoch whose training accuracy reaches this (0-1]",
+        default=None,
+    )
+    stop_plateau_epochs: int | None = _opt(
+        "stop once the training loss has not improved for this many epochs", default=None
+    )
+    stop_plateau_delta: float = _opt(
+        "relative improvement of the training loss that counts for stop_plateau_epochs",
+        default=1e-3,
+    )
 
     # Large-batch remedies (each off by default).
     trust_coefficient: float = _opt(
@@ -197,6 +211,10 @@ class RunConfig:
 
     # --- validation and derived values ----------------------------------------------------
 
+    def stop_rule(self) -> StopRule:
+        return StopRule(train_acc=self.stop_train_acc, plateau_epochs=self.stop_plateau_epochs,
+                        plateau_delta=self.stop_plateau_delta)
+
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
         from lbtkit.data import dataset_info
@@ -236,6 +254,7 @@ class RunConfig:
         if self.ghost_batch_size is not None:
             _positive("ghost_batch_size", self.ghost_batch_size)
         parse_trackers(self.log_with)
+        self.stop_rule()  # raises ConfigError naming a bad stop_* value
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():

@@ -1,0 +1,54 @@
+"""The explicit stopping rule on known metric histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbtkit.errors import ConfigError
+from lbtkit.stopping import StopRule, plateau_length
+
+
+def rows(*losses, accs=None):
+    accs = accs or [0.5] * len(losses)
+    return [{"epoch": i + 1, "train_loss": loss, "train_acc": acc}
+            for i, (loss, acc) in enumerate(zip(losses, accs, strict=True))]
+
+
+def test_no_rule_never_stops():
+    rule = StopRule()
+    assert not rule.active and rule.reason(rows(1.0, 1.0, 1.0)) is None
+
+
+def test_train_accuracy_target_fires_at_the_first_epoch_that_reaches_it():
+    rule = StopRule(train_acc=0.99)
+    history = rows(0.5, 0.2, 0.1, accs=[0.9, 0.985, 0.99])
+    assert rule.reason(history[:2]) is None
+    assert "epoch 3" in rule.reason(history) and "0.9900" in rule.reason(history)
+
+
+@pytest.mark.parametrize("losses,delta,expected", [
+    ((1.0,), 0.01, 0),
+    ((1.0, 0.5, 0.25), 0.01, 0),          # improving every epoch
+    ((1.0, 0.5, 0.499, 0.498), 0.01, 2),  # two epochs within 1% of the best (0.5)
+    ((1.0, 0.5, 0.6, 0.7, 0.4), 0.01, 0),  # a new best resets the count
+    ((1.0, 0.5, 0.6, 0.7), 0.0, 2),       # delta 0: any rise or tie counts
+])
+def test_plateau_length(losses, delta, expected):
+    assert plateau_length(rows(*losses), delta) == expected
+
+
+def test_plateau_rule_fires_after_that_many_flat_epochs():
+    rule = StopRule(plateau_epochs=2, plateau_delta=0.01)
+    assert rule.reason(rows(1.0, 0.5, 0.499)) is None
+    assert "2 epochs" in rule.reason(rows(1.0, 0.5, 0.499, 0.498))
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"train_acc": 1.5}, "1.5"),
+    ({"train_acc": float("nan")}, "nan"),
+    ({"plateau_epochs": 0}, "0"),
+    ({"plateau_delta": -0.1}, "-0.1"),
+])
+def test_bad_rules_are_refused_by_name(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        StopRule(**kwargs)
