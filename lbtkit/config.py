@@ -58,7 +58,11 @@ class RunConfig:
 
     # What to train on what.
     model: str = _opt("model name from the registry (lbtkit models)", default="f1")
-    dataset: str = _opt("cifar10 | cifar100 | mnist | digits | synthetic", default="digits")
+    dataset: str = _opt(
+        "cifar10 | cifar100 | mnist | fashion-mnist | digits | synthetic | imagefolder:PATH "
+        "(PATH/train/CLASS/*.png|jpg and PATH/val/CLASS/...)",
+        default="digits",
+    )
     data_dir: str = _opt("directory holding the datasets", default="data")
     download: bool = _opt("fetch the dataset into data_dir if missing", default=False)
     image_size: int | None = _opt(

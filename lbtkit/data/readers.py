@@ -129,11 +129,16 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     """Registry entry for ``name``; unknown names raise ConfigError listing the known ones."""
+    from lbtkit.data.imagefolder import image_folder_info, is_image_folder
+
+    if is_image_folder(name):
+        return image_folder_info(name)
     try:
         return DATASETS[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(DATASETS))
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {known}") from None
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {known}, or "
+                          f"imagefolder:PATH") from None
 
 
 @dataclass
@@ -189,6 +194,8 @@ def load_dataset(
     ``num_classes``, if given, must equal the dataset's. ``data_dir`` and ``download`` are
     ignored for ``digits`` and ``synthetic``.
     """
+    from lbtkit.data.imagefolder import is_image_folder, load_image_folder
+
     info = dataset_info(name)
     if name == "synthetic":
         return _load_synthetic(info, image_size=image_size, num_classes=num_classes)
@@ -199,6 +206,8 @@ def load_dataset(
         )
     if name == "digits":
         return _load_digits(info)
+    if is_image_folder(name):
+        return load_image_folder(info, image_size)
     root = Path(data_dir).expanduser().absolute()
     if download:
         _download(name, root)
