@@ -45,6 +45,8 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "trust_coefficient": (0.0, False, math.inf, False),
     "sam_rho": (0.0, True, math.inf, False),
     "noise_scale_ema": (0.0, True, 1.0, False),
+    "stop_train_acc": (0.0, False, 1.0, True),
+    "stop_plateau_delta": (0.0, True, 1.0, False),
 }
 
 

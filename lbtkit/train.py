@@ -56,6 +56,7 @@ from lbtkit.rundir import (
 )
 from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
+from lbtkit.stopping import StopRule
 from lbtkit.tracking import Tracking, make_trackers, parse_trackers
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,14 @@ class Training:
     clock: Clock
     stop_poll: StopPoll  # when the processes agree on a stop request mid-epoch
     tracking: Tracking  # experiment trackers (a no-op without --log-with)
+    stop_rule: StopRule  # when the run has trained enough before its last epoch
+    history: list[dict[str, Any]]  # the metrics rows so far (what the stop rule reads)
     # This process's running (loss sum, correct) of the epoch, and "a loss was not finite",
     # on the device: no host sync per step.
     sums: torch.Tensor
     nonfinite: torch.Tensor
     last_final: dict[str, Any] | None = None  # the final metrics, once an epoch has ended
+    stop_reason: str | None = None  # set when the stop rule fires
 
     @property
     def rank(self) -> int:
@@ -211,6 +215,7 @@ class _EarlyStop:
 
     status: str
     message: str
+    record: dict[str, Any] | None = None  # results.json's "stopped_early" (the stop rule)
 
 
 def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
@@ -238,7 +243,9 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
             # INFO, not WARNING: a diverged or interrupted run is an outcome (its status and
             # exit code say so), and the CLI shows it as a plain line on stdout, as ever.
             logger.info("%s", early.message)
-        return _finish(training, early.status if early else STATUS_COMPLETED)
+        if early is None:
+            return _finish(training, STATUS_COMPLETED)
+        return _finish(training, early.status, stopped_early=early.record)
 
 
 def _claim_run_dir(run_dir: RunDir, config: RunConfig, accelerator) -> dict[str, Any] | None:
@@ -280,6 +287,11 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         gamma=config.step_gamma,
     )
     state = _resume(run_dir, raw_model, optimizer, accelerator)
+    stop_rule = config.stop_rule()
+    history: list[dict[str, Any]] = []
+    if stop_rule.active:  # the rows before a resume, once the main process has repaired them
+        accelerator.wait_for_everyone()
+        history = run_dir.read_metrics()
     tracking = Tracking(accelerator, enabled=bool(config.log_with))
     tracking.start(config.to_dict(), config.tracking_project)
     # Gradient noise scale: a DDP comm hook reads each process's own gradient (small batch)
@@ -299,6 +311,7 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
         state=state, noise=noise, clock=Clock(banked=state.train_seconds),
         stop_poll=StopPoll.for_accelerator(accelerator), tracking=tracking, sums=sums,
+        stop_rule=stop_rule, history=history,
         nonfinite=torch.zeros((), dtype=torch.bool, device=device),
     )
 
@@ -475,8 +488,11 @@ def _end_epoch(t: Training, epoch_seconds: float, display: TrainingProgress,
     last_epoch = state.epoch == config.epochs
     stop_now = _any_process(t.accelerator, stop.requested is not None)
     due = config.checkpoint_every and state.epoch % config.checkpoint_every == 0
-    if (due or stop_now) and not last_epoch:
+    if (due or stop_now) and not last_epoch and t.stop_reason is None:
         _save_checkpoint(t)
+    if t.stop_reason is not None and not last_epoch:
+        return _EarlyStop(STATUS_COMPLETED, f"stopping early: {t.stop_reason}",
+                          record={"epoch": state.epoch, "reason": t.stop_reason})
     if stop_now and not last_epoch:
         return _EarlyStop(STATUS_INTERRUPTED, f"stopped by {stop.requested} after epoch "
                           f"{state.epoch}; checkpoint saved, rerun the same command to resume")
@@ -501,7 +517,10 @@ def _metrics_row(t: Training, epoch_seconds: float) -> dict[str, Any]:
         "images_per_second": seen / max(epoch_seconds, 1e-9),
         **noise_scale_row(t.noise),  # collective when logging (one tiny reduce)
     }
-    if epoch % config.eval_every == 0 or epoch == config.epochs:
+    # Every process computed the same row (reduced sums), so all agree on the stop rule.
+    t.history.append(row)
+    t.stop_reason = t.stop_rule.reason(t.history) if t.stop_rule.active else None
+    if epoch % config.eval_every == 0 or epoch == config.epochs or t.stop_reason:
         val_loss, val_acc = _evaluate(t)
         row.update(val_loss=val_loss, val_acc=val_acc)
         if state.best_val_acc is None or val_acc > state.best_val_acc:
@@ -533,8 +552,11 @@ def _save_checkpoint(t: Training) -> None:
     )
 
 
-def _finish(t: Training, status: str) -> dict[str, Any]:
-    """Write results.json (and the final weights when completed); every process returns it."""
+def _finish(t: Training, status: str, *,
+            stopped_early: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write results.json (and the final weights when completed); every process returns it.
+    ``stopped_early`` records the stop rule that ended a completed run before its last epoch.
+    """
     state, run_dir = t.state, t.run_dir
     final = None
     if status == STATUS_COMPLETED:
@@ -548,6 +570,7 @@ def _finish(t: Training, status: str) -> dict[str, Any]:
         "steps_per_epoch": t.steps_per_epoch,
         "global_step": state.global_step,
         "epochs_completed": state.epoch,
+        "stopped_early": stopped_early,
         "final": final,
         "best_val_acc": state.best_val_acc,
         "train_seconds": t.clock.elapsed(),

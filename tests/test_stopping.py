@@ -52,3 +52,25 @@ def test_plateau_rule_fires_after_that_many_flat_epochs():
 def test_bad_rules_are_refused_by_name(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         StopRule(**kwargs)
+
+
+def test_a_run_stops_at_the_first_epoch_that_meets_its_rule(tmp_path):
+    import json
+
+    from conftest import train_smoke
+
+    run_dir = tmp_path / "run"
+    results = train_smoke(run_dir, epochs=8, stop_train_acc=0.8)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = next(r["epoch"] for r in rows if r["train_acc"] >= 0.8)
+    assert results["status"] == "completed" and first < 8
+    assert results["epochs_completed"] == first == len(rows)
+    assert results["stopped_early"]["epoch"] == first
+    assert "train_acc" in results["stopped_early"]["reason"]
+    assert rows[-1]["val_acc"] is not None  # evaluated at the stop, whatever eval_every says
+    assert (run_dir / "model.safetensors").is_file()
+    assert json.loads((run_dir / "results.json").read_text())["stopped_early"] == \
+        results["stopped_early"]
+    # A completed run is not retrained, and a run without a rule records no early stop.
+    assert train_smoke(run_dir, epochs=8, stop_train_acc=0.8) == results
+    assert train_smoke(tmp_path / "plain", epochs=1)["stopped_early"] is None
