@@ -591,7 +591,7 @@ def sharpness(
     trace: Annotated[bool, typer.Option(help="Hutchinson estimate of the trace")] = False,
     trace_samples: Annotated[int, typer.Option(help="Hutchinson probe vectors")] = 100,
     samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
-    batch_size: Annotated[int, typer.Option(help="evaluation batch")] = 1024,
+    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch")] = 1024,
     seed: Annotated[int, typer.Option(help="seed for samples, subspace and probes")] = 0,
     output: Annotated[
         Optional[Path],  # noqa: UP045
@@ -604,7 +604,7 @@ def sharpness(
     spec = SharpnessSpec.from_dict({
         "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
         "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
-        "samples": samples, "batch_size": batch_size, "seed": seed,
+        "samples": samples, "batch_size": eval_batch_size, "seed": seed,
     }, source="the command line")
     print(json.dumps(run_sharpness(spec, run_dir, output=output), indent=2))
 

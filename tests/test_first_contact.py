@@ -52,3 +52,10 @@ def test_sweep_plan_refuses_the_single_batch_size_flag(cli, tmp_path):
                  "--output", tmp_path / "s")
     assert result.returncode == 2 and "--batch-sizes" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_an_evaluation_batch_is_eval_batch_size_in_every_command(cli):
+    for command in (["sharpness"], ["interpolate"], ["landscape"]):
+        text = cli(*command, "--help", check=0).stdout
+        assert "--eval-batch-size" in text, command
+    assert "--batch-size" not in cli("sharpness", "--help", check=0).stdout
