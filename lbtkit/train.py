@@ -620,9 +620,13 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module, device) -> torch.
 
 
 def check_same_run(run_dir: RunDir, config: RunConfig) -> None:
-    """Refuse to resume a run directory that holds a run with other settings."""
+    """Refuse to resume a run directory that holds a run with other settings.
+
+    A directory with a config but nothing trained (no checkpoint, no metrics, no results: a
+    start that failed before its first epoch) holds no run yet, and takes the new settings.
+    """
     stored = run_dir.read_config()
-    if stored is None:
+    if stored is None or _nothing_trained(run_dir):
         return
     old, new = stored.to_dict(), config.to_dict()
     changed = [k for k in new if k not in _RESUME_FREE_FIELDS and old.get(k) != new[k]]
@@ -632,6 +636,11 @@ def check_same_run(run_dir: RunDir, config: RunConfig) -> None:
             f"{run_dir.root} holds a different run ({key} = {old.get(key)!r} there, "
             f"{new[key]!r} now); choose another --output or repeat the same settings"
         )
+
+
+def _nothing_trained(run_dir: RunDir) -> bool:
+    return (latest_checkpoint(run_dir.checkpoints) is None and not run_dir.read_metrics()
+            and run_dir.read_results() is None)
 
 
 def _any_process(accelerator, flag: torch.Tensor | bool) -> bool:

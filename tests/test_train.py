@@ -195,6 +195,19 @@ def test_a_run_dir_from_before_new_config_fields_still_resumes(tmp_path):
     for new_field in ("sam_rho", "ghost_batch_size", "log_noise_scale"):
         del stored[new_field]
     rd.config_path.write_text(json.dumps(stored))
+    rd.append_metrics({"epoch": 1, "step": 1, "train_loss": 1.0, "train_acc": 0.5})
     check_same_run(rd, config)
     with pytest.raises(ConfigError, match="sam_rho"):
         check_same_run(rd, config.updated({"sam_rho": 0.05}))
+
+
+def test_a_start_that_failed_before_training_does_not_block_the_corrected_rerun(tmp_path):
+    from lbtkit.errors import DataNotFoundError
+    from lbtkit.train import run
+
+    wrong = _smoke(tmp_path).updated({"dataset": "mnist", "data_dir": str(tmp_path / "none")})
+    with pytest.raises(DataNotFoundError):
+        run(wrong, progress=False)
+    assert (tmp_path / "run" / "config.json").is_file()  # written before the data was read
+    corrected = run(_smoke(tmp_path), progress=False)
+    assert corrected["status"] == "completed" and corrected["config"]["dataset"] == "digits"
