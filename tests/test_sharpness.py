@@ -160,3 +160,20 @@ def test_run_sharpness_writes_every_setting(tmp_path):
     assert all(m["phi"] >= 0 for m in stored["sharpness"])
     assert len(stored["hessian"]["top_eigenvalues"]) == 1
     assert np.isfinite(stored["trace"]["mean"]) and np.isfinite(stored["train_loss"])
+
+
+def test_sharpness_command_shows_each_stage_and_its_progress(tmp_path):
+    from conftest import run_cli, train_smoke
+
+    run_dir = tmp_path / "run"
+    train_smoke(run_dir, batch_size=256)
+    result = run_cli("sharpness", run_dir, "--eps", "1e-3", "--iters", "2", "--hessian",
+                     "--hessian-iters", "3", "--trace", "--trace-samples", "2", "--samples",
+                     "64", tmp_path=tmp_path, check=0)
+    lines = result.stdout.splitlines()
+    assert "sharpness: full space, eps 0.001 (2 L-BFGS-B iterations)" in lines
+    assert "sharpness: top 1 Hessian eigenvalues (3 Lanczos products)" in lines
+    assert "sharpness: Hessian trace (2 Hutchinson probes)" in lines
+    # Not a terminal: plain periodic lines up to the total of 2 + 3 + 2 units of work.
+    counts = [line.split()[1] for line in lines if line.startswith("evaluation ")]
+    assert counts and counts[-1] == "7/7", lines

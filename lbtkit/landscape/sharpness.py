@@ -25,6 +25,7 @@ from torch import nn
 from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import RunDir, load_run, versions, write_json
 from lbtkit.specs import SharpnessSpec, parse_subspace
 
@@ -109,6 +110,7 @@ def keskar_sharpness(
     A: torch.Tensor | None = None,
     iters: int = 10,
     seed: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> float:
     """phi = (max_{y in C_eps} f(x0 + A y) - f(x0)) / (1 + f(x0)) * 100 (Keskar et al. 2016, eq. 4).
 
@@ -116,7 +118,7 @@ def keskar_sharpness(
     The maximum is sought by scipy's L-BFGS-B on -f for ``iters`` iterations, from a seeded
     point drawn uniformly in the box (at a stationary x0 the gradient at y = 0 would be zero and
     the search would not move). The largest f met at any evaluated point counts, and y = 0
-    belongs to the box, so phi >= 0.
+    belongs to the box, so phi >= 0. ``tick`` is called after each L-BFGS-B iteration.
     """
     if not (math.isfinite(eps) and eps >= 0):
         raise ConfigError(f"eps must be a non-negative number, got {eps}")
@@ -142,7 +144,8 @@ def keskar_sharpness(
     # No tolerance stops: f and its changes are tiny at small eps, and the metric is defined
     # by the iteration count.
     minimize(negative_f, start, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-             options={"maxiter": iters, "ftol": 0.0, "gtol": 0.0})
+             options={"maxiter": iters, "ftol": 0.0, "gtol": 0.0},
+             callback=(lambda _: tick()) if tick else None)
     return (best - f0) / (1.0 + f0) * 100.0
 
 
@@ -150,7 +153,8 @@ def keskar_sharpness(
 
 
 def hessian_top_eigenvalues(
-    loss_fn: LossFn, x0: torch.Tensor, *, k: int = 1, iters: int = 20, seed: int = 0
+    loss_fn: LossFn, x0: torch.Tensor, *, k: int = 1, iters: int = 20, seed: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> list[float]:
     """The ``k`` largest eigenvalues of the Hessian of ``f`` at ``x0``, largest first.
 
@@ -158,7 +162,7 @@ def hessian_top_eigenvalues(
     (fewer when the Krylov space is exhausted, which can also leave fewer than ``k`` values),
     exact once ``iters`` reaches the dimension.
     The extreme eigenvalues converge much faster than with power iteration, at the memory cost
-    of ``iters`` vectors of the parameters' size.
+    of ``iters`` vectors of the parameters' size. ``tick`` is called after each product.
     """
     if k < 1 or iters < k:
         raise ConfigError(f"need 1 <= k <= iters, got k={k}, iters={iters}")
@@ -174,6 +178,8 @@ def hessian_top_eigenvalues(
     scale = 0.0
     for j in range(steps):
         w = _hvp(terms, x0, basis[j])
+        if tick:
+            tick()
         diagonal.append(float(w @ basis[j]))
         done = basis[: j + 1]
         for _ in range(2):  # twice is enough (Kahan): keeps the Ritz values free of ghosts
@@ -191,9 +197,11 @@ def hessian_top_eigenvalues(
 
 
 def hutchinson_trace(
-    loss_fn: LossFn, x0: torch.Tensor, *, samples: int = 100, seed: int = 0
+    loss_fn: LossFn, x0: torch.Tensor, *, samples: int = 100, seed: int = 0,
+    tick: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """Hutchinson's estimate of tr(H) = E[z^T H z] with Rademacher z: (mean, standard error)."""
+    """Hutchinson's estimate of tr(H) = E[z^T H z] with Rademacher z: (mean, standard error);
+    ``tick`` is called after each probe."""
     if samples < 2:
         raise ConfigError(f"the trace needs at least 2 samples for an error bar, got {samples}")
     terms = _terms(loss_fn)
@@ -203,6 +211,8 @@ def hutchinson_trace(
     for _ in range(samples):
         z = (torch.randint(0, 2, (x0.numel(),), generator=generator) * 2 - 1).to(x0)
         estimates.append(float(z @ _hvp(terms, x0, z)))
+        if tick:
+            tick()
     return statistics.fmean(estimates), statistics.stdev(estimates) / math.sqrt(samples)
 
 
@@ -309,24 +319,57 @@ def measure_sharpness(spec: SharpnessSpec, terms: list[Term], x0: torch.Tensor
     """{"sharpness": [{subspace, eps, phi, seconds}, ...], "hessian", "trace"} of f at x0;
     "hessian" and "trace" are None unless ``spec`` asks for them."""
     measured: dict[str, Any] = {"sharpness": [], "hessian": None, "trace": None}
+    progress = _MeasureProgress(spec)
     for space in spec.subspaces:
         p = parse_subspace(space)
         A = None if p is None else random_subspace(x0.numel(), p, seed=spec.seed,
                                                    device=x0.device)
         for e in spec.eps:
             clock = time.monotonic()
-            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed)
+            progress.stage(f"sharpness: {space} space, eps {e:g} ({spec.iters} L-BFGS-B "
+                           f"iterations)")
+            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed,
+                                   tick=progress.tick)
             measured["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
                                           "seconds": time.monotonic() - clock})
         del A
     if spec.hessian:
         clock = time.monotonic()
+        progress.stage(f"sharpness: top {spec.top_k} Hessian eigenvalues "
+                       f"({spec.hessian_iters} Lanczos products)")
         values = hessian_top_eigenvalues(terms, x0, k=spec.top_k, iters=spec.hessian_iters,
-                                         seed=spec.seed)
+                                         seed=spec.seed, tick=progress.tick)
         measured["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
     if spec.trace:
         clock = time.monotonic()
-        mean, stderr = hutchinson_trace(terms, x0, samples=spec.trace_samples, seed=spec.seed)
+        progress.stage(f"sharpness: Hessian trace ({spec.trace_samples} Hutchinson probes)")
+        mean, stderr = hutchinson_trace(terms, x0, samples=spec.trace_samples, seed=spec.seed,
+                                        tick=progress.tick)
         measured["trace"] = {"mean": mean, "stderr": stderr,
                              "seconds": time.monotonic() - clock}
+    progress.close()
     return measured
+
+
+class _MeasureProgress:
+    """One progress display over every iteration, product and probe ``spec`` asks for (a
+    bar on a terminal, about twenty plain lines in a log), and a line per stage."""
+
+    def __init__(self, spec: SharpnessSpec) -> None:
+        total = (len(spec.subspaces) * len(spec.eps) * spec.iters
+                 + (spec.hessian_iters if spec.hessian else 0)
+                 + (spec.trace_samples if spec.trace else 0))
+        self.done = 0
+        self.display = TrainingProgress(total_steps=total, done_steps=0,
+                                        log_every=max(1, total // 20),
+                                        description="sharpness", unit="evaluation")
+
+    def stage(self, text: str) -> None:
+        self.display.message(text)
+
+    def tick(self) -> None:
+        self.done += 1
+        self.display.step(self.done, lambda: "")
+
+    def close(self) -> None:
+        self.display.close()
