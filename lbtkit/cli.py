@@ -188,7 +188,13 @@ def run(
     *,
     config_flags: dict,
 ) -> None:
-    """Train one model. Re-running the same command resumes from the last checkpoint."""
+    """Train one model. Re-running the same command resumes from the last checkpoint.
+
+    \b
+    Example:
+        lbtkit run --preset smoke --output runs/smoke
+        lbtkit run --preset keskar-c1 --batch-size 512 --num-processes 2 --output runs/c1-b512
+    """
     from lbtkit import launch
 
     resolved = build_config(preset=preset, config_file=config, overrides=config_flags)
@@ -255,6 +261,10 @@ def sweep_plan(
 
     A preset or config file with a [sweep] table (e.g. remedies-mobilenetv2) supplies the
     default grid and named variants; command-line values replace its grid keys.
+
+    \b
+    Example:
+        lbtkit sweep plan --preset smoke --batch-sizes 32,128,512 --seeds 0,1 --output sweeps/s
     """
     from lbtkit.config import sweep_settings
     from lbtkit.report import format_lr
@@ -291,7 +301,12 @@ def sweep_run_task(
     index: Annotated[int, typer.Option("--index", help="entry to run (array task id)")],
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
 ) -> None:
-    """Run one entry of a sweep (what each SLURM array task calls)."""
+    """Run one entry of a sweep (what each SLURM array task calls).
+
+    \b
+    Example:
+        lbtkit sweep run-task sweeps/s --index 0
+    """
     from lbtkit.sweep import run_task
 
     raise typer.Exit(run_task(sweep_dir, index, progress=progress))
@@ -303,7 +318,12 @@ def sweep_run(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
 ) -> None:
-    """Run every entry that is not completed, one after another, on this machine."""
+    """Run every entry that is not completed, one after another, on this machine.
+
+    \b
+    Example:
+        lbtkit sweep run sweeps/s
+    """
     from lbtkit.sweep import run_all, run_all_exit_code
 
     statuses = run_all(sweep_dir, progress=progress)
@@ -331,7 +351,12 @@ def sweep_submit(
     ] = None,
 ) -> None:
     """Submit the sweep as one SLURM job array plus a report job after it (the job scripts
-    installed with lbtkit: `lbtkit jobs path`)."""
+    installed with lbtkit: `lbtkit jobs path`).
+
+    \b
+    Example:
+        lbtkit sweep submit sweeps/s --max-parallel 4 -- -p gpu --gpus-per-node=4
+    """
     import shlex
 
     from lbtkit.slurm import SlurmUnavailable, submit_sweep
@@ -358,7 +383,12 @@ app.add_typer(job_app, name="job")
 
 @jobs_app.command("path")
 def jobs_path() -> None:
-    """Print the folder of the installed job scripts: sbatch $(lbtkit jobs path)/run.sh ..."""
+    """Print the folder of the installed job scripts: sbatch $(lbtkit jobs path)/run.sh ...
+
+    \b
+    Example:
+        sbatch $(lbtkit jobs path)/run.sh --preset smoke --output runs/smoke
+    """
     from lbtkit.cluster import installed_jobs_dir
 
     print(installed_jobs_dir())
@@ -369,7 +399,12 @@ def jobs_path() -> None:
 def jobs_copy(
     directory: Annotated[Path, typer.Argument(help="where to put sweep.sh, run.sh, ...")],
 ) -> None:
-    """Copy the job scripts into DIRECTORY (to read, or submit from a shared folder)."""
+    """Copy the job scripts into DIRECTORY (to read, or submit from a shared folder).
+
+    \b
+    Example:
+        lbtkit jobs copy /shared/lbtkit-jobs
+    """
     from lbtkit.slurm import copy_jobs
 
     for path in copy_jobs(directory):
@@ -390,7 +425,12 @@ def job_plan(
     kind: Annotated[str, typer.Argument(help="sweep, run, multinode or report")],
     args: Annotated[Optional[list[str]], typer.Argument(help="the script's arguments")] = None,  # noqa: UP045
 ) -> None:
-    """Print, as bash assignments, the command a job script runs and how to relay signals."""
+    """Print, as bash assignments, the command a job script runs and how to relay signals.
+
+    \b
+    Example:
+        (called by the job scripts) lbtkit job plan sweep -- sweeps/s
+    """
     from lbtkit.cluster import plan_job
 
     plan = plan_job(kind, args or [])
@@ -407,7 +447,12 @@ def job_finish(
     signals: Annotated[str, typer.Option(help="signals the job received: 'USR1 TERM'")] = "",
     since: Annotated[float, typer.Option(help="when the run started (epoch seconds)")] = 0.0,
 ) -> None:
-    """Print what the job does after its run: `requeue ID` or `exit CODE`."""
+    """Print what the job does after its run: `requeue ID` or `exit CODE`.
+
+    \b
+    Example:
+        (called by the job scripts) lbtkit job finish sweep --exit-status 75 -- sweeps/s
+    """
     from lbtkit.cluster import finish_job
 
     action, value, notes = finish_job(kind, args or [], exit_status=exit_status,
@@ -421,7 +466,12 @@ def job_finish(
 def sweep_status_command(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
 ) -> None:
-    """Show each entry's state and its best validation accuracy so far."""
+    """Show each entry's state and its best validation accuracy so far.
+
+    \b
+    Example:
+        lbtkit sweep status sweeps/s
+    """
     _print_status(sweep_dir)
 
 
@@ -448,7 +498,12 @@ def report(
         typer.Option("--output", help="where to write (default: the sweep directory)"),
     ] = None,
 ) -> None:
-    """Write report.md, results.csv and the figures for a sweep."""
+    """Write report.md, results.csv and the figures for a sweep.
+
+    \b
+    Example:
+        lbtkit report sweeps/s
+    """
     from lbtkit.report import write_report
     from lbtkit.sweep import load_sweep
     from lbtkit.tracking import tensorboard_dirs
@@ -488,7 +543,12 @@ def interpolate(
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
     ] = None,
 ) -> None:
-    """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot)."""
+    """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot).
+
+    \b
+    Example:
+        lbtkit interpolate runs/sb runs/lb --alphas -1:2:25 --output studies/interp
+    """
     from lbtkit.landscape import run_interpolation
     from lbtkit.landscape.jobs import launch_job
 
@@ -543,7 +603,13 @@ def landscape(
         typer.Option("--num-processes", help="split the grid points over N processes"),
     ] = None,
 ) -> None:
-    """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json."""
+    """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json.
+
+    \b
+    Example:
+        lbtkit landscape runs/sb --grid -1:1:21
+        lbtkit landscape runs/sb --other runs/lb --directions between
+    """
     from lbtkit.landscape.jobs import launch_job
     from lbtkit.landscape.plane import check_runs, default_output, run_landscape
 
@@ -598,7 +664,12 @@ def sharpness(
         typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
     ] = None,
 ) -> None:
-    """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace."""
+    """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace.
+
+    \b
+    Example:
+        lbtkit sharpness runs/lb --eps 1e-3,5e-4 --subspace full,random:100 --hessian
+    """
     from lbtkit.landscape import run_sharpness
 
     spec = SharpnessSpec.from_dict({
@@ -624,7 +695,12 @@ def noise_scale(
     ] = None,
 ) -> None:
     """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights
-    (McCandlish et al. 2018), from gradient norms at two batch sizes."""
+    (McCandlish et al. 2018), from gradient norms at two batch sizes.
+
+    \b
+    Example:
+        lbtkit noise-scale runs/b1024 --batches 32,1024 --samples 32
+    """
     from lbtkit.noise_scale import parse_batches, run_noise_scale
 
     spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), samples=samples, seed=seed)
@@ -677,7 +753,12 @@ def study_keskar(
     *,
     config_flags: dict,
 ) -> None:
-    """Train SB and LB from one initialisation, interpolate, measure sharpness, report."""
+    """Train SB and LB from one initialisation, interpolate, measure sharpness, report.
+
+    \b
+    Example:
+        lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output studies/c1
+    """
     from lbtkit.study import keskar_study
     from lbtkit.train import exit_code
 
@@ -707,7 +788,13 @@ def demo(
     ] = False,
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
 ) -> None:
-    """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md."""
+    """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md.
+
+    \b
+    Example:
+        lbtkit demo --output docs/demo
+        lbtkit demo --output /tmp/demo --quick
+    """
     from lbtkit.demo import FULL, QUICK, run_demo
     from lbtkit.preflight import check_output_dir
     from lbtkit.train import exit_code
@@ -746,6 +833,10 @@ def doctor(
     """Check this environment before a run: versions, GPUs, data, weights, output dir.
 
     Exits 1 when something required is missing; each problem names its fix.
+
+    \b
+    Example:
+        lbtkit doctor --preset seed-mobilenetv2-finetune --data-dir /shared/data
     """
     from lbtkit.doctor import doctor_settings, run_doctor
 
@@ -770,6 +861,11 @@ def fetch(
     """Download a data set, or the ImageNet weights into $TORCH_HOME, on a machine with internet.
 
     Run it on a login node into the shared directories that jobs on compute nodes read.
+
+    \b
+    Example:
+        lbtkit fetch fashion-mnist --data-dir /shared/data
+        lbtkit fetch weights
     """
     from lbtkit.fetch import fetch as fetch_item
 
@@ -778,7 +874,12 @@ def fetch(
 
 @app.command()
 def presets() -> None:
-    """List the named presets."""
+    """List the named presets.
+
+    \b
+    Example:
+        lbtkit presets
+    """
     table = Table("preset", "model", "dataset", "epochs", "batch", "lr rule", "description")
     for name in list_presets():
         values = preset_values(name)
@@ -794,7 +895,12 @@ def presets() -> None:
 
 @app.command()
 def models() -> None:
-    """List the registered model names."""
+    """List the registered model names.
+
+    \b
+    Example:
+        lbtkit models
+    """
     from lbtkit.models import list_models
 
     for name in list_models():

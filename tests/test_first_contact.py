@@ -59,3 +59,29 @@ def test_an_evaluation_batch_is_eval_batch_size_in_every_command(cli):
         text = cli(*command, "--help", check=0).stdout
         assert "--eval-batch-size" in text, command
     assert "--batch-size" not in cli("sharpness", "--help", check=0).stdout
+
+
+def _commands(group, path=()):
+    """(path, click command) for every visible command of the app, subcommands included."""
+    for name, command in group.commands.items():
+        if command.hidden:
+            continue
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_command_has_a_purpose_and_an_example():
+    import typer.main
+
+    from lbtkit.cli import app
+
+    commands = list(_commands(typer.main.get_command(app)))
+    assert len(commands) >= 20
+    for path, command in commands:
+        text = command.help or ""
+        purpose = text.strip().splitlines()[0] if text.strip() else ""
+        assert len(purpose) > 10, path
+        example = text.split("Example:", 1)[-1] if "Example:" in text else ""
+        assert f"lbtkit {' '.join(path)}" in example, (path, text)
