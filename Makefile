@@ -3,7 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo remedies-demo bench lint format clean image sif image-test
+.PHONY: install test test-fast demo remedies-demo docs bench lint format clean image sif image-test
+
+# Where make demo / remedies-demo / bench write: build/ (ignored by git), so trying them leaves
+# the checkout clean. `make docs` refreshes the committed copies in docs/; record benchmark
+# figures with `make bench BENCH_RESULTS=bench/results`.
+DEMO_DIR      ?= build/demo
+REMEDIES_DIR  ?= build/remedies
+BENCH_RESULTS ?= build/bench
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
 IMAGE_NAME ?= lbtkit
@@ -30,23 +37,27 @@ test: $(BIN)/lbtkit  ## the whole suite (CPU; a few minutes)
 test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration tests
 	$(BIN)/pytest -q -m "not slow"
 
-demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> docs/demo/index.md
-	$(BIN)/lbtkit demo --output docs/demo
+demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> $(DEMO_DIR)/index.md
+	$(BIN)/lbtkit demo --output $(DEMO_DIR)
 
-remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds, and the plane through the batch-32 and batch-1024 solutions (~1.5 min on 2 CPU cores) -> docs/remedies/
-	$(BIN)/lbtkit sweep plan --preset remedies-digits --output docs/remedies/work
-	$(BIN)/lbtkit sweep run docs/remedies/work --no-progress
-	$(BIN)/lbtkit noise-scale docs/remedies/work/runs/b1024-s0-baseline --batches 32,1024
-	$(BIN)/lbtkit report docs/remedies/work --output docs/remedies
-	$(BIN)/lbtkit landscape docs/remedies/work/runs/b32-s0-reference-b32 \
-		--other docs/remedies/work/runs/b1024-s0-baseline --directions between \
-		--grid -0.5:1.5:11,-1:1:11 --output docs/remedies/landscape
+docs: $(BIN)/lbtkit  ## refresh the committed demo outputs: docs/demo and docs/remedies
+	$(MAKE) demo DEMO_DIR=docs/demo
+	$(MAKE) remedies-demo REMEDIES_DIR=docs/remedies
 
-bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in bench/results/
-	$(BIN)/python bench/data_pipeline.py
-	$(BIN)/python bench/train_step.py
-	$(BIN)/python bench/interpolation.py
-	$(BIN)/python bench/normalize.py
+remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds, and the plane through the batch-32 and batch-1024 solutions (~1.5 min on 2 CPU cores) -> $(REMEDIES_DIR)/
+	$(BIN)/lbtkit sweep plan --preset remedies-digits --output $(REMEDIES_DIR)/work
+	$(BIN)/lbtkit sweep run $(REMEDIES_DIR)/work --no-progress
+	$(BIN)/lbtkit noise-scale $(REMEDIES_DIR)/work/runs/b1024-s0-baseline --batches 32,1024
+	$(BIN)/lbtkit report $(REMEDIES_DIR)/work --output $(REMEDIES_DIR)
+	$(BIN)/lbtkit landscape $(REMEDIES_DIR)/work/runs/b32-s0-reference-b32 \
+		--other $(REMEDIES_DIR)/work/runs/b1024-s0-baseline --directions between \
+		--grid -0.5:1.5:11,-1:1:11 --output $(REMEDIES_DIR)/landscape
+
+bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in $(BENCH_RESULTS)/
+	$(BIN)/python bench/data_pipeline.py --results-dir $(BENCH_RESULTS)
+	$(BIN)/python bench/train_step.py --results-dir $(BENCH_RESULTS)
+	$(BIN)/python bench/interpolation.py --results-dir $(BENCH_RESULTS)
+	$(BIN)/python bench/normalize.py --results-dir $(BENCH_RESULTS)
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
