@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,38 @@ def scaled_timeout(seconds: float) -> float:
     if not factor > 0:
         raise ValueError(f"LBTKIT_TIMEOUT_FACTOR must be a positive number, not {factor!r}")
     return seconds * factor
+
+
+def install_wheel_venv(tmp_path: Path, env: dict[str, str]) -> Path:
+    """Build lbtkit's wheel from a copy of the tracked files and install it into a fresh
+    venv under ``tmp_path``; return the venv. The venv sees this venv's packages through a
+    .pth file (no torch reinstall) and the wheel goes in with --no-deps, so the lbtkit it
+    imports is the wheel's, with no checkout anywhere near."""
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        if (root / name).is_file() and not (root / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(source)], check=True, capture_output=True,
+                   timeout=scaled_timeout(300))
+    (wheel,) = wheels.glob("lbtkit-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=scaled_timeout(120))
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True)
+    shared = sysconfig.get_paths()["purelib"]
+    (Path(site.stdout.strip()) / "shared-venv.pth").write_text(shared + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, env=env, capture_output=True,
+                   timeout=scaled_timeout(300))
+    return venv
 
 
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:

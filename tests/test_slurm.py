@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (slurm: the session fixture)
 
-from conftest import cli_env, run_cli, scaled_timeout
+from conftest import cli_env, install_wheel_venv, run_cli, scaled_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"
@@ -469,33 +469,9 @@ def test_a_wheel_installed_without_a_checkout_submits_a_sweep(slurm, tmp_path): 
     """pip wheel (from a copy of the tracked files), a fresh venv that sees this venv's
     packages through a .pth file (no torch reinstall), the wheel installed with --no-deps:
     `lbtkit sweep submit` runs the installed job scripts on the test SLURM to completion."""
-    source = tmp_path / "source"
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
-    for name in tracked:
-        if (ROOT / name).is_file() and not (ROOT / name).is_symlink():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(source)], check=True, capture_output=True,
-                   timeout=scaled_timeout(300))
-    (wheel,) = wheels.glob("lbtkit-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=scaled_timeout(120))
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                           "['purelib'])"], capture_output=True, text=True, check=True)
-    shared = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig."
-                             "get_paths()['purelib'])"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    (Path(site.stdout.strip()) / "shared-venv.pth").write_text(shared + "\n")
     env = {k: v for k, v in job_env(tmp_path).items() if k != "PYTHONPATH"}
+    venv = install_wheel_venv(tmp_path, env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                    "--no-deps", str(wheel)], check=True, env=env, capture_output=True,
-                   timeout=scaled_timeout(300))
     work = tmp_path / "work"  # no checkout here, nor above
     work.mkdir()
     where = subprocess.run([str(venv / "bin" / "lbtkit"), "jobs", "path"], env=env, cwd=work,
