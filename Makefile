@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo remedies-demo docs bench lint format clean image sif image-test
+.PHONY: install test test-fast demo study remedies-demo docs bench lint format clean image sif image-test
 
 # Where make demo / remedies-demo / bench write: build/ (ignored by git), so trying them leaves
 # the checkout clean. `make docs` refreshes the committed copies in docs/; record benchmark
@@ -39,6 +39,9 @@ test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration 
 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> $(DEMO_DIR)/index.md
 	$(BIN)/lbtkit demo --output $(DEMO_DIR)
+
+study: $(BIN)/lbtkit  ## Keskar's F1 protocol over 3 seeds and the batch-size sweep on Fashion-MNIST (apt-get install dataset-fashion-mnist; under an hour on 2 CPU cores) -> docs/fashion/index.md
+	$(BIN)/lbtkit study fashion --output docs/fashion
 
 docs: $(BIN)/lbtkit  ## refresh the committed demo outputs: docs/demo and docs/remedies
 	$(MAKE) demo DEMO_DIR=docs/demo

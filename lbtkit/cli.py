@@ -779,6 +779,37 @@ def study_keskar(
     raise typer.Exit(exit_code(summary["status"]))
 
 
+@study_app.command("fashion")
+@user_errors
+def study_fashion(
+    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2 seeds, 1-2 epochs, small measurements: minutes")
+    ] = False,
+    seeds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 3; 2 with "
+                     "--quick); each seed adds about 10 minutes")
+    ] = None,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="where to look for fashion-mnist first (then "
+                          "/usr/share/datasets/fashion-mnist)")
+    ] = RunConfig.data_dir,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md."""
+    from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
+    from lbtkit.train import exit_code
+
+    spec = QUICK if quick else FULL
+    if seeds is not None:
+        spec = spec.updated(seeds=tuple(range(seeds)))
+    summary = run_fashion_study(output, spec, data_dir=data_dir, progress=progress)
+    if summary["status"] == "completed":
+        print(f"index: {summary['index']}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
 @app.command()
 @user_errors
 def demo(

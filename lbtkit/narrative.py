@@ -561,3 +561,181 @@ def _space(subspace: str) -> str:
     return "full space" if subspace == "full" else f"subspace {subspace}"
 
 
+
+# --- the Fashion-MNIST study (lbtkit study fashion) ------------------------------------------
+
+# Two means over seeds differ when their difference exceeds this many standard errors of the
+# difference (Welch: sqrt(s1^2/n1 + s2^2/n2), the seed-to-seed spread).
+SEED_STANDARD_ERRORS = 2.0
+# Both sides fit the training set alike when their mean training accuracies are within this
+# many percentage points (Keskar's F1 sides are 0.26 points apart: 99.66 vs 99.92).
+SAME_FIT_POINTS = 0.5
+# Over a batch-size sweep, accuracy "has fallen" at the first batch size above the best one
+# whose best validation accuracy is more than this many percentage points below the best.
+FALL_POINTS = 1.0
+# The batch where accuracy falls "agrees" with B_simple when they are within this factor
+# (McCandlish et al. present B_simple as an order-of-magnitude prediction of B_crit).
+CRITICAL_FACTOR = 2.0
+
+# Keskar et al. 2016, Table 2 (F1 on MNIST; mean ± std over 5 runs): train and test accuracy
+# in %, sharpness (full space eps 1e-3 and 5e-4, a random 100-dim subspace eps 1e-3).
+PAPER_F1 = {
+    "sb": {"train_acc": (99.66, 0.05), "test_acc": (98.03, 0.07),
+           "phi full eps=0.001": (1.23, 0.83), "phi full eps=0.0005": (0.61, 0.27),
+           "phi random:100 eps=0.001": (0.11, 0.00)},
+    "lb": {"train_acc": (99.92, 0.01), "test_acc": (97.81, 0.07),
+           "phi full eps=0.001": (205.14, 69.52), "phi full eps=0.0005": (42.90, 17.14),
+           "phi random:100 eps=0.001": (9.22, 0.56)},
+}
+
+
+def seed_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """b's mean minus a's over seeds ({"mean", "std", "n"} each), its standard error and
+    whether it exceeds SEED_STANDARD_ERRORS of them ("differs"; False when either side has
+    fewer than two seeds: no spread, no verdict)."""
+    diff = b["mean"] - a["mean"]
+    if a["n"] < 2 or b["n"] < 2 or a["std"] is None or b["std"] is None:
+        return {"diff": diff, "se": None, "differs": False}
+    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+    return {"diff": diff, "se": se, "differs": abs(diff) > SEED_STANDARD_ERRORS * se}
+
+
+def pm(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` of a {"mean", "std"} (std left out when there is none)."""
+    if stat["mean"] is None:
+        return DASH
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text if stat["std"] is None else f"{text} ± {scale * stat['std']:.{digits}f}"
+
+
+def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
+    """How far each side trained (epochs, training accuracy, which rule stopped it) and
+    whether both fit the training set alike (SAME_FIT_POINTS)."""
+    sb, lb = summary["sb"], summary["lb"]
+    capped = [r for r in records if r["stopped_by"].startswith("epochs cap")]
+    diff = 100 * (lb["train_acc"]["mean"] - sb["train_acc"]["mean"])
+    text = (f"SB trained {pm(sb['epochs'], digits=1)} epochs to a training accuracy of "
+            f"{pm(sb['train_acc'], 100)}%, LB {pm(lb['epochs'], digits=1)} epochs to "
+            f"{pm(lb['train_acc'], 100)}% (mean ± std over seeds; the last epoch's running "
+            "average, which the stopping rule reads)")
+    if capped:
+        text += (f"; {len(capped)} of {len(records)} runs reached the epochs cap before the "
+                 "rule fired (" + ", ".join(f"seed {r['seed']} {r['side'].upper()}"
+                                           for r in capped) + ")")
+    if abs(diff) <= SAME_FIT_POINTS:
+        return text + (f". The two sides' training accuracies are {abs(diff):.2f} points apart, "
+                       f"within {SAME_FIT_POINTS:g}: the comparison below is between solutions "
+                       "that fit the training set alike, as in Keskar et al.")
+    worse = "LB" if diff < 0 else "SB"
+    return text + (f". {worse} fits the training set {abs(diff):.2f} points worse, more than "
+                   f"{SAME_FIT_POINTS:g}: part of any difference below is under-training, not "
+                   "only the effect Keskar et al. describe.")
+
+
+def seed_comparison_sentence(summary: dict[str, dict[str, Any]], key: str, *, noun: str,
+                             scale: float = 1.0, unit: str = "", diff_unit: str | None = None
+                             ) -> str:
+    """SB vs LB on one number over seeds: does LB's mean differ by more than
+    SEED_STANDARD_ERRORS standard errors of the difference? ``unit`` follows the values,
+    ``diff_unit`` (default ``unit``) the differences (" points" for percentages)."""
+    diff_unit = unit if diff_unit is None else diff_unit
+    a, b = summary["sb"][key], summary["lb"][key]
+    if a["mean"] is None or b["mean"] is None:
+        return f"{noun}: not measured on both sides."
+    d = seed_difference(a, b)
+    values = f"{pm(a, scale)}{unit} (SB) vs {pm(b, scale)}{unit} (LB)"
+    if d["se"] is None:
+        return f"{noun}: {values}; too few seeds for a verdict."
+    bound = SEED_STANDARD_ERRORS * scale * d["se"]
+    limit = f"{SEED_STANDARD_ERRORS:g} standard errors ({bound:.3g}{diff_unit})"
+    if not d["differs"]:
+        return f"{noun}: {values}, a difference within {limit}: no difference over these seeds."
+    higher = "higher" if d["diff"] > 0 else "lower"
+    factor = ""
+    if a["mean"] > 0 and b["mean"] > 0 and max(a["mean"], b["mean"]) > 2 * min(a["mean"],
+                                                                            b["mean"]):
+        factor = f", {b['mean'] / a['mean']:.3g} times SB's"
+    return (f"{noun}: {values}; LB's is {higher} by {abs(scale * d['diff']):.3g}{diff_unit}"
+            f"{factor}, "
+            f"more than {limit}.")
+
+
+def paper_sentence(summary: dict[str, dict[str, Any]]) -> str:
+    """Does each comparison go the paper's way (LB sharper, LB's test accuracy lower)? The
+    direction is ours only when it passes SEED_STANDARD_ERRORS."""
+    agree, disagree, unclear = [], [], []
+    for key, _ in PAPER_F1["sb"].items():
+        if key == "train_acc" or summary["sb"].get(key) is None:
+            continue
+        paper = PAPER_F1["lb"][key][0] - PAPER_F1["sb"][key][0]
+        ours = seed_difference(summary["sb"][key], summary["lb"][key])
+        name = key.replace("phi ", "sharpness ").replace("eps=", "ε=") if key != "test_acc" \
+            else "test accuracy"
+        if not ours["differs"]:
+            unclear.append(name)
+        elif (ours["diff"] > 0) == (paper > 0):
+            agree.append(name)
+        else:
+            disagree.append(name)
+    parts = []
+    if agree:
+        parts.append("goes the paper's way for " + ", ".join(agree))
+    if disagree:
+        parts.append("goes against the paper for " + ", ".join(disagree))
+    if unclear:
+        parts.append("shows no difference beyond two standard errors for " + ", ".join(unclear))
+    return ("Against Keskar et al.'s F1 row (MNIST in the paper, Fashion-MNIST here: a "
+            "harder data set, so lower accuracies are expected), the LB-minus-SB difference "
+            + "; ".join(parts) + ".")
+
+
+def critical_batch_sentence(fall: dict[str, Any], noise: dict[str, Any] | None, *,
+                            noise_batch: int) -> str:
+    """Where accuracy starts to fall over the sweep (FALL_POINTS) next to B_simple measured
+    at the batch-``noise_batch`` solution; agreement within CRITICAL_FACTOR."""
+    best = fall["best"]
+    if best is None:
+        return "No sweep run has an accuracy: no critical batch to compare."
+    text = (f"Over the sweep, the best validation accuracy is {100 * best['best_val_acc']:.2f}% "
+            f"at batch {best['batch_size']}")
+    if fall["fall"] is None:
+        text += (f"; no larger batch is more than {FALL_POINTS:g} point below it, so accuracy "
+                 "does not fall within the swept range")
+    else:
+        f = fall["fall"]
+        text += (f"; it first falls by more than {FALL_POINTS:g} point at batch "
+                 f"{f['batch_size']} ({100 * f['best_val_acc']:.2f}%), so the fall lies "
+                 f"between batch {fall['before']} and {f['batch_size']}")
+    if noise is None:
+        return text + ". The gradient noise scale was not measured."
+    b = noise.get("b_simple")
+    if b is None or not math.isfinite(b) or b <= 0:
+        return text + (f". The gradient noise scale at the batch-{noise_batch} solution has no "
+                       f"B_simple: its estimate of |G|² ({noise.get('grad_sq', float('nan')):.3g}"
+                       " ± " f"{noise.get('grad_sq_std_error') or float('nan'):.2g}) is not "
+                       "positive, i.e. the true gradient is lost in the noise of the batches "
+                       "measured; more batches would be needed.")
+    se = noise.get("b_simple_std_error")
+    text += (f". The gradient noise scale at the batch-{noise_batch} solution predicts a "
+             f"critical batch B_simple ≈ {b:,.0f}" + (f" (± {se:,.0f})" if se else ""))
+    if fall["fall"] is None:
+        return text + (f"; the sweep shows no fall up to batch {fall['largest']}, so it cannot "
+                       "test that prediction.")
+    low, high = fall["before"], fall["fall"]["batch_size"]
+    if low / CRITICAL_FACTOR <= b <= high * CRITICAL_FACTOR:
+        return text + (f", within a factor of {CRITICAL_FACTOR:g} of where accuracy falls "
+                       f"({low}-{high}): the noise scale predicts the critical batch here.")
+    side = "above" if b > high else "below"
+    ratio = b / high if b > high else low / b
+    return text + (f", {ratio:.3g} times {side} where accuracy falls ({low}-{high}), more "
+                   f"than a factor of {CRITICAL_FACTOR:g}: here it does not predict it.")
+
+
+def fashion_thresholds_sentence() -> str:
+    """The thresholds behind the Fashion-MNIST study's verdicts, in words."""
+    return (f"Thresholds, stated before the numbers: two means over seeds differ when their "
+            f"difference exceeds {SEED_STANDARD_ERRORS:g} standard errors (Welch, from the "
+            f"seeds' spread); both sides fit alike within {SAME_FIT_POINTS:g} points of "
+            f"training accuracy; accuracy has fallen at the first batch more than "
+            f"{FALL_POINTS:g} point below the sweep's best; B_simple agrees with that batch "
+            f"within a factor of {CRITICAL_FACTOR:g}.")

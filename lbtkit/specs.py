@@ -404,3 +404,92 @@ class KeskarStudySpec(Spec):
         self._set("lb", lb)
         self._nest("interpolation", InterpolationSpec)
         self._nest("sharpness", SharpnessSpec)
+
+
+@dataclass(frozen=True)
+class FashionStudySpec(Spec):
+    """``lbtkit study fashion``: Keskar's F1 protocol over ``seeds`` and the batch-size sweep.
+
+    The Keskar part: per seed, SB (``sb``) and LB (``lb``) from that seed's initial weights,
+    each trained until the stopping rule fires (training accuracy ``stop_train_acc``, and/or
+    no relative improvement of the training loss above ``stop_plateau_delta`` for
+    ``stop_plateau_epochs`` epochs; at least one of the two) or ``epochs_cap`` epochs pass,
+    then measured with ``interpolation`` and ``sharpness``. The sweep part: the
+    ``fashion-batch-sweep`` recipe at ``sweep_batch_sizes`` for ``sweep_epochs`` epochs (the
+    first ``sweep_warmup_epochs`` a linear warm-up) with seed ``sweep_seed``, and the gradient
+    noise scale (``noise_scale``) at the final weights of its smallest batch. ``threads``:
+    torch's intra-op threads during the study (None: leave torch's setting).
+    """
+
+    kind: ClassVar[str] = "fashion study spec"
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    sb: int = 256
+    lb: int = 6000
+    epochs_cap: int = 30
+    stop_train_acc: float | None = 0.97
+    stop_plateau_epochs: int | None = 5
+    stop_plateau_delta: float = 1e-3
+    sweep_batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    sweep_epochs: int = 10
+    sweep_warmup_epochs: float = 2.0
+    sweep_seed: int = 0
+    interpolation: InterpolationSpec = field(default_factory=InterpolationSpec)
+    sharpness: SharpnessSpec = field(default_factory=lambda: SharpnessSpec(
+        subspaces=("full", "random:100"), hessian=True))
+    noise_scale: NoiseScaleSpec = field(default_factory=NoiseScaleSpec)
+    threads: int | None = 2
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise ConfigError(f"seeds must be a list of seeds, got {seeds!r}")
+        seeds = tuple(whole_number("seeds", s, 0) for s in seeds)
+        if len(set(seeds)) < 2 or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"seeds must be at least two different seeds (for a standard "
+                              f"deviation), each once, got {list(seeds)}")
+        self._set("seeds", seeds)
+        KeskarStudySpec(sb=self.sb, lb=self.lb)  # the same check of the two batch sizes
+        self._set("sb", whole_number("sb", self.sb, 1))
+        self._set("lb", whole_number("lb", self.lb, 1))
+        self._set("epochs_cap", whole_number("epochs_cap", self.epochs_cap, 1))
+        self._check_stop_rule()
+        sizes = sorted({whole_number("sweep_batch_sizes", b, 1) for b in self.sweep_batch_sizes})
+        if len(sizes) < 2:
+            raise ConfigError(f"the sweep needs at least two batch sizes, got {sizes}")
+        self._set("sweep_batch_sizes", tuple(sizes))
+        self._set("sweep_epochs", whole_number("sweep_epochs", self.sweep_epochs, 1))
+        warmup = self.sweep_warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not (
+                math.isfinite(warmup) and 0 <= warmup < self.sweep_epochs):
+            raise ConfigError(f"sweep_warmup_epochs must be in [0, sweep_epochs "
+                              f"({self.sweep_epochs})), got {warmup!r}")
+        self._set("sweep_seed", whole_number("sweep_seed", self.sweep_seed, 0))
+        self._nest("interpolation", InterpolationSpec)
+        self._nest("sharpness", SharpnessSpec)
+        self._nest("noise_scale", NoiseScaleSpec)
+        if self.threads is not None:
+            self._set("threads", whole_number("threads", self.threads, 1))
+
+    def _check_stop_rule(self) -> None:
+        """The same ranges as RunConfig's stop_* fields, and at least one rule: without one
+        a side could stop under-trained at the cap without the study saying so."""
+        acc, epochs = self.stop_train_acc, self.stop_plateau_epochs
+        if acc is None and epochs is None:
+            raise ConfigError("the study needs a stopping rule: set stop_train_acc and/or "
+                              "stop_plateau_epochs")
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float))
+                                or not (math.isfinite(acc) and 0 < acc <= 1)):
+            raise ConfigError(f"stop_train_acc must be in (0, 1], got {acc!r}")
+        if epochs is not None:
+            self._set("stop_plateau_epochs", whole_number("stop_plateau_epochs", epochs, 1))
+        delta = self.stop_plateau_delta
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (
+                math.isfinite(delta) and 0 <= delta < 1):
+            raise ConfigError(f"stop_plateau_delta must be in [0, 1), got {delta!r}")
+
+    def stop_fields(self) -> dict[str, Any]:
+        """The RunConfig fields of the stopping rule and the cap, for both sides."""
+        return {"epochs": self.epochs_cap, "stop_train_acc": self.stop_train_acc,
+                "stop_plateau_epochs": self.stop_plateau_epochs,
+                "stop_plateau_delta": self.stop_plateau_delta}

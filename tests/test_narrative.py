@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
+
+import pytest
 
 from lbtkit.demo import FULL, index_settings
 from lbtkit.narrative import render_index, summarise
@@ -77,3 +80,95 @@ def test_committed_index_is_regenerated_from_the_committed_numbers():
     assert text == committed
     assert numbers["verdict"] == "large batch worse" and numbers["fit"] == \
         "large batch under-fitted"
+
+
+# --- the Fashion-MNIST study's sentences, on made-up numbers -------------------------------------
+
+
+def _stat(mean, std, n=5):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def _summary(**lb_overrides):
+    sb = {"epochs": _stat(20.0, 1.0), "train_acc": _stat(0.971, 0.001),
+          "test_acc": _stat(0.900, 0.002), "test_loss": _stat(0.30, 0.01),
+          "phi full eps=0.001": _stat(1.0, 0.2), "phi full eps=0.0005": _stat(0.5, 0.1),
+          "phi random:100 eps=0.001": _stat(0.1, 0.01), "hessian_top": _stat(20.0, 2.0)}
+    lb = {"epochs": _stat(17.0, 1.0), "train_acc": _stat(0.973, 0.001),
+          "test_acc": _stat(0.890, 0.002), "test_loss": _stat(0.35, 0.01),
+          "phi full eps=0.001": _stat(9.0, 1.0), "phi full eps=0.0005": _stat(0.52, 0.1),
+          "phi random:100 eps=0.001": _stat(0.05, 0.01), "hessian_top": _stat(80.0, 5.0)}
+    lb.update(lb_overrides)
+    return {"sb": sb, "lb": lb}
+
+
+def test_seed_difference_uses_welch_standard_errors():
+    from lbtkit.narrative import seed_difference
+
+    d = seed_difference(_stat(1.0, 0.3, 3), _stat(1.5, 0.4, 4))
+    assert d["se"] == pytest.approx(math.sqrt(0.09 / 3 + 0.16 / 4))
+    assert d["diff"] == 0.5 and d["differs"] is False  # 0.5 < 2 x 0.265
+    assert seed_difference(_stat(1.0, 0.3, 3), _stat(1.6, 0.4, 4))["differs"] is True
+    assert seed_difference(_stat(1.0, None, 1), _stat(9.0, None, 1))["differs"] is False
+
+
+def test_seed_comparison_sentences_follow_the_numbers():
+    from lbtkit.narrative import seed_comparison_sentence
+
+    summary = _summary()
+    sharp = seed_comparison_sentence(summary, "phi full eps=0.001", noun="φ")
+    assert sharp.startswith("φ: 1.00 ± 0.20 (SB) vs 9.00 ± 1.00 (LB); LB's is higher by 8")
+    assert "9 times SB's" in sharp and "more than 2 standard errors" in sharp
+    same = seed_comparison_sentence(summary, "phi full eps=0.0005", noun="φ")
+    assert "no difference over these seeds" in same
+    acc = seed_comparison_sentence(summary, "test_acc", noun="Test accuracy", scale=100,
+                                   unit="%", diff_unit=" points")
+    assert "90.00 ± 0.20% (SB) vs 89.00 ± 0.20% (LB); LB's is lower by 1 points" in acc
+    assert "more than 2 standard errors (0.253 points)" in acc
+
+
+def test_fit_sentence_says_how_far_each_side_trained():
+    from lbtkit.narrative import SAME_FIT_POINTS, fit_sentence
+
+    records = [{"seed": 0, "side": "lb", "stopped_by": "epochs cap (30) reached, no rule fired"},
+               {"seed": 0, "side": "sb", "stopped_by": "train_acc 0.97 >= 0.97"}]
+    text = fit_sentence(_summary(), records)
+    assert "SB trained 20.0 ± 1.0 epochs to a training accuracy of 97.10 ± 0.10%" in text
+    assert "1 of 2 runs reached the epochs cap before the rule fired (seed 0 LB)" in text
+    assert f"0.20 points apart, within {SAME_FIT_POINTS:g}" in text
+    under = fit_sentence(_summary(train_acc=_stat(0.95, 0.01)), records[1:])
+    assert "LB fits the training set 2.10 points worse" in under
+    assert "cap" not in under
+
+
+def test_paper_sentence_sorts_each_comparison():
+    from lbtkit.narrative import paper_sentence
+
+    text = paper_sentence(_summary())
+    assert "goes the paper's way for test accuracy, sharpness full ε=0.001" in text
+    assert "goes against the paper for sharpness random:100 ε=0.001" in text
+    assert "no difference beyond two standard errors for sharpness full ε=0.0005" in text
+
+
+def test_critical_batch_sentence():
+    from lbtkit.narrative import CRITICAL_FACTOR, critical_batch_sentence
+
+    best = {"batch_size": 64, "best_val_acc": 0.91}
+    fall = {"best": best, "fall": {"batch_size": 1024, "best_val_acc": 0.895},
+            "before": 512, "largest": 8192}
+    agree = critical_batch_sentence(fall, {"b_simple": 900.0, "b_simple_std_error": 50.0},
+                                    noise_batch=32)
+    assert "first falls by more than 1 point at batch 1024 (89.50%)" in agree
+    assert "B_simple ≈ 900 (± 50)" in agree
+    assert f"within a factor of {CRITICAL_FACTOR:g} of where accuracy falls (512-1024)" in agree
+    far = critical_batch_sentence(fall, {"b_simple": 100.0}, noise_batch=32)
+    assert "5.12 times below where accuracy falls" in far
+    assert "4.1 times above" in critical_batch_sentence(fall, {"b_simple": 4200.0},
+                                                          noise_batch=32)
+    flat = critical_batch_sentence({**fall, "fall": None, "before": None},
+                                   {"b_simple": 900.0}, noise_batch=32)
+    assert "no fall up to batch 8192" in flat
+    assert "not measured" in critical_batch_sentence(fall, None, noise_batch=32)
+    lost = critical_batch_sentence(fall, {"b_simple": None, "grad_sq": -0.03,
+                                          "grad_sq_std_error": 0.1}, noise_batch=32)
+    assert "has no B_simple: its estimate of |G|² (-0.03 ± 0.1) is not positive" in lost

@@ -4,6 +4,7 @@ JSON (as it is stored in the analyses' output files and handed to launched worke
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -138,3 +139,34 @@ def test_specs_are_frozen_and_updated_copies_are_validated():
     assert spec.updated(iters=3).iters == 3 and spec.iters == 10
     with pytest.raises(ConfigError, match="iters must be a whole number >= 1, got 0"):
         spec.updated(iters=0)
+
+
+def test_fashion_study_specs_round_trip_and_refuse_bad_values():
+    from lbtkit.specs import FashionStudySpec
+    from lbtkit.studies.fashion import FULL as FASHION_FULL
+    from lbtkit.studies.fashion import QUICK as FASHION_QUICK
+
+    for spec in (FASHION_FULL, FASHION_QUICK, FashionStudySpec()):
+        again = through_json(spec)
+        assert again == spec and type(again) is FashionStudySpec
+    assert len(FASHION_FULL.seeds) >= 3
+    assert FASHION_FULL.stop_fields() == {"epochs": 30, "stop_train_acc": 0.97,
+                                          "stop_plateau_epochs": 5, "stop_plateau_delta": 1e-3}
+    bad = [
+        ({"seeds": (0,)}, "at least two different seeds"),
+        ({"seeds": (0, 0, 1)}, "each once"),
+        ({"seeds": "0,1"}, "seeds must be a list"),
+        ({"sb": 6000, "lb": 256}, "need 0 < sb < lb"),
+        ({"stop_train_acc": None, "stop_plateau_epochs": None}, "needs a stopping rule"),
+        ({"stop_train_acc": 1.5}, "stop_train_acc must be in (0, 1], got 1.5"),
+        ({"stop_plateau_epochs": 0}, "stop_plateau_epochs must be a whole number >= 1"),
+        ({"stop_plateau_delta": 1.0}, "stop_plateau_delta must be in [0, 1)"),
+        ({"epochs_cap": 0}, "epochs_cap must be a whole number >= 1"),
+        ({"sweep_batch_sizes": (64,)}, "at least two batch sizes"),
+        ({"sweep_epochs": 2, "sweep_warmup_epochs": 2}, "sweep_warmup_epochs must be in"),
+        ({"noise_scale": {"batch_sizes": [64, 32]}}, "the small batch must be smaller"),
+        ({"threads": 0}, "threads must be a whole number >= 1"),
+    ]
+    for values, needle in bad:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            FashionStudySpec.from_dict(values)

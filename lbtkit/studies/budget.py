@@ -1,0 +1,131 @@
+"""How long a Fashion-MNIST study should take: the budget arithmetic, as code.
+
+Every cost is in seconds of one CPU thread, measured for F1 on Fashion-MNIST on the project's
+2-core development machine (``bench/fashion_epochs.py``, results in
+``bench/results/fashion_epochs*.json``: CPU seconds per training epoch of 60,000 images,
+one thread, seed 0):
+
+    batch 32: 29.6 s   batch 256: 6.9 s   batch 6000: 5.6 s   batch 8192: 5.6 s
+
+A training epoch is modelled as a per-image cost plus a per-optimizer-step cost, fitted to the
+batch-32 and batch-256 figures (0.0138 s per step), with the large-batch figure as the floor of
+the per-image part (5.6 s), which over-estimates batch 256 by about 25%:
+
+    epoch(b) = 5.6 + 0.0138 * 60000 / b
+
+Evaluating the 60,000 training images took 1.7-2.2 s on an idle machine, i.e. about 3.5e-5 s
+per image forward; a gradient (forward and backward, no optimizer) is costed at 8e-5 s per
+image and a Hessian-vector product at three gradients. Sharpness, measured on an F1 solution
+with 4,096 images: 10 L-BFGS-B iterations in the full space took 12 evaluations and 13.9 CPU
+seconds (scipy's L-BFGS-B over 1.46M variables costs about 0.8 s per iteration by itself),
+in a random 100-dim subspace 5.4 s including the 1.46M x 100 matrix. The study runs in one
+process with one torch thread (two threads were measured 3-7 times SLOWER per epoch than one
+while other processes held the cores: OpenMP threads spin-wait), so these CPU seconds are
+wall seconds on a machine with one free core, and the second core is left to the rest of a
+shared machine.
+
+``FULL`` (3 seeds), worst case (``estimate(FULL)``: every run to the 30-epoch cap):
+
+    per seed: SB 30 x (8.8 train + 0.35 val + 0.2 checkpoint) + 5                 ~ 286 s
+              LB 30 x (5.7 + 0.35 + 0.2) + 5                                       ~ 194 s
+              interpolation: 13 alphas x (10,000 BN + 70,000 evaluated) x 3.5e-5  ~  36 s
+              sharpness, 2 sides x (4 boxes x 10 iterations + 20 Lanczos steps)    ~ 160 s
+              together                                                             ~ 676 s
+    3 seeds                                                                        ~ 2,028 s
+    sweep: 9 runs of 10 epochs, sum of (epoch(b) + 0.55) x 10 + 5                  ~ 1,114 s
+    noise scale: 32 x (32 + 2048) images x 8e-5, + 32 x 65 chunks x 0.0138 s        ~  39 s
+    total                                                                          ~ 3,188 s
+
+i.e. 53 minutes if every side ran to the cap. They stop earlier: a 30-epoch run of
+``bench/fashion_epochs.py`` (seed 0, not committed) reached the 0.97 running training accuracy
+after 17 epochs at batch 6000 and was at 0.966 after 21 epochs at batch 256, gaining 0.25
+points per epoch, i.e. about 23 epochs: ``estimate(FULL, epochs=(23, 17))`` = 529 s per seed,
+2,746 s (46 minutes) in all. Five seeds (``--seeds 5``) would take about 63 minutes expected,
+76 at the cap: over the hour, hence three. ``tests/test_fashion_study.py`` checks these sums
+and that ``estimate(QUICK)`` is far below 5 minutes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lbtkit.specs import FashionStudySpec, parse_subspace
+
+TRAIN_IMAGES = 60_000
+TEST_IMAGES = 10_000
+PARAMETERS = 1_462_538  # F1 for 28x28 images, 10 classes
+
+IMAGE_FLOOR_S = 5.6  # per epoch, the per-image part (batch 6000/8192 measured)
+STEP_S = 0.0138  # per optimizer step, fitted to batch 32 vs 256
+FORWARD_S = 3.5e-5  # per image, evaluation
+GRADIENT_S = 8e-5  # per image, forward + backward
+HVP_GRADIENTS = 3  # a Hessian-vector product costs about three gradients
+LBFGS_EVALUATIONS = 1.2  # evaluations per L-BFGS-B iteration (12 in 10 iterations, measured)
+LBFGS_STEP_S = 1e-6  # per variable and iteration: scipy's L-BFGS-B itself (0.8 s at 1.46M)
+SUBSPACE_EVAL_S = 2e-9  # per parameter x dimension: A @ y and A.T @ g per evaluation
+PINV_S = 4e-11  # per parameter x dimension^2: A^T A in float64, once per box
+RUN_OVERHEAD_S = 5.0  # load the data, build the model, write the final files
+CHECKPOINT_S = 0.2  # per epoch
+
+
+def epoch_seconds(batch_size: int) -> float:
+    """One training epoch of F1 on the 60,000 images at ``batch_size``, one thread."""
+    return IMAGE_FLOOR_S + STEP_S * (TRAIN_IMAGES // batch_size)
+
+
+def run_seconds(batch_size: int, epochs: int) -> float:
+    """A run of ``epochs`` epochs, each followed by the validation pass and a checkpoint."""
+    per_epoch = epoch_seconds(batch_size) + TEST_IMAGES * FORWARD_S + CHECKPOINT_S
+    return RUN_OVERHEAD_S + epochs * per_epoch
+
+
+def interpolation_seconds(spec: FashionStudySpec) -> float:
+    interp = spec.interpolation
+    bn = TRAIN_IMAGES if interp.bn_samples is None else min(interp.bn_samples, TRAIN_IMAGES)
+    evaluated = (TRAIN_IMAGES if "train" in interp.splits else 0) + \
+        (TEST_IMAGES if "test" in interp.splits else 0)
+    return len(interp.alphas) * (bn + evaluated) * FORWARD_S
+
+
+def sharpness_seconds(spec: FashionStudySpec) -> float:
+    """One solution's sharpness measures and Lanczos steps."""
+    s = spec.sharpness
+    samples = min(s.samples, TRAIN_IMAGES)
+    evaluations = s.iters * LBFGS_EVALUATIONS
+    total = 0.0
+    for space in s.subspaces:
+        p = parse_subspace(space)
+        variables = PARAMETERS if p is None else p
+        per_eval = samples * GRADIENT_S + (0.0 if p is None else 2 * PARAMETERS * p *
+                                           SUBSPACE_EVAL_S)
+        pinv = 0.0 if p is None else PARAMETERS * p * p * PINV_S
+        total += len(s.eps) * (evaluations * per_eval + s.iters * variables * LBFGS_STEP_S
+                               + pinv)
+    if s.hessian:
+        total += s.hessian_iters * HVP_GRADIENTS * samples * GRADIENT_S
+    return total
+
+
+def noise_seconds(spec: FashionStudySpec) -> float:
+    n = spec.noise_scale
+    small, big = n.batch_sizes
+    chunk = n.chunk_size or small
+    chunks = n.samples * (math.ceil(small / chunk) + math.ceil(big / chunk))
+    return RUN_OVERHEAD_S + n.samples * (small + big) * GRADIENT_S + chunks * STEP_S
+
+
+def estimate(spec: FashionStudySpec, *, epochs: tuple[int, int] | None = None
+             ) -> dict[str, float]:
+    """Seconds per step of the study (the names ``StudyClock`` uses), one thread.
+
+    ``epochs``: the (SB, LB) epochs each seed is expected to train; default the cap (the
+    worst case)."""
+    sb_epochs, lb_epochs = epochs or (spec.epochs_cap, spec.epochs_cap)
+    per_seed = (run_seconds(spec.sb, sb_epochs) + run_seconds(spec.lb, lb_epochs)
+                + interpolation_seconds(spec) + 2 * sharpness_seconds(spec))
+    steps = {f"keskar seed {seed}": per_seed for seed in spec.seeds}
+    steps["sweep"] = sum(run_seconds(b, spec.sweep_epochs) for b in spec.sweep_batch_sizes)
+    steps["noise scale"] = noise_seconds(spec)
+    steps["sweep report"] = 5.0
+    steps["index"] = 1.0
+    return steps

@@ -1,0 +1,380 @@
+"""``lbtkit study fashion`` (``make study``): both studies on Fashion-MNIST, one command.
+
+1. Keskar et al.'s F1 protocol (preset ``keskar-f1-fashion``) for each seed of the spec:
+   ``lbtkit.study.keskar_study`` trains SB and LB from that seed's ``init.safetensors`` (the
+   same initial weights on both sides), each until the stopping rule fires or the epochs cap,
+   then interpolates between them and measures both (sharpness, top Hessian eigenvalue);
+2. the per-side summary over seeds (mean ± std), the interpolation band over seeds;
+3. the batch-size sweep (preset ``fashion-batch-sweep``) through ``lbtkit sweep`` plan/run and
+   ``lbtkit report``, and the gradient noise scale (``lbtkit noise-scale``) at the final
+   weights of its smallest batch;
+4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_index``), with the
+   machine and the measured wall time.
+
+    OUTPUT/index.md                          start here
+    OUTPUT/study.json                        spec, machine, timings and every number shown
+    OUTPUT/keskar/runs.csv                   one row per seed and side (the table's inputs)
+    OUTPUT/keskar/interpolation_band.{png,csv}
+    OUTPUT/sweep/report.md, results.csv, accuracy_vs_batch.png, learning_curves.png
+    OUTPUT/work/                             run directories, per-seed studies: scratch,
+                                             git-ignored
+
+Re-running resumes: completed runs are not retrained (``lbtkit.train.run``), an interpolation
+or sharpness file newer than its runs' weights and holding the same spec is kept
+(``keskar_study``), and so is a noise-scale file (same rule). ``work/timings.json`` adds up
+each step's wall time over the invocations, and index.md shows the sum.
+
+What runs is one ``FashionStudySpec`` (``lbtkit.specs``): ``FULL`` (``make study``) or
+``QUICK`` (``--quick`` and the tests: the same steps on less). Why ``FULL`` fits in an hour is
+``lbtkit.studies.budget`` (arithmetic from measured per-epoch costs, tested).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import platform
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lbtkit.config import build_config
+from lbtkit.rundir import (
+    STATUS_COMPLETED,
+    STATUS_INTERRUPTED,
+    RunDir,
+    atomic_write_text,
+    read_json,
+    write_json,
+)
+from lbtkit.specs import (
+    FashionStudySpec,
+    InterpolationSpec,
+    KeskarStudySpec,
+    NoiseScaleSpec,
+    SharpnessSpec,
+)
+from lbtkit.studies import budget
+from lbtkit.studies.summary import interpolation_band, side_record, side_summary
+
+log = logging.getLogger(__name__)
+
+KESKAR_PRESET = "keskar-f1-fashion"
+SWEEP_PRESET = "fashion-batch-sweep"
+DATASET = "fashion-mnist"
+EVAL_BATCH = 2000
+
+# See lbtkit.studies.budget for the arithmetic behind every number here.
+FULL = FashionStudySpec(
+    seeds=(0, 1, 2), sb=256, lb=6000, epochs_cap=30,
+    stop_train_acc=0.97, stop_plateau_epochs=5, stop_plateau_delta=1e-3,
+    sweep_batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), sweep_epochs=10,
+    sweep_warmup_epochs=2.0, sweep_seed=0,
+    # Keskar's alphas -1..2 at a step of 0.25; BatchNorm re-estimated on 10,000 images.
+    interpolation=InterpolationSpec(alphas="-1:2:13", bn="recalibrate", bn_samples=10_000,
+                                    eval_batch_size=EVAL_BATCH),
+    # Keskar's two boxes, full space and a random 100-dim subspace, 10 L-BFGS-B iterations;
+    # f on a fixed seeded subset of 4,096 training images (not all 60,000: the budget).
+    sharpness=SharpnessSpec(eps=(1e-3, 5e-4), subspaces=("full", "random:100"), iters=10,
+                            hessian=True, top_k=1, hessian_iters=20, trace=False,
+                            samples=4096, batch_size=EVAL_BATCH, seed=0),
+    noise_scale=NoiseScaleSpec(batch_sizes=(32, 2048), samples=32, seed=0),
+    threads=1,
+)
+# ``--quick`` and the tests: the same steps on less. Two seeds (a standard deviation); SB meets
+# the 0.80 target after its first epoch, LB (about 0.73 then) stops at the 1-epoch cap: both
+# ways a run ends are shown. A few alphas, one sharpness iteration on 256 images.
+QUICK = FULL.updated(
+    seeds=(0, 1), epochs_cap=1, stop_train_acc=0.80, stop_plateau_epochs=None,
+    sweep_batch_sizes=(2048, 8192), sweep_epochs=1, sweep_warmup_epochs=0.0,
+    interpolation=FULL.interpolation.updated(alphas=(0.0, 0.5, 1.0), bn_samples=1000),
+    sharpness=FULL.sharpness.updated(eps=(1e-3,), subspaces=("full", "random:10"),
+                                     iters=1, hessian_iters=2, samples=256),
+    noise_scale=NoiseScaleSpec(batch_sizes=(64, 1024), samples=8, seed=0),
+)
+
+
+def run_fashion_study(
+    output: str | Path,
+    spec: FashionStudySpec = FULL,
+    *,
+    data_dir: str = "data",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``spec`` into ``output``; return {"status", "index", "numbers", ...}.
+
+    Status "interrupted": a run was stopped (rerun to resume); "completed": index.md was
+    written. ``data_dir``: where ``lbtkit run`` looks for Fashion-MNIST first (then the
+    Debian package's folder).
+    """
+    output = Path(output)
+    previous_threads = torch.get_num_threads()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        work = output / "work"
+        work.mkdir(exist_ok=True)
+        _ignore(output, "/work/\n")
+        clock = StudyClock(work / "timings.json", budget.estimate(spec))
+        machine = describe_machine(spec.threads)
+        log.info("fashion study: %d seeds, SB %d vs LB %d, then batch sizes %s; on %s",
+                 len(spec.seeds), spec.sb, spec.lb,
+                 ", ".join(map(str, spec.sweep_batch_sizes)), machine["text"])
+
+        keskar = _keskar(spec, work, output / "keskar", clock, data_dir=data_dir,
+                         progress=progress)
+        if keskar["status"] == STATUS_INTERRUPTED:
+            return keskar
+        sweep = _sweep(spec, work / "sweep", output / "sweep", clock, data_dir=data_dir,
+                       progress=progress)
+        if sweep["status"] == STATUS_INTERRUPTED:
+            return sweep
+
+        from lbtkit.studies.fashion_index import index_numbers, render_index
+
+        with clock.step("index"):
+            numbers = index_numbers(spec, keskar, sweep)
+            record = {"spec": spec.to_dict(), "quick": spec == QUICK, "machine": machine,
+                      "seconds": clock.totals(), "numbers": numbers}
+            write_json(output / "study.json", record)
+            index = output / "index.md"
+            atomic_write_text(index, render_index(output, record, keskar, sweep))
+        clock.log(f"done: open {index}")
+        return {"status": STATUS_COMPLETED, "index": index, "numbers": numbers,
+                "keskar": keskar, "sweep": sweep, "seconds": clock.totals()}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# --- 1-2: Keskar's protocol over seeds ---------------------------------------------------------
+
+
+def keskar_base(spec: FashionStudySpec, seed: int, *, data_dir: str):
+    """One seed's unresolved base config: the preset, this seed, the stopping rule and cap."""
+    return build_config(preset=KESKAR_PRESET, overrides={
+        "seed": seed, "name": f"fashion-s{seed}", "data_dir": data_dir,
+        "eval_batch_size": EVAL_BATCH, **spec.stop_fields()}, resolve=False)
+
+
+def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
+            data_dir: str, progress: bool) -> dict[str, Any]:
+    from lbtkit.study import keskar_study
+
+    study_spec = KeskarStudySpec(sb=spec.sb, lb=spec.lb, interpolation=spec.interpolation,
+                                 sharpness=spec.sharpness)
+    records, curves, left_out = [], [], []
+    for number, seed in enumerate(spec.seeds, start=1):
+        name = f"keskar seed {seed}"
+        clock.log(f"step 1/3 Keskar F1 protocol, seed {seed} ({number} of {len(spec.seeds)}): "
+                  f"SB {spec.sb} and LB {spec.lb} from one initialisation, each until "
+                  f"{_rule_text(spec)}, then interpolation and sharpness", upcoming=name)
+        with clock.step(name):
+            summary = keskar_study(keskar_base(spec, seed, data_dir=data_dir), study_spec,
+                                   work / f"keskar-s{seed}", progress=progress)
+        if summary["status"] == STATUS_INTERRUPTED:
+            clock.log("interrupted: rerun the same command to resume")
+            return {"status": STATUS_INTERRUPTED}
+        if summary["status"] != STATUS_COMPLETED:
+            log.warning("seed %d: the %s run is %s; left out of the means", seed,
+                        summary.get("stopped_at", "?").upper(), summary["status"])
+            left_out.append({"seed": seed, "side": summary.get("stopped_at"),
+                             "status": summary["status"]})
+            continue
+        for label in ("sb", "lb"):
+            records.append(side_record(seed, label, summary["runs"][label],
+                                       summary["sharpness"][label]))
+        curves.append(_read_curve(summary["interpolation"]["csv"]))
+        clock.log(f"seed {seed}: " + "; ".join(
+            f"{r['side'].upper()} {r['epochs']} epochs, train acc {100 * r['train_acc']:.2f}%, "
+            f"test acc {100 * r['test_acc']:.2f}% ({r['stopped_by']})" for r in records[-2:]))
+    return _write_keskar(records, curves, left_out, out)
+
+
+def _write_keskar(records: list[dict[str, Any]], curves: list[list[dict[str, Any]]],
+                  left_out: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """runs.csv, interpolation_band.csv/.png; the numbers behind the Keskar tables."""
+    from lbtkit.studies.figures import plot_interpolation_band
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"runs": out / "runs.csv", "band_csv": out / "interpolation_band.csv",
+             "band_png": out / "interpolation_band.png"}
+    band = interpolation_band(curves)
+    if records:
+        _write_csv(paths["runs"], records)
+    if band:
+        _write_csv(paths["band_csv"], band)
+        plot_interpolation_band(band, paths["band_png"], seeds=len(curves))
+    return {"status": STATUS_COMPLETED, "records": records, "left_out": left_out,
+            "summary": side_summary(records) if records else None, "band": band,
+            "paths": paths}
+
+
+def _read_curve(path: Path) -> list[dict[str, Any]]:
+    with Path(path).open() as handle:
+        return [{"alpha": float(r["alpha"]), "split": r["split"], "loss": float(r["loss"]),
+                 "accuracy": float(r["accuracy"])} for r in csv.DictReader(handle)]
+
+
+def _rule_text(spec: FashionStudySpec) -> str:
+    rules = []
+    if spec.stop_train_acc is not None:
+        rules.append(f"training accuracy >= {spec.stop_train_acc:g}")
+    if spec.stop_plateau_epochs is not None:
+        rules.append(f"a training-loss plateau of {spec.stop_plateau_epochs} epochs")
+    return " or ".join(rules) + f" (cap {spec.epochs_cap} epochs)"
+
+
+# --- 3: the batch-size sweep and the noise scale -----------------------------------------------
+
+
+def sweep_base(spec: FashionStudySpec, *, data_dir: str):
+    """The sweep's unresolved base config: the preset with the spec's epochs and warm-up."""
+    return build_config(preset=SWEEP_PRESET, overrides={
+        "epochs": spec.sweep_epochs, "warmup_epochs": spec.sweep_warmup_epochs,
+        "seed": spec.sweep_seed, "data_dir": data_dir, "eval_batch_size": EVAL_BATCH},
+        resolve=False)
+
+
+def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock, *,
+           data_dir: str, progress: bool) -> dict[str, Any]:
+    from lbtkit.report import collect, write_report
+    from lbtkit.sweep import load_sweep, plan_sweep, run_all
+
+    sizes = ", ".join(map(str, spec.sweep_batch_sizes))
+    clock.log(f"step 2/3 batch-size sweep: batch sizes {sizes}, {spec.sweep_epochs} epochs "
+              f"each, seed {spec.sweep_seed}, in {sweep_dir}", upcoming="sweep")
+    with clock.step("sweep"):
+        plan_sweep(sweep_base(spec, data_dir=data_dir),
+                   {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)
+        statuses = run_all(sweep_dir, progress=progress)
+    if STATUS_INTERRUPTED in statuses.values() or len(statuses) < len(spec.sweep_batch_sizes):
+        clock.log("interrupted: rerun the same command to resume")
+        return {"status": STATUS_INTERRUPTED}
+    smallest = Path(load_sweep(sweep_dir)["runs"][0]["run_dir"])
+    noise = None
+    if RunDir(smallest).read_results().get("status") == STATUS_COMPLETED:
+        clock.log(f"step 3/3 gradient noise scale at the batch-{spec.sweep_batch_sizes[0]} "
+                  f"solution: batches {spec.noise_scale.batch_sizes[0]} and "
+                  f"{spec.noise_scale.batch_sizes[1]}, {spec.noise_scale.samples} of each",
+                  upcoming="noise scale")
+        with clock.step("noise scale"):
+            noise = _noise_scale(spec.noise_scale, smallest)
+    with clock.step("sweep report"):
+        report = write_report(sweep_dir, out)
+    return {"status": STATUS_COMPLETED, "rows": collect(sweep_dir), "noise": noise,
+            "noise_run": smallest, "report": report, "sweep_dir": sweep_dir}
+
+
+def _noise_scale(spec: NoiseScaleSpec, run_dir: Path) -> dict[str, Any]:
+    """RUN/noise_scale.json, unless it is newer than the run's weights and has this spec."""
+    from lbtkit.noise_scale import run_noise_scale
+
+    target = run_dir / "noise_scale.json"
+    weights = RunDir(run_dir).model_path
+    if target.exists() and target.stat().st_mtime_ns >= weights.stat().st_mtime_ns and \
+            read_json(target).get("spec") == spec.to_dict():
+        log.info("fashion study: %s is up to date", target)
+        return read_json(target)
+    return run_noise_scale(spec, run_dir, output=target)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def describe_machine(threads: int | None) -> dict[str, Any]:
+    """The CPU, its cores, the cores this process may use, torch's threads, the load."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch_threads = threads if threads is not None else torch.get_num_threads()
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    text = (f"{model}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
+            f"with {torch_threads} thread{'s' if torch_threads != 1 else ''}, one process")
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable,
+            "torch_threads": torch_threads, "processes": 1, "torch": torch.__version__,
+            "python": platform.python_version(), "load_average_at_start": load, "text": text}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _ignore(output: Path, entry: str) -> None:
+    ignore = output / ".gitignore"
+    if not ignore.exists() or entry not in ignore.read_text():
+        atomic_write_text(ignore, entry)
+
+
+class StudyClock:
+    """Step timing and progress lines: the time since this invocation started, and an
+    estimate of the time left (``lbtkit.studies.budget``'s estimates of the steps not yet
+    run, scaled by how this machine has kept to the estimates so far). Each step's wall time
+    is added to ``path`` (JSON), so a resumed study reports the total over invocations."""
+
+    def __init__(self, path: Path, estimates: dict[str, float]) -> None:
+        self.path = path
+        self.start = time.monotonic()
+        self.estimates = estimates
+        self.stored: dict[str, float] = read_json(path) if path.exists() else {}
+        self.done: dict[str, float] = {}  # step -> seconds, in this invocation
+
+    def step(self, name: str):
+        return _Step(self, name)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.done[name] = seconds
+        self.stored[name] = self.stored.get(name, 0.0) + seconds
+        write_json(self.path, self.stored)
+
+    def totals(self) -> dict[str, float]:
+        """Each step's wall seconds summed over invocations, and their "total"."""
+        steps = {k: v for k, v in self.stored.items() if k != "total"}
+        return {**steps, "total": sum(steps.values())}
+
+    def remaining(self, upcoming: str | None = None) -> float:
+        """Seconds left by the estimates, scaled by actual/estimated over the steps this
+        invocation really computed (a step skipped as up to date takes a small fraction of
+        its estimate and says nothing about speed)."""
+        computed = {k: v for k, v in self.done.items()
+                    if k in self.estimates and v >= 0.25 * self.estimates[k]}
+        pace = (sum(computed.values()) / sum(self.estimates[k] for k in computed)
+                if computed else 1.0)
+        left = [k for k in self.estimates if k not in self.done]
+        return pace * sum(self.estimates[k] for k in left)
+
+    def log(self, text: str, *, upcoming: str | None = None) -> None:
+        elapsed = _minutes(time.monotonic() - self.start)
+        eta = f"; about {_minutes(self.remaining())} left" if upcoming else ""
+        log.info("fashion [%s] %s%s", elapsed, text, eta)
+
+
+class _Step:
+    def __init__(self, clock: StudyClock, name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        self.begin = time.monotonic()
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.clock.record(self.name, time.monotonic() - self.begin)
+
+
+def _minutes(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
