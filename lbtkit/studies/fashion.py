@@ -190,8 +190,9 @@ def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
                                        summary["sharpness"][label]))
         curves.append(_read_curve(summary["interpolation"]["csv"]))
         clock.log(f"seed {seed}: " + "; ".join(
-            f"{r['side'].upper()} {r['epochs']} epochs, train acc {100 * r['train_acc']:.2f}%, "
-            f"test acc {100 * r['test_acc']:.2f}% ({r['stopped_by']})" for r in records[-2:]))
+            f"{r['side'].upper()} {_count(r['epochs'], 'epoch')}, train acc "
+            f"{100 * r['train_acc']:.2f}%, test acc {100 * r['test_acc']:.2f}% "
+            f"({r['stopped_by']})" for r in records[-2:]))
     return _write_keskar(records, curves, left_out, out)
 
 
@@ -226,7 +227,7 @@ def _rule_text(spec: FashionStudySpec) -> str:
         rules.append(f"training accuracy >= {spec.stop_train_acc:g}")
     if spec.stop_plateau_epochs is not None:
         rules.append(f"a training-loss plateau of {spec.stop_plateau_epochs} epochs")
-    return " or ".join(rules) + f" (cap {spec.epochs_cap} epochs)"
+    return " or ".join(rules) + f" (cap {_count(spec.epochs_cap, 'epoch')})"
 
 
 # --- 3: the batch-size sweep and the noise scale -----------------------------------------------
@@ -246,8 +247,9 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
     from lbtkit.sweep import load_sweep, plan_sweep, run_all
 
     sizes = ", ".join(map(str, spec.sweep_batch_sizes))
-    clock.log(f"step 2/3 batch-size sweep: batch sizes {sizes}, {spec.sweep_epochs} epochs "
-              f"each, seed {spec.sweep_seed}, in {sweep_dir}", upcoming="sweep")
+    clock.log(f"step 2/3 batch-size sweep: batch sizes {sizes}, "
+              f"{_count(spec.sweep_epochs, 'epoch')} each, seed {spec.sweep_seed}, in "
+              f"{sweep_dir}", upcoming="sweep")
     with clock.step("sweep"):
         plan_sweep(sweep_base(spec, data_dir=data_dir),
                    {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)
@@ -373,6 +375,10 @@ class _Step:
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             self.clock.record(self.name, time.monotonic() - self.begin)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _minutes(seconds: float) -> str:
