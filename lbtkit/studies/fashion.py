@@ -348,7 +348,7 @@ class StudyClock:
         steps = {k: v for k, v in self.stored.items() if k != "total"}
         return {**steps, "total": sum(steps.values())}
 
-    def remaining(self, upcoming: str | None = None) -> float:
+    def remaining(self) -> float:
         """Seconds left by the estimates, scaled by actual/estimated over the steps this
         invocation really computed (a step skipped as up to date takes a small fraction of
         its estimate and says nothing about speed)."""
@@ -360,6 +360,7 @@ class StudyClock:
         return pace * sum(self.estimates[k] for k in left)
 
     def log(self, text: str, *, upcoming: str | None = None) -> None:
+        """A progress line; with ``upcoming`` (the step about to start) the time left."""
         elapsed = _minutes(time.monotonic() - self.start)
         eta = f"; about {_minutes(self.remaining())} left" if upcoming else ""
         log.info("fashion [%s] %s%s", elapsed, text, eta)
