@@ -36,12 +36,13 @@ shared machine.
     noise scale: 32 x (32 + 2048) images x 8e-5, + 32 x 65 chunks x 0.0138 s        ~  39 s
     total                                                                          ~ 3,188 s
 
-i.e. 53 minutes if every side ran to the cap. They stop earlier: a 30-epoch run of
-``bench/fashion_epochs.py`` (seed 0, not committed) reached the 0.97 running training accuracy
-after 17 epochs at batch 6000 and was at 0.966 after 21 epochs at batch 256, gaining 0.25
-points per epoch, i.e. about 23 epochs: ``estimate(FULL, epochs=(23, 17))`` = 529 s per seed,
-2,746 s (46 minutes) in all. Five seeds (``--seeds 5``) would take about 63 minutes expected,
-76 at the cap: over the hour, hence three. ``tests/test_fashion_study.py`` checks these sums
+i.e. 53 minutes if every side ran to the cap. They stop earlier: 30-epoch runs of
+``bench/fashion_epochs.py`` (seed 0, one thread) reached the 0.97 running training accuracy
+after 24 epochs at batch 256 (0.9726; 0.9763 after 30;
+``bench/results/fashion_epochs_b256_30.json``) and after 17 at batch 6000 (0.9729; that run's
+JSON was not kept): ``estimate(FULL, epochs=(24, 17))`` = 538 s per seed, 2,774 s (46 minutes) in
+all. Five seeds (``--seeds 5``) would take about 64 minutes expected, 76 at the cap: over the
+hour, hence three. ``tests/test_fashion_study.py`` checks these sums
 and that ``estimate(QUICK)`` is far below 5 minutes.
 """
 
