@@ -24,7 +24,7 @@ from lbtkit.studies.summary import (
     stop_text,
 )
 
-from conftest import run_cli, scaled_timeout
+from conftest import assert_user_error, run_cli, scaled_timeout
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 HOUR, FIVE_MINUTES = 3600.0, 300.0
@@ -271,3 +271,10 @@ def test_cli_study_fashion_is_wired(tmp_path):
                      timeout=scaled_timeout(60))
     assert result.returncode == 0, result.stderr
     assert "--quick" in result.stdout and "--output" in result.stdout
+
+
+def test_cli_refuses_a_single_seed_in_one_line(tmp_path):
+    result = run_cli("study", "fashion", "--seeds", "1", "--output", tmp_path / "out",
+                     tmp_path=tmp_path, timeout=scaled_timeout(60))
+    assert_user_error(result, "seeds must be at least two different seeds")
+    assert not (tmp_path / "out").exists()

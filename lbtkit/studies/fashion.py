@@ -139,7 +139,8 @@ def run_fashion_study(
 
         with clock.step("index"):
             numbers = index_numbers(spec, keskar, sweep)
-            record = {"spec": spec.to_dict(), "quick": spec == QUICK, "machine": machine,
+            record = {"spec": spec.to_dict(), "quick": _same_but_seeds(spec, QUICK),
+                      "full": _same_but_seeds(spec, FULL), "machine": machine,
                       "seconds": clock.totals(), "numbers": numbers}
             write_json(output / "study.json", record)
             index = output / "index.md"
@@ -376,6 +377,11 @@ class _Step:
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             self.clock.record(self.name, time.monotonic() - self.begin)
+
+
+def _same_but_seeds(spec: FashionStudySpec, reference: FashionStudySpec) -> bool:
+    """``spec`` has ``reference``'s settings, whatever its seeds (``--seeds N``)."""
+    return spec.updated(seeds=reference.seeds) == reference
 
 
 def _count(n: int, noun: str) -> str:

@@ -96,9 +96,10 @@ def render_index(output: Path, record: dict[str, Any], keskar: dict[str, Any],
 
 def _intro(spec: FashionStudySpec, record: dict[str, Any]) -> list[str]:
     machine, seconds = record["machine"], record["seconds"]
-    quick = ("**This is the `--quick` variant: a smoke test of the pipeline on 2 seeds and "
-             "1-2 epochs. Its numbers say nothing about the science.**\n\n"
-             if record["quick"] else "")
+    quick = ("**This is the `--quick` variant: a smoke test of the pipeline (1 epoch per "
+             "run, tiny measurements). Its numbers say nothing about the science.**\n\n"
+             if record["quick"] else "" if record["full"] else
+             "**Not the settings of `make study`: a custom spec (study.json has it).**\n\n")
     return [
         "# Fashion-MNIST: Keskar's F1 protocol over seeds, and the batch-size study",
         "",
@@ -280,11 +281,21 @@ def _rule(spec: FashionStudySpec) -> str:
     return " or ".join(rules)
 
 
+def _seeds_flag(record: dict[str, Any]) -> str:
+    """``--seeds N`` when the seeds are 0..N-1 but not the default's."""
+    from lbtkit.studies.fashion import FULL, QUICK
+
+    seeds = tuple(record["spec"]["seeds"])
+    default = (QUICK if record["quick"] else FULL).seeds
+    return "" if seeds == default else f" --seeds {len(seeds)}"
+
+
 def _rerun(output: Path, record: dict[str, Any]) -> list[str]:
     return [
         "## Run it again",
         "",
-        f"    lbtkit study fashion --output {output}{' --quick' if record['quick'] else ''}",
+        f"    lbtkit study fashion --output {output}{' --quick' if record['quick'] else ''}"
+        + _seeds_flag(record),
         "",
         "(`make study` runs `lbtkit study fashion --output docs/fashion`.) Re-running "
         "resumes: completed runs under `work/` are not retrained and analyses newer than "
