@@ -612,15 +612,15 @@ def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str,
     """How far each side trained (epochs, training accuracy, which rule stopped it) and
     whether both fit the training set alike (SAME_FIT_POINTS)."""
     sb, lb = summary["sb"], summary["lb"]
-    capped = [r for r in records if r["stopped_by"].startswith("epochs cap")]
+    capped = [r for r in records if r["stopped_by"].startswith("epochs cap")]  # stop_text
     diff = 100 * (lb["train_acc"]["mean"] - sb["train_acc"]["mean"])
     text = (f"SB trained {pm(sb['epochs'], digits=1)} epochs to a training accuracy of "
             f"{pm(sb['train_acc'], 100)}%, LB {pm(lb['epochs'], digits=1)} epochs to "
             f"{pm(lb['train_acc'], 100)}% (mean ± std over seeds; the last epoch's running "
             "average, which the stopping rule reads)")
     if capped:
-        text += (f"; {len(capped)} of {len(records)} runs reached the epochs cap before the "
-                 "rule fired (" + ", ".join(f"seed {r['seed']} {r['side'].upper()}"
+        text += (f"; {len(capped)} of {len(records)} runs ran to the epochs cap, the rule not "
+                 "met before it (" + ", ".join(f"seed {r['seed']} {r['side'].upper()}"
                                            for r in capped) + ")")
     if abs(diff) <= SAME_FIT_POINTS:
         return text + (f". The two sides' training accuracies are {abs(diff):.2f} points apart, "

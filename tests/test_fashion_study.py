@@ -97,7 +97,7 @@ def test_side_records_and_their_summary():
                side_record(1, "lb", _results(1, 6000, 17, 0.972, "plateau"),
                            _sharpness(7.0, 54.0))]
     assert records[0]["stopped_by"] == "train_acc 0.9710 >= 0.97"
-    assert records[1]["stopped_by"] == "epochs cap (30) reached, no rule fired"
+    assert records[1]["stopped_by"] == "epochs cap (30)"
     assert records[1]["phi random:100 eps=0.001"] == 0.5
     summary = side_summary(records)
     assert summary["sb"]["epochs"] == {"mean": 21.0, "std": math.sqrt(2), "n": 2}
@@ -212,6 +212,11 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
     assert [(r["seed"], r["side"], r["epochs (cap)"], r["stopped by"]) for r in shown] == [
         (r["seed"], r["side"].upper(), f"{r['epochs']} ({r['epochs_cap']})", r["stopped_by"])
         for r in runs]
+    # QUICK's rule: SB (running accuracy ~0.84 after epoch 1) meets the 0.80 target and stops
+    # early; LB (~0.73) runs to the 2-epoch cap. results.json records the rule that fired.
+    assert [(r["side"], r["epochs"], r["stopped_by"].split(" ")[0]) for r in runs] == [
+        (side, epochs, reason) for _ in QUICK.seeds
+        for side, epochs, reason in (("sb", "1", "train_acc"), ("lb", "2", "epochs"))]
     for row, run in zip(shown, runs, strict=True):
         assert row["train acc"] == f"{100 * float(run['train_acc']):.2f}%"
         results = json.loads((out / "work" / f"keskar-s{run['seed']}" / run["side"]

@@ -130,11 +130,11 @@ def test_seed_comparison_sentences_follow_the_numbers():
 def test_fit_sentence_says_how_far_each_side_trained():
     from lbtkit.narrative import SAME_FIT_POINTS, fit_sentence
 
-    records = [{"seed": 0, "side": "lb", "stopped_by": "epochs cap (30) reached, no rule fired"},
+    records = [{"seed": 0, "side": "lb", "stopped_by": "epochs cap (30)"},
                {"seed": 0, "side": "sb", "stopped_by": "train_acc 0.97 >= 0.97"}]
     text = fit_sentence(_summary(), records)
     assert "SB trained 20.0 ± 1.0 epochs to a training accuracy of 97.10 ± 0.10%" in text
-    assert "1 of 2 runs reached the epochs cap before the rule fired (seed 0 LB)" in text
+    assert "1 of 2 runs ran to the epochs cap, the rule not met before it (seed 0 LB)" in text
     assert f"0.20 points apart, within {SAME_FIT_POINTS:g}" in text
     under = fit_sentence(_summary(train_acc=_stat(0.95, 0.01)), records[1:])
     assert "LB fits the training set 2.10 points worse" in under

@@ -96,7 +96,7 @@ def render_index(output: Path, record: dict[str, Any], keskar: dict[str, Any],
 
 def _intro(spec: FashionStudySpec, record: dict[str, Any]) -> list[str]:
     machine, seconds = record["machine"], record["seconds"]
-    quick = ("**This is the `--quick` variant: a smoke test of the pipeline (1 epoch per "
+    quick = ("**This is the `--quick` variant: a smoke test of the pipeline (1-2 epochs per "
              "run, tiny measurements). Its numbers say nothing about the science.**\n\n"
              if record["quick"] else "" if record["full"] else
              "**Not the settings of `make study`: a custom spec (study.json has it).**\n\n")

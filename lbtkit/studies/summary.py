@@ -31,7 +31,8 @@ def stop_text(results: dict[str, Any]) -> str:
     if isinstance(stopped, dict) and stopped.get("reason"):
         return str(stopped["reason"])
     if results.get("status") == "completed":
-        return f"epochs cap ({results['config']['epochs']}) reached, no rule fired"
+        # the loop records a rule only when it ends a run early, not at the cap itself
+        return f"epochs cap ({results['config']['epochs']})"
     return str(results.get("status"))
 
 
