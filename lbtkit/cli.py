@@ -193,7 +193,7 @@ def run(
     \b
     Example:
         lbtkit run --preset smoke --output runs/smoke
-        lbtkit run --preset keskar-c1 --batch-size 512 --num-processes 2 --output runs/c1-b512
+        lbtkit run --preset keskar-c1 --batch-size 512 --num-processes 2
     """
     from lbtkit import launch
 
@@ -264,7 +264,7 @@ def sweep_plan(
 
     \b
     Example:
-        lbtkit sweep plan --preset smoke --batch-sizes 32,128,512 --seeds 0,1 --output sweeps/s
+        lbtkit sweep plan --preset smoke --batch-sizes 32,128 --output sweeps/s
     """
     from lbtkit.config import sweep_settings
     from lbtkit.report import format_lr
@@ -429,7 +429,7 @@ def job_plan(
 
     \b
     Example:
-        (called by the job scripts) lbtkit job plan sweep -- sweeps/s
+        lbtkit job plan sweep -- sweeps/s   (job scripts)
     """
     from lbtkit.cluster import plan_job
 
@@ -451,7 +451,7 @@ def job_finish(
 
     \b
     Example:
-        (called by the job scripts) lbtkit job finish sweep --exit-status 75 -- sweeps/s
+        lbtkit job finish sweep --exit-status 75 -- sweeps/s   (job scripts)
     """
     from lbtkit.cluster import finish_job
 
@@ -547,7 +547,7 @@ def interpolate(
 
     \b
     Example:
-        lbtkit interpolate runs/sb runs/lb --alphas -1:2:25 --output studies/interp
+        lbtkit interpolate runs/sb runs/lb --alphas -1:2:25 --output interp
     """
     from lbtkit.landscape import run_interpolation
     from lbtkit.landscape.jobs import launch_job
@@ -668,7 +668,7 @@ def sharpness(
 
     \b
     Example:
-        lbtkit sharpness runs/lb --eps 1e-3,5e-4 --subspace full,random:100 --hessian
+        lbtkit sharpness runs/lb --eps 1e-3,5e-4 --subspace full,random:100
     """
     from lbtkit.landscape import run_sharpness
 
@@ -757,7 +757,7 @@ def study_keskar(
 
     \b
     Example:
-        lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output studies/c1
+        lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output c1
     """
     from lbtkit.study import keskar_study
     from lbtkit.train import exit_code
@@ -797,7 +797,13 @@ def study_fashion(
     ] = RunConfig.data_dir,
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
 ) -> None:
-    """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md."""
+    """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md.
+
+    \b
+    Example:
+        lbtkit study fashion --output docs/fashion          # what make study runs
+        lbtkit study fashion --output /tmp/fashion --quick
+    """
     from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
     from lbtkit.train import exit_code
 
@@ -867,7 +873,7 @@ def doctor(
 
     \b
     Example:
-        lbtkit doctor --preset seed-mobilenetv2-finetune --data-dir /shared/data
+        lbtkit doctor --preset keskar-c1 --data-dir /shared/data
     """
     from lbtkit.doctor import doctor_settings, run_doctor
 

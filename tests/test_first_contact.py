@@ -85,3 +85,5 @@ def test_every_command_has_a_purpose_and_an_example():
         assert len(purpose) > 10, path
         example = text.split("Example:", 1)[-1] if "Example:" in text else ""
         assert f"lbtkit {' '.join(path)}" in example, (path, text)
+        # Example blocks are printed as written (not wrapped): they must fit 80 columns.
+        assert all(len(line.strip()) <= 74 for line in example.splitlines()), (path, example)
