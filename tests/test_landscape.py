@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -106,16 +107,23 @@ def test_interpolated_variances_go_negative_but_recalibration_stays_finite(runs,
         assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows), bn
 
 
-def test_progress_lines_off_a_terminal_and_silence_when_asked(runs, capsys):
+def test_progress_lines_off_a_terminal_and_silence_when_asked(runs, capsys, caplog):
     sb, lb, _ = runs
-    rows = interpolate_runs(InterpolationSpec(alphas=[0.0, 0.5, 1.0], splits="test"), sb, lb)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alpha ")]
+    spec = InterpolationSpec(alphas=[0.0, 0.5, 1.0], splits="test")
+    interpolate_runs(spec, sb, lb)
+    # A library caller who configured no logging sees nothing.
+    assert capsys.readouterr().out == "" and not caplog.records
+    with caplog.at_level(logging.INFO, logger="lbtkit"):
+        rows = interpolate_runs(spec, sb, lb)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alpha ")]
     # Off a terminal: one line per alpha here (every tenth of the grid, at least every one).
     assert [line.split(" ")[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert f"alpha 0.5: test loss {rows[1]['loss']:.4g}" in lines[1]
-    interpolate_runs(InterpolationSpec(alphas=[0.0, 1.0], splits="test"), sb, lb,
-                     progress=False)
-    assert capsys.readouterr().out == ""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lbtkit"):
+        interpolate_runs(InterpolationSpec(alphas=[0.0, 1.0], splits="test"), sb, lb,
+                         progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("alpha ")]
 
 
 def test_runs_of_different_architectures_are_refused(runs, tmp_path):
