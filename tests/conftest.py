@@ -54,6 +54,20 @@ def install_wheel_venv(tmp_path: Path, env: dict[str, str]) -> Path:
     return venv
 
 
+def markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
+    """The markdown table whose header row starts with ``| first_header |``, as dicts."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")),
+                             strict=True)))
+    return rows
+
+
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

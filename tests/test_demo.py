@@ -17,6 +17,8 @@ from lbtkit.narrative import (
     recalibrated_sentence,
 )
 
+from conftest import markdown_table
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SB, LB = QUICK.batch_sizes
 
@@ -26,20 +28,6 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     summary = run_demo(out, QUICK, progress=False)
     return out, summary
-
-
-def table(text: str, first_header: str) -> list[dict[str, str]]:
-    """The markdown table whose header row starts with ``| first_header |``, as dicts."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    header = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")),
-                             strict=True)))
-    return rows
 
 
 def results_of(summary: dict, batch: int) -> dict:
@@ -92,7 +80,7 @@ def test_tables_match_the_runs_results(demo):
         assert (result["config"]["batch_size"], result["config"]["epochs"]) == (
             batch, QUICK.epochs)
 
-    report_rows = table((out / "report.md").read_text(), "batch size")
+    report_rows = markdown_table((out / "report.md").read_text(), "batch size")
     assert [int(r["batch size"]) for r in report_rows] == [SB, LB]
     for row in report_rows:
         result = results[int(row["batch size"])]
@@ -107,7 +95,7 @@ def test_tables_match_the_runs_results(demo):
         assert float(row["best_val_acc"]) == results[int(row["batch_size"])]["best_val_acc"]
 
     index = (out / "index.md").read_text()
-    index_rows = table(index, "batch size")
+    index_rows = markdown_table(index, "batch size")
     assert [int(r["batch size"]) for r in index_rows] == [SB, LB]
     for row in index_rows:
         result = results[int(row["batch size"])]
@@ -115,7 +103,7 @@ def test_tables_match_the_runs_results(demo):
         assert row["final val top-1"] == percent(result["final"]["val_acc"])
         assert int(row["optimizer steps"]) == result["global_step"]
 
-    keskar_rows = {r[""]: r for r in table(index, "")}
+    keskar_rows = {r[""]: r for r in markdown_table(index, "")}
     for label, batch in (("SB", SB), ("LB", LB)):
         row, result = keskar_rows[label], results[batch]
         sharpness = json.loads((out / "keskar" / f"sharpness-{label.lower()}.json").read_text())
@@ -212,5 +200,5 @@ def test_diverged_runs_are_reported_not_hidden(tmp_path, monkeypatch):
     index = (tmp_path / "out" / "index.md").read_text()
     assert f"No accuracy comparison: the batch-{SB} run is diverged." in index
     assert f"Not run: the batch-{SB} run is diverged" in index
-    assert [r["status"] for r in table(index, "batch size")] == ["diverged", "diverged"]
+    assert [r["status"] for r in markdown_table(index, "batch size")] == ["diverged", "diverged"]
     assert not (tmp_path / "out" / "keskar").exists()

@@ -24,7 +24,7 @@ from lbtkit.studies.summary import (
     stop_text,
 )
 
-from conftest import assert_user_error, run_cli, scaled_timeout
+from conftest import assert_user_error, markdown_table, run_cli, scaled_timeout
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 HOUR, FIVE_MINUTES = 3600.0, 300.0
@@ -169,19 +169,6 @@ def quick(tmp_path_factory):
     return out, summary, time.monotonic() - start
 
 
-def table(text: str, first_header: str) -> list[dict[str, str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    header = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")),
-                             strict=True)))
-    return rows
-
-
 @pytest.mark.slow
 def test_quick_study_runs_within_five_minutes_and_links_everything(quick):
     out, summary, seconds = quick
@@ -208,7 +195,7 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
     assert study["quick"] is True and study["spec"] == QUICK.to_dict()
 
     # How far each run trained: one row per seed and side, as in runs.csv.
-    shown = table(index, "seed")
+    shown = markdown_table(index, "seed")
     assert [(r["seed"], r["side"], r["epochs (cap)"], r["stopped by"]) for r in shown] == [
         (r["seed"], r["side"].upper(), f"{r['epochs']} ({r['epochs_cap']})", r["stopped_by"])
         for r in runs]
@@ -225,7 +212,7 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
         assert int(run["epochs"]) == results["epochs_completed"] <= QUICK.epochs_cap
 
     # The per-side means ± std, from study.json, beside the paper's row.
-    keskar = {r[""]: r for r in table(index, "")}
+    keskar = {r[""]: r for r in markdown_table(index, "")}
     summary = study["numbers"]["summary"]
     for side in ("sb", "lb"):
         ours = keskar[f"{side.upper()} (ours, Fashion-MNIST)"]
@@ -247,7 +234,7 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
     # The sweep table and the noise scale agree with the sweep's CSV and noise_scale.json.
     with (out / "sweep" / "results.csv").open() as handle:
         sweep = list(csv.DictReader(handle))
-    shown = table(index, "batch size")
+    shown = markdown_table(index, "batch size")
     assert [int(r["batch size"]) for r in shown] == list(QUICK.sweep_batch_sizes)
     for row, csv_row in zip(shown, sweep, strict=True):
         assert row["best val acc"] == f"{100 * float(csv_row['best_val_acc']):.2f}%"
