@@ -267,6 +267,12 @@ def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
         if acc:
             acc_axis.plot([r["alpha"] for r in acc], [100 * r["accuracy"] for r in acc],
                           "r" + styles[split], marker=".")
+    label_parametric_axes(loss_axis, acc_axis)
+    save_png(figure, path)
+
+
+def label_parametric_axes(loss_axis, acc_axis) -> None:
+    """Keskar's parametric plot's furniture: the SB/LB marks, axis labels, grid, legend."""
     for alpha, name in ((0.0, "SB"), (1.0, "LB")):
         loss_axis.axvline(alpha, color="0.8", linewidth=0.8, zorder=0)
         loss_axis.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"),
@@ -277,6 +283,10 @@ def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
     loss_axis.grid(True, which="both", alpha=0.3)
     if loss_axis.get_legend_handles_labels()[0]:
         loss_axis.legend(loc="upper left")
+
+
+def save_png(figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` atomically (a temporary name, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     figure.savefig(tmp, dpi=110, format="png")
     os.replace(tmp, path)

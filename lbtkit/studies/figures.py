@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ def plot_interpolation_band(band: Sequence[dict[str, Any]], path: Path, *, seeds
     Written atomically."""
     from matplotlib.figure import Figure
 
+    from lbtkit.landscape.interpolate import label_parametric_axes, save_png
+
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     loss_axis = figure.subplots()
     acc_axis = loss_axis.twinx()
@@ -29,21 +30,10 @@ def plot_interpolation_band(band: Sequence[dict[str, Any]], path: Path, *, seeds
         if acc:
             _curve(acc_axis, acc, "accuracy", 100.0, "r" + style, label=None)
     loss_axis.set_yscale("log")
-    for alpha, name in ((0.0, "SB"), (1.0, "LB")):
-        loss_axis.axvline(alpha, color="0.8", linewidth=0.8, zorder=0)
-        loss_axis.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"),
-                           ha="center", va="bottom", fontsize=8)
-    loss_axis.set_xlabel("alpha  (0: small-batch solution, 1: large-batch solution)")
-    loss_axis.set_ylabel("cross-entropy", color="b")
-    acc_axis.set_ylabel("accuracy (%)", color="r")
+    label_parametric_axes(loss_axis, acc_axis)
     loss_axis.set_title(f"mean over {seeds} seeds, band: ± 1 standard deviation", fontsize=9)
-    loss_axis.grid(True, which="both", alpha=0.3)
-    if loss_axis.get_legend_handles_labels()[0]:
-        loss_axis.legend(loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    save_png(figure, path)
 
 
 def _curve(axis, points: Sequence[dict[str, Any]], name: str, scale: float, style: str, *,
