@@ -610,20 +610,27 @@ def pm(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
 
 def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
     """How far each side trained (epochs, training accuracy, which rule stopped it) and
-    whether both fit the training set alike (SAME_FIT_POINTS)."""
+    whether both fit the training set alike (SAME_FIT_POINTS), judged on the accuracy in
+    evaluation mode (``train_acc_eval``) when it was measured on both sides, else on the
+    running average the rule reads."""
     sb, lb = summary["sb"], summary["lb"]
     capped = [r for r in records if r["stopped_by"].startswith("epochs cap")]  # stop_text
-    diff = 100 * (lb["train_acc"]["mean"] - sb["train_acc"]["mean"])
     text = (f"SB trained {pm(sb['epochs'], digits=1)} epochs to a training accuracy of "
             f"{pm(sb['train_acc'], 100)}%, LB {pm(lb['epochs'], digits=1)} epochs to "
             f"{pm(lb['train_acc'], 100)}% (mean ± std over seeds; the last epoch's running "
             "average, which the stopping rule reads)")
+    key, kind = "train_acc", "training accuracies"
+    if all(side.get("train_acc_eval", {}).get("mean") is not None for side in (sb, lb)):
+        key, kind = "train_acc_eval", "training accuracies in evaluation mode"
+        text += (f"; the final weights evaluated on the whole training set in evaluation "
+                 f"mode reach {pm(sb[key], 100)}% (SB) and {pm(lb[key], 100)}% (LB)")
+    diff = 100 * (lb[key]["mean"] - sb[key]["mean"])
     if capped:
         text += (f"; {len(capped)} of {len(records)} runs ran to the epochs cap, the rule not "
                  "met before it (" + ", ".join(f"seed {r['seed']} {r['side'].upper()}"
                                            for r in capped) + ")")
     if abs(diff) <= SAME_FIT_POINTS:
-        return text + (f". The two sides' training accuracies are {abs(diff):.2f} points apart, "
+        return text + (f". The two sides' {kind} are {abs(diff):.2f} points apart, "
                        f"within {SAME_FIT_POINTS:g}: the comparison below is between solutions "
                        "that fit the training set alike, as in Keskar et al.")
     worse = "LB" if diff < 0 else "SB"

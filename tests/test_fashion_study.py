@@ -95,7 +95,7 @@ def test_side_records_and_their_summary():
                side_record(1, "sb", _results(1, 256, 22, 0.973, "train_acc 0.9730 >= 0.97"),
                            _sharpness(3.0, 12.0)),
                side_record(1, "lb", _results(1, 6000, 17, 0.972, "plateau"),
-                           _sharpness(7.0, 54.0))]
+                           _sharpness(7.0, 54.0), _CURVE)]
     assert records[0]["stopped_by"] == "train_acc 0.9710 >= 0.97"
     assert records[1]["stopped_by"] == "epochs cap (30)"
     assert records[1]["phi random:100 eps=0.001"] == 0.5
@@ -104,6 +104,15 @@ def test_side_records_and_their_summary():
     assert summary["lb"]["phi full eps=0.001"]["mean"] == 6.0
     assert summary["lb"]["hessian_top"]["std"] == pytest.approx(math.sqrt(8))
     assert summary["sb"]["test_acc"]["mean"] == pytest.approx(0.922)
+    # the eval-mode training fit comes from the curve's point at the side's own alpha
+    assert (records[3]["train_acc_eval"], records[3]["train_loss_eval"]) == (0.96, 0.12)
+    assert records[0]["train_acc_eval"] is None  # no curve given
+    assert summary["lb"]["train_acc_eval"] == {"mean": 0.96, "std": None, "n": 1}
+
+
+_CURVE = [{"alpha": 0.0, "split": "train", "loss": 0.05, "accuracy": 0.98},
+          {"alpha": 1.0, "split": "test", "loss": 0.4, "accuracy": 0.88},
+          {"alpha": 1.0, "split": "train", "loss": 0.12, "accuracy": 0.96}]
 
 
 def test_stop_text_of_a_run_that_did_not_complete():

@@ -139,6 +139,20 @@ def test_fit_sentence_says_how_far_each_side_trained():
     under = fit_sentence(_summary(train_acc=_stat(0.95, 0.01)), records[1:])
     assert "LB fits the training set 2.10 points worse" in under
     assert "cap" not in under
+    assert "evaluation mode" not in under  # not measured: judged on the running average
+
+
+def test_fit_sentence_judges_the_fit_in_evaluation_mode_when_measured():
+    from lbtkit.narrative import fit_sentence
+
+    summary = _summary(train_acc_eval=_stat(0.95, 0.01))  # LB: running 97.30, eval 95.00
+    summary["sb"]["train_acc_eval"] = _stat(0.968, 0.002)
+    text = fit_sentence(summary, [])
+    assert "in evaluation mode reach 96.80 ± 0.20% (SB) and 95.00 ± 1.00% (LB)" in text
+    assert "LB fits the training set 1.80 points worse" in text
+    summary["lb"]["train_acc_eval"] = _stat(0.97, 0.01)
+    assert "training accuracies in evaluation mode are 0.20 points apart" in \
+        fit_sentence(summary, [])
 
 
 def test_paper_sentence_sorts_each_comparison():

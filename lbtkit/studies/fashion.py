@@ -187,10 +187,10 @@ def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
             left_out.append({"seed": seed, "side": summary.get("stopped_at"),
                              "status": summary["status"]})
             continue
+        curves.append(_read_curve(summary["interpolation"]["csv"]))
         for label in ("sb", "lb"):
             records.append(side_record(seed, label, summary["runs"][label],
-                                       summary["sharpness"][label]))
-        curves.append(_read_curve(summary["interpolation"]["csv"]))
+                                       summary["sharpness"][label], curves[-1]))
         clock.log(f"seed {seed}: " + "; ".join(
             f"{r['side'].upper()} {_count(r['epochs'], 'epoch')}, train acc "
             f"{100 * r['train_acc']:.2f}%, test acc {100 * r['test_acc']:.2f}% "

@@ -17,7 +17,10 @@ from typing import Any
 
 LABELS = ("sb", "lb")
 # The per-run numbers summarised over seeds, in table order (sharpness columns follow).
-RUN_NUMBERS = ("epochs", "train_acc", "train_loss", "test_acc", "test_loss")
+RUN_NUMBERS = ("epochs", "train_acc", "train_loss", "train_acc_eval", "train_loss_eval",
+               "test_acc", "test_loss")
+# Where each side's own weights sit on the interpolation line theta(a) = a*LB + (1-a)*SB.
+SIDE_ALPHA = {"sb": 0.0, "lb": 1.0}
 
 
 def measure_key(subspace: str, eps: float) -> str:
@@ -36,18 +39,25 @@ def stop_text(results: dict[str, Any]) -> str:
     return str(results.get("status"))
 
 
-def side_record(seed: int, side: str, results: dict[str, Any], sharpness: dict[str, Any]
-                ) -> dict[str, Any]:
+def side_record(seed: int, side: str, results: dict[str, Any], sharpness: dict[str, Any],
+                curve: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """One run as one row: its results.json (final epoch: training accuracy and loss as the
     running average over the epoch's batches, which the stopping rule reads; test = the
-    validation set) and its sharpness.json."""
+    validation set), its sharpness.json, and from the interpolation ``curve`` (rows of
+    alpha, split, loss, accuracy) the same weights evaluated on the whole training set in
+    evaluation mode (``train_acc_eval``, ``train_loss_eval``; None when the curve has no
+    point at this side's alpha)."""
     final = results["final"]
+    own = [row for row in curve
+           if row["split"] == "train" and math.isclose(row["alpha"], SIDE_ALPHA[side])]
     record: dict[str, Any] = {
         "seed": seed, "side": side, "batch_size": results["config"]["batch_size"],
         "lr": results["lr"], "status": results["status"],
         "epochs": results["epochs_completed"], "epochs_cap": results["config"]["epochs"],
         "stopped_by": stop_text(results),
         "train_acc": final["train_acc"], "train_loss": final["train_loss"],
+        "train_acc_eval": own[0]["accuracy"] if own else None,
+        "train_loss_eval": own[0]["loss"] if own else None,
         "test_acc": final["val_acc"], "test_loss": final["val_loss"],
         "train_seconds": results.get("train_seconds"),
     }
