@@ -30,6 +30,7 @@ from lbtkit.config import (
     preset_values,
 )
 from lbtkit.errors import EnvironmentFault, UserError
+from lbtkit.rundir import read_json
 from lbtkit.specs import (
     DEFAULT_ALPHAS,
     DEFAULT_GRID,
@@ -549,8 +550,8 @@ def interpolate(
     Example:
         lbtkit interpolate runs/sb runs/lb --alphas -1:2:25 --output interp
     """
+    from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape import run_interpolation
-    from lbtkit.landscape.jobs import launch_job
 
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
@@ -610,7 +611,7 @@ def landscape(
         lbtkit landscape runs/sb --grid -1:1:21
         lbtkit landscape runs/sb --other runs/lb --directions between
     """
-    from lbtkit.landscape.jobs import launch_job
+    from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape.plane import check_runs, default_output, run_landscape
 
     spec = PlaneSpec.from_dict({
@@ -631,8 +632,8 @@ def landscape(
 def analysis_worker(
     job_file: Annotated[Path, typer.Argument(help="a launch-spec.json written by the launcher")],
 ) -> None:
-    """(internal) One process of an interpolation or landscape run by --num-processes N."""
-    from lbtkit.landscape.jobs import run_job
+    """(internal) One process of an analysis run by --num-processes N."""
+    from lbtkit.analysis_jobs import run_job
 
     _print_paths(run_job(job_file))
 
@@ -663,6 +664,11 @@ def sharpness(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
     ] = None,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="split the sample's batches over N processes "
+                     "(the loss and its derivatives are summed across them)"),
+    ] = None,
 ) -> None:
     """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace.
 
@@ -677,7 +683,12 @@ def sharpness(
         "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
         "samples": samples, "batch_size": eval_batch_size, "seed": seed,
     }, source="the command line")
-    print(json.dumps(run_sharpness(spec, run_dir, output=output), indent=2))
+    output = output if output is not None else run_dir / "sharpness.json"
+    if _launched("sharpness", spec, run_dir, output, num_processes):
+        result = read_json(output)
+    else:
+        result = run_sharpness(spec, run_dir, output=output)
+    print(json.dumps(result, indent=2))
 
 
 @app.command("noise-scale")
@@ -687,11 +698,20 @@ def noise_scale(
     batches: Annotated[
         str, typer.Option(help="the small and the big batch size, comma-separated")
     ] = "32,1024",
-    samples: Annotated[int, typer.Option(help="random batches per batch size")] = 32,
+    draws: Annotated[int, typer.Option(help="random batches drawn per batch size")] = 32,
     seed: Annotated[int, typer.Option(help="seed of the batches and dropout masks")] = 0,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--output", help="file to write (default RUN/noise_scale.json)"),
+    ] = None,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="split the random batches over N processes "
+                     "(the same numbers as one process)"),
+    ] = None,
+    renamed_samples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--samples", hidden=True, help="renamed --draws"),
     ] = None,
 ) -> None:
     """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights
@@ -699,15 +719,40 @@ def noise_scale(
 
     \b
     Example:
-        lbtkit noise-scale runs/b1024 --batches 32,1024 --samples 32
+        lbtkit noise-scale runs/b1024 --batches 32,1024 --draws 32
     """
-    from lbtkit.noise_scale import parse_batches, run_noise_scale
+    from lbtkit.noise_scale import NOISE_SCALE_FILE, parse_batches, run_noise_scale
 
-    spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), samples=samples, seed=seed)
-    result = run_noise_scale(spec, run_dir, output=output)
+    if renamed_samples is not None:
+        raise UserError("noise-scale --samples is now --draws (random batches per batch size; "
+                        "--samples counts training images in sharpness)")
+    spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), draws=draws, seed=seed)
+    output = output if output is not None else run_dir / NOISE_SCALE_FILE
+    if _launched("noise-scale", spec, run_dir, output, num_processes):
+        result = read_json(output)
+    else:
+        result = run_noise_scale(spec, run_dir, output=output)
     console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir} "
-                                                   f"({samples} batches per size)"))
-    print(f"written: {result['path']}")
+                                                   f"({draws} batches per size)"))
+    print(f"written: {output}")
+
+
+def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
+              num_processes: int | None) -> bool:
+    """With --num-processes N > 1, run ``analysis`` of ``run_dir`` on N launched processes
+    (exit with their code when it is not 0) and return True; else False (run it here)."""
+    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.rundir import load_run
+
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    if num_processes is None or num_processes == 1:
+        return False
+    load_run(run_dir, device="cpu")  # one error line here rather than one per worker
+    code = launch_job(analysis, spec, [run_dir], output, num_processes)
+    if code != 0:
+        raise typer.Exit(code)
+    return True
 
 
 def _noise_scale_table(result: dict[str, Any], *, title: str) -> Table:
@@ -750,6 +795,11 @@ def study_keskar(
     trace: Annotated[bool, typer.Option(help="Hutchinson trace")] = True,
     samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="run each training, the interpolation and "
+                     "each sharpness on N processes (accelerate launch, DDP)"),
+    ] = None,
     *,
     config_flags: dict,
 ) -> None:
@@ -774,7 +824,10 @@ def study_keskar(
              "batch_size": base.eval_batch_size, "seed": base.seed},
             source="the command line"),
     )
-    summary = keskar_study(base, spec, output, progress=progress)
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    summary = keskar_study(base, spec, output, progress=progress,
+                           num_processes=num_processes or 1)
     print(f"report: {output / 'report.md'}")
     raise typer.Exit(exit_code(summary["status"]))
 

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,24 @@ def worker_accelerator(accelerator: Any = None) -> Iterator[Any]:
     finally:
         if owned:
             accelerator.end_training()
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """This process's share of ``items``: every ``world_size``-th one, starting at ``rank``.
+
+    Strided rather than contiguous so that the expensive extrapolated ends of a grid (and the
+    big batches after the small ones) are spread over the processes.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    return list(items[rank::world_size])
+
+
+def process_rank(accelerator: Any) -> tuple[int, int]:
+    """(rank, world size) of ``accelerator``; (0, 1) for None (one process)."""
+    if accelerator is None:
+        return 0, 1
+    return accelerator.process_index, accelerator.num_processes
 
 
 def free_port() -> int:

@@ -53,10 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lbtkit.errors import ConfigError
+from lbtkit.launch import process_rank, shard
 from lbtkit.specs import NoiseScaleSpec
 
 NOISE_SCALE_FILE = "noise_scale.json"
@@ -161,11 +163,11 @@ def estimate_noise_scale(
 
 @dataclass(frozen=True)
 class GradientSq:
-    """The mean of |G_B|^2 over ``samples`` random batches of ``batch_size``, and its standard
-    error (sample std / sqrt(samples); None for one sample)."""
+    """The mean of |G_B|^2 over ``draws`` random batches of ``batch_size``, and its standard
+    error (sample std / sqrt(draws); None for one draw)."""
 
     batch_size: int
-    samples: int
+    draws: int
     mean: float
     std_error: float | None
 
@@ -188,52 +190,56 @@ class NoiseScaleMeasurement:
         return dataclasses.asdict(self)
 
 
-def measure_gradient_sq(
-    model: torch.nn.Module,
-    data: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    batch_size: int,
-    samples: int,
-    loss_fn: LossFn,
-    generator: torch.Generator,
-    chunk_size: int | None = None,
-) -> GradientSq:
-    """Mean over ``samples`` batches of |grad of the mean loss|^2, in float64.
+def batch_gradient_sq(model: torch.nn.Module, data: torch.Tensor, targets: torch.Tensor,
+                      idx: torch.Tensor, *, loss_fn: LossFn, chunk_size: int) -> float:
+    """|grad of the mean loss over ``data[idx]``|^2, in float64.
 
-    Each batch is ``batch_size`` distinct samples (without replacement within the batch; the
-    batches are independent draws). ``loss_fn(model, data[idx], targets[idx])`` returns the mean
-    loss of a batch. Batches run in chunks of at most ``chunk_size`` samples (memory; and with
-    BatchNorm, the group of samples the statistics are taken over), each chunk's loss weighted
-    by its share of the batch. Gradients go through ``torch.autograd.grad``: ``.grad`` of the
-    parameters is left alone. The model is used in whatever mode it is in.
+    ``loss_fn(model, data[sel], targets[sel])`` returns the mean loss of a chunk. The batch runs
+    in chunks of at most ``chunk_size`` samples (memory; and with BatchNorm, the group of
+    samples the statistics are taken over), each chunk's loss weighted by its share of the
+    batch. Gradients go through ``torch.autograd.grad``: ``.grad`` of the parameters is left
+    alone. The model is used in whatever mode it is in.
     """
-    n = targets.shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive whole number, got {batch_size!r}")
-    if batch_size > n:
-        raise ConfigError(f"batch size {batch_size} is larger than the data ({n} samples)")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"samples must be a positive whole number, got {samples!r}")
-    chunk = batch_size if chunk_size is None else chunk_size
-    if chunk < 1:
-        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     params = [p for p in model.parameters() if p.requires_grad]
-    values = []
-    for _ in range(samples):
-        idx = torch.randperm(n, generator=generator)[:batch_size].to(targets.device)
-        total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        for start in range(0, batch_size, chunk):
-            sel = idx[start:start + chunk]
-            loss = loss_fn(model, data[sel], targets[sel]) * (sel.shape[0] / batch_size)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for acc, g in zip(total, grads, strict=True):
-                if g is not None:
-                    acc += g.double()
-        values.append(sum(float(t.square().sum()) for t in total))
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    size = idx.shape[0]
+    for start in range(0, size, chunk_size):
+        sel = idx[start:start + chunk_size]
+        loss = loss_fn(model, data[sel], targets[sel]) * (sel.shape[0] / size)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for acc, g in zip(total, grads, strict=True):
+            if g is not None:
+                acc += g.double()
+    return sum(float(t.square().sum()) for t in total)
+
+
+def draw_batches(n: int, batch_sizes: Sequence[int], draws: int,
+                 generator: torch.Generator) -> list[torch.Tensor]:
+    """``draws`` batches of each size in ``batch_sizes``, in that order: each batch
+    ``batch_size`` distinct indices of ``range(n)`` (no replacement within a batch; the
+    batches are independent draws)."""
+    for size in batch_sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"batch size must be a positive whole number, got {size!r}")
+        if size > n:
+            raise ConfigError(f"batch size {size} is larger than the data ({n} samples)")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws must be a positive whole number, got {draws!r}")
+    return [torch.randperm(n, generator=generator)[:size]
+            for size in batch_sizes for _ in range(draws)]
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The torch seed (dropout masks) of batch number ``draw``: one per batch, so a batch's
+    gradient does not depend on which process computes it, or after which other batch."""
+    return int(np.random.SeedSequence((seed, draw)).generate_state(1)[0])
+
+
+def gradient_sq(values: Sequence[float], batch_size: int) -> GradientSq:
+    """The mean of the squared norms ``values`` and its standard error."""
     mean = statistics.fmean(values)
-    error = statistics.stdev(values) / math.sqrt(samples) if samples > 1 else None
-    return GradientSq(batch_size, samples, mean, error)
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return GradientSq(batch_size, len(values), mean, error)
 
 
 def measure_noise_scale(
@@ -242,13 +248,15 @@ def measure_noise_scale(
     targets: torch.Tensor,
     *,
     batch_sizes: tuple[int, int],
-    samples: int,
+    draws: int,
     loss_fn: LossFn,
     seed: int = 0,
     chunk_size: int | None = None,
+    accelerator: Any = None,
 ) -> NoiseScaleMeasurement:
-    """Measure E|G_B|^2 at two batch sizes and estimate the noise scale of the ``len(targets)``
-    samples given (batches are distinct samples of them: the finite-population estimators).
+    """Measure E|G_B|^2 over ``draws`` batches at each of two batch sizes and estimate the
+    noise scale of the ``len(targets)`` samples given (batches are distinct samples of them:
+    the finite-population estimators).
 
     The model runs in train mode, as in training: dropout is active and BatchNorm normalises
     with batch statistics, so the noise measured is the noise the optimizer saw. Its BatchNorm
@@ -257,31 +265,59 @@ def measure_noise_scale(
     it is the same for both batch sizes so that BatchNorm groups, and hence the per-sample
     gradient distribution, are the same in both measurements, as the estimators assume.
     ``seed`` fixes the batches and the dropout masks (the global RNG is left as it was).
+    With an ``accelerator`` of several processes each takes every world-th batch and all
+    return the same measurement, equal to one process's: every process draws every batch's
+    indices from the one seeded sequence, and each batch has its own dropout seed.
     """
     b_small, b_big = batch_sizes
     check_batch_sizes(b_small, b_big)
     chunk = b_small if chunk_size is None else chunk_size
-    generator = torch.Generator().manual_seed(seed)
+    if chunk < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = targets.shape[0]
+    batches = draw_batches(n, (b_small, b_big), draws, torch.Generator().manual_seed(seed))
+    rank, world = process_rank(accelerator)
+    values = _measure_batches(model, data, targets, batches, shard(range(len(batches)), rank,
+                                                                   world),
+                              loss_fn=loss_fn, chunk_size=chunk, seed=seed)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        values = dict(gather_object(list(values.items())))
+    small = gradient_sq([values[i] for i in range(draws)], b_small)
+    big = gradient_sq([values[i] for i in range(draws, 2 * draws)], b_big)
+    return _measurement(small, big, n)
+
+
+def _measure_batches(model: torch.nn.Module, data: torch.Tensor, targets: torch.Tensor,
+                     batches: list[torch.Tensor], mine: Sequence[int], *, loss_fn: LossFn,
+                     chunk_size: int, seed: int) -> dict[int, float]:
+    """{batch number: squared gradient norm} for the batches numbered ``mine``, in train
+    mode, the model's buffers, mode and the global RNG restored afterwards."""
     buffers = list(model.buffers())
     saved = [b.detach().clone() for b in buffers]
     was_training = model.training
     devices = [targets.device] if targets.device.type == "cuda" else []
     model.train()
+    values: dict[int, float] = {}
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            measured = [
-                measure_gradient_sq(model, data, targets, batch_size=b, samples=samples,
-                                    loss_fn=loss_fn, generator=generator, chunk_size=chunk)
-                for b in (b_small, b_big)
-            ]
+            for i in mine:
+                torch.manual_seed(draw_seed(seed, i))
+                values[i] = batch_gradient_sq(model, data, targets,
+                                              batches[i].to(targets.device), loss_fn=loss_fn,
+                                              chunk_size=chunk_size)
     finally:
         with torch.no_grad():
             for buffer, value in zip(buffers, saved, strict=True):
                 buffer.copy_(value)
         model.train(was_training)
-    small, big = measured
-    n = targets.shape[0]
+    return values
+
+
+def _measurement(small: GradientSq, big: GradientSq, n: int) -> NoiseScaleMeasurement:
+    """The estimate from the two measured means, with standard errors propagated."""
+    b_small, b_big = small.batch_size, big.batch_size
     estimate = estimate_noise_scale(b_small, small.mean, b_big, big.mean, population=n)
     grad_error = trace_error = ratio_error = None
     if small.std_error is not None and big.std_error is not None:
@@ -333,22 +369,45 @@ def parse_batches(text: str) -> tuple[int, int]:
 
 
 def run_noise_scale(
-    spec: NoiseScaleSpec, run_dir: str | Path, *, output: str | Path | None = None
-) -> dict[str, Any]:
+    spec: NoiseScaleSpec, run_dir: str | Path, *, output: str | Path | None = None,
+    accelerator: Any = None,
+) -> dict[str, Any] | None:
     """Measure the noise scale of a finished run's final weights on its un-augmented training
     images (cross-entropy, as trained) as ``spec`` says; write it, with the spec (under "spec")
     and everything else that determines the numbers, to ``output`` (default
-    RUN/noise_scale.json) and return that dict."""
+    RUN/noise_scale.json) and return that dict.
+
+    Under ``accelerate launch`` with several processes (``lbtkit noise-scale
+    --num-processes N``; an Accelerator is made when none is given) the batches are shared
+    out and the numbers are those of one process; the main process writes and returns the
+    dict, the others return None.
+    """
+    from lbtkit.launch import worker_accelerator
+    from lbtkit.rundir import write_json
+
+    with worker_accelerator(accelerator) as acc:
+        result = _noise_scale_of_run(spec, run_dir, acc)
+        if acc is not None and not acc.is_main_process:
+            return None
+    path = Path(output) if output is not None else Path(run_dir) / NOISE_SCALE_FILE
+    write_json(path, result)
+    result["path"] = str(path)
+    return result
+
+
+def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: Any
+                        ) -> dict[str, Any]:
     from lbtkit.data import load_dataset
     from lbtkit.evaluate import InputSpec
-    from lbtkit.rundir import RunDir, load_run, versions, write_json
+    from lbtkit.rundir import RunDir, load_run, versions
 
     run = RunDir(run_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (accelerator.device if accelerator is not None
+              else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     # Final weights only: a checkpoint of an unfinished run would need the loop's own restore.
     model, config = load_run(run.root, device=str(device))
     b_small, b_big = spec.batch_sizes
-    samples, seed = spec.samples, spec.seed
+    draws, seed = spec.draws, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes).to(device)
     n_train = data.train_labels.shape[0]
@@ -363,9 +422,10 @@ def run_noise_scale(
     chunk = b_small if spec.chunk_size is None else spec.chunk_size
     measured = measure_noise_scale(
         model, data.train_images, data.train_labels, batch_sizes=(b_small, b_big),
-        samples=samples, loss_fn=cross_entropy, seed=seed, chunk_size=chunk,
+        draws=draws, loss_fn=cross_entropy, seed=seed, chunk_size=chunk,
+        accelerator=accelerator,
     )
-    result = {
+    return {
         "run": str(run.root.resolve()),
         "weights": run.model_path.name,
         "weights_sha256": hashlib.sha256(run.model_path.read_bytes()).hexdigest(),
@@ -378,8 +438,9 @@ def run_noise_scale(
                     "big": dataclasses.asdict(measured.big)},
         "population": n_train,
         "settings": {
-            "batch_sizes": [b_small, b_big], "samples": samples, "seed": seed,
+            "batch_sizes": [b_small, b_big], "draws": draws, "seed": seed,
             "chunk_size": chunk, "device": device.type,
+            "processes": process_rank(accelerator)[1],
             "data": f"{config.dataset} training set without augmentation; each batch is "
                     "distinct samples (no replacement), batches are independent draws",
             "estimator": "finite-population: E|G_B|^2 = |G|^2 + tr(Sigma) (1/B - 1/N) N/(N-1), "
@@ -391,10 +452,6 @@ def run_noise_scale(
         },
         "versions": versions(),
     }
-    path = Path(output) if output is not None else run.root / NOISE_SCALE_FILE
-    write_json(path, result)
-    result["path"] = str(path)
-    return result
 
 
 # --- logging during multi-process training -------------------------------------------------

@@ -354,14 +354,14 @@ class SharpnessSpec(Spec):
 
 @dataclass(frozen=True)
 class NoiseScaleSpec(Spec):
-    """E|G_B|^2 over ``samples`` random batches at each of ``batch_sizes`` (small, big),
+    """E|G_B|^2 over ``draws`` random batches at each of ``batch_sizes`` (small, big),
     forward passes of at most ``chunk_size`` samples (None: the small batch), ``seed`` fixing
     the batches and dropout masks."""
 
     kind: ClassVar[str] = "noise-scale spec"
 
     batch_sizes: tuple[int, int] = (32, 1024)
-    samples: int = 32
+    draws: int = 32
     seed: int = 0
     chunk_size: int | None = None
 
@@ -374,10 +374,10 @@ class NoiseScaleSpec(Spec):
             raise ConfigError(f"the small batch must be smaller than the big one, got "
                               f"batch_sizes {[small, big]}")
         self._set("batch_sizes", (small, big))
-        self._set("samples", whole_number("samples", self.samples, 0))
-        if self.samples < 2:
-            raise ConfigError(f"samples must be at least 2 (for a standard error), got "
-                              f"{self.samples}")
+        self._set("draws", whole_number("draws", self.draws, 0))
+        if self.draws < 2:
+            raise ConfigError(f"draws must be at least 2 (for a standard error), got "
+                              f"{self.draws}")
         self._set("seed", whole_number("seed", self.seed, 0))
         if self.chunk_size is not None:
             self._set("chunk_size", whole_number("chunk_size", self.chunk_size, 1))

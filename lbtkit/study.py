@@ -26,7 +26,7 @@ import torch
 from lbtkit.checkpoint import read_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
-from lbtkit.errors import ConfigError
+from lbtkit.errors import ConfigError, EnvironmentFault
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
 from lbtkit.models import build_model_for
 from lbtkit.narrative import study_report
@@ -38,7 +38,8 @@ LABELS = ("sb", "lb")
 
 
 def keskar_study(
-    base: RunConfig, spec: KeskarStudySpec, output: str | Path, *, progress: bool = True
+    base: RunConfig, spec: KeskarStudySpec, output: str | Path, *, progress: bool = True,
+    num_processes: int = 1,
 ) -> dict[str, Any]:
     """Train SB (batch ``spec.sb``) and LB (batch ``spec.lb``) from one initialisation,
     interpolate, measure sharpness (both as ``spec`` says), write ``report.md``.
@@ -46,12 +47,15 @@ def keskar_study(
     ``base`` should be unresolved: with ``lr`` unset each run gets ``base_lr`` scaled to its
     own batch by ``lr_scaling`` (the Keskar presets use "none": the same Adam lr for both).
     Returns {"status", ...}: a status other than "completed" is that of the training run that
-    stopped the study (diverged, interrupted).
+    stopped the study (diverged, interrupted). ``num_processes`` > 1: each step (the two
+    trainings, the interpolation, each sharpness) runs on that many launched processes, as
+    ``lbtkit run|interpolate|sharpness --num-processes N`` would; this process only drives.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
-            "the study runs in one process; to use several per step, run its steps as "
-            "separate commands (lbtkit run / interpolate / sharpness)"
+            "the study drives its steps from one process; for several processes per step "
+            "give it num_processes (lbtkit study keskar --num-processes N) instead of "
+            "launching it"
         )
     output = Path(output)
     _check_batch_sizes(base, spec.sb, spec.lb)  # before hours of training, as the spec was
@@ -67,18 +71,16 @@ def keskar_study(
         for label, size in zip(LABELS, (spec.sb, spec.lb), strict=True)
     }
 
-    from lbtkit.train import run as train_run
-
     results = {}
     for label, config in configs.items():
         log.info("study: %s run, batch %d, in %s", label.upper(), config.batch_size,
                  config.output_dir)
-        results[label] = train_run(config, progress=progress)
+        results[label] = _train(config, num_processes, progress=progress)
         if results[label].get("status") != STATUS_COMPLETED:
             return {"status": results[label].get("status"), "stopped_at": label,
                     "runs": results}
-    interpolation = _interpolate(spec, output, progress=progress)
-    sharpness = {label: _measure(spec, output / label) for label in LABELS}
+    interpolation = _interpolate(spec, output, progress=progress, num_processes=num_processes)
+    sharpness = {label: _measure(spec, output / label, num_processes) for label in LABELS}
 
     report = output / "report.md"
     atomic_write_text(report, study_report(configs, results, sharpness,
@@ -88,7 +90,35 @@ def keskar_study(
             "interpolation": interpolation, "sharpness": sharpness}
 
 
-def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool) -> dict[str, Path]:
+def _train(config: RunConfig, num_processes: int, *, progress: bool) -> dict[str, Any]:
+    """Train ``config`` here, or on ``num_processes`` launched processes; its results."""
+    if num_processes == 1:
+        from lbtkit.train import run
+
+        return run(config, progress=progress)
+    from lbtkit.launch import launch_run
+
+    code = launch_run(config, num_processes, progress=progress)
+    results = RunDir(config.output_dir).read_results()
+    if results is None:
+        raise EnvironmentFault(f"the launched {config.output_dir} run exited with {code} "
+                               "without writing results.json")
+    return results
+
+
+def _launched(analysis: str, spec: Any, runs: list[Path], output: Path,
+              num_processes: int) -> None:
+    """Run ``analysis`` on ``num_processes`` launched processes; raise unless they exit 0."""
+    from lbtkit.analysis_jobs import launch_job
+
+    code = launch_job(analysis, spec, runs, output, num_processes)
+    if code != 0:
+        raise EnvironmentFault(f"the launched {analysis} of {', '.join(map(str, runs))} "
+                               f"exited with {code}")
+
+
+def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool,
+                 num_processes: int = 1) -> dict[str, Path]:
     """OUTPUT/interpolation/, unless it is newer than both runs' weights and has this spec."""
     directory = output / "interpolation"
     paths = {kind: directory / f"interpolation.{kind}" for kind in ("csv", "png", "json")}
@@ -100,17 +130,24 @@ def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool) -> dict
         return paths
     log.info("study: interpolating over %d alphas (BatchNorm: %s)",
              len(spec.interpolation.alphas), spec.interpolation.bn)
+    if num_processes > 1:
+        _launched("interpolation", spec.interpolation, [output / "sb", output / "lb"],
+                  directory, num_processes)
+        return paths
     return run_interpolation(spec.interpolation, output / "sb", output / "lb", directory,
                              progress=progress)
 
 
-def _measure(spec: KeskarStudySpec, run_dir: Path) -> dict[str, Any]:
+def _measure(spec: KeskarStudySpec, run_dir: Path, num_processes: int = 1) -> dict[str, Any]:
     """RUN/sharpness.json, unless it is newer than the run's weights and has this spec."""
     target = run_dir / "sharpness.json"
     if _up_to_date([target], {"spec": spec.sharpness.to_dict()}, [RunDir(run_dir).model_path]):
         log.info("study: %s is up to date", target)
         return read_json(target)
     log.info("study: sharpness of the %s solution", run_dir.name.upper())
+    if num_processes > 1:
+        _launched("sharpness", spec.sharpness, [run_dir], target, num_processes)
+        return read_json(target)
     return run_sharpness(spec.sharpness, run_dir, output=target)
 
 

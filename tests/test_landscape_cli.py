@@ -53,6 +53,28 @@ def test_sharpness_writes_json(two_runs, tmp_path):
     assert row["phi"] >= 0 and result["train_loss"] > 0
 
 
+@pytest.mark.slow
+def test_sharpness_split_over_two_processes_matches_one(two_runs, tmp_path):
+    """Two processes each differentiate half of the sample's batches and sum across: the
+    same measures as one process, up to the rounding of that sum."""
+    sb, _ = two_runs
+    args = ["--eps", "1e-3", "--subspace", "full,random:10", "--iters", "2", "--samples",
+            "256", "--eval-batch-size", "64", "--hessian", "--hessian-iters", "3"]
+    run_cli("sharpness", sb, *args, "--output", tmp_path / "one.json", tmp_path=tmp_path,
+            check=0)
+    two = run_cli("sharpness", sb, *args, "--num-processes", "2", "--output",
+                  tmp_path / "two.json", tmp_path=tmp_path, check=0, timeout=400)
+    assert "\"processes\": 2" in two.stdout  # the launching command prints the file
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["processes"] == 1 and one["samples_used"] == two["samples_used"] == 256
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6)
+    for a, b in zip(one["sharpness"], two["sharpness"], strict=True):
+        assert (a["subspace"], a["eps"]) == (b["subspace"], b["eps"])
+        assert b["phi"] == pytest.approx(a["phi"], rel=1e-3, abs=1e-6)
+    assert two["hessian"]["top_eigenvalues"] == pytest.approx(
+        one["hessian"]["top_eigenvalues"], rel=1e-4)
+
+
 def test_bad_landscape_input(two_runs, tmp_path):
     sb, lb = two_runs
     assert_user_error(run_cli("interpolate", sb, lb, "--alphas", "1:x:3", "--output",
@@ -95,3 +117,20 @@ def test_study_flags_become_the_specs_its_files_carry(tmp_path):
         stored = json.loads((out / label / "sharpness.json").read_text())
         assert SharpnessSpec.from_dict(stored["spec"]) == expected
         assert stored["hessian"] is None and stored["trace"] is None
+
+
+@pytest.mark.slow
+def test_study_runs_each_step_on_several_processes(tmp_path):
+    out = tmp_path / "study"
+    run_cli("study", "keskar", "--preset", "smoke", "--epochs", "1", "--sb", "32",
+            "--lb", "256", "--alphas", "0,1", "--eps", "1e-3", "--subspace", "random:3",
+            "--iters", "1", "--samples", "64", "--hessian-k", "0", "--no-trace",
+            "--eval-batch-size", "32", "--no-progress", "--num-processes", "2", "--output", out,
+            tmp_path=tmp_path, check=0, timeout=900)
+    assert (out / "report.md").exists()
+    for label in ("sb", "lb"):
+        results = json.loads((out / label / "results.json").read_text())
+        assert (results["status"], results["world_size"]) == ("completed", 2)
+        assert json.loads((out / label / "sharpness.json").read_text())["processes"] == 2
+    interpolation = json.loads((out / "interpolation" / "interpolation.json").read_text())
+    assert interpolation["processes"] == 2

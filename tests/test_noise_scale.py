@@ -125,7 +125,7 @@ def test_linear_regression_known_answer():
     says 1.1% and 2.2%; the per-sample gradients' heavier tails add the rest at B = 8), and
     are asserted to stay below 3% and 5%: sharp enough to catch a wrong factor anywhere.
     """
-    dim, noise_std, n, samples = 10, 1.0, 1 << 16, 1000
+    dim, noise_std, n, draws = 10, 1.0, 1 << 16, 1000
     gen = torch.Generator().manual_seed(0)
     w_star = torch.randn(dim, generator=gen, dtype=torch.float64)
     d = torch.randn(dim, generator=gen, dtype=torch.float64)
@@ -139,7 +139,7 @@ def test_linear_regression_known_answer():
     def loss_fn(net, inputs, targets):
         return 0.5 * (net(inputs).squeeze(1) - targets).square().mean()
 
-    result = measure_noise_scale(model, x, y, batch_sizes=(8, 128), samples=samples,
+    result = measure_noise_scale(model, x, y, batch_sizes=(8, 128), draws=draws,
                                  loss_fn=loss_fn, seed=1)
 
     # The finite data set's exact answers.
@@ -203,7 +203,7 @@ def test_estimator_is_unbiased_against_exact_per_example_gradients():
     """
     n, b_small, b_big, draws = 40, 2, 20, 1000
     model, x, y, _, grad_sq, trace = _least_squares(n, seed=5)
-    result = measure_noise_scale(model, x, y, batch_sizes=(b_small, b_big), samples=draws,
+    result = measure_noise_scale(model, x, y, batch_sizes=(b_small, b_big), draws=draws,
                                  loss_fn=_half_squared_error, seed=2)
     for measured in (result.small, result.big):
         expected = grad_sq + trace * noise_factor(measured.batch_size, n)
@@ -274,15 +274,15 @@ def test_measuring_leaves_the_model_and_the_global_rng_alone():
     def loss_fn(net, inputs, targets):
         return torch.nn.functional.cross_entropy(net(inputs), targets)
 
-    first = measure_noise_scale(model, x, y, batch_sizes=(8, 64), samples=4, loss_fn=loss_fn)
+    first = measure_noise_scale(model, x, y, batch_sizes=(8, 64), draws=4, loss_fn=loss_fn)
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
-    again = measure_noise_scale(model, x, y, batch_sizes=(8, 64), samples=4, loss_fn=loss_fn)
+    again = measure_noise_scale(model, x, y, batch_sizes=(8, 64), draws=4, loss_fn=loss_fn)
     assert again == first  # seeded: batches and dropout masks
     with pytest.raises(ConfigError, match="batch size 256 is larger than the data"):
-        measure_noise_scale(model, x, y, batch_sizes=(8, 256), samples=4, loss_fn=loss_fn)
+        measure_noise_scale(model, x, y, batch_sizes=(8, 256), draws=4, loss_fn=loss_fn)
 
 
 def test_last_logged_noise_scale_skips_missing_values():
@@ -458,24 +458,24 @@ def _invoke(*args) -> subprocess.CompletedProcess:
 
 
 def test_noise_scale_cli_writes_json(trained_run, tmp_path):
-    result = run_cli("noise-scale", trained_run, "--batches", "16,256", "--samples", "6",
+    result = run_cli("noise-scale", trained_run, "--batches", "16,256", "--draws", "6",
                      tmp_path=tmp_path, check=0)
     assert "B_simple" in result.stdout
     stored = json.loads((trained_run / "noise_scale.json").read_text())
     assert stored["settings"]["batch_sizes"] == [16, 256]
-    assert stored["settings"]["samples"] == 6 and stored["settings"]["seed"] == 0
+    assert stored["settings"]["draws"] == 6 and stored["settings"]["seed"] == 0
     assert stored["batches"]["small"]["batch_size"] == 16
-    assert stored["batches"]["big"]["samples"] == 6
+    assert stored["batches"]["big"]["draws"] == 6
     assert stored["grad_sq"] > 0 and stored["trace_sigma"] > 0
     assert stored["b_simple"] == pytest.approx(stored["trace_sigma"] / stored["grad_sq"])
     assert len(stored["weights_sha256"]) == 64
     # The same settings give the same numbers; --output goes elsewhere.
     out = tmp_path / "again.json"
-    assert _invoke("noise-scale", trained_run, "--batches", "256,16", "--samples", "6",
+    assert _invoke("noise-scale", trained_run, "--batches", "256,16", "--draws", "6",
                    "--output", out).returncode == 0
     assert json.loads(out.read_text())["b_simple"] == stored["b_simple"]
     assert NoiseScaleSpec.from_dict(stored["spec"]) == NoiseScaleSpec(batch_sizes=(16, 256),
-                                                                       samples=6)
+                                                                       draws=6)
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -483,10 +483,28 @@ def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     (["--batches", "64,64"], "'64,64'"),
     (["--batches", "0,64"], "batch size 0"),
     (["--batches", "32,5000"], "batch size 5000 is larger than the training set (1437"),
-    (["--samples", "1"], "samples must be at least 2 (for a standard error), got 1"),
+    (["--draws", "1"], "draws must be at least 2 (for a standard error), got 1"),
+    (["--samples", "8"], "noise-scale --samples is now --draws"),
+    (["--num-processes", "0"], "--num-processes must be >= 1, got 0"),
 ])
 def test_noise_scale_cli_rejects_bad_input(trained_run, args, needle):
     assert_user_error(_invoke("noise-scale", trained_run, *args), needle)
+
+
+@pytest.mark.slow
+def test_noise_scale_split_over_two_processes_equals_one(trained_run, tmp_path):
+    """Each process takes every other batch; every batch has its own dropout seed and its
+    indices come from the one seeded sequence, so the numbers are one process's, exactly."""
+    args = ["--batches", "16,256", "--draws", "5", "--seed", "3"]
+    assert _invoke("noise-scale", trained_run, *args, "--output", tmp_path / "one.json"
+                   ).returncode == 0
+    run_cli("noise-scale", trained_run, *args, "--num-processes", "2", "--output",
+            tmp_path / "two.json", tmp_path=tmp_path, check=0, timeout=300)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["settings"]["processes"], two["settings"]["processes"]) == (1, 2)
+    for key in ("grad_sq", "trace_sigma", "b_simple", "b_simple_std_error"):
+        assert two[key] == one[key], key
+    assert two["batches"] == one["batches"]
 
 
 def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):

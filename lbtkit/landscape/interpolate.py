@@ -33,6 +33,7 @@ from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
+from lbtkit.launch import shard
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
 from lbtkit.specs import (
@@ -51,17 +52,6 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = ("alpha", "split", "loss", "accuracy", "negative_variances")
 # The run settings that must agree for two solutions to live in one parameter space.
 _SAME_SETUP_FIELDS = ("model", "dataset", "num_classes", "image_size")
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """This process's share of ``items``: every ``world_size``-th one, starting at ``rank``.
-
-    Strided rather than contiguous so that the expensive extrapolated ends of a grid are spread
-    over the processes.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    return list(items[rank::world_size])
 
 
 def check_same_setup(

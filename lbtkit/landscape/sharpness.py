@@ -1,10 +1,16 @@
 """Sharpness of a solution: Keskar's metric, top Hessian eigenvalues, the Hessian trace.
 
 The measures are pure functions of a loss ``f`` on a flat parameter vector, so they are tested on
-quadratics whose answers are known in closed form. ``f`` is either one callable ``x -> scalar``
-or a sequence of them whose sum is ``f`` (a large sample differentiated one chunk at a time).
-``run_sharpness`` builds that ``f`` for a trained run: the mean training cross-entropy over a
-stated, seeded sample, with BatchNorm on its running statistics and dropout off.
+quadratics whose answers are known in closed form. ``f`` is either one callable ``x -> scalar``,
+a sequence of them whose sum is ``f`` (a large sample differentiated one chunk at a time), or a
+``SplitLoss``: this process's share of the terms and the all-reduce that sums every share
+(several processes, each holding part of the sample). ``run_sharpness`` builds that ``f`` for a
+trained run: the mean training cross-entropy over a stated, seeded sample, with BatchNorm on its
+running statistics and dropout off.
+
+With a ``SplitLoss`` every process runs the same maximiser and Lanczos steps on the same reduced
+values (an all-reduce gives every process the same sum), so they stay in step; only the loss
+and its derivatives are split. Results match one process's up to the rounding of the sum.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +32,32 @@ from torch import nn
 from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.launch import process_rank, shard
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import RunDir, load_run, versions, write_json
 from lbtkit.specs import SharpnessSpec, parse_subspace
 
-__all__ = ["SharpnessSpec", "hessian_top_eigenvalues", "hutchinson_trace", "keskar_sharpness",
-           "network_loss", "parse_subspace", "random_subspace", "run_sharpness",
+__all__ = ["SharpnessSpec", "SplitLoss", "hessian_top_eigenvalues", "hutchinson_trace",
+           "keskar_sharpness", "network_loss", "parse_subspace", "random_subspace", "run_sharpness",
            "sharpness_settings"]
 
 Term = Callable[[torch.Tensor], torch.Tensor]
-LossFn = Term | Sequence[Term]
+
+
+def _no_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+@dataclass(frozen=True)
+class SplitLoss:
+    """f = the sum of ``terms`` over all processes: this process's terms, and ``reduce``,
+    which sums a tensor over the processes (an all-reduce; the identity for one process)."""
+
+    terms: Sequence[Term]
+    reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=_no_reduce)
+
+
+LossFn = Term | Sequence[Term] | SplitLoss
 
 # Row blocks for A^T A and A^T x: float64 accuracy without a float64 copy of all of A.
 _GRAM_BLOCK_ROWS = 1 << 16
@@ -43,35 +66,42 @@ _GRAM_BLOCK_ROWS = 1 << 16
 # --- the loss and its derivatives ---------------------------------------------------------
 
 
-def _terms(loss_fn: LossFn) -> list[Term]:
-    return list(loss_fn) if isinstance(loss_fn, Sequence) else [loss_fn]
+def _terms(loss_fn: LossFn) -> SplitLoss:
+    if isinstance(loss_fn, SplitLoss):
+        return loss_fn
+    return SplitLoss(list(loss_fn) if isinstance(loss_fn, Sequence) else [loss_fn])
 
 
-def _value(terms: list[Term], x: torch.Tensor) -> float:
+def _sum(loss: SplitLoss, values: list[float], x: torch.Tensor) -> float:
+    local = torch.tensor(math.fsum(values), dtype=torch.float64, device=x.device)
+    return float(loss.reduce(local))
+
+
+def _value(loss: SplitLoss, x: torch.Tensor) -> float:
     with torch.no_grad():
-        return math.fsum(float(term(x)) for term in terms)
+        return _sum(loss, [float(term(x)) for term in loss.terms], x)
 
 
-def _value_and_grad(terms: list[Term], x: torch.Tensor) -> tuple[float, torch.Tensor]:
+def _value_and_grad(loss: SplitLoss, x: torch.Tensor) -> tuple[float, torch.Tensor]:
     x = x.detach().requires_grad_(True)
     values, grad = [], torch.zeros_like(x)
-    for term in terms:
+    for term in loss.terms:
         value = term(x)
         (g,) = torch.autograd.grad(value, x)
         grad += g
         values.append(float(value.detach()))
-    return math.fsum(values), grad
+    return _sum(loss, values, x), loss.reduce(grad)
 
 
-def _hvp(terms: list[Term], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _hvp(loss: SplitLoss, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Hessian-vector product H(x) v by double backward, one term at a time."""
     x = x.detach().requires_grad_(True)
     out = torch.zeros_like(x)
-    for term in terms:
+    for term in loss.terms:
         (g,) = torch.autograd.grad(term(x), x, create_graph=True)
         (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
         out += hv
-    return out
+    return loss.reduce(out)
 
 
 # --- Keskar's metric ----------------------------------------------------------------------
@@ -124,9 +154,9 @@ def keskar_sharpness(
         raise ConfigError(f"eps must be a non-negative number, got {eps}")
     if iters < 1:
         raise ConfigError(f"iters must be >= 1, got {iters}")
-    terms = _terms(loss_fn)
+    loss = _terms(loss_fn)
     x0 = x0.detach()
-    f0 = _value(terms, x0)
+    f0 = _value(loss, x0)
     center = x0 if A is None else pinv_apply(A, x0)
     bound = eps * (center.double().abs().cpu().numpy() + 1.0)
     start = np.random.default_rng(seed).uniform(-1.0, 1.0, size=bound.shape) * bound
@@ -135,7 +165,7 @@ def keskar_sharpness(
     def negative_f(y: np.ndarray) -> tuple[float, np.ndarray]:
         nonlocal best
         step = torch.tensor(y, device=x0.device, dtype=x0.dtype)
-        value, grad = _value_and_grad(terms, x0 + (step if A is None else A @ step))
+        value, grad = _value_and_grad(loss, x0 + (step if A is None else A @ step))
         if math.isfinite(value):
             best = max(best, value)
         grad_y = grad if A is None else A.T @ grad
@@ -166,7 +196,7 @@ def hessian_top_eigenvalues(
     """
     if k < 1 or iters < k:
         raise ConfigError(f"need 1 <= k <= iters, got k={k}, iters={iters}")
-    terms = _terms(loss_fn)
+    loss = _terms(loss_fn)
     x0 = x0.detach()
     n = x0.numel()
     steps = min(iters, n)
@@ -177,7 +207,7 @@ def hessian_top_eigenvalues(
     off_diagonal: list[float] = []
     scale = 0.0
     for j in range(steps):
-        w = _hvp(terms, x0, basis[j])
+        w = _hvp(loss, x0, basis[j])
         if tick:
             tick()
         diagonal.append(float(w @ basis[j]))
@@ -204,13 +234,13 @@ def hutchinson_trace(
     ``tick`` is called after each probe."""
     if samples < 2:
         raise ConfigError(f"the trace needs at least 2 samples for an error bar, got {samples}")
-    terms = _terms(loss_fn)
+    loss = _terms(loss_fn)
     x0 = x0.detach()
     generator = torch.Generator().manual_seed(seed)
     estimates = []
     for _ in range(samples):
         z = (torch.randint(0, 2, (x0.numel(),), generator=generator) * 2 - 1).to(x0)
-        estimates.append(float(z @ _hvp(terms, x0, z)))
+        estimates.append(float(z @ _hvp(loss, x0, z)))
         if tick:
             tick()
     return statistics.fmean(estimates), statistics.stdev(estimates) / math.sqrt(samples)
@@ -280,14 +310,49 @@ def run_sharpness(
     *,
     output: str | Path | None = None,
     device: str | torch.device | None = None,
-) -> dict[str, Any]:
+    accelerator: Any = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
     """Measure a finished run's sharpness as ``spec`` says; write and return sharpness.json.
 
     Written to ``output`` (default ``RUN/sharpness.json``) with the spec (under "spec") and
-    its settings in words.
+    its settings in words. Under ``accelerate launch`` with several processes (``lbtkit
+    sharpness --num-processes N``; an Accelerator is made when none is given) each process
+    differentiates its share of the sample's batches (``SplitLoss``); the main process
+    writes and returns the dict, the others return None.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_run(run_dir, device=device)
+    from lbtkit.launch import worker_accelerator
+
+    with worker_accelerator(accelerator) as acc:
+        rank, world = process_rank(acc)
+        if acc is not None:
+            device = acc.device
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, config = load_run(run_dir, device=device)
+        x0, loss, count = _run_loss(spec, model, config, device, acc)
+        results: dict[str, Any] = {
+            "run": str(Path(run_dir).resolve()),
+            "model": config.model,
+            "dataset": config.dataset,
+            "parameters": x0.numel(),
+            "samples_used": count,
+            "processes": world,
+            "spec": spec.to_dict(),
+            "settings": sharpness_settings(spec),
+            "train_loss": _value(loss, x0),
+            **measure_sharpness(spec, loss, x0, progress=progress and rank == 0),
+            "versions": versions(),
+        }
+    if rank != 0:
+        return None
+    write_json(Path(output) if output else RunDir(run_dir).root / "sharpness.json", results)
+    return results
+
+
+def _run_loss(spec: SharpnessSpec, model: nn.Module, config: Any, device: torch.device,
+              accelerator: Any) -> tuple[torch.Tensor, SplitLoss, int]:
+    """(x0, f, samples): f the mean training cross-entropy over ``spec.samples`` seeded
+    training images, this process's share of its batches and the sum over processes."""
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes)
     n_train = data.train_labels.shape[0]
@@ -297,57 +362,47 @@ def run_sharpness(
     labels = data.train_labels[chosen].to(device)
     inputs = InputSpec(data.info, config.image_size, config.channels_last)
     x0, terms = network_loss(model, images, labels, inputs, batch_size=spec.batch_size)
-
-    results: dict[str, Any] = {
-        "run": str(Path(run_dir).resolve()),
-        "model": config.model,
-        "dataset": config.dataset,
-        "parameters": x0.numel(),
-        "samples_used": int(labels.shape[0]),
-        "spec": spec.to_dict(),
-        "settings": sharpness_settings(spec),
-        "train_loss": _value(terms, x0),
-        **measure_sharpness(spec, terms, x0),
-        "versions": versions(),
-    }
-    write_json(Path(output) if output else RunDir(run_dir).root / "sharpness.json", results)
-    return results
+    if accelerator is None or accelerator.num_processes == 1:
+        return x0, SplitLoss(terms), int(labels.shape[0])
+    mine = shard(terms, accelerator.process_index, accelerator.num_processes)
+    return x0, SplitLoss(mine, lambda t: accelerator.reduce(t, reduction="sum")), \
+        int(labels.shape[0])
 
 
-def measure_sharpness(spec: SharpnessSpec, terms: list[Term], x0: torch.Tensor
-                      ) -> dict[str, Any]:
+def measure_sharpness(spec: SharpnessSpec, loss_fn: LossFn, x0: torch.Tensor, *,
+                      progress: bool = True) -> dict[str, Any]:
     """{"sharpness": [{subspace, eps, phi, seconds}, ...], "hessian", "trace"} of f at x0;
     "hessian" and "trace" are None unless ``spec`` asks for them."""
     measured: dict[str, Any] = {"sharpness": [], "hessian": None, "trace": None}
-    progress = _MeasureProgress(spec)
+    shown = _MeasureProgress(spec, enabled=progress)
     for space in spec.subspaces:
         p = parse_subspace(space)
         A = None if p is None else random_subspace(x0.numel(), p, seed=spec.seed,
                                                    device=x0.device)
         for e in spec.eps:
             clock = time.monotonic()
-            progress.stage(f"sharpness: {space} space, eps {e:g} ({spec.iters} L-BFGS-B "
-                           f"iterations)")
-            phi = keskar_sharpness(terms, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed,
-                                   tick=progress.tick)
+            shown.stage(f"sharpness: {space} space, eps {e:g} ({spec.iters} L-BFGS-B "
+                        f"iterations)")
+            phi = keskar_sharpness(loss_fn, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed,
+                                   tick=shown.tick)
             measured["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
                                           "seconds": time.monotonic() - clock})
         del A
     if spec.hessian:
         clock = time.monotonic()
-        progress.stage(f"sharpness: top {spec.top_k} Hessian eigenvalues "
-                       f"({spec.hessian_iters} Lanczos products)")
-        values = hessian_top_eigenvalues(terms, x0, k=spec.top_k, iters=spec.hessian_iters,
-                                         seed=spec.seed, tick=progress.tick)
+        shown.stage(f"sharpness: top {spec.top_k} Hessian eigenvalues "
+                    f"({spec.hessian_iters} Lanczos products)")
+        values = hessian_top_eigenvalues(loss_fn, x0, k=spec.top_k, iters=spec.hessian_iters,
+                                         seed=spec.seed, tick=shown.tick)
         measured["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
     if spec.trace:
         clock = time.monotonic()
-        progress.stage(f"sharpness: Hessian trace ({spec.trace_samples} Hutchinson probes)")
-        mean, stderr = hutchinson_trace(terms, x0, samples=spec.trace_samples, seed=spec.seed,
-                                        tick=progress.tick)
+        shown.stage(f"sharpness: Hessian trace ({spec.trace_samples} Hutchinson probes)")
+        mean, stderr = hutchinson_trace(loss_fn, x0, samples=spec.trace_samples,
+                                        seed=spec.seed, tick=shown.tick)
         measured["trace"] = {"mean": mean, "stderr": stderr,
                              "seconds": time.monotonic() - clock}
-    progress.close()
+    shown.close()
     return measured
 
 
@@ -355,14 +410,15 @@ class _MeasureProgress:
     """One progress display over every iteration, product and probe ``spec`` asks for (a
     bar on a terminal, about twenty plain lines in a log), and a line per stage."""
 
-    def __init__(self, spec: SharpnessSpec) -> None:
+    def __init__(self, spec: SharpnessSpec, *, enabled: bool = True) -> None:
         total = (len(spec.subspaces) * len(spec.eps) * spec.iters
                  + (spec.hessian_iters if spec.hessian else 0)
                  + (spec.trace_samples if spec.trace else 0))
         self.done = 0
         self.display = TrainingProgress(total_steps=total, done_steps=0,
                                         log_every=max(1, total // 20),
-                                        description="sharpness", unit="evaluation")
+                                        description="sharpness", unit="evaluation",
+                                        enabled=enabled)
 
     def stage(self, text: str) -> None:
         self.display.message(text)

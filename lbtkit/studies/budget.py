@@ -111,8 +111,8 @@ def noise_seconds(spec: FashionStudySpec) -> float:
     n = spec.noise_scale
     small, big = n.batch_sizes
     chunk = n.chunk_size or small
-    chunks = n.samples * (math.ceil(small / chunk) + math.ceil(big / chunk))
-    return RUN_OVERHEAD_S + n.samples * (small + big) * GRADIENT_S + chunks * STEP_S
+    chunks = n.draws * (math.ceil(small / chunk) + math.ceil(big / chunk))
+    return RUN_OVERHEAD_S + n.draws * (small + big) * GRADIENT_S + chunks * STEP_S
 
 
 def estimate(spec: FashionStudySpec, *, epochs: tuple[int, int] | None = None

@@ -82,7 +82,7 @@ FULL = FashionStudySpec(
     sharpness=SharpnessSpec(eps=(1e-3, 5e-4), subspaces=("full", "random:100"), iters=10,
                             hessian=True, top_k=1, hessian_iters=20, trace=False,
                             samples=4096, batch_size=EVAL_BATCH, seed=0),
-    noise_scale=NoiseScaleSpec(batch_sizes=(32, 2048), samples=32, seed=0),
+    noise_scale=NoiseScaleSpec(batch_sizes=(32, 2048), draws=32, seed=0),
     threads=1,
 )
 # ``--quick`` and the tests: the same steps on less. Two seeds (a standard deviation); SB meets
@@ -95,7 +95,7 @@ QUICK = FULL.updated(
     interpolation=FULL.interpolation.updated(alphas=(0.0, 0.5, 1.0), bn_samples=1000),
     sharpness=FULL.sharpness.updated(eps=(1e-3,), subspaces=("full", "random:10"),
                                      iters=1, hessian_iters=2, samples=256),
-    noise_scale=NoiseScaleSpec(batch_sizes=(64, 1024), samples=8, seed=0),
+    noise_scale=NoiseScaleSpec(batch_sizes=(64, 1024), draws=8, seed=0),
 )
 
 
@@ -264,7 +264,7 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
     if RunDir(smallest).read_results().get("status") == STATUS_COMPLETED:
         clock.log(f"step 3/3 gradient noise scale at the batch-{spec.sweep_batch_sizes[0]} "
                   f"solution: batches {spec.noise_scale.batch_sizes[0]} and "
-                  f"{spec.noise_scale.batch_sizes[1]}, {spec.noise_scale.samples} of each",
+                  f"{spec.noise_scale.batch_sizes[1]}, {spec.noise_scale.draws} of each",
                   upcoming="noise scale")
         with clock.step("noise scale"):
             noise = _noise_scale(spec.noise_scale, smallest)

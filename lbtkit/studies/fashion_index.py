@@ -262,7 +262,7 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
         f"accuracy is more than {FALL_POINTS:g} point below the best. {noise_text} "
         f"(McCandlish et al. 2018: tr(Σ)/|G|², the dashed line in the figure), measured at "
         f"the final weights of the batch-{spec.sweep_batch_sizes[0]} run with "
-        f"{spec.noise_scale.samples} batches of {spec.noise_scale.batch_sizes[0]} and of "
+        f"{spec.noise_scale.draws} batches of {spec.noise_scale.batch_sizes[0]} and of "
         f"{spec.noise_scale.batch_sizes[1]} training images (finite-population estimator; "
         "`lbtkit noise-scale`).",
         "",
