@@ -521,6 +521,27 @@ BnSamplesOption = Annotated[
     typer.Option(help="training samples for BN re-estimation (default: all)"),
 ]
 EvalBatchOption = Annotated[int, typer.Option(help="evaluation batch per process")]
+# Experiment trackers for the analysis commands (as `run --log-with`).
+LogWithOption = Annotated[
+    str, typer.Option("--log-with", help="also log the results to these experiment trackers, "
+                      "comma-separated (tensorboard, wandb, mlflow, ...: Accelerate's); each "
+                      "needs its extra, e.g. pip install 'lbtkit[tensorboard]'"),
+]
+GridTrackingDirOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-dir", help="where local trackers write (default: OUTPUT's "
+                 "parent/tracking; the tracker run is named like OUTPUT)"),
+]
+RunTrackingDirOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-dir", help="where local trackers write (default: the run's own, "
+                 "so the results sit beside its training curves at its final step)"),
+]
+TrackingProjectOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-project", help="tracker project / experiment name (W&B, MLflow; "
+                 "default: the measured run's, otherwise lbtkit)"),
+]
 
 
 @app.command()
@@ -542,6 +563,9 @@ def interpolate(
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: GridTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot).
 
@@ -551,15 +575,22 @@ def interpolate(
     """
     from lbtkit.landscape import run_interpolation
     from lbtkit.landscape.jobs import launch_job
+    from lbtkit.tracking import log_grid, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
         "eval_batch_size": eval_batch_size,
     }, source="the command line")
     if num_processes is not None and num_processes > 1:
-        raise typer.Exit(launch_job("interpolation", spec, [sb_run, lb_run], output,
-                                    num_processes))
-    _print_paths(run_interpolation(spec, sb_run, lb_run, output))
+        code = launch_job("interpolation", spec, [sb_run, lb_run], output, num_processes)
+    else:
+        _print_paths(run_interpolation(spec, sb_run, lb_run, output))
+        code = 0
+    if code == 0:
+        log_grid(trackers, output, "interpolation", configured_dir=tracking_dir,
+                 project=tracking_project or "lbtkit")
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -602,6 +633,9 @@ def landscape(
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the grid points over N processes"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: GridTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json.
 
@@ -612,7 +646,9 @@ def landscape(
     """
     from lbtkit.landscape.jobs import launch_job
     from lbtkit.landscape.plane import check_runs, default_output, run_landscape
+    from lbtkit.tracking import log_grid, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = PlaneSpec.from_dict({
         "grid": grid, "directions": directions, "norm": norm, "ignore_bn_bias": ignore_bn_bias,
         "splits": splits, "bn": bn, "bn_samples": bn_samples, "eval_batch_size": eval_batch_size,
@@ -622,8 +658,14 @@ def landscape(
     output = output if output is not None else default_output(run_dir, other)
     if num_processes is not None and num_processes > 1:
         check_runs(run_dir, other)  # one error line here rather than one per worker
-        raise typer.Exit(launch_job("landscape", spec, [run_dir, other], output, num_processes))
-    _print_paths(run_landscape(spec, run_dir, other, output))
+        code = launch_job("landscape", spec, [run_dir, other], output, num_processes)
+    else:
+        _print_paths(run_landscape(spec, run_dir, other, output))
+        code = 0
+    if code == 0:
+        log_grid(trackers, output, "landscape", configured_dir=tracking_dir,
+                 project=tracking_project or "lbtkit")
+    raise typer.Exit(code)
 
 
 @app.command("analysis-worker", hidden=True)
@@ -663,6 +705,9 @@ def sharpness(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: RunTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace.
 
@@ -671,13 +716,18 @@ def sharpness(
         lbtkit sharpness runs/lb --eps 1e-3,5e-4 --subspace full,random:100
     """
     from lbtkit.landscape import run_sharpness
+    from lbtkit.tracking import log_run_measurement, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = SharpnessSpec.from_dict({
         "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
         "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
         "samples": samples, "batch_size": eval_batch_size, "seed": seed,
     }, source="the command line")
-    print(json.dumps(run_sharpness(spec, run_dir, output=output), indent=2))
+    result = run_sharpness(spec, run_dir, output=output)
+    print(json.dumps(result, indent=2))
+    log_run_measurement(trackers, run_dir, "sharpness", result, configured_dir=tracking_dir,
+                        project=tracking_project)
 
 
 @app.command("noise-scale")
@@ -693,6 +743,9 @@ def noise_scale(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", help="file to write (default RUN/noise_scale.json)"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: RunTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights
     (McCandlish et al. 2018), from gradient norms at two batch sizes.
@@ -702,12 +755,16 @@ def noise_scale(
         lbtkit noise-scale runs/b1024 --batches 32,1024 --samples 32
     """
     from lbtkit.noise_scale import parse_batches, run_noise_scale
+    from lbtkit.tracking import log_run_measurement, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), samples=samples, seed=seed)
     result = run_noise_scale(spec, run_dir, output=output)
     console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir} "
                                                    f"({samples} batches per size)"))
     print(f"written: {result['path']}")
+    log_run_measurement(trackers, run_dir, "noise_scale", result, configured_dir=tracking_dir,
+                        project=tracking_project)
 
 
 def _noise_scale_table(result: dict[str, Any], *, title: str) -> Table:
