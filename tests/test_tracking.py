@@ -20,7 +20,7 @@ from lbtkit.tracking import (
     tracking_dir,
 )
 
-from conftest import assert_user_error, run_cli, train_sb_lb, train_smoke
+from conftest import assert_user_error, run_cli, scaled_timeout, train_sb_lb, train_smoke
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -245,3 +245,19 @@ def test_missing_tracker_fails_before_measuring(tmp_path):
     result = run_cli("noise-scale", tmp_path / "no-run", "--log-with", missing[0],
                      tmp_path=tmp_path)
     assert_user_error(result, f"pip install 'lbtkit[{TRACKER_EXTRAS[missing[0]]}]'")
+
+
+@pytest.mark.slow
+def test_interpolation_over_two_processes_is_logged_once(tmp_path):
+    sb, lb, _ = train_sb_lb(tmp_path / "runs")
+    output = tmp_path / "out" / "interp"
+    run_cli("interpolate", sb, lb, "--alphas", "0:1:3", "--bn-samples", "256",
+            "--num-processes", "2", "--output", output, "--log-with", "tensorboard",
+            tmp_path=tmp_path, timeout=scaled_timeout(400), check=0)
+    assert json.loads((output / "interpolation.json").read_text())["processes"] == 2
+    folder = tmp_path / "out" / "tracking" / "interp"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1, list(folder.iterdir())
+    with open(output / "interpolation.csv") as handle:
+        test_loss = [float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "test"]
+    assert read_events(folder)["interpolation/test_loss"] == [
+        (i, pytest.approx(loss, rel=1e-6)) for i, loss in enumerate(test_loss)]
