@@ -589,7 +589,7 @@ def interpolate(
         code = 0
     if code == 0:
         log_grid(trackers, output, "interpolation", configured_dir=tracking_dir,
-                 project=tracking_project or "lbtkit")
+                 project=tracking_project)
     raise typer.Exit(code)
 
 
@@ -664,7 +664,7 @@ def landscape(
         code = 0
     if code == 0:
         log_grid(trackers, output, "landscape", configured_dir=tracking_dir,
-                 project=tracking_project or "lbtkit")
+                 project=tracking_project)
     raise typer.Exit(code)
 
 

@@ -248,7 +248,7 @@ def log_run_measurement(names: Sequence[str], run_dir: str | Path, analysis: str
 
 
 def log_grid(names: Sequence[str], output_dir: str | Path, analysis: str, *,
-             configured_dir: str | None = None, project: str = "lbtkit") -> None:
+             configured_dir: str | None = None, project: str | None = None) -> None:
     """Log the grid ``lbtkit interpolate|landscape`` wrote to ``OUTPUT/ANALYSIS.json``
     (``analysis``: "interpolation" or "landscape") as one tracker run named like OUTPUT,
     under ``tracking_dir(OUTPUT)``: step = the point's index in the grid, its coordinates and
@@ -261,8 +261,8 @@ def log_grid(names: Sequence[str], output_dir: str | Path, analysis: str, *,
     from lbtkit.rundir import read_json
 
     document = read_json(Path(output_dir) / f"{analysis}.json")
-    log_scalars(names, output_dir=output_dir, configured_dir=configured_dir, project=project,
-                config=_prefixed(analysis, document["spec"]),
+    log_scalars(names, output_dir=output_dir, configured_dir=configured_dir,
+                project=project or "lbtkit", config=_prefixed(analysis, document["spec"]),
                 rows=GRID_ROWS[analysis](document))
 
 
