@@ -522,6 +522,27 @@ BnSamplesOption = Annotated[
     typer.Option(help="training samples for BN re-estimation (default: all)"),
 ]
 EvalBatchOption = Annotated[int, typer.Option(help="evaluation batch per process")]
+# Experiment trackers for the analysis commands (as `run --log-with`).
+LogWithOption = Annotated[
+    str, typer.Option("--log-with", help="also log the results to these experiment trackers, "
+                      "comma-separated (tensorboard, wandb, mlflow, ...: Accelerate's); each "
+                      "needs its extra, e.g. pip install 'lbtkit[tensorboard]'"),
+]
+GridTrackingDirOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-dir", help="where local trackers write (default: OUTPUT's "
+                 "parent/tracking; the tracker run is named like OUTPUT)"),
+]
+RunTrackingDirOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-dir", help="where local trackers write (default: the run's own, "
+                 "so the results sit beside its training curves at its final step)"),
+]
+TrackingProjectOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--tracking-project", help="tracker project / experiment name (W&B, MLflow; "
+                 "default: the measured run's, otherwise lbtkit)"),
+]
 
 
 @app.command()
@@ -543,6 +564,9 @@ def interpolate(
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: GridTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Evaluate theta(a) = a*theta_LB + (1-a)*theta_SB over a grid of a (Keskar's plot).
 
@@ -552,15 +576,22 @@ def interpolate(
     """
     from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape import run_interpolation
+    from lbtkit.tracking import log_grid, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
         "eval_batch_size": eval_batch_size,
     }, source="the command line")
     if num_processes is not None and num_processes > 1:
-        raise typer.Exit(launch_job("interpolation", spec, [sb_run, lb_run], output,
-                                    num_processes))
-    _print_paths(run_interpolation(spec, sb_run, lb_run, output))
+        code = launch_job("interpolation", spec, [sb_run, lb_run], output, num_processes)
+    else:
+        _print_paths(run_interpolation(spec, sb_run, lb_run, output))
+        code = 0
+    if code == 0:
+        log_grid(trackers, output, "interpolation", configured_dir=tracking_dir,
+                 project=tracking_project)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -603,6 +634,9 @@ def landscape(
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the grid points over N processes"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: GridTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Loss and accuracy on a 2-D plane around RUN (Li et al. 2018): landscape.csv/png/json.
 
@@ -613,7 +647,9 @@ def landscape(
     """
     from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape.plane import check_runs, default_output, run_landscape
+    from lbtkit.tracking import log_grid, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = PlaneSpec.from_dict({
         "grid": grid, "directions": directions, "norm": norm, "ignore_bn_bias": ignore_bn_bias,
         "splits": splits, "bn": bn, "bn_samples": bn_samples, "eval_batch_size": eval_batch_size,
@@ -623,8 +659,14 @@ def landscape(
     output = output if output is not None else default_output(run_dir, other)
     if num_processes is not None and num_processes > 1:
         check_runs(run_dir, other)  # one error line here rather than one per worker
-        raise typer.Exit(launch_job("landscape", spec, [run_dir, other], output, num_processes))
-    _print_paths(run_landscape(spec, run_dir, other, output))
+        code = launch_job("landscape", spec, [run_dir, other], output, num_processes)
+    else:
+        _print_paths(run_landscape(spec, run_dir, other, output))
+        code = 0
+    if code == 0:
+        log_grid(trackers, output, "landscape", configured_dir=tracking_dir,
+                 project=tracking_project)
+    raise typer.Exit(code)
 
 
 @app.command("analysis-worker", hidden=True)
@@ -669,6 +711,9 @@ def sharpness(
         typer.Option("--num-processes", help="split the sample's batches over N processes "
                      "(the loss and its derivatives are summed across them)"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: RunTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
 ) -> None:
     """Keskar's sharpness of a trained solution, and optionally its Hessian spectrum/trace.
 
@@ -677,7 +722,9 @@ def sharpness(
         lbtkit sharpness runs/lb --eps 1e-3,5e-4 --subspace full,random:100
     """
     from lbtkit.landscape import run_sharpness
+    from lbtkit.tracking import log_run_measurement, requested_trackers
 
+    trackers = requested_trackers(log_with)
     spec = SharpnessSpec.from_dict({
         "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
         "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
@@ -689,6 +736,8 @@ def sharpness(
     else:
         result = run_sharpness(spec, run_dir, output=output)
     print(json.dumps(result, indent=2))
+    log_run_measurement(trackers, run_dir, "sharpness", result, configured_dir=tracking_dir,
+                        project=tracking_project)
 
 
 @app.command("noise-scale")
@@ -709,6 +758,9 @@ def noise_scale(
         typer.Option("--num-processes", help="split the random batches over N processes "
                      "(the same numbers as one process)"),
     ] = None,
+    log_with: LogWithOption = "",
+    tracking_dir: RunTrackingDirOption = None,
+    tracking_project: TrackingProjectOption = None,
     renamed_samples: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--samples", hidden=True, help="renamed --draws"),
@@ -722,10 +774,12 @@ def noise_scale(
         lbtkit noise-scale runs/b1024 --batches 32,1024 --draws 32
     """
     from lbtkit.noise_scale import NOISE_SCALE_FILE, parse_batches, run_noise_scale
+    from lbtkit.tracking import log_run_measurement, requested_trackers
 
     if renamed_samples is not None:
         raise UserError("noise-scale --samples is now --draws (random batches per batch size; "
                         "--samples counts training images in sharpness)")
+    trackers = requested_trackers(log_with)
     spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), draws=draws, seed=seed)
     output = output if output is not None else run_dir / NOISE_SCALE_FILE
     if _launched("noise-scale", spec, run_dir, output, num_processes):
@@ -735,6 +789,8 @@ def noise_scale(
     console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir} "
                                                    f"({draws} batches per size)"))
     print(f"written: {output}")
+    log_run_measurement(trackers, run_dir, "noise_scale", result, configured_dir=tracking_dir,
+                        project=tracking_project)
 
 
 def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,

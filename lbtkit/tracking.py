@@ -7,12 +7,19 @@ directory>/tracking``), so the entries of a sweep (``SWEEP/runs/NAME``) land sid
 ``SWEEP/runs/tracking`` and ``tensorboard --logdir SWEEP/runs/tracking`` shows the whole sweep.
 
 Only the main process writes: Accelerate's trackers start and log on the main process.
+
+The analysis commands log too, after they have written their files (``log_run_measurement``:
+a finished run's noise scale or sharpness into that run's own tracker run, at its final step;
+``log_grid``: an interpolation or a landscape as one tracker run named like its output
+directory, one step per grid point).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,14 @@ def check_installed(names: list[str]) -> None:
             raise UserError(
                 f"tracker {name!r} is not installed: pip install 'lbtkit[{TRACKER_EXTRAS[name]}]'"
             )
+
+
+def requested_trackers(text: str | None) -> list[str]:
+    """The trackers a ``--log-with`` names, each checked to be installed: for a command to
+    call before the work, so that a missing package is one line, not a lost measurement."""
+    names = parse_trackers(text)
+    check_installed(names)
+    return names
 
 
 def tracking_dir(output_dir: str | Path, configured: str | None = None) -> Path:
@@ -171,3 +186,146 @@ def tensorboard_dirs(sweep: Mapping[str, Any]) -> list[Path]:
         if "tensorboard" in parse_trackers(entry["config"].get("log_with"))
     }
     return sorted(folder for folder in folders if folder.is_dir())
+
+
+# --- the analysis commands: log what they wrote ------------------------------------------
+
+
+Rows = Iterable[tuple[int, Mapping[str, Any]]]
+
+
+def log_scalars(names: Sequence[str], *, output_dir: str | Path, configured_dir: str | None,
+                project: str, config: Mapping[str, Any], rows: Rows) -> None:
+    """One tracker run per tracker in ``names``, named like ``output_dir`` (as
+    ``make_trackers``): ``config`` as its hyper-parameters, each (step, values) of ``rows``
+    logged at its step (non-numbers, e.g. None for an unmeasurable value, left out), then
+    the trackers finished, which flushes and closes their files.
+
+    Only the main process writes: a launched worker of rank > 0 logs nothing.
+    """
+    if not names or int(os.environ.get("RANK", "0")) != 0:
+        return
+    trackers = make_trackers(list(names), output_dir=output_dir,
+                             configured_dir=configured_dir, project=project)
+    started: list[Any] = []
+    try:
+        for tracker in trackers:
+            tracker.start()
+            started.append(tracker)
+            tracker.store_init_configuration(hyperparameters(config))
+        for step, values in rows:
+            numbers = _numbers(values)
+            for tracker in started:
+                tracker.log(numbers, step=step)
+    finally:
+        for tracker in started:  # finishing one that never started would hide the error
+            tracker.finish()
+    log.info("logged to %s under %s", ", ".join(names),
+             tracking_dir(output_dir, configured_dir) / run_name(output_dir))
+
+
+def log_run_measurement(names: Sequence[str], run_dir: str | Path, analysis: str,
+                        result: Mapping[str, Any], *, configured_dir: str | None = None,
+                        project: str | None = None) -> None:
+    """Log a finished run's measurement (``analysis``: "noise_scale" or "sharpness", its
+    result as returned and written) into the run's own tracker run, beside its training
+    curves: the run's ``tracking_dir`` and project unless given, at the run's final optimizer
+    step, with the measurement's spec as hyper-parameters (prefixed ``ANALYSIS/``)."""
+    if not names:
+        return
+    from lbtkit.rundir import RunDir
+
+    run = RunDir(run_dir)
+    config = run.read_config()
+    step = (run.read_results() or {}).get("global_step") or 0
+    log_scalars(
+        names, output_dir=run.root,
+        configured_dir=configured_dir or (config.tracking_dir if config else None),
+        project=project or (config.tracking_project if config else "lbtkit"),
+        config=_prefixed(analysis, result.get("spec") or {}),
+        rows=[(int(step), MEASUREMENT_SCALARS[analysis](result))],
+    )
+
+
+def log_grid(names: Sequence[str], output_dir: str | Path, analysis: str, *,
+             configured_dir: str | None = None, project: str | None = None) -> None:
+    """Log the grid ``lbtkit interpolate|landscape`` wrote to ``OUTPUT/ANALYSIS.json``
+    (``analysis``: "interpolation" or "landscape") as one tracker run named like OUTPUT,
+    under ``tracking_dir(OUTPUT)``: step = the point's index in the grid, its coordinates and
+    each split's loss and accuracy as scalars, the spec as hyper-parameters.
+
+    Read back from the file so that every process count logs alike and only the process
+    that launched the workers writes, after they have all finished."""
+    if not names:
+        return
+    from lbtkit.rundir import read_json
+
+    document = read_json(Path(output_dir) / f"{analysis}.json")
+    log_scalars(names, output_dir=output_dir, configured_dir=configured_dir,
+                project=project or "lbtkit", config=_prefixed(analysis, document["spec"]),
+                rows=GRID_ROWS[analysis](document))
+
+
+def noise_scale_scalars(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``run_noise_scale`` result as tracker scalars (``noise_scale/...``)."""
+    values = {f"noise_scale/{key}": result.get(key) for key in (
+        "b_simple", "grad_sq", "trace_sigma", "b_simple_std_error", "grad_sq_std_error",
+        "trace_sigma_std_error")}
+    for batch in result["batches"].values():
+        values[f"noise_scale/E_G_B_sq/B={batch['batch_size']}"] = batch["mean"]
+    return values
+
+
+def sharpness_scalars(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``run_sharpness`` result as tracker scalars: ``sharpness/phi SUBSPACE eps=EPS`` per
+    measurement, ``hessian/top_K`` and ``hessian/trace`` when measured."""
+    values: dict[str, Any] = {"sharpness/train_loss": result.get("train_loss")}
+    for measured in result["sharpness"]:
+        values[f"sharpness/phi {measured['subspace']} eps={measured['eps']:g}"] = measured["phi"]
+    for k, value in enumerate((result.get("hessian") or {}).get("top_eigenvalues", []), 1):
+        values[f"hessian/top_{k}"] = value
+    if result.get("trace"):
+        values["hessian/trace"] = result["trace"]["mean"]
+        values["hessian/trace_stderr"] = result["trace"]["stderr"]
+    return values
+
+
+def interpolation_rows(document: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """An interpolation's rows per alpha: (index of alpha in the grid, {interpolation/alpha,
+    interpolation/SPLIT_loss, interpolation/SPLIT_acc})."""
+    return _grid_rows(document["rows"], "interpolation", ("alpha",),
+                      [(alpha,) for alpha in document["alphas"]])
+
+
+def landscape_rows(document: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """A landscape's rows per point: (index of (x, y) in the grid, x-major as evaluated,
+    {landscape/x, landscape/y, landscape/SPLIT_loss, landscape/SPLIT_acc})."""
+    return _grid_rows(document["rows"], "landscape", ("x", "y"),
+                      list(itertools.product(document["x"], document["y"])))
+
+
+MEASUREMENT_SCALARS = {"noise_scale": noise_scale_scalars, "sharpness": sharpness_scalars}
+GRID_ROWS = {"interpolation": interpolation_rows, "landscape": landscape_rows}
+
+
+def _grid_rows(rows: Iterable[Mapping[str, Any]], prefix: str, axes: tuple[str, ...],
+               points: list[tuple[float, ...]]) -> list[tuple[int, dict[str, Any]]]:
+    index = {point: i for i, point in enumerate(points)}
+    logged: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        point = tuple(row[axis] for axis in axes)
+        values = logged.setdefault(index[point], {
+            f"{prefix}/{axis}": value for axis, value in zip(axes, point, strict=True)})
+        values[f"{prefix}/{row['split']}_loss"] = row["loss"]
+        values[f"{prefix}/{row['split']}_acc"] = row["accuracy"]
+    return sorted(logged.items())
+
+
+def _prefixed(analysis: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """An analysis spec as hyper-parameters apart from the run's own (``ANALYSIS/KEY``)."""
+    return {f"{analysis}/{key}": value for key, value in spec.items()}
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}

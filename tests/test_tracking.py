@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from lbtkit.errors import ConfigError, UserError
-from lbtkit.tracking import check_installed, hyperparameters, parse_trackers, tracking_dir
+from lbtkit.tracking import (
+    TRACKER_EXTRAS,
+    check_installed,
+    hyperparameters,
+    landscape_rows,
+    log_scalars,
+    parse_trackers,
+    tracking_dir,
+)
 
-from conftest import assert_user_error, run_cli, train_smoke
+from conftest import assert_user_error, run_cli, scaled_timeout, train_sb_lb, train_smoke
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -112,3 +122,142 @@ def test_a_sweep_is_one_tensorboard_directory(tmp_path):
         assert_events_match_metrics(read_events(tracking / name), metrics(sweep / "runs" / name))
     report = run_cli("report", sweep, tmp_path=tmp_path, check=0).stdout
     assert f"tensorboard --logdir {tracking}" in report
+
+
+# --- the analysis commands ------------------------------------------------------------------
+
+
+def invoke(*args) -> str:
+    """A command in this process (a subprocess would spend its time importing torch)."""
+    from lbtkit.cli import app
+
+    result = CliRunner().invoke(app, list(map(str, args)))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def stored_hyperparameters(run_tracking_dir: Path) -> str:
+    """Every hparams.yml Accelerate's TensorBoard tracker stored for a tracker run, as text."""
+    return "".join(path.read_text() for path in run_tracking_dir.glob("*/hparams.yml"))
+
+
+def test_noise_scale_lands_beside_the_runs_training_curves(tmp_path):
+    run_dir = tmp_path / "runs" / "smoke"
+    results = train_smoke(run_dir, log_with="tensorboard")
+    invoke("noise-scale", run_dir, "--batches", "16,256", "--log-with", "tensorboard")
+    stored = json.loads((run_dir / "noise_scale.json").read_text())
+    folder = tmp_path / "runs" / "tracking" / "smoke"  # the run's own tracker run
+    events = read_events(folder)
+    assert_events_match_metrics(events, metrics(run_dir))  # training's events still there
+    step = results["global_step"]
+    expected = {
+        "noise_scale/b_simple": stored["b_simple"],
+        "noise_scale/grad_sq": stored["grad_sq"],
+        "noise_scale/trace_sigma": stored["trace_sigma"],
+        "noise_scale/b_simple_std_error": stored["b_simple_std_error"],
+        "noise_scale/E_G_B_sq/B=16": stored["batches"]["small"]["mean"],
+        "noise_scale/E_G_B_sq/B=256": stored["batches"]["big"]["mean"],
+    }
+    assert stored["b_simple"] is not None  # else the test would check a missing tag
+    for tag, value in expected.items():
+        assert events[tag] == [(step, pytest.approx(value, rel=1e-6))], tag
+    assert "noise_scale/batch_sizes" in stored_hyperparameters(folder)
+
+
+def test_sharpness_logs_at_the_runs_final_step_into_a_given_tracking_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    results = train_smoke(run_dir, batch_size=256)
+    invoke("sharpness", run_dir, "--eps", "1e-3", "--iters", "1", "--hessian",
+           "--hessian-iters", "2", "--trace", "--trace-samples", "2", "--samples", "64",
+           "--log-with", "tensorboard", "--tracking-dir", tmp_path / "tb")
+    stored = json.loads((run_dir / "sharpness.json").read_text())
+    events = read_events(tmp_path / "tb" / "run")
+    step = results["global_step"]
+    expected = {
+        "sharpness/phi full eps=0.001": stored["sharpness"][0]["phi"],
+        "sharpness/train_loss": stored["train_loss"],
+        "hessian/top_1": stored["hessian"]["top_eigenvalues"][0],
+        "hessian/trace": stored["trace"]["mean"],
+    }
+    for tag, value in expected.items():
+        assert events[tag] == [(step, pytest.approx(value, rel=1e-6, abs=1e-12))], tag
+    assert "sharpness/eps" in stored_hyperparameters(tmp_path / "tb" / "run")
+
+
+def test_interpolation_and_landscape_log_one_step_per_grid_point(tmp_path):
+    sb, lb, _ = train_sb_lb(tmp_path / "runs")
+    output = tmp_path / "out" / "interp"
+    invoke("interpolate", sb, lb, "--alphas", "-0.5:1:4", "--bn-samples", "256",
+           "--output", output, "--log-with", "tensorboard")
+    with open(output / "interpolation.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    alphas = [-0.5, 0.0, 0.5, 1.0]
+    events = read_events(tmp_path / "out" / "tracking" / "interp")
+    assert events["interpolation/alpha"] == [(i, a) for i, a in enumerate(alphas)]
+    for row in rows:
+        step = alphas.index(float(row["alpha"]))
+        for key, column in (("loss", "loss"), ("acc", "accuracy")):
+            tag = f"interpolation/{row['split']}_{key}"
+            assert (step, pytest.approx(float(row[column]), rel=1e-6)) in events[tag], tag
+    assert all(len(events[f"interpolation/{s}_loss"]) == 4 for s in ("train", "test"))
+
+    invoke("landscape", sb, "--grid", "-0.5:0.5:2", "--splits", "test", "--bn", "batch-stats",
+           "--log-with", "tensorboard")  # default output: RUN/landscape
+    points = json.loads((sb / "landscape" / "landscape.json").read_text())["rows"]
+    events = read_events(sb / "tracking" / "landscape")
+    assert [value for _, value in events["landscape/x"]] == [-0.5, -0.5, 0.5, 0.5]
+    assert [value for _, value in events["landscape/y"]] == [-0.5, 0.5, -0.5, 0.5]
+    assert events["landscape/test_loss"] == [
+        (i, pytest.approx(p["loss"], rel=1e-6)) for i, p in enumerate(points)]
+
+
+def test_landscape_steps_are_grid_indices_x_major():
+    document = {"x": [1.0, -1.0], "y": [0.0, 2.0], "rows": [
+        {"x": -1.0, "y": 2.0, "split": "test", "loss": 4.0, "accuracy": 0.1},
+        {"x": 1.0, "y": 0.0, "split": "test", "loss": None, "accuracy": None},
+    ]}
+    assert landscape_rows(document) == [
+        (0, {"landscape/x": 1.0, "landscape/y": 0.0, "landscape/test_loss": None,
+             "landscape/test_acc": None}),
+        (3, {"landscape/x": -1.0, "landscape/y": 2.0, "landscape/test_loss": 4.0,
+             "landscape/test_acc": 0.1}),
+    ]
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    arguments = {"output_dir": tmp_path / "out", "configured_dir": None, "project": "p",
+                 "config": {"a": 1}, "rows": [(0, {"x": 1.0, "missing": None})]}
+    monkeypatch.setenv("RANK", "1")
+    log_scalars(["tensorboard"], **arguments)
+    assert not (tmp_path / "tracking").exists()
+    monkeypatch.setenv("RANK", "0")
+    log_scalars(["tensorboard"], **arguments)
+    assert read_events(tmp_path / "tracking" / "out") == {"x": [(0, 1.0)]}
+
+
+def test_missing_tracker_fails_before_measuring(tmp_path):
+    from accelerate.utils import imports
+
+    missing = [name for name in TRACKER_EXTRAS if not getattr(imports, f"is_{name}_available")()]
+    if not missing:
+        pytest.skip("every tracker is installed")
+    # The run does not exist: the tracker must be refused first, in one line.
+    result = run_cli("noise-scale", tmp_path / "no-run", "--log-with", missing[0],
+                     tmp_path=tmp_path)
+    assert_user_error(result, f"pip install 'lbtkit[{TRACKER_EXTRAS[missing[0]]}]'")
+
+
+@pytest.mark.slow
+def test_interpolation_over_two_processes_is_logged_once(tmp_path):
+    sb, lb, _ = train_sb_lb(tmp_path / "runs")
+    output = tmp_path / "out" / "interp"
+    run_cli("interpolate", sb, lb, "--alphas", "0:1:3", "--bn-samples", "256",
+            "--num-processes", "2", "--output", output, "--log-with", "tensorboard",
+            tmp_path=tmp_path, timeout=scaled_timeout(400), check=0)
+    assert json.loads((output / "interpolation.json").read_text())["processes"] == 2
+    folder = tmp_path / "out" / "tracking" / "interp"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1, list(folder.iterdir())
+    with open(output / "interpolation.csv") as handle:
+        test_loss = [float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "test"]
+    assert read_events(folder)["interpolation/test_loss"] == [
+        (i, pytest.approx(loss, rel=1e-6)) for i, loss in enumerate(test_loss)]
