@@ -356,9 +356,12 @@ def test_an_output_that_is_a_file_is_a_user_error(tmp_path):
 
 
 def _start(*args, tmp_path: Path) -> subprocess.Popen:
+    # SIGINT as a shell gives it: a test runner's worker (pytest-xdist) may ignore SIGINT,
+    # and an ignored disposition is inherited and kept by Python and by lbtkit.
     return subprocess.Popen([sys.executable, "-m", "lbtkit", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(tmp_path))
+                            env=cli_env(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _catches(pid: int, signum: int) -> bool:

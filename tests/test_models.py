@@ -362,9 +362,10 @@ def test_pretrained_rejected_for_models_without_weights(name: str, pretrained: s
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     """An empty torch hub dir and a download function that fails like an offline machine."""
-    previous = torch.hub.get_dir()
     hub = tmp_path / "hub"
-    torch.hub.set_dir(str(hub))
+    # What torch.hub.set_dir sets, restored to its unset value afterwards: set_dir(previous)
+    # would pin the hub to a path and hide a later test's $TORCH_HOME (test_doctor's).
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     attempts: list[str] = []
 
     def offline_download(url, dst, *args, **kwargs):
@@ -372,8 +373,7 @@ def empty_hub(tmp_path, monkeypatch):
         raise URLError("no network in tests")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline_download)
-    yield hub, attempts
-    torch.hub.set_dir(previous)
+    return hub, attempts
 
 
 def test_imagenet_without_cache_or_network(empty_hub) -> None:
