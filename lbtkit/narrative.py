@@ -697,9 +697,11 @@ def paper_sentence(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def critical_batch_sentence(fall: dict[str, Any], noise: dict[str, Any] | None, *,
-                            noise_batch: int) -> str:
+                            noise_batch: int, noise_init: dict[str, Any] | None = None) -> str:
     """Where accuracy starts to fall over the sweep (FALL_POINTS) next to B_simple measured
-    at the batch-``noise_batch`` solution; agreement within CRITICAL_FACTOR."""
+    on the batch-``noise_batch`` run at its initial (``noise_init``) and final weights
+    (``noise``); an estimate counts when it exceeds SEED_STANDARD_ERRORS standard errors, and
+    agrees with the fall within CRITICAL_FACTOR."""
     best = fall["best"]
     if best is None:
         return "No sweep run has an accuracy: no critical batch to compare."
@@ -713,29 +715,64 @@ def critical_batch_sentence(fall: dict[str, Any], noise: dict[str, Any] | None, 
         text += (f"; it first falls by more than {FALL_POINTS:g} point at batch "
                  f"{f['batch_size']} ({100 * f['best_val_acc']:.2f}%), so the fall lies "
                  f"between batch {fall['before']} and {f['batch_size']}")
-    if noise is None:
+    measured = [(where, n) for where, n in (("initial", noise_init), ("final", noise))
+                if n is not None]
+    if not measured:
         return text + ". The gradient noise scale was not measured."
-    b = noise.get("b_simple")
+    text += (f". The gradient noise scale of the batch-{noise_batch} run: "
+             + "; ".join(f"at its {where} weights {_noise_phrase(n)}" for where, n in measured))
+    return text + ". " + _critical_verdict(fall, {where: n["b_simple"] for where, n in measured
+                                                  if noise_resolved(n)}, noise_init, noise)
+
+
+def noise_resolved(noise: dict[str, Any]) -> bool:
+    """B_simple is positive and more than SEED_STANDARD_ERRORS standard errors from zero."""
+    b, se = noise.get("b_simple"), noise.get("b_simple_std_error")
+    return b is not None and math.isfinite(b) and b > 0 and (
+        se is None or b > SEED_STANDARD_ERRORS * se)
+
+
+def _noise_phrase(noise: dict[str, Any]) -> str:
+    b, se = noise.get("b_simple"), noise.get("b_simple_std_error")
+    g = f"{noise.get('grad_sq', float('nan')):.3g} ± {noise.get('grad_sq_std_error') or 0:.2g}"
     if b is None or not math.isfinite(b) or b <= 0:
-        return text + (f". The gradient noise scale at the batch-{noise_batch} solution has no "
-                       f"B_simple: its estimate of |G|² ({noise.get('grad_sq', float('nan')):.3g}"
-                       " ± " f"{noise.get('grad_sq_std_error') or float('nan'):.2g}) is not "
-                       "positive, i.e. the true gradient is lost in the noise of the batches "
-                       "measured; more batches would be needed.")
-    se = noise.get("b_simple_std_error")
-    text += (f". The gradient noise scale at the batch-{noise_batch} solution predicts a "
-             f"critical batch B_simple ≈ {b:,.0f}" + (f" (± {se:,.0f})" if se else ""))
+        return (f"no B_simple (its |G|² estimate, {g}, is not positive: the true gradient is "
+                "lost in the noise of the batches measured)")
+    value = f"B_simple ≈ {b:,.0f}" + (f" ± {se:,.0f}" if se else "")
+    if noise_resolved(noise):
+        return value
+    return (f"{value}, not resolved (|G|² = {g} is within {SEED_STANDARD_ERRORS:g} standard "
+            "errors of zero: the true gradient is lost in the noise, so the noise scale is "
+            "large but not measured by these batches)")
+
+
+def _critical_verdict(fall: dict[str, Any], resolved: dict[str, float],
+                      noise_init: dict[str, Any] | None, noise: dict[str, Any] | None) -> str:
     if fall["fall"] is None:
-        return text + (f"; the sweep shows no fall up to batch {fall['largest']}, so it cannot "
-                       "test that prediction.")
+        return (f"The sweep shows no fall up to batch {fall['largest']}, so it cannot test a "
+                "prediction.")
+    if not resolved:
+        return "No measurement resolves B_simple: there is no prediction to compare."
     low, high = fall["before"], fall["fall"]["batch_size"]
-    if low / CRITICAL_FACTOR <= b <= high * CRITICAL_FACTOR:
-        return text + (f", within a factor of {CRITICAL_FACTOR:g} of where accuracy falls "
-                       f"({low}-{high}): the noise scale predicts the critical batch here.")
+    for where, b in resolved.items():
+        if low / CRITICAL_FACTOR <= b <= high * CRITICAL_FACTOR:
+            return (f"At the {where} weights B_simple is within a factor of "
+                    f"{CRITICAL_FACTOR:g} of where accuracy falls ({low}-{high}): the noise "
+                    "scale predicts the critical batch here.")
+    start = resolved.get("initial")
+    end_large = noise is not None and (
+        not noise_resolved(noise) or noise["b_simple"] > high * CRITICAL_FACTOR)
+    if start is not None and start < low / CRITICAL_FACTOR and end_large:
+        return (f"The fall ({low}-{high}) lies between the noise scale at the start of "
+                "training and at its end, as for a noise scale that grows while the loss "
+                "falls (McCandlish et al.), but neither measurement predicts it within a "
+                f"factor of {CRITICAL_FACTOR:g}.")
+    where, b = min(resolved.items(), key=lambda item: abs(math.log(item[1] / high)))
     side = "above" if b > high else "below"
     ratio = b / high if b > high else low / b
-    return text + (f", {ratio:.3g} times {side} where accuracy falls ({low}-{high}), more "
-                   f"than a factor of {CRITICAL_FACTOR:g}: here it does not predict it.")
+    return (f"At the {where} weights B_simple is {ratio:.3g} times {side} where accuracy "
+            f"falls ({low}-{high}), more than a factor of {CRITICAL_FACTOR:g}: here it does "
+            "not predict it.")
 
 
 def fashion_thresholds_sentence() -> str:
@@ -744,5 +781,6 @@ def fashion_thresholds_sentence() -> str:
             f"difference exceeds {SEED_STANDARD_ERRORS:g} standard errors (Welch, from the "
             f"seeds' spread); both sides fit alike within {SAME_FIT_POINTS:g} points of "
             f"training accuracy; accuracy has fallen at the first batch more than "
-            f"{FALL_POINTS:g} point below the sweep's best; B_simple agrees with that batch "
+            f"{FALL_POINTS:g} point below the sweep's best; a B_simple counts when it exceeds "
+            f"{SEED_STANDARD_ERRORS:g} of its standard errors, and agrees with that batch "
             f"within a factor of {CRITICAL_FACTOR:g}.")

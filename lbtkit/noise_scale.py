@@ -370,12 +370,13 @@ def parse_batches(text: str) -> tuple[int, int]:
 
 def run_noise_scale(
     spec: NoiseScaleSpec, run_dir: str | Path, *, output: str | Path | None = None,
-    accelerator: Any = None,
+    accelerator: Any = None, weights: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Measure the noise scale of a finished run's final weights on its un-augmented training
     images (cross-entropy, as trained) as ``spec`` says; write it, with the spec (under "spec")
     and everything else that determines the numbers, to ``output`` (default
-    RUN/noise_scale.json) and return that dict.
+    RUN/noise_scale.json) and return that dict. ``weights``: a weights file of the run's model
+    to measure at instead (e.g. its initial weights: the noise scale grows during training).
 
     Under ``accelerate launch`` with several processes (``lbtkit noise-scale
     --num-processes N``; an Accelerator is made when none is given) the batches are shared
@@ -386,7 +387,7 @@ def run_noise_scale(
     from lbtkit.rundir import write_json
 
     with worker_accelerator(accelerator) as acc:
-        result = _noise_scale_of_run(spec, run_dir, acc)
+        result = _noise_scale_of_run(spec, run_dir, acc, weights)
         if acc is not None and not acc.is_main_process:
             return None
     path = Path(output) if output is not None else Path(run_dir) / NOISE_SCALE_FILE
@@ -395,8 +396,9 @@ def run_noise_scale(
     return result
 
 
-def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: Any
-                        ) -> dict[str, Any]:
+def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: Any,
+                        weights: str | Path | None) -> dict[str, Any]:
+    from lbtkit.checkpoint import load_weights
     from lbtkit.data import load_dataset
     from lbtkit.evaluate import InputSpec
     from lbtkit.rundir import RunDir, load_run, versions
@@ -406,6 +408,9 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
               else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     # Final weights only: a checkpoint of an unfinished run would need the loop's own restore.
     model, config = load_run(run.root, device=str(device))
+    weights = run.model_path if weights is None else Path(weights)
+    if weights != run.model_path:
+        load_weights(model, weights)
     b_small, b_big = spec.batch_sizes
     draws, seed = spec.draws, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
@@ -427,8 +432,8 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
     )
     return {
         "run": str(run.root.resolve()),
-        "weights": run.model_path.name,
-        "weights_sha256": hashlib.sha256(run.model_path.read_bytes()).hexdigest(),
+        "weights": str(weights) if weights != run.model_path else weights.name,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "spec": spec.to_dict(),
         **measured.estimate.to_dict(),
         "grad_sq_std_error": measured.grad_sq_std_error,

@@ -476,13 +476,16 @@ _NOISE_SCALE_FILE = "noise_scale.json"
 def _noise_scales(pairs: list[tuple[dict[str, Any], RunRecord]]) -> list[dict[str, Any]]:
     """Each run's B_simple, where it has one: its ``noise_scale.json`` (``lbtkit noise-scale``,
     at the final weights) when readable, else the last value it logged while training
-    (``--log-noise-scale``). Read defensively, like every run file here."""
+    (``--log-noise-scale``). Read defensively, like every run file here. A stored estimate
+    within two of its standard errors of zero is "unresolved": listed, not drawn."""
     found = []
     for row, record in pairs:
-        value, source = None, _NOISE_SCALE_FILE
+        value, error, source = None, None, _NOISE_SCALE_FILE
         try:
             stored = json.loads((Path(record.entry["run_dir"]) / _NOISE_SCALE_FILE).read_text())
-            value = number(stored.get("b_simple")) if isinstance(stored, dict) else None
+            if isinstance(stored, dict):
+                value = number(stored.get("b_simple"))
+                error = number(stored.get("b_simple_std_error"))
         except (OSError, ValueError):
             pass
         if value is None:
@@ -490,14 +493,16 @@ def _noise_scales(pairs: list[tuple[dict[str, Any], RunRecord]]) -> list[dict[st
             value = next((number(m.get("noise_scale")) for m in reversed(record.metrics)
                           if number(m.get("noise_scale")) is not None), None)
         if value is not None and value > 0:
-            found.append({"row": row, "value": value, "source": source})
+            found.append({"row": row, "value": value, "source": source, "error": error,
+                          "resolved": error is None or value > 2 * error})
     return found
 
 
 def _noise_summary(noise: list[dict[str, Any]]) -> float | None:
-    """The one value the figure marks: the median over the runs that have one. B_simple
-    changes during training and between runs; the markdown lists every run's."""
-    return statistics.median(n["value"] for n in noise) if noise else None
+    """The one value the figure marks: the median over the runs that have a resolved one.
+    B_simple changes during training and between runs; the markdown lists every run's."""
+    values = [n["value"] for n in noise if n["resolved"]]
+    return statistics.median(values) if values else None
 
 
 def _noise_text(value: float) -> str:
@@ -509,20 +514,25 @@ def _noise_markdown(noise: list[dict[str, Any]], extra: list[str]) -> str:
     if not noise:
         return ""
     summary = _noise_summary(noise)
-    several = len(noise) > 1
+    resolved = sum(n["resolved"] for n in noise)
+    headline = ("No B_simple is resolved (each is within two standard errors of zero)"
+                if summary is None else
+                f"B_simple ~ {_noise_text(summary)}"
+                + (f" (median of {resolved} runs)" if resolved > 1 else "")
+                + ", the dashed line on the accuracy figure")
     lines = [
         "## Gradient noise scale",
         "",
-        f"B_simple ~ {_noise_text(summary)}"
-        + (f" (median of {len(noise)} runs)" if several else "")
-        + ", the dashed line on the accuracy figure. B_simple = tr(Σ)/|G|² (McCandlish et al. "
+        headline + ". B_simple = tr(Σ)/|G|² (McCandlish et al. "
         "2018) is the batch size at which the gradient noise is as large as the gradient: well "
         "below it, doubling the batch nearly halves the steps needed; well above it, larger "
         "batches buy few steps.",
         "",
         *_table(["batch size", *extra, "seed", "B_simple", "from"],
                 [[str(n["row"]["batch_size"]), *(_value(n["row"][k]) for k in extra),
-                  str(n["row"]["seed"]), _noise_text(n["value"]), n["source"]]
+                  str(n["row"]["seed"]), _noise_text(n["value"])
+                  + ("" if n["error"] is None else f" ± {_noise_text(n['error'])}")
+                  + ("" if n["resolved"] else " (not resolved)"), n["source"]]
                  for n in noise]),
         "",
     ]

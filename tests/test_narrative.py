@@ -173,7 +173,7 @@ def test_critical_batch_sentence():
     agree = critical_batch_sentence(fall, {"b_simple": 900.0, "b_simple_std_error": 50.0},
                                     noise_batch=32)
     assert "first falls by more than 1 point at batch 1024 (89.50%)" in agree
-    assert "B_simple ≈ 900 (± 50)" in agree
+    assert "at its final weights B_simple ≈ 900 ± 50" in agree
     assert f"within a factor of {CRITICAL_FACTOR:g} of where accuracy falls (512-1024)" in agree
     far = critical_batch_sentence(fall, {"b_simple": 100.0}, noise_batch=32)
     assert "5.12 times below where accuracy falls" in far
@@ -185,4 +185,31 @@ def test_critical_batch_sentence():
     assert "not measured" in critical_batch_sentence(fall, None, noise_batch=32)
     lost = critical_batch_sentence(fall, {"b_simple": None, "grad_sq": -0.03,
                                           "grad_sq_std_error": 0.1}, noise_batch=32)
-    assert "has no B_simple: its estimate of |G|² (-0.03 ± 0.1) is not positive" in lost
+    assert "no B_simple (its |G|² estimate, -0.03 ± 0.1, is not positive" in lost
+    assert "No measurement resolves B_simple" in lost
+
+
+def test_critical_batch_sentence_with_the_noise_scale_at_both_ends_of_training():
+    from lbtkit.narrative import critical_batch_sentence
+
+    fall = {"best": {"batch_size": 128, "best_val_acc": 0.906},
+            "fall": {"batch_size": 2048, "best_val_acc": 0.895}, "before": 1024,
+            "largest": 8192}
+    start = {"b_simple": 60.0, "b_simple_std_error": 5.0}
+    # the study's case: |G|^2 at the end is 0.0015 +- 0.013, B_simple 99,183 +- 922,797
+    end = {"b_simple": 99183.0, "b_simple_std_error": 922797.0, "grad_sq": 0.00148,
+           "grad_sq_std_error": 0.0135}
+    text = critical_batch_sentence(fall, end, noise_batch=32, noise_init=start)
+    assert "at its initial weights B_simple ≈ 60 ± 5; at its final weights B_simple ≈ " \
+           "99,183 ± 922,797, not resolved (|G|² = 0.00148 ± 0.013 is within 2" in text
+    assert "The fall (1024-2048) lies between the noise scale at the start of training and " \
+           "at its end" in text
+    assert "predicts the critical batch" not in text
+    # an unresolved final estimate is never the one that "predicts" the fall
+    near = {**end, "b_simple": 1500.0}
+    assert "No measurement resolves B_simple" in critical_batch_sentence(
+        fall, near, noise_batch=32)
+    # a resolved start within the factor predicts it
+    assert "At the initial weights B_simple is within a factor of 2" in \
+        critical_batch_sentence(fall, end, noise_batch=32,
+                                noise_init={"b_simple": 800.0, "b_simple_std_error": 40.0})

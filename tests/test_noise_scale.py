@@ -551,6 +551,16 @@ def test_report_marks_the_noise_scale(tmp_path, monkeypatch):
     assert list(line.get_xdata()) == [400.0, 400.0]
     low, high = ax.get_xlim()
     assert low <= 400 <= high
+    # an estimate within two standard errors of zero is listed, not drawn
+    write_json(RunDir(runs[0]["run_dir"]).root / "noise_scale.json",
+               {"b_simple": 99183.0, "b_simple_std_error": 922797.0})
+    figures.clear()
+    text = report.write_report(tmp_path)["report"].read_text()
+    assert "B_simple ~ 300, the dashed line" in text
+    assert "| 32 | 0 | 99,183 ± 922,797 (not resolved) | noise_scale.json |" in text
+    ax = figures["accuracy_vs_batch.png"].axes[0]
+    assert [ln.get_label() for ln in ax.lines if "B_simple" in ln.get_label()] == \
+        ["B_simple ~ 300"]
 
 
 @pytest.mark.parametrize("population", [None, 200])

@@ -33,17 +33,21 @@ shared machine.
               together                                                             ~ 676 s
     3 seeds                                                                        ~ 2,028 s
     sweep: 9 runs of 10 epochs, sum of (epoch(b) + 0.55) x 10 + 5                  ~ 1,114 s
-    noise scale: 32 x (32 + 2048) images x 8e-5, + 32 x 65 chunks x 0.0138 s        ~  39 s
-    total                                                                          ~ 3,188 s
+    noise scale, initial and final weights:
+                 2 x (32 x (32 + 2048) images x 8e-5, + 32 x 65 chunks x 0.0138 s) ~  78 s
+    total                                                                          ~ 3,227 s
 
-i.e. 53 minutes if every side ran to the cap. They stop earlier: 30-epoch runs of
+i.e. 54 minutes if every side ran to the cap. They stop earlier: 30-epoch runs of
 ``bench/fashion_epochs.py`` (seed 0, one thread) reached the 0.97 running training accuracy
 after 24 epochs at batch 256 (0.9726; 0.9763 after 30;
 ``bench/results/fashion_epochs_b256_30.json``) and after 17 at batch 6000 (0.9729; that run's
-JSON was not kept): ``estimate(FULL, epochs=(24, 17))`` = 538 s per seed, 2,774 s (46 minutes) in
-all. Five seeds (``--seeds 5``) would take about 64 minutes expected, 76 at the cap: over the
-hour, hence three. ``tests/test_fashion_study.py`` checks these sums
-and that ``estimate(QUICK)`` is far below 5 minutes.
+JSON was not kept): ``estimate(FULL, epochs=(24, 17))`` = 538 s per seed, 2,813 s (47 minutes) in
+all. Five seeds (``--seeds 5``) would take about 65 minutes expected, 76 at the cap: over the
+hour, hence three. Measured (``make study`` on the 2-core development machine, nothing else
+running on the study's core, docs/fashion/index.md): 34 minutes; the sides stopped after
+24-25 (SB) and 16-17 (LB) epochs, and the analyses ran faster than costed.
+``tests/test_fashion_study.py`` checks these sums and that ``estimate(QUICK)`` is far below
+5 minutes.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def estimate(spec: FashionStudySpec, *, epochs: tuple[int, int] | None = None
                 + interpolation_seconds(spec) + 2 * sharpness_seconds(spec))
     steps = {f"keskar seed {seed}": per_seed for seed in spec.seeds}
     steps["sweep"] = sum(run_seconds(b, spec.sweep_epochs) for b in spec.sweep_batch_sizes)
-    steps["noise scale"] = noise_seconds(spec)
+    steps["noise scale"] = 2 * noise_seconds(spec)  # at the initial and the final weights
     steps["sweep report"] = 5.0
     steps["index"] = 1.0
     return steps

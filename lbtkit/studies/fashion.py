@@ -260,31 +260,41 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
         clock.log("interrupted: rerun the same command to resume")
         return {"status": STATUS_INTERRUPTED}
     smallest = Path(load_sweep(sweep_dir)["runs"][0]["run_dir"])
-    noise = None
+    noise = noise_init = None
     if RunDir(smallest).read_results().get("status") == STATUS_COMPLETED:
-        clock.log(f"step 3/3 gradient noise scale at the batch-{spec.sweep_batch_sizes[0]} "
-                  f"solution: batches {spec.noise_scale.batch_sizes[0]} and "
-                  f"{spec.noise_scale.batch_sizes[1]}, {spec.noise_scale.draws} of each",
-                  upcoming="noise scale")
+        clock.log(f"step 3/3 gradient noise scale of the batch-{spec.sweep_batch_sizes[0]} "
+                  f"run at its initial and its final weights: batches "
+                  f"{spec.noise_scale.batch_sizes[0]} and {spec.noise_scale.batch_sizes[1]}, "
+                  f"{spec.noise_scale.draws} of each", upcoming="noise scale")
         with clock.step("noise scale"):
+            noise_init = _noise_scale(spec.noise_scale, smallest, initial=True)
             noise = _noise_scale(spec.noise_scale, smallest)
     with clock.step("sweep report"):
         report = write_report(sweep_dir, out)
     return {"status": STATUS_COMPLETED, "rows": collect(sweep_dir), "noise": noise,
-            "noise_run": smallest, "report": report, "sweep_dir": sweep_dir}
+            "noise_init": noise_init, "noise_run": smallest, "report": report,
+            "sweep_dir": sweep_dir}
 
 
-def _noise_scale(spec: NoiseScaleSpec, run_dir: Path) -> dict[str, Any]:
-    """RUN/noise_scale.json, unless it is newer than the run's weights and has this spec."""
+def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
+                 ) -> dict[str, Any]:
+    """RUN/noise_scale.json at the run's final weights, or RUN/noise_scale-init.json at its
+    initial ones (RUN/init.safetensors: its seed's draw, as ``lbtkit run`` makes it); kept
+    when newer than the run's weights and holding this spec. The noise scale grows as
+    training proceeds (McCandlish et al.), so the two bracket the run."""
     from lbtkit.noise_scale import run_noise_scale
+    from lbtkit.study import write_initial_weights
 
-    target = run_dir / "noise_scale.json"
-    weights = RunDir(run_dir).model_path
-    if target.exists() and target.stat().st_mtime_ns >= weights.stat().st_mtime_ns and \
+    run = RunDir(run_dir)
+    target = run_dir / ("noise_scale-init.json" if initial else "noise_scale.json")
+    if target.exists() and target.stat().st_mtime_ns >= run.model_path.stat().st_mtime_ns and \
             read_json(target).get("spec") == spec.to_dict():
         log.info("fashion study: %s is up to date", target)
         return read_json(target)
-    return run_noise_scale(spec, run_dir, output=target)
+    weights = None
+    if initial:
+        weights = write_initial_weights(run.read_config(), run_dir / "init.safetensors")
+    return run_noise_scale(spec, run_dir, output=target, weights=weights)
 
 
 # --- helpers -----------------------------------------------------------------------------------

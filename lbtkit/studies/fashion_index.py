@@ -15,10 +15,12 @@ from typing import Any
 from lbtkit.narrative import (
     FALL_POINTS,
     PAPER_F1,
+    SEED_STANDARD_ERRORS,
     critical_batch_sentence,
     fashion_thresholds_sentence,
     fit_sentence,
     markdown_table,
+    noise_resolved,
     paper_sentence,
     pm,
     seed_comparison_sentence,
@@ -49,7 +51,8 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
             paper_sentence(summary),
         ]
     sentences.append(critical_batch_sentence(fall, noise,
-                                             noise_batch=spec.sweep_batch_sizes[0]))
+                                             noise_batch=spec.sweep_batch_sizes[0],
+                                             noise_init=sweep.get("noise_init")))
     return {
         "seeds_measured": sorted({r["seed"] for r in keskar["records"]}),
         "left_out": keskar["left_out"],
@@ -59,8 +62,32 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
                           "drop_points": FALL_POINTS},
         "b_simple": None if noise is None else noise.get("b_simple"),
         "b_simple_std_error": None if noise is None else noise.get("b_simple_std_error"),
+        "noise_scale": {where: _noise_numbers(n) for where, n in
+                        (("initial", sweep.get("noise_init")), ("final", noise))
+                        if n is not None},
         "sentences": sentences,
     }
+
+
+def _noise_numbers(noise: dict[str, Any]) -> dict[str, Any]:
+    keys = ("grad_sq", "grad_sq_std_error", "trace_sigma", "trace_sigma_std_error",
+            "b_simple", "b_simple_std_error")
+    return {**{key: noise.get(key) for key in keys}, "resolved": noise_resolved(noise)}
+
+
+def _noise_table(noise: dict[str, dict[str, Any]]) -> list[str]:
+    def value(n: dict[str, Any], key: str, fmt: str) -> str:
+        if n[key] is None:
+            return DASH
+        error = n[f"{key}_std_error"]
+        return format(n[key], fmt) + ("" if error is None else " ± " + format(error, fmt))
+
+    header = ["weights of the run", r"\|G\|²", "tr(Σ)", "B_simple", f"resolved (> "
+              f"{SEED_STANDARD_ERRORS:g} std errors)"]
+    body = [[where, value(n, "grad_sq", ".3g"), value(n, "trace_sigma", ".3g"),
+             value(n, "b_simple", ",.0f"), "yes" if n["resolved"] else "no"]
+            for where, n in noise.items()]
+    return markdown_table(header, body)
 
 
 def _batch(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -229,7 +256,6 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
                    link) -> list[str]:
     report = sweep["report"]
     fall = numbers["falling_batch"]
-    b_simple, se = numbers["b_simple"], numbers["b_simple_std_error"]
     header = ["batch size", "lr (scaled)", "optimizer steps", "best val acc", "final val acc",
               "status", ""]
     body = []
@@ -242,8 +268,6 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
                      DASH if row["best_val_acc"] is None else f"{100 * row['best_val_acc']:.2f}%",
                      DASH if row["final_val_acc"] is None
                      else f"{100 * row['final_val_acc']:.2f}%", row["status"], mark])
-    noise_text = (f"B_simple ≈ {b_simple:,.0f}" + (f" ± {se:,.0f}" if se else "")
-                  if b_simple is not None else "B_simple (undefined in this measurement)")
     warmup = (f"after a {spec.sweep_warmup_epochs:g}-epoch linear warm-up"
               if spec.sweep_warmup_epochs else "without warm-up")
     epochs = f"{spec.sweep_epochs} epoch{'s' if spec.sweep_epochs != 1 else ''}"
@@ -259,12 +283,15 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
         *markdown_table(header, body),
         "",
         f"Accuracy has fallen at the first batch size above the best whose best validation "
-        f"accuracy is more than {FALL_POINTS:g} point below the best. {noise_text} "
-        f"(McCandlish et al. 2018: tr(Σ)/|G|², the dashed line in the figure), measured at "
-        f"the final weights of the batch-{spec.sweep_batch_sizes[0]} run with "
-        f"{spec.noise_scale.draws} batches of {spec.noise_scale.batch_sizes[0]} and of "
-        f"{spec.noise_scale.batch_sizes[1]} training images (finite-population estimator; "
-        "`lbtkit noise-scale`).",
+        f"accuracy is more than {FALL_POINTS:g} point below the best. The gradient noise "
+        "scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) of the "
+        f"batch-{spec.sweep_batch_sizes[0]} run, at its initial weights (its seed's draw) "
+        f"and at its final ones, each from {spec.noise_scale.draws} batches of "
+        f"{spec.noise_scale.batch_sizes[0]} and of {spec.noise_scale.batch_sizes[1]} training "
+        "images (finite-population estimator; `lbtkit noise-scale`); the noise scale grows "
+        "as the loss falls, so the two bracket the run:",
+        "",
+        *_noise_table(numbers["noise_scale"]),
         "",
         f"![best validation accuracy vs batch size]({link(report['accuracy_vs_batch'])})",
         "",
