@@ -865,7 +865,7 @@ def study_keskar(
     Example:
         lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output c1
     """
-    from lbtkit.study import keskar_study
+    from lbtkit.studies.keskar import keskar_study
     from lbtkit.train import exit_code
 
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)

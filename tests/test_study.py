@@ -16,7 +16,7 @@ from lbtkit.errors import ConfigError
 from lbtkit.models import build_model
 from lbtkit.narrative import compare_sharpness
 from lbtkit.specs import InterpolationSpec, KeskarStudySpec, SharpnessSpec
-from lbtkit.study import keskar_study
+from lbtkit.studies.keskar import keskar_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,8 +1,9 @@
 """``lbtkit study fashion`` (``make study``): both studies on Fashion-MNIST, one command.
 
 1. Keskar et al.'s F1 protocol (preset ``keskar-f1-fashion``) for each seed of the spec:
-   ``lbtkit.study.keskar_study`` trains SB and LB from that seed's ``init.safetensors`` (the
-   same initial weights on both sides), each until the stopping rule fires or the epochs cap,
+   ``lbtkit.studies.keskar.keskar_study`` trains SB and LB from that seed's
+   ``init.safetensors`` (the same initial weights on both sides), each until the stopping
+   rule fires or the epochs cap,
    then interpolates between them and measures both (sharpness, top Hessian eigenvalue);
 2. the per-side summary over seeds (mean ± std), the interpolation band over seeds;
 3. the batch-size sweep (preset ``fashion-batch-sweep``) through ``lbtkit sweep`` plan/run and
@@ -165,7 +166,7 @@ def keskar_base(spec: FashionStudySpec, seed: int, *, data_dir: str):
 
 def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
             data_dir: str, progress: bool) -> dict[str, Any]:
-    from lbtkit.study import keskar_study
+    from lbtkit.studies.keskar import keskar_study
 
     study_spec = KeskarStudySpec(sb=spec.sb, lb=spec.lb, interpolation=spec.interpolation,
                                  sharpness=spec.sharpness)
@@ -283,7 +284,7 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
     when newer than the run's weights and holding this spec. The noise scale grows as
     training proceeds (McCandlish et al.), so the two bracket the run."""
     from lbtkit.noise_scale import run_noise_scale
-    from lbtkit.study import write_initial_weights
+    from lbtkit.studies.keskar import write_initial_weights
 
     run = RunDir(run_dir)
     target = run_dir / ("noise_scale-init.json" if initial else "noise_scale.json")
