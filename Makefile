@@ -31,11 +31,16 @@ $(BIN)/lbtkit: pyproject.toml
 
 install: $(BIN)/lbtkit  ## create .venv and install lbtkit with its dev extras
 
-test: $(BIN)/lbtkit  ## the whole suite (CPU; a few minutes)
-	$(BIN)/pytest -q
+# pytest-xdist workers; --dist loadfile keeps a file's tests (and its module fixtures, and the
+# one real SLURM of test_slurm.py) in one worker. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+TEST_DIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+test: $(BIN)/lbtkit  ## the whole suite (CPU; about 14 minutes on 2 cores)
+	$(BIN)/pytest -q $(TEST_DIST)
 
 test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration tests
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" $(TEST_DIST)
 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> $(DEMO_DIR)/index.md
 	$(BIN)/lbtkit demo --output $(DEMO_DIR)

@@ -68,6 +68,17 @@ def markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
     return rows
 
 
+# The files that take minutes each (one real SLURM with its job waits, the quick Fashion-MNIST
+# study, the multi-process analyses), collected first: under pytest-xdist (make test) a
+# worker starts on them while the other works through the many short files, instead of one
+# of them being left to run alone at the end.
+LONG_FILES = ("test_slurm.py", "test_fashion_study.py", "test_landscape_cli.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: order kept within
+
+
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
