@@ -4,8 +4,9 @@
   solution (the parametric plot), with BatchNorm statistics handled explicitly (``bn``);
 - ``plane``: loss and accuracy on a 2-D plane around a solution, along filter-normalised random
   directions or through a second solution (Li et al. 2018);
-- ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace;
-- ``jobs``: a grid handed to ``accelerate launch`` workers as one spec file.
+- ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace.
+
+``lbtkit.analysis_jobs`` hands any of them to ``accelerate launch`` workers (--num-processes).
 
 Each analysis takes a typed, validated spec (``lbtkit.specs``: ``InterpolationSpec``,
 ``PlaneSpec``, ``SharpnessSpec``) and stores it under "spec" in its output JSON. Everything reads
