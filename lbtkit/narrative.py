@@ -486,9 +486,10 @@ def study_report(
     lines = [
         "# Sharp minima: small-batch vs large-batch solution (Keskar et al. 2016)",
         "",
-        f"Model `{sb_config.model}` on `{sb_config.dataset}`, {sb_config.epochs} epochs, "
-        f"{sb_config.optimizer}, seed {sb_config.seed}; both runs start from `init.safetensors`. "
-        "Runs: `sb/`, `lb/`.",
+        f"Model `{sb_config.model}` on `{sb_config.dataset}`, "
+        f"{'up to ' if sb_config.stop_rule().active else ''}{sb_config.epochs} epochs "
+        f"(each run's own count is in the table), {sb_config.optimizer}, seed "
+        f"{sb_config.seed}; both runs start from `init.safetensors`. Runs: `sb/`, `lb/`.",
         "",
         "![parametric plot](interpolation/interpolation.png)",
         "",
@@ -503,8 +504,9 @@ def study_report(
         f"{'below' if test_gap > 0 else 'above'} SB's."
         if test_gap != 0 else "SB and LB reach the same test accuracy.",
         "",
-        "Train accuracy is the last epoch's running average during training (augmented "
-        "batches), test accuracy the validation set, both from each run's `results.json`. "
+        "Train accuracy is the last epoch's running average during training (the batches as "
+        "trained, augmented when the data set is), test accuracy the validation set, both "
+        "from each run's `results.json`. "
         f"φ is Keskar's sharpness (in %) of the mean training cross-entropy over "
         f"{sharpness['sb']['samples_used']} training images (seed {settings['seed']}), "
         f"maximised by L-BFGS-B for {settings['iters']} iterations; BatchNorm on running "
@@ -519,7 +521,7 @@ def _study_table(configs: dict[str, RunConfig], results: dict[str, dict[str, Any
     """The layout of Keskar et al.'s Tables 2-3: per solution its batch, lr, accuracies, every
     sharpness measure, and the Hessian's top eigenvalue and trace when measured."""
     measures = [(m["subspace"], m["eps"]) for m in sharpness["sb"]["sharpness"]]
-    header = ["", "batch", "lr", "train acc (%)", "test acc (%)"]
+    header = ["", "batch", "lr", "epochs", "train acc (%)", "test acc (%)"]
     header += [f"φ {_space(space)} ε={eps:g}" for space, eps in measures]
     has_hessian = sharpness["sb"].get("hessian") is not None
     has_trace = sharpness["sb"].get("trace") is not None
@@ -532,6 +534,7 @@ def _study_table(configs: dict[str, RunConfig], results: dict[str, dict[str, Any
         final = results[label]["final"]
         phis = {(m["subspace"], m["eps"]): m["phi"] for m in sharpness[label]["sharpness"]}
         row = [label.upper(), str(configs[label].batch_size), f"{configs[label].lr:g}",
+               str(results[label].get("epochs_completed", configs[label].epochs)),
                f"{100 * final['train_acc']:.2f}", f"{100 * final['val_acc']:.2f}"]
         row += [f"{phis[key]:.4g}" for key in measures]
         if has_hessian:

@@ -65,10 +65,11 @@ def test_keskar_study_end_to_end(tmp_path, caplog, capsys):
         final = results[label.lower()]["final"]
         cells = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in cells.strip("|").split("|")]
-        assert float(cells[3]) == round(100 * final["train_acc"], 2)
-        assert float(cells[4]) == round(100 * final["val_acc"], 2)
+        assert int(cells[3]) == results[label.lower()]["epochs_completed"]
+        assert float(cells[4]) == round(100 * final["train_acc"], 2)
+        assert float(cells[5]) == round(100 * final["val_acc"], 2)
         phi = json.loads((out / label.lower() / "sharpness.json").read_text())["sharpness"][0]
-        assert float(cells[5]) == pytest.approx(phi["phi"], rel=1e-3)
+        assert float(cells[6]) == pytest.approx(phi["phi"], rel=1e-3)
     assert re.search(r"sharper than|No sharpness gap", report)
 
     # A second call resumes: nothing is retrained or re-measured.
