@@ -199,8 +199,7 @@ def run(
     from lbtkit import launch
 
     resolved = build_config(preset=preset, config_file=config, overrides=config_flags)
-    if num_processes is not None and num_processes < 1:
-        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    _check_num_processes(num_processes)
     if num_processes and launch.in_launched_worker():
         raise UserError("--num-processes launches processes; inside accelerate launch, omit it")
     world = num_processes or launch.launched_world_size()
@@ -574,24 +573,18 @@ def interpolate(
     Example:
         lbtkit interpolate runs/sb runs/lb --alphas -1:2:25 --output interp
     """
-    from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape import run_interpolation
-    from lbtkit.tracking import log_grid, requested_trackers
+    from lbtkit.tracking import requested_trackers
 
     trackers = requested_trackers(log_with)
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
         "eval_batch_size": eval_batch_size,
     }, source="the command line")
-    if num_processes is not None and num_processes > 1:
-        code = launch_job("interpolation", spec, [sb_run, lb_run], output, num_processes)
-    else:
-        _print_paths(run_interpolation(spec, sb_run, lb_run, output))
-        code = 0
-    if code == 0:
-        log_grid(trackers, output, "interpolation", configured_dir=tracking_dir,
-                 project=tracking_project)
-    raise typer.Exit(code)
+    _grid_command("interpolation", spec, [sb_run, lb_run], output, num_processes,
+                  lambda: run_interpolation(spec, sb_run, lb_run, output),
+                  trackers=trackers, tracking_dir=tracking_dir,
+                  tracking_project=tracking_project)
 
 
 @app.command()
@@ -645,9 +638,8 @@ def landscape(
         lbtkit landscape runs/sb --grid -1:1:21
         lbtkit landscape runs/sb --other runs/lb --directions between
     """
-    from lbtkit.analysis_jobs import launch_job
     from lbtkit.landscape.plane import check_runs, default_output, run_landscape
-    from lbtkit.tracking import log_grid, requested_trackers
+    from lbtkit.tracking import requested_trackers
 
     trackers = requested_trackers(log_with)
     spec = PlaneSpec.from_dict({
@@ -659,14 +651,35 @@ def landscape(
     output = output if output is not None else default_output(run_dir, other)
     if num_processes is not None and num_processes > 1:
         check_runs(run_dir, other)  # one error line here rather than one per worker
-        code = launch_job("landscape", spec, [run_dir, other], output, num_processes)
+    _grid_command("landscape", spec, [run_dir, other], output, num_processes,
+                  lambda: run_landscape(spec, run_dir, other, output),
+                  trackers=trackers, tracking_dir=tracking_dir,
+                  tracking_project=tracking_project)
+
+
+def _grid_command(analysis: str, spec: Any, runs: list[Path | None], output: Path,
+                  num_processes: int | None, run_here, *, trackers: list[str],
+                  tracking_dir: str | None, tracking_project: str | None) -> None:
+    """The tail of interpolate/landscape: run the grid here (``run_here()``, its paths
+    printed) or on N launched processes, then log it to the trackers; exit with the code."""
+    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.tracking import log_grid
+
+    _check_num_processes(num_processes)
+    if num_processes is not None and num_processes > 1:
+        code = launch_job(analysis, spec, runs, output, num_processes)
     else:
-        _print_paths(run_landscape(spec, run_dir, other, output))
+        _print_paths(run_here())
         code = 0
     if code == 0:
-        log_grid(trackers, output, "landscape", configured_dir=tracking_dir,
+        log_grid(trackers, output, analysis, configured_dir=tracking_dir,
                  project=tracking_project)
     raise typer.Exit(code)
+
+
+def _check_num_processes(num_processes: int | None) -> None:
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
 
 
 @app.command("analysis-worker", hidden=True)
@@ -800,8 +813,7 @@ def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
     from lbtkit.analysis_jobs import launch_job
     from lbtkit.rundir import load_run
 
-    if num_processes is not None and num_processes < 1:
-        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    _check_num_processes(num_processes)
     if num_processes is None or num_processes == 1:
         return False
     load_run(run_dir, device="cpu")  # one error line here rather than one per worker
@@ -880,8 +892,7 @@ def study_keskar(
              "batch_size": base.eval_batch_size, "seed": base.seed},
             source="the command line"),
     )
-    if num_processes is not None and num_processes < 1:
-        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+    _check_num_processes(num_processes)
     summary = keskar_study(base, spec, output, progress=progress,
                            num_processes=num_processes or 1)
     print(f"report: {output / 'report.md'}")

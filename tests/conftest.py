@@ -79,6 +79,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: order kept within
 
 
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_FILES = [f"{p}-{k}" for p in ("train", "t10k")
+                 for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+
+
+def require_real_fashion_mnist() -> None:
+    """Skip without the Debian package, except in CI (CI=true) or with LBTKIT_REQUIRE_DATA=1,
+    where a missing package fails: CI installs it (tests/install-data.sh)."""
+    if all((REAL_FASHION / f"{name}.gz").is_file() for name in FASHION_FILES):
+        return
+    reason = f"Fashion-MNIST is not installed in {REAL_FASHION} (apt-get install " \
+             "dataset-fashion-mnist, or bash tests/install-data.sh)"
+    if os.environ.get("CI") == "true" or os.environ.get("LBTKIT_REQUIRE_DATA") == "1":
+        pytest.fail(f"CI/LBTKIT_REQUIRE_DATA: {reason}")
+    pytest.skip(reason)
+
+
 def cli_env(tmp_path: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

@@ -31,6 +31,8 @@ from lbtkit.data import (
 from lbtkit.data.readers import DIGITS_NUM_VAL, digits_split
 from lbtkit.errors import ConfigError, DataNotFoundError, UserError
 
+from conftest import FASHION_FILES, require_real_fashion_mnist
+
 # --------------------------------------------------------------------------------------------
 # Writers for the real on-disk formats
 
@@ -433,8 +435,6 @@ def test_mnist_missing(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Fashion-MNIST: --data-dir first, then the Debian package's folder
 
-FASHION_FILES = [f"{p}-{k}" for p in ("train", "t10k")
-                 for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
 
 @pytest.fixture
@@ -583,23 +583,10 @@ def test_bad_fashion_file_from_the_cli_exits_2(tmp_path: Path, system_folder: Pa
     assert_user_error(result, f"cannot read {folder / 'train-images-idx3-ubyte.gz'}: bad IDX magic")
 
 
-REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _require_real_data() -> None:
-    """Skip without the Debian package, except in CI (CI=true) or with LBTKIT_REQUIRE_DATA=1,
-    where a missing package fails: CI installs it (tests/install-data.sh)."""
-    if all((REAL_FASHION / f"{name}.gz").is_file() for name in FASHION_FILES):
-        return
-    reason = f"Fashion-MNIST is not installed in {REAL_FASHION} (apt-get install " \
-             "dataset-fashion-mnist, or bash tests/install-data.sh)"
-    if os.environ.get("CI") == "true" or os.environ.get("LBTKIT_REQUIRE_DATA") == "1":
-        pytest.fail(f"CI/LBTKIT_REQUIRE_DATA: {reason}")
-    pytest.skip(reason)
 
 
 def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
-    _require_real_data()
+    require_real_fashion_mnist()
     ds = load_dataset("fashion-mnist", tmp_path / "empty-data-dir")
     assert ds.train_images.shape == (60_000, 1, 28, 28)
     assert ds.val_images.shape == (10_000, 1, 28, 28)

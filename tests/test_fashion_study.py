@@ -6,10 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,9 +22,14 @@ from lbtkit.studies.summary import (
     stop_text,
 )
 
-from conftest import assert_user_error, markdown_table, run_cli, scaled_timeout
+from conftest import (
+    assert_user_error,
+    markdown_table,
+    require_real_fashion_mnist,
+    run_cli,
+    scaled_timeout,
+)
 
-REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 HOUR, FIVE_MINUTES = 3600.0, 300.0
 
 
@@ -157,20 +160,11 @@ def test_falling_batch_rule():
 # --- end to end ------------------------------------------------------------------------------
 
 
-def _require_real_data() -> None:
-    if all((REAL_FASHION / f).is_file() for f in ("train-images-idx3-ubyte.gz",
-                                                  "t10k-labels-idx1-ubyte.gz")):
-        return
-    reason = f"Fashion-MNIST is not installed in {REAL_FASHION} (apt-get install " \
-             "dataset-fashion-mnist)"
-    if os.environ.get("CI") == "true" or os.environ.get("LBTKIT_REQUIRE_DATA") == "1":
-        pytest.fail(f"CI/LBTKIT_REQUIRE_DATA: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    _require_real_data()
+    require_real_fashion_mnist()
     out = tmp_path_factory.mktemp("fashion") / "out"
     start = time.monotonic()
     summary = run_fashion_study(out, QUICK, data_dir=str(out / "no-data-here"),

@@ -82,6 +82,9 @@ def test_bad_landscape_input(two_runs, tmp_path):
     assert_user_error(run_cli("interpolate", sb, tmp_path / "missing", "--output",
                               tmp_path / "o", tmp_path=tmp_path), "missing")
     assert_user_error(run_cli("sharpness", sb, "--eps", "big", tmp_path=tmp_path), "big")
+    assert_user_error(run_cli("interpolate", sb, lb, "--num-processes", "0", "--output",
+                              tmp_path / "o", tmp_path=tmp_path),
+                      "--num-processes must be >= 1, got 0")
 
 
 def test_the_cli_shows_the_library_log_lines(two_runs, tmp_path):
