@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import shutil
@@ -358,6 +359,12 @@ def _monitor_worker(rank: int, world: int, store: str) -> None:
                                   b_small=b_small, b_big=b_big, decay=decay,
                                   population=population, state=state)
         assert again.estimate() == estimate
+        # Both processes done, and no DDP reducer left holding gloo work, before the group goes:
+        # a peer that tears down early, or a reducer freed after it, aborts the other process
+        # ("terminate called without an active exception", seen once in CI).
+        dist.barrier()
+        del ddp, again, monitor
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
