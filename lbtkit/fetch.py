@@ -88,9 +88,9 @@ def fetch_weights() -> Path:
     import torch.hub
 
     from lbtkit.doctor import weights_hash_ok
-    from lbtkit.models.mobilenet import IMAGENET_WEIGHTS_URL, imagenet_weights_path
+    from lbtkit.models.mobilenet import imagenet_weights_path, imagenet_weights_url
 
-    path = Path(imagenet_weights_path())
+    path, url = Path(imagenet_weights_path()), imagenet_weights_url()
     if path.is_file():
         if weights_hash_ok(path):
             return path
@@ -107,13 +107,13 @@ def fetch_weights() -> Path:
     match = torch.hub.HASH_REGEX.search(path.name)
     try:
         torch.hub.download_url_to_file(
-            IMAGENET_WEIGHTS_URL, str(path), hash_prefix=match.group(1) if match else None,
+            url, str(path), hash_prefix=match.group(1) if match else None,
             progress=True,
         )
     # URLError (no network, DNS) is an OSError; a hash mismatch is a RuntimeError.
     except (OSError, RuntimeError) as exc:
         raise UserError(
-            f"downloading {IMAGENET_WEIGHTS_URL} into {path.parent} failed "
+            f"downloading {url} into {path.parent} failed "
             f"({_first_line(exc)}); {_NO_NETWORK_HINT}"
         ) from None
     return path

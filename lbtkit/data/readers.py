@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gzip
+import importlib.util
 import math
 import pickle
 import zlib
@@ -601,14 +602,32 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits(info: DatasetInfo) -> ImageData:
-    from sklearn.datasets import load_digits  # deferred: sklearn is slow to import
-
-    bunch = load_digits()
+    data, target = _digits_arrays()
     # Pixel values are integers 0..16; map to the full uint8 range.
-    images = np.rint(bunch.data * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
-    labels = bunch.target.astype(np.int64)
+    images = np.rint(data * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
+    labels = target.astype(np.int64)
     train_idx, val_idx = digits_split()
     return _image_data(info, images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``load_digits`` returns them: (1797, 64) values 0..16, labels.
+
+    Read from the CSV that scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``: 64
+    pixels and the label per row) without importing sklearn, which costs about a second per
+    process (every smoke run and most tests); ``load_digits`` is the fallback if it moved.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    locations = (spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        csv = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            table = np.loadtxt(csv, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data, bunch.target
 
 
 # --------------------------------------------------------------------------------------------

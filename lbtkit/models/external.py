@@ -19,7 +19,6 @@ import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-import torchvision
 from torch import nn
 
 from lbtkit.errors import ConfigError
@@ -70,6 +69,8 @@ def _checked(builder: object, label: str) -> ModelBuilder:
 
 def torchvision_builder(arch: str) -> ModelBuilder:
     """A registry-style builder for ``torchvision.models`` classification model ``arch``."""
+    import torchvision  # deferred, as in lbtkit.models.mobilenet: only runs that use it pay
+
     known = torchvision.models.list_models(module=torchvision.models)
     if arch not in known:
         raise ConfigError(
@@ -100,6 +101,8 @@ def _pretrained_state(arch: str, pretrained: str) -> dict:
 
     if pretrained != "imagenet":
         return _as_state_dict(_read_weights_file(pretrained), f"weights file {pretrained!r}")
+    import torchvision
+
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     try:
         state = weights.get_state_dict(progress=False, check_hash=True, map_location="cpu",

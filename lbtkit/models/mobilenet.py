@@ -9,14 +9,11 @@ from urllib.parse import urlparse
 
 import safetensors.torch
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights
 
 from lbtkit.errors import ConfigError
 from lbtkit.models import register_model
 
-_IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
 _STEM_KEY = "features.0.0.weight"
 _HEAD_KEYS = ("classifier.1.weight", "classifier.1.bias")
 _MAX_KEYS_IN_MESSAGE = 5
@@ -49,6 +46,8 @@ def mobilenet_v2_cifar(
 
 
 def _build(*, num_classes: int, in_channels: int, cifar_strides: bool) -> nn.Module:
+    import torchvision  # deferred: 1.5 s per process, and most runs do not need it
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
     if in_channels != 3:
@@ -125,13 +124,21 @@ def _first_few(items: list[str]) -> str:
     return f"{shown}, ... ({extra} more)" if extra > 0 else shown
 
 
-IMAGENET_WEIGHTS_URL: str = _IMAGENET_WEIGHTS.url
+def _imagenet_weights():  # -> torchvision.models.WeightsEnum, imported only when asked for
+    from torchvision.models import MobileNet_V2_Weights
+
+    return MobileNet_V2_Weights.IMAGENET1K_V1
+
+
+def imagenet_weights_url() -> str:
+    """The URL torchvision downloads the ImageNet MobileNetV2 weights from."""
+    return _imagenet_weights().url
 
 
 def imagenet_weights_path() -> str:
     """Where ``--pretrained imagenet`` reads the weights: torchvision's file name in the torch
     hub cache (``$TORCH_HOME/hub/checkpoints``), computed now (TORCH_HOME may have changed)."""
-    file_name = os.path.basename(urlparse(IMAGENET_WEIGHTS_URL).path)
+    file_name = os.path.basename(urlparse(imagenet_weights_url()).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
 
 
@@ -139,7 +146,7 @@ def _imagenet_state_dict() -> object:
     cache_path = imagenet_weights_path()
     try:
         # weights_only: the cached file is only trusted to hold tensors, never code.
-        return _IMAGENET_WEIGHTS.get_state_dict(
+        return _imagenet_weights().get_state_dict(
             progress=False, check_hash=True, map_location="cpu", weights_only=True
         )
     # URLError/OSError: no network or no write access; RuntimeError: hash mismatch. A corrupt
@@ -154,7 +161,7 @@ def _imagenet_state_dict() -> object:
         raise ConfigError(
             f"the ImageNet MobileNetV2 weights are not in the torch hub cache (expected "
             f"{cache_path}) and could not be downloaded ({_describe(exc)}); fetch them on a "
-            f"machine with internet ({_IMAGENET_WEIGHTS.url} into that path), or pass a local "
+            f"machine with internet ({imagenet_weights_url()} into that path), or pass a local "
             "weights file with --pretrained PATH"
         ) from exc
 
