@@ -1,12 +1,15 @@
-"""Shared helpers: run the real CLI in a subprocess, as a user would."""
+"""Shared helpers: run the real CLI in a subprocess, as a user would, or in this process where
+no process boundary is under test (invoke_cli)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import traceback
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,35 @@ def run_cli(*args: str, tmp_path: Path | None = None, timeout: float = 300,
     return result
 
 
+def invoke_cli(*args: str, tmp_path: Path | None = None,
+               check: int | None = None) -> subprocess.CompletedProcess:
+    """The CLI in this process, as ``python -m lbtkit`` runs it (its logging set-up, exit
+    code, stdout, stderr, run_cli's environment), for checks with no process boundary under
+    test: a fresh interpreter (run_cli) pays 3-8 s of imports (torch) before the first line.
+    An exception that escapes the CLI lands in ``stderr`` as the traceback a user would see."""
+    from typer.testing import CliRunner
+
+    from lbtkit.cli import app, configure_logging
+
+    logger = logging.getLogger("lbtkit")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    env = {k: v for k, v in cli_env(tmp_path).items() if os.environ.get(k) != v}
+    try:
+        configure_logging()
+        result = CliRunner().invoke(app, list(map(str, args)), env=env)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    stderr = result.stderr
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    done = subprocess.CompletedProcess(["lbtkit", *map(str, args)], result.exit_code,
+                                       result.stdout, stderr)
+    if check is not None and done.returncode != check:
+        raise AssertionError(f"exit {done.returncode} != {check}\nstdout:\n{done.stdout}\n"
+                             f"stderr:\n{done.stderr}")
+    return done
+
+
 def assert_user_error(result: subprocess.CompletedProcess, needle: str) -> None:
     """A user mistake: exit 2, one line on stderr naming the bad value, no traceback."""
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -153,8 +185,9 @@ def train_sb_lb(root: Path) -> tuple[Path, Path, dict]:
 
 @pytest.fixture
 def cli(tmp_path):
-    def call(*args: str, **kwargs) -> subprocess.CompletedProcess:
-        return run_cli(*args, tmp_path=tmp_path, **kwargs)
+    """The CLI in this process (invoke_cli); ``subprocess=True`` for a fresh interpreter."""
+    def call(*args: str, subprocess: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        return (run_cli if subprocess else invoke_cli)(*args, tmp_path=tmp_path, **kwargs)
 
     return call
 
