@@ -127,8 +127,8 @@ def run_cli(*args: str, tmp_path: Path | None = None, timeout: float = 300,
     return result
 
 
-def invoke_cli(*args: str, tmp_path: Path | None = None,
-               check: int | None = None) -> subprocess.CompletedProcess:
+def invoke_cli(*args: str, tmp_path: Path | None = None, check: int | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The CLI in this process, as ``python -m lbtkit`` runs it (its logging set-up, exit
     code, stdout, stderr, run_cli's environment), for checks with no process boundary under
     test: a fresh interpreter (run_cli) pays 3-8 s of imports (torch) before the first line.
@@ -139,10 +139,11 @@ def invoke_cli(*args: str, tmp_path: Path | None = None,
 
     logger = logging.getLogger("lbtkit")
     saved = logger.handlers[:], logger.level, logger.propagate
-    env = {k: v for k, v in cli_env(tmp_path).items() if os.environ.get(k) != v}
+    env = {k: v for k, v in {**cli_env(tmp_path), **(env or {})}.items()
+           if os.environ.get(k) != v}
     try:
         configure_logging()
-        result = CliRunner().invoke(app, list(map(str, args)), env=env)
+        result = CliRunner().invoke(app, list(map(str, args)), env=env)  # restored after
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
     stderr = result.stderr
@@ -185,9 +186,9 @@ def train_sb_lb(root: Path) -> tuple[Path, Path, dict]:
 
 @pytest.fixture
 def cli(tmp_path):
-    """The CLI in this process (invoke_cli); ``subprocess=True`` for a fresh interpreter."""
-    def call(*args: str, subprocess: bool = False, **kwargs) -> subprocess.CompletedProcess:
-        return (run_cli if subprocess else invoke_cli)(*args, tmp_path=tmp_path, **kwargs)
+    """The CLI in this process (invoke_cli); ``fresh=True`` runs it in a fresh interpreter."""
+    def call(*args: str, fresh: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        return (run_cli if fresh else invoke_cli)(*args, tmp_path=tmp_path, **kwargs)
 
     return call
 
