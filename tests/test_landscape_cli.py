@@ -7,15 +7,14 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, invoke_cli, run_cli, train_smoke
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
-    for name, batch in (("sb", "32"), ("lb", "256")):
-        run_cli("run", "--preset", "smoke", "--epochs", "1", "--batch-size", batch,
-                "--no-progress", "--output", tmp / name, tmp_path=tmp, check=0)
+    for name, batch in (("sb", 32), ("lb", 256)):
+        train_smoke(tmp / name, batch_size=batch)
     return tmp / "sb", tmp / "lb"
 
 
@@ -29,8 +28,8 @@ def _rows(path):
 def test_interpolate_split_over_two_processes_equals_one(two_runs, tmp_path):
     sb, lb = two_runs
     common = ["--alphas", "-0.5:1.5:5", "--bn", "recalibrate", "--bn-samples", "512"]
-    run_cli("interpolate", sb, lb, *common, "--output", tmp_path / "one",
-            tmp_path=tmp_path, check=0)
+    invoke_cli("interpolate", sb, lb, *common, "--output", tmp_path / "one",
+               tmp_path=tmp_path, check=0)
     run_cli("interpolate", sb, lb, *common, "--num-processes", "2", "--output",
             tmp_path / "two", tmp_path=tmp_path, check=0, timeout=400)
     one, two = _rows(tmp_path / "one" / "interpolation.csv"), _rows(tmp_path / "two" /
@@ -44,8 +43,8 @@ def test_interpolate_split_over_two_processes_equals_one(two_runs, tmp_path):
 def test_sharpness_writes_json(two_runs, tmp_path):
     sb, _ = two_runs
     out = tmp_path / "s.json"
-    run_cli("sharpness", sb, "--eps", "1e-3", "--subspace", "random:10", "--iters", "2",
-            "--samples", "256", "--output", out, tmp_path=tmp_path, check=0)
+    invoke_cli("sharpness", sb, "--eps", "1e-3", "--subspace", "random:10", "--iters", "2",
+               "--samples", "256", "--output", out, tmp_path=tmp_path, check=0)
     result = json.loads(out.read_text())
     assert result["samples_used"] == 256 and result["settings"]["iters"] == 2
     (row,) = result["sharpness"]
@@ -60,8 +59,8 @@ def test_sharpness_split_over_two_processes_matches_one(two_runs, tmp_path):
     sb, _ = two_runs
     args = ["--eps", "1e-3", "--subspace", "full,random:10", "--iters", "2", "--samples",
             "256", "--eval-batch-size", "64", "--hessian", "--hessian-iters", "3"]
-    run_cli("sharpness", sb, *args, "--output", tmp_path / "one.json", tmp_path=tmp_path,
-            check=0)
+    invoke_cli("sharpness", sb, *args, "--output", tmp_path / "one.json", tmp_path=tmp_path,
+               check=0)
     two = run_cli("sharpness", sb, *args, "--num-processes", "2", "--output",
                   tmp_path / "two.json", tmp_path=tmp_path, check=0, timeout=400)
     assert "\"processes\": 2" in two.stdout  # the launching command prints the file
@@ -77,13 +76,13 @@ def test_sharpness_split_over_two_processes_matches_one(two_runs, tmp_path):
 
 def test_bad_landscape_input(two_runs, tmp_path):
     sb, lb = two_runs
-    assert_user_error(run_cli("interpolate", sb, lb, "--alphas", "1:x:3", "--output",
-                              tmp_path / "o", tmp_path=tmp_path), "1:x:3")
-    assert_user_error(run_cli("interpolate", sb, tmp_path / "missing", "--output",
-                              tmp_path / "o", tmp_path=tmp_path), "missing")
-    assert_user_error(run_cli("sharpness", sb, "--eps", "big", tmp_path=tmp_path), "big")
-    assert_user_error(run_cli("interpolate", sb, lb, "--num-processes", "0", "--output",
-                              tmp_path / "o", tmp_path=tmp_path),
+    assert_user_error(invoke_cli("interpolate", sb, lb, "--alphas", "1:x:3", "--output",
+                                 tmp_path / "o", tmp_path=tmp_path), "1:x:3")
+    assert_user_error(invoke_cli("interpolate", sb, tmp_path / "missing", "--output",
+                                 tmp_path / "o", tmp_path=tmp_path), "missing")
+    assert_user_error(invoke_cli("sharpness", sb, "--eps", "big", tmp_path=tmp_path), "big")
+    assert_user_error(invoke_cli("interpolate", sb, lb, "--num-processes", "0", "--output",
+                                 tmp_path / "o", tmp_path=tmp_path),
                       "--num-processes must be >= 1, got 0")
 
 
@@ -91,8 +90,9 @@ def test_the_cli_shows_the_library_log_lines(two_runs, tmp_path):
     """The library logs; the CLI shows its warnings as "warning: ..." lines on stderr, and
     stdout keeps only the command's own output."""
     sb, lb = two_runs
-    result = run_cli("interpolate", sb, lb, "--alphas", "-1,0", "--bn", "interpolate",
-                     "--splits", "test", "--output", tmp_path / "o", tmp_path=tmp_path, check=0)
+    result = invoke_cli("interpolate", sb, lb, "--alphas", "-1,0", "--bn", "interpolate",
+                        "--splits", "test", "--output", tmp_path / "o", tmp_path=tmp_path,
+                        check=0)
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert warnings and warnings[0].startswith("warning: alpha=-1: "), result.stderr
     assert "BatchNorm running variances are negative" in warnings[0]
@@ -104,11 +104,11 @@ def test_study_flags_become_the_specs_its_files_carry(tmp_path):
     from lbtkit.specs import InterpolationSpec, SharpnessSpec
 
     out = tmp_path / "study"
-    result = run_cli("study", "keskar", "--preset", "smoke", "--epochs", "1", "--sb", "32",
-                     "--lb", "512", "--alphas", "0,1", "--bn", "batch-stats", "--eps", "1e-3",
-                     "--subspace", "random:3", "--iters", "1", "--samples", "64",
-                     "--hessian-k", "0", "--no-trace", "--seed", "3", "--eval-batch-size", "256",
-                     "--no-progress", "--output", out, tmp_path=tmp_path, check=0)
+    result = invoke_cli("study", "keskar", "--preset", "smoke", "--epochs", "1", "--sb", "32",
+                        "--lb", "512", "--alphas", "0,1", "--bn", "batch-stats", "--eps", "1e-3",
+                        "--subspace", "random:3", "--iters", "1", "--samples", "64",
+                        "--hessian-k", "0", "--no-trace", "--seed", "3", "--eval-batch-size", "256",
+                        "--no-progress", "--output", out, tmp_path=tmp_path, check=0)
     assert f"study: wrote {out / 'report.md'}" in result.stdout  # the library's log line
     interpolation = json.loads((out / "interpolation" / "interpolation.json").read_text())
     assert InterpolationSpec.from_dict(interpolation["spec"]) == InterpolationSpec(

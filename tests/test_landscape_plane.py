@@ -20,7 +20,7 @@ from lbtkit.landscape import (
 )
 from lbtkit.specs import PlaneSpec
 
-from conftest import assert_user_error, run_cli, train_sb_lb, train_smoke
+from conftest import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -195,7 +195,8 @@ def test_cli_two_processes_equal_one_and_write_csv_png_json(runs, tmp_path):
     sb, lb, _ = runs
     common = ["--other", lb, "--directions", "between", "--grid", "-0.5:1:3,-1:1:3",
               "--bn", "recalibrate", "--bn-samples", "256", "--ignore-bn-bias", "--seed", "7"]
-    run_cli("landscape", sb, *common, "--output", tmp_path / "one", tmp_path=tmp_path, check=0)
+    invoke_cli("landscape", sb, *common, "--output", tmp_path / "one", tmp_path=tmp_path,
+               check=0)
     run_cli("landscape", sb, *common, "--num-processes", "2", "--output", tmp_path / "two",
             tmp_path=tmp_path, check=0, timeout=400)
     one, two = _rows(tmp_path / "one" / "landscape.csv"), _rows(tmp_path / "two" /
@@ -221,14 +222,14 @@ def test_cli_two_processes_equal_one_and_write_csv_png_json(runs, tmp_path):
 
 def test_cli_default_output_and_user_errors(runs, tmp_path):
     sb, _, _ = runs
-    out = run_cli("landscape", sb, "--grid", "-1:1:2", "--splits", "test", "--bn", "batch-stats",
-                  "--norm", "layer", tmp_path=tmp_path, check=0)
+    out = invoke_cli("landscape", sb, "--grid", "-1:1:2", "--splits", "test", "--bn",
+                     "batch-stats", "--norm", "layer", tmp_path=tmp_path, check=0)
     assert f"png: {sb / 'landscape' / 'landscape.png'}" in out.stdout
     assert len(_rows(sb / "landscape" / "landscape.csv")) == 4
 
     def refused(*args: str, needle: str) -> None:
-        assert_user_error(run_cli("landscape", sb, *args, "--output", tmp_path / "o",
-                                  tmp_path=tmp_path), needle)
+        assert_user_error(invoke_cli("landscape", sb, *args, "--output", tmp_path / "o",
+                                     tmp_path=tmp_path), needle)
 
     refused("--grid", "-1:1:x", needle="-1:1:x")
     refused("--norm", "filters", needle="filters")
