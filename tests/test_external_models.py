@@ -14,7 +14,7 @@ from lbtkit.errors import ConfigError
 from lbtkit.models import build_model, list_models
 from lbtkit.models.external import replace_head
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, invoke_cli, run_cli
 
 TINY_MODULE = """
     from torch import nn
@@ -95,8 +95,9 @@ def test_user_module_builder_trains_through_the_cli(user_module, tmp_path, monke
 
 
 def test_unknown_module_is_one_line_through_the_cli(tmp_path):
-    assert_user_error(run_cli("run", "--preset", "smoke", "--model", "nowhere_xyz:net",
-                              "--output", tmp_path / "run", tmp_path=tmp_path), "nowhere_xyz")
+    assert_user_error(invoke_cli("run", "--preset", "smoke", "--model", "nowhere_xyz:net",
+                                 "--output", tmp_path / "run", tmp_path=tmp_path),
+                      "nowhere_xyz")
 
 
 def test_installed_plugin_is_listed_and_built(user_module, monkeypatch):

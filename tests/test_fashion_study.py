@@ -24,9 +24,9 @@ from lbtkit.studies.summary import (
 
 from conftest import (
     assert_user_error,
+    invoke_cli,
     markdown_table,
     require_real_fashion_mnist,
-    run_cli,
     scaled_timeout,
 )
 
@@ -262,14 +262,13 @@ def test_rerun_resumes_without_training_or_measuring_again(quick, caplog):
 
 
 def test_cli_study_fashion_is_wired(tmp_path):
-    result = run_cli("study", "fashion", "--help", tmp_path=tmp_path,
-                     timeout=scaled_timeout(60))
+    result = invoke_cli("study", "fashion", "--help", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "--quick" in result.stdout and "--output" in result.stdout
 
 
 def test_cli_refuses_a_single_seed_in_one_line(tmp_path):
-    result = run_cli("study", "fashion", "--seeds", "1", "--output", tmp_path / "out",
-                     tmp_path=tmp_path, timeout=scaled_timeout(60))
+    result = invoke_cli("study", "fashion", "--seeds", "1", "--output", tmp_path / "out",
+                        tmp_path=tmp_path)
     assert_user_error(result, "seeds must be at least two different seeds")
     assert not (tmp_path / "out").exists()

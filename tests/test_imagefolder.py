@@ -11,7 +11,7 @@ from PIL import Image
 from lbtkit.data import dataset_info, load_dataset
 from lbtkit.errors import ConfigError, DataNotFoundError
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, invoke_cli
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -71,16 +71,16 @@ def test_broken_folders_are_named(tmp_path, breakage, error, needle):
 
 
 def test_missing_folder_is_one_line_through_the_cli(tmp_path):
-    assert_user_error(run_cli("run", "--preset", "smoke", "--dataset",
-                              f"imagefolder:{tmp_path / 'nowhere'}", "--output",
-                              tmp_path / "run", tmp_path=tmp_path), "nowhere")
+    assert_user_error(invoke_cli("run", "--preset", "smoke", "--dataset",
+                                 f"imagefolder:{tmp_path / 'nowhere'}", "--output",
+                                 tmp_path / "run", tmp_path=tmp_path), "nowhere")
 
 
 def test_trains_on_an_image_folder_through_the_cli(tmp_path):
     root = make_folder(tmp_path / "pets", per_class=(8, 2))
     run_dir = tmp_path / "run"
-    run_cli("run", "--preset", "smoke", "--dataset", f"imagefolder:{root}", "--image-size",
-            "16", "--batch-size", "8", "--epochs", "2", "--no-progress", "--output", run_dir,
-            tmp_path=tmp_path, check=0)
+    invoke_cli("run", "--preset", "smoke", "--dataset", f"imagefolder:{root}", "--image-size",
+               "16", "--batch-size", "8", "--epochs", "2", "--no-progress", "--output", run_dir,
+               tmp_path=tmp_path, check=0)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["config"]["num_classes"] == 3

@@ -28,7 +28,7 @@ from lbtkit.noise_scale import (
 )
 from lbtkit.specs import NoiseScaleSpec
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, invoke_cli, run_cli
 
 # --- the estimators --------------------------------------------------------------------------
 
@@ -465,8 +465,8 @@ def _invoke(*args) -> subprocess.CompletedProcess:
 
 
 def test_noise_scale_cli_writes_json(trained_run, tmp_path):
-    result = run_cli("noise-scale", trained_run, "--batches", "16,256", "--draws", "6",
-                     tmp_path=tmp_path, check=0)
+    result = invoke_cli("noise-scale", trained_run, "--batches", "16,256", "--draws", "6",
+                        tmp_path=tmp_path, check=0)
     assert "B_simple" in result.stdout
     stored = json.loads((trained_run / "noise_scale.json").read_text())
     assert stored["settings"]["batch_sizes"] == [16, 256]

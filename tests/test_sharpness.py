@@ -163,13 +163,13 @@ def test_run_sharpness_writes_every_setting(tmp_path):
 
 
 def test_sharpness_command_shows_each_stage_and_its_progress(tmp_path):
-    from conftest import run_cli, train_smoke
+    from conftest import invoke_cli, train_smoke
 
     run_dir = tmp_path / "run"
     train_smoke(run_dir, batch_size=256)
-    result = run_cli("sharpness", run_dir, "--eps", "1e-3", "--iters", "2", "--hessian",
-                     "--hessian-iters", "3", "--trace", "--trace-samples", "2", "--samples",
-                     "64", tmp_path=tmp_path, check=0)
+    result = invoke_cli("sharpness", run_dir, "--eps", "1e-3", "--iters", "2", "--hessian",
+                        "--hessian-iters", "3", "--trace", "--trace-samples", "2", "--samples",
+                        "64", tmp_path=tmp_path, check=0)
     lines = result.stdout.splitlines()
     assert "sharpness: full space, eps 0.001 (2 L-BFGS-B iterations)" in lines
     assert "sharpness: top 1 Hessian eigenvalues (3 Lanczos products)" in lines

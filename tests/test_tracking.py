@@ -20,7 +20,14 @@ from lbtkit.tracking import (
     tracking_dir,
 )
 
-from conftest import assert_user_error, run_cli, scaled_timeout, train_sb_lb, train_smoke
+from conftest import (
+    assert_user_error,
+    invoke_cli,
+    run_cli,
+    scaled_timeout,
+    train_sb_lb,
+    train_smoke,
+)
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -93,8 +100,8 @@ def test_smoke_run_writes_tensorboard_events_that_match_its_metrics(tmp_path):
 
 
 def test_unknown_or_missing_tracker_is_one_line(tmp_path):
-    result = run_cli("run", "--preset", "smoke", "--log-with", "tensorbored",
-                     "--output", tmp_path / "run", tmp_path=tmp_path)
+    result = invoke_cli("run", "--preset", "smoke", "--log-with", "tensorbored",
+                        "--output", tmp_path / "run", tmp_path=tmp_path)
     assert_user_error(result, "tensorbored")
 
 
@@ -113,14 +120,14 @@ def test_two_processes_write_one_event_stream(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_is_one_tensorboard_directory(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli("sweep", "plan", "--preset", "smoke", "--epochs", "1", "--batch-sizes", "32,64",
-            "--log-with", "tensorboard", "--output", sweep, tmp_path=tmp_path, check=0)
-    run_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path, timeout=600, check=0)
+    invoke_cli("sweep", "plan", "--preset", "smoke", "--epochs", "1", "--batch-sizes", "32,64",
+               "--log-with", "tensorboard", "--output", sweep, tmp_path=tmp_path, check=0)
+    invoke_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path, check=0)
     tracking = sweep / "runs" / "tracking"
     assert sorted(p.name for p in tracking.iterdir()) == ["b32-s0", "b64-s0"]
     for name in ("b32-s0", "b64-s0"):
         assert_events_match_metrics(read_events(tracking / name), metrics(sweep / "runs" / name))
-    report = run_cli("report", sweep, tmp_path=tmp_path, check=0).stdout
+    report = invoke_cli("report", sweep, tmp_path=tmp_path, check=0).stdout
     assert f"tensorboard --logdir {tracking}" in report
 
 
@@ -242,8 +249,8 @@ def test_missing_tracker_fails_before_measuring(tmp_path):
     if not missing:
         pytest.skip("every tracker is installed")
     # The run does not exist: the tracker must be refused first, in one line.
-    result = run_cli("noise-scale", tmp_path / "no-run", "--log-with", missing[0],
-                     tmp_path=tmp_path)
+    result = invoke_cli("noise-scale", tmp_path / "no-run", "--log-with", missing[0],
+                        tmp_path=tmp_path)
     assert_user_error(result, f"pip install 'lbtkit[{TRACKER_EXTRAS[missing[0]]}]'")
 
 
