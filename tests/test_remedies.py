@@ -151,8 +151,10 @@ def _global_bn_pass(rank: int, world: int, port: int, x, weight, bias) -> tuple:
         # A loss over the whole batch (sum over processes), so the input gradient of each
         # part must include the path through the other process's statistics.
         (out * torch.arange(out.numel()).view_as(out).float()).sum().backward()
-        return (out.detach(), part.grad, bn.weight.grad, bn.running_mean.clone(),
-                bn.running_var.clone())
+        result = (out.detach(), part.grad, bn.weight.grad, bn.running_mean.clone(),
+                  bn.running_var.clone())
+        dist.barrier()  # neither process tears the group down while the other still uses it
+        return result
     finally:
         dist.destroy_process_group()
 
