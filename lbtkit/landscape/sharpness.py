@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import Bounds, minimize
 from torch import nn
 
 from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.landscape.lbfgsb import minimize_in_box
 from lbtkit.launch import process_rank, shard
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import RunDir, load_run, versions, write_json
@@ -145,10 +145,11 @@ def keskar_sharpness(
     """phi = (max_{y in C_eps} f(x0 + A y) - f(x0)) / (1 + f(x0)) * 100 (Keskar et al. 2016, eq. 4).
 
     C_eps = {y : |y_i| <= eps (|(A^+ x0)_i| + 1)}; A None is the identity (the full space).
-    The maximum is sought by scipy's L-BFGS-B on -f for ``iters`` iterations, from a seeded
-    point drawn uniformly in the box (at a stationary x0 the gradient at y = 0 would be zero and
-    the search would not move). The largest f met at any evaluated point counts, and y = 0
-    belongs to the box, so phi >= 0. ``tick`` is called after each L-BFGS-B iteration.
+    The maximum is sought by scipy's L-BFGS-B (``minimize_in_box``) on -f for ``iters``
+    iterations, from a seeded point drawn uniformly in the box (at a stationary x0 the gradient
+    at y = 0 would be zero and the search would not move). The largest f met at any evaluated
+    point counts, and y = 0 belongs to the box, so phi >= 0. ``tick`` is called after each
+    L-BFGS-B iteration.
     """
     if not (math.isfinite(eps) and eps >= 0):
         raise ConfigError(f"eps must be a non-negative number, got {eps}")
@@ -173,9 +174,7 @@ def keskar_sharpness(
 
     # No tolerance stops: f and its changes are tiny at small eps, and the metric is defined
     # by the iteration count.
-    minimize(negative_f, start, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-             options={"maxiter": iters, "ftol": 0.0, "gtol": 0.0},
-             callback=(lambda _: tick()) if tick else None)
+    minimize_in_box(negative_f, start, -bound, bound, iters=iters, callback=tick)
     return (best - f0) / (1.0 + f0) * 100.0
 
 
