@@ -571,6 +571,10 @@ def _finish(t: Training, status: str, *,
         "global_step": state.global_step,
         "epochs_completed": state.epoch,
         "stopped_early": stopped_early,
+        # The rule met at the last epoch trained, whether that ended the run early or was the
+        # cap itself (stopped_early alone would call a rule met exactly at the cap "the cap").
+        "stop_rule_met": ({"epoch": state.epoch, "reason": t.stop_reason}
+                          if t.stop_reason is not None else None),
         "final": final,
         "best_val_acc": state.best_val_acc,
         "train_seconds": t.clock.elapsed(),

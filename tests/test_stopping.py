@@ -57,6 +57,8 @@ def test_bad_rules_are_refused_by_name(kwargs, needle):
 def test_a_run_stops_at_the_first_epoch_that_meets_its_rule(tmp_path):
     import json
 
+    from lbtkit.studies.summary import stop_text
+
     from conftest import train_smoke
 
     run_dir = tmp_path / "run"
@@ -71,6 +73,18 @@ def test_a_run_stops_at_the_first_epoch_that_meets_its_rule(tmp_path):
     assert (run_dir / "model.safetensors").is_file()
     assert json.loads((run_dir / "results.json").read_text())["stopped_early"] == \
         results["stopped_early"]
+    assert results["stop_rule_met"] == results["stopped_early"]
     # A completed run is not retrained, and a run without a rule records no early stop.
     assert train_smoke(run_dir, epochs=8, stop_train_acc=0.8) == results
-    assert train_smoke(tmp_path / "plain", epochs=1)["stopped_early"] is None
+    plain = train_smoke(tmp_path / "plain", epochs=3)
+    assert plain["stopped_early"] is None and plain["stop_rule_met"] is None
+    assert stop_text(plain) == "epochs cap (3)"
+    # The rule met exactly at the cap (the same run, a target only its last epoch reaches):
+    # not an early stop, but the rule, not the cap, is why it ended.
+    accuracies = [json.loads(line)["train_acc"]
+                  for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert accuracies[-1] > max(accuracies[:-1]), accuracies
+    at_cap = train_smoke(tmp_path / "at-cap", epochs=3, stop_train_acc=accuracies[-1])
+    assert at_cap["stopped_early"] is None and at_cap["stop_rule_met"]["epoch"] == 3
+    assert stop_text(at_cap) == at_cap["stop_rule_met"]["reason"]
+    assert stop_text(at_cap).startswith("train_acc ") and "at epoch 3" in stop_text(at_cap)

@@ -29,12 +29,13 @@ def measure_key(subspace: str, eps: float) -> str:
 
 
 def stop_text(results: dict[str, Any]) -> str:
-    """Why a run ended: the stopping rule's reason, else the epochs cap, else its status."""
-    stopped = results.get("stopped_early")
-    if isinstance(stopped, dict) and stopped.get("reason"):
-        return str(stopped["reason"])
+    """Why a run ended: the stopping rule's reason (also when it was met at the cap epoch
+    itself), else the epochs cap, else its status."""
+    for key in ("stopped_early", "stop_rule_met"):
+        stopped = results.get(key)
+        if isinstance(stopped, dict) and stopped.get("reason"):
+            return str(stopped["reason"])
     if results.get("status") == "completed":
-        # the loop records a rule only when it ends a run early, not at the cap itself
         return f"epochs cap ({results['config']['epochs']})"
     return str(results.get("status"))
 
