@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lbtkit.errors import ConfigError
 from lbtkit.rundir import read_json, write_json
@@ -34,7 +33,7 @@ class Analysis:
 
     spec_type: type[Spec]
     writes_file: bool
-    run: Callable[[Any, list[str | None], str, bool], dict[str, Path] | None]
+    run: Callable[..., dict[str, Path] | None]  # (spec, runs, output, progress[, weights=])
 
 
 def _interpolation(spec, runs, output, progress):
@@ -56,10 +55,10 @@ def _sharpness(spec, runs, output, progress):
     return None
 
 
-def _noise_scale(spec, runs, output, progress):
+def _noise_scale(spec, runs, output, progress, weights=None):
     from lbtkit.noise_scale import run_noise_scale
 
-    run_noise_scale(spec, runs[0], output=output)
+    run_noise_scale(spec, runs[0], output=output, weights=weights)
     return None
 
 
@@ -83,14 +82,19 @@ def write_job(
     spec: Spec,
     runs: Sequence[str | Path | None],
     output: str | Path,
+    *,
+    weights: str | Path | None = None,
 ) -> Path:
     """Write the launch file for ``run_job``; its path. ``runs``: the run directories the
     analysis reads, in the runner's order (None for a missing optional one); ``output``: the
-    directory or file it writes."""
+    directory or file it writes; ``weights``: other weights of the run to measure at (only
+    the noise scale takes them)."""
     kind = _analysis(analysis)
     if not isinstance(spec, kind.spec_type):
         raise TypeError(f"{analysis} needs a {kind.spec_type.__name__}, "
                         f"got {type(spec).__name__}")
+    if weights is not None and analysis != "noise-scale":
+        raise TypeError(f"{analysis} does not take other weights")
     path = job_path(analysis, output)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {
@@ -98,6 +102,7 @@ def write_job(
         "spec": spec.to_dict(),
         "runs": [None if run is None else str(Path(run).resolve()) for run in runs],
         "output": str(Path(output).resolve()),
+        **({} if weights is None else {"weights": str(Path(weights).resolve())}),
     })
     return path
 
@@ -110,7 +115,8 @@ def run_job(path: str | Path, *, progress: bool = True) -> dict[str, Path] | Non
         raise ConfigError(f"{path} is not an analysis launch file (written by write_job)")
     kind = _analysis(job["analysis"])
     spec = kind.spec_type.from_dict(job["spec"], source=str(path))
-    return kind.run(spec, job["runs"], job["output"], progress)
+    weights = {"weights": job["weights"]} if job.get("weights") else {}
+    return kind.run(spec, job["runs"], job["output"], progress, **weights)
 
 
 def launch_job(
@@ -119,12 +125,14 @@ def launch_job(
     runs: Sequence[str | Path | None],
     output: str | Path,
     num_processes: int,
+    *,
+    weights: str | Path | None = None,
 ) -> int:
     """Run the analysis on ``num_processes`` local processes (``accelerate launch``); the exit
     code."""
     from lbtkit import launch
 
-    job = write_job(analysis, spec, runs, output)
+    job = write_job(analysis, spec, runs, output, weights=weights)
     command = launch.lbtkit_launch_command(["analysis-worker", str(job)], num_processes,
                                            launch.free_port())
     return launch.run_launched(command, job.parent)

@@ -162,6 +162,16 @@ def load_checkpoint(
     return state
 
 
+def checkpoint_step(weights: str | Path) -> int | None:
+    """The optimizer step of a checkpoint's ``model.safetensors`` (from its state.json);
+    None for weights that are not a checkpoint's."""
+    weights = Path(weights)
+    state = weights.parent / "state.json"
+    if weights.name != "model.safetensors" or not state.is_file():
+        return None
+    return _read_state(state).global_step
+
+
 def _read_state(path: Path) -> LoopState:
     """The loop state of ``state.json``, refusing one that is valid JSON but incomplete."""
     try:

@@ -771,6 +771,12 @@ def noise_scale(
         typer.Option("--num-processes", help="split the random batches over N processes "
                      "(the same numbers as one process)"),
     ] = None,
+    weights: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--weights", help="measure at these weights of the run's model instead of "
+                     "its final ones, e.g. RUN/checkpoints/step-N/model.safetensors (default "
+                     "output RUN/noise_scale-step-N.json)"),
+    ] = None,
     log_with: LogWithOption = "",
     tracking_dir: RunTrackingDirOption = None,
     tracking_project: TrackingProjectOption = None,
@@ -779,14 +785,14 @@ def noise_scale(
         typer.Option("--samples", hidden=True, help="renamed --draws"),
     ] = None,
 ) -> None:
-    """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights
-    (McCandlish et al. 2018), from gradient norms at two batch sizes.
+    """The gradient noise scale B_simple = tr(Sigma)/|G|^2 at a run's final weights, or at a
+    checkpoint's (McCandlish et al. 2018), from gradient norms at two batch sizes.
 
     \b
     Example:
         lbtkit noise-scale runs/b1024 --batches 32,1024 --draws 32
     """
-    from lbtkit.noise_scale import NOISE_SCALE_FILE, parse_batches, run_noise_scale
+    from lbtkit.noise_scale import default_output, parse_batches, run_noise_scale
     from lbtkit.tracking import log_run_measurement, requested_trackers
 
     if renamed_samples is not None:
@@ -794,30 +800,55 @@ def noise_scale(
                         "--samples counts training images in sharpness)")
     trackers = requested_trackers(log_with)
     spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), draws=draws, seed=seed)
-    output = output if output is not None else run_dir / NOISE_SCALE_FILE
-    if _launched("noise-scale", spec, run_dir, output, num_processes):
+    step = _measured_step(weights, trackers)
+    output = output if output is not None else default_output(run_dir, weights)
+    if _launched("noise-scale", spec, run_dir, output, num_processes, weights=weights):
         result = read_json(output)
     else:
-        result = run_noise_scale(spec, run_dir, output=output)
-    console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir} "
+        result = run_noise_scale(spec, run_dir, output=output, weights=weights)
+    at = "" if weights is None else f" at {weights}"
+    console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir}{at} "
                                                    f"({draws} batches per size)"))
     print(f"written: {output}")
     log_run_measurement(trackers, run_dir, "noise_scale", result, configured_dir=tracking_dir,
-                        project=tracking_project)
+                        project=tracking_project, step=step)
+
+
+def _measured_step(weights: Path | None, trackers: list[str]) -> int | None:
+    """The optimizer step a --weights measurement is logged at (its checkpoint's); None for
+    the final weights (the run's last step). Refused before measuring when a tracker is
+    asked for and the weights are not a checkpoint's: nothing would place them on the
+    run's curves."""
+    from lbtkit.checkpoint import checkpoint_step
+
+    if weights is None:
+        return None
+    if not weights.is_file():
+        raise UserError(f"--weights {weights}: no such file")
+    step = checkpoint_step(weights)
+    if step is None and trackers:
+        raise UserError(f"--log-with with --weights needs a checkpoint's weights "
+                        f"(RUN/checkpoints/step-N/model.safetensors: its step places the "
+                        f"measurement on the run's curves), not {weights}")
+    return step
 
 
 def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
-              num_processes: int | None) -> bool:
-    """With --num-processes N > 1, run ``analysis`` of ``run_dir`` on N launched processes
-    (exit with their code when it is not 0) and return True; else False (run it here)."""
+              num_processes: int | None, *, weights: Path | None = None) -> bool:
+    """With --num-processes N > 1, run ``analysis`` of ``run_dir`` (at ``weights``, if given)
+    on N launched processes (exit with their code when it is not 0) and return True; else
+    False (run it here)."""
     from lbtkit.analysis_jobs import launch_job
+    from lbtkit.checkpoint import load_weights
     from lbtkit.rundir import load_run
 
     _check_num_processes(num_processes)
     if num_processes is None or num_processes == 1:
         return False
-    load_run(run_dir, device="cpu")  # one error line here rather than one per worker
-    code = launch_job(analysis, spec, [run_dir], output, num_processes)
+    model, _ = load_run(run_dir, device="cpu")  # one error line here rather than one per worker
+    if weights is not None:
+        load_weights(model, weights)
+    code = launch_job(analysis, spec, [run_dir], output, num_processes, weights=weights)
     if code != 0:
         raise typer.Exit(code)
     return True

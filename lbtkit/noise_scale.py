@@ -368,6 +368,17 @@ def parse_batches(text: str) -> tuple[int, int]:
     return small, big
 
 
+def default_output(run_dir: str | Path, weights: str | Path | None = None) -> Path:
+    """RUN/noise_scale.json for the final weights; RUN/noise_scale-LABEL.json for others, so
+    that measurements at several points of training sit side by side (LABEL: a checkpoint's
+    folder name, e.g. step-000000440, else the weights file's stem)."""
+    if weights is None:
+        return Path(run_dir) / NOISE_SCALE_FILE
+    weights = Path(weights)
+    label = weights.parent.name if weights.name == "model.safetensors" else weights.stem
+    return Path(run_dir) / f"noise_scale-{label}.json"
+
+
 def run_noise_scale(
     spec: NoiseScaleSpec, run_dir: str | Path, *, output: str | Path | None = None,
     accelerator: Any = None, weights: str | Path | None = None,
@@ -390,7 +401,7 @@ def run_noise_scale(
         result = _noise_scale_of_run(spec, run_dir, acc, weights)
         if acc is not None and not acc.is_main_process:
             return None
-    path = Path(output) if output is not None else Path(run_dir) / NOISE_SCALE_FILE
+    path = Path(output) if output is not None else default_output(run_dir, weights)
     write_json(path, result)
     result["path"] = str(path)
     return result

@@ -226,18 +226,20 @@ def log_scalars(names: Sequence[str], *, output_dir: str | Path, configured_dir:
 
 def log_run_measurement(names: Sequence[str], run_dir: str | Path, analysis: str,
                         result: Mapping[str, Any], *, configured_dir: str | None = None,
-                        project: str | None = None) -> None:
+                        project: str | None = None, step: int | None = None) -> None:
     """Log a finished run's measurement (``analysis``: "noise_scale" or "sharpness", its
     result as returned and written) into the run's own tracker run, beside its training
-    curves: the run's ``tracking_dir`` and project unless given, at the run's final optimizer
-    step, with the measurement's spec as hyper-parameters (prefixed ``ANALYSIS/``)."""
+    curves: the run's ``tracking_dir`` and project unless given, at ``step`` (default the
+    run's final optimizer step), with the measurement's spec as hyper-parameters (prefixed
+    ``ANALYSIS/``)."""
     if not names:
         return
     from lbtkit.rundir import RunDir
 
     run = RunDir(run_dir)
     config = run.read_config()
-    step = (run.read_results() or {}).get("global_step") or 0
+    if step is None:
+        step = (run.read_results() or {}).get("global_step") or 0
     log_scalars(
         names, output_dir=run.root,
         configured_dir=configured_dir or (config.tracking_dir if config else None),

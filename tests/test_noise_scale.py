@@ -450,7 +450,8 @@ def trained_run(tmp_path_factory):
     from lbtkit.train import run
 
     root = tmp_path_factory.mktemp("trained")
-    config = build_config(preset="smoke", overrides={"epochs": 1,
+    # Two epochs, a checkpoint after the first: weights to measure at besides the final ones.
+    config = build_config(preset="smoke", overrides={"epochs": 2, "checkpoint_every": 1,
                                                      "output_dir": str(root / "run")})
     assert run(config, progress=False)["status"] == "completed"
     return root / "run"
@@ -501,8 +502,10 @@ def test_noise_scale_cli_rejects_bad_input(trained_run, args, needle):
 @pytest.mark.slow
 def test_noise_scale_split_over_two_processes_equals_one(trained_run, tmp_path):
     """Each process takes every other batch; every batch has its own dropout seed and its
-    indices come from the one seeded sequence, so the numbers are one process's, exactly."""
-    args = ["--batches", "16,256", "--draws", "5", "--seed", "3"]
+    indices come from the one seeded sequence, so the numbers are one process's, exactly
+    (at a checkpoint's weights: the workers measure at the weights they are handed)."""
+    args = ["--batches", "16,256", "--draws", "5", "--seed", "3", "--weights",
+            _checkpoint_weights(trained_run)]
     assert _invoke("noise-scale", trained_run, *args, "--output", tmp_path / "one.json"
                    ).returncode == 0
     run_cli("noise-scale", trained_run, *args, "--num-processes", "2", "--output",
@@ -512,6 +515,32 @@ def test_noise_scale_split_over_two_processes_equals_one(trained_run, tmp_path):
     for key in ("grad_sq", "trace_sigma", "b_simple", "b_simple_std_error"):
         assert two[key] == one[key], key
     assert two["batches"] == one["batches"]
+
+
+def _checkpoint_weights(run_dir):
+    (checkpoint,) = (run_dir / "checkpoints").iterdir()
+    return checkpoint / "model.safetensors"
+
+
+def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
+    """--weights measures elsewhere on the training path, into a file of its own."""
+    from lbtkit.noise_scale import run_noise_scale
+
+    weights = _checkpoint_weights(trained_run)
+    args = ["--batches", "16,256", "--draws", "4"]
+    result = _invoke("noise-scale", trained_run, *args, "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    written = trained_run / f"noise_scale-{weights.parent.name}.json"
+    assert f"written: {written}" in result.stdout
+    stored = json.loads(written.read_text())
+    assert stored["weights"] == str(weights)
+    spec = NoiseScaleSpec(batch_sizes=(16, 256), draws=4)
+    direct = run_noise_scale(spec, trained_run, output=tmp_path / "direct.json", weights=weights)
+    final = run_noise_scale(spec, trained_run, output=tmp_path / "final.json")
+    assert stored["b_simple"] == direct["b_simple"] != final["b_simple"]
+    assert stored["weights_sha256"] != final["weights_sha256"]
+    assert_user_error(_invoke("noise-scale", trained_run, "--weights", tmp_path / "none.st"),
+                      "none.st: no such file")
 
 
 def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):

@@ -150,7 +150,7 @@ def stored_hyperparameters(run_tracking_dir: Path) -> str:
 
 def test_noise_scale_lands_beside_the_runs_training_curves(tmp_path):
     run_dir = tmp_path / "runs" / "smoke"
-    results = train_smoke(run_dir, log_with="tensorboard")
+    results = train_smoke(run_dir, log_with="tensorboard", epochs=2, checkpoint_every=1)
     invoke("noise-scale", run_dir, "--batches", "16,256", "--log-with", "tensorboard")
     stored = json.loads((run_dir / "noise_scale.json").read_text())
     folder = tmp_path / "runs" / "tracking" / "smoke"  # the run's own tracker run
@@ -169,6 +169,22 @@ def test_noise_scale_lands_beside_the_runs_training_curves(tmp_path):
     for tag, value in expected.items():
         assert events[tag] == [(step, pytest.approx(value, rel=1e-6))], tag
     assert "noise_scale/batch_sizes" in stored_hyperparameters(folder)
+    # At a checkpoint's weights (--weights): at that checkpoint's step, on the same curve.
+    (checkpoint,) = (run_dir / "checkpoints").iterdir()
+    invoke("noise-scale", run_dir, "--batches", "16,256", "--log-with", "tensorboard",
+           "--weights", checkpoint / "model.safetensors")
+    earlier = json.loads((run_dir / f"noise_scale-{checkpoint.name}.json").read_text())
+    checkpoint_step = json.loads((checkpoint / "state.json").read_text())["state"]["global_step"]
+    assert 0 < checkpoint_step < step
+    assert sorted(read_events(folder)["noise_scale/b_simple"]) == [
+        (checkpoint_step, pytest.approx(earlier["b_simple"], rel=1e-6)),
+        (step, pytest.approx(stored["b_simple"], rel=1e-6))]
+    # Weights that are not a checkpoint's have no step on the curves: refused before measuring.
+    elsewhere = tmp_path / "copy.safetensors"
+    elsewhere.write_bytes((run_dir / "model.safetensors").read_bytes())
+    assert_user_error(invoke_cli("noise-scale", run_dir, "--log-with", "tensorboard",
+                                 "--weights", elsewhere, tmp_path=tmp_path),
+                      "--log-with with --weights needs a checkpoint's weights")
 
 
 def test_sharpness_logs_at_the_runs_final_step_into_a_given_tracking_dir(tmp_path):
