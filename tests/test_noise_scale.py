@@ -8,12 +8,10 @@ import gc
 import json
 import math
 import shutil
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from lbtkit.errors import ConfigError
 from lbtkit.noise_scale import (
@@ -434,11 +432,9 @@ def test_resumed_run_logs_identical_noise_scale(logged_run, tmp_path):
 
 
 def test_one_process_cannot_log_it(tmp_path):
-    from lbtkit.cli import app
-
-    result = CliRunner().invoke(app, ["run", "--preset", "smoke", "--log-noise-scale",
-                                      "--output", str(tmp_path / "r"), "--dry-run"])
-    assert result.exit_code == 2 and "log_noise_scale needs 2 or more processes" in result.stderr
+    result = invoke_cli("run", "--preset", "smoke", "--log-noise-scale", "--output",
+                        tmp_path / "r", "--dry-run")
+    assert_user_error(result, "log_noise_scale needs 2 or more processes")
 
 
 # --- the CLI ---------------------------------------------------------------------------------
@@ -457,14 +453,6 @@ def trained_run(tmp_path_factory):
     return root / "run"
 
 
-def _invoke(*args) -> subprocess.CompletedProcess:
-    """The CLI in this process (an import of torch per case would dominate the test's time)."""
-    from lbtkit.cli import app
-
-    result = CliRunner().invoke(app, list(map(str, args)))
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-
-
 def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     result = invoke_cli("noise-scale", trained_run, "--batches", "16,256", "--draws", "6",
                         tmp_path=tmp_path, check=0)
@@ -479,7 +467,7 @@ def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     assert len(stored["weights_sha256"]) == 64
     # The same settings give the same numbers; --output goes elsewhere.
     out = tmp_path / "again.json"
-    assert _invoke("noise-scale", trained_run, "--batches", "256,16", "--draws", "6",
+    assert invoke_cli("noise-scale", trained_run, "--batches", "256,16", "--draws", "6",
                    "--output", out).returncode == 0
     assert json.loads(out.read_text())["b_simple"] == stored["b_simple"]
     assert NoiseScaleSpec.from_dict(stored["spec"]) == NoiseScaleSpec(batch_sizes=(16, 256),
@@ -496,7 +484,7 @@ def test_noise_scale_cli_writes_json(trained_run, tmp_path):
     (["--num-processes", "0"], "--num-processes must be >= 1, got 0"),
 ])
 def test_noise_scale_cli_rejects_bad_input(trained_run, args, needle):
-    assert_user_error(_invoke("noise-scale", trained_run, *args), needle)
+    assert_user_error(invoke_cli("noise-scale", trained_run, *args), needle)
 
 
 @pytest.mark.slow
@@ -506,7 +494,7 @@ def test_noise_scale_split_over_two_processes_equals_one(trained_run, tmp_path):
     (at a checkpoint's weights: the workers measure at the weights they are handed)."""
     args = ["--batches", "16,256", "--draws", "5", "--seed", "3", "--weights",
             _checkpoint_weights(trained_run)]
-    assert _invoke("noise-scale", trained_run, *args, "--output", tmp_path / "one.json"
+    assert invoke_cli("noise-scale", trained_run, *args, "--output", tmp_path / "one.json"
                    ).returncode == 0
     run_cli("noise-scale", trained_run, *args, "--num-processes", "2", "--output",
             tmp_path / "two.json", tmp_path=tmp_path, check=0, timeout=300)
@@ -528,7 +516,7 @@ def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
 
     weights = _checkpoint_weights(trained_run)
     args = ["--batches", "16,256", "--draws", "4"]
-    result = _invoke("noise-scale", trained_run, *args, "--weights", weights)
+    result = invoke_cli("noise-scale", trained_run, *args, "--weights", weights)
     assert result.returncode == 0, result.stderr
     written = trained_run / f"noise_scale-{weights.parent.name}.json"
     assert f"written: {written}" in result.stdout
@@ -539,7 +527,7 @@ def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
     final = run_noise_scale(spec, trained_run, output=tmp_path / "final.json")
     assert stored["b_simple"] == direct["b_simple"] != final["b_simple"]
     assert stored["weights_sha256"] != final["weights_sha256"]
-    assert_user_error(_invoke("noise-scale", trained_run, "--weights", tmp_path / "none.st"),
+    assert_user_error(invoke_cli("noise-scale", trained_run, "--weights", tmp_path / "none.st"),
                       "none.st: no such file")
 
 
@@ -547,8 +535,8 @@ def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(trained_run / "config.json", unfinished / "config.json")
-    assert_user_error(_invoke("noise-scale", unfinished), "has no final weights")
-    assert_user_error(_invoke("noise-scale", tmp_path / "missing"), "missing")
+    assert_user_error(invoke_cli("noise-scale", unfinished), "has no final weights")
+    assert_user_error(invoke_cli("noise-scale", tmp_path / "missing"), "missing")
 
 
 # --- the report --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from lbtkit.errors import ConfigError, UserError
 from lbtkit.tracking import (
@@ -135,12 +134,8 @@ def test_a_sweep_is_one_tensorboard_directory(tmp_path):
 
 
 def invoke(*args) -> str:
-    """A command in this process (a subprocess would spend its time importing torch)."""
-    from lbtkit.cli import app
-
-    result = CliRunner().invoke(app, list(map(str, args)))
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
+    """A command in this process that must succeed; its stdout."""
+    return invoke_cli(*args, check=0).stdout
 
 
 def stored_hyperparameters(run_tracking_dir: Path) -> str:
