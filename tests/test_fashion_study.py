@@ -203,10 +203,12 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
         (r["seed"], r["side"].upper(), f"{r['epochs']} ({r['epochs_cap']})", r["stopped_by"])
         for r in runs]
     # QUICK's rule: SB (running accuracy ~0.84 after epoch 1) meets the 0.80 target and stops
-    # early; LB (~0.73) runs to the 2-epoch cap. results.json records the rule that fired.
-    assert [(r["side"], r["epochs"], r["stopped_by"].split(" ")[0]) for r in runs] == [
-        (side, epochs, reason) for _ in QUICK.seeds
-        for side, epochs, reason in (("sb", "1", "train_acc"), ("lb", "2", "epochs"))]
+    # early; LB (~0.73 after epoch 1, ~0.86 after 2) meets it only at the 2-epoch cap, and the
+    # rule, not the cap, is why it ended. results.json records the rule that fired.
+    assert [(r["side"], r["epochs"]) for r in runs] == [("sb", "1"), ("lb", "2")] * len(QUICK.seeds)
+    for run in runs:
+        assert run["stopped_by"].startswith("train_acc ") and \
+            run["stopped_by"].endswith(f">= 0.8 at epoch {run['epochs']}"), run
     for row, run in zip(shown, runs, strict=True):
         assert row["train acc"] == f"{100 * float(run['train_acc']):.2f}%"
         results = json.loads((out / "work" / f"keskar-s{run['seed']}" / run["side"]

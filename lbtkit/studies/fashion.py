@@ -87,9 +87,8 @@ FULL = FashionStudySpec(
     threads=1,
 )
 # ``--quick`` and the tests: the same steps on less. Two seeds (a standard deviation); SB meets
-# the 0.80 target after its first epoch and stops early, LB (about 0.73 then) runs to the
-# 2-epoch cap: both ways a run ends are shown. A few alphas, one sharpness iteration on 256
-# images.
+# the 0.80 target after its first epoch and stops early, LB (about 0.73 then) meets it only at
+# the 2-epoch cap. A few alphas, one sharpness iteration on 256 images.
 QUICK = FULL.updated(
     seeds=(0, 1), epochs_cap=2, stop_train_acc=0.80, stop_plateau_epochs=None,
     sweep_batch_sizes=(2048, 8192), sweep_epochs=1, sweep_warmup_epochs=0.0,
