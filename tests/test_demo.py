@@ -184,7 +184,7 @@ def test_interpolation_sentences_on_made_up_rows():
 def test_cli_demo_command_is_wired(cli):
     result = cli("demo", "--help")
     if result.returncode != 0 and "No such command" in result.stderr:
-        pytest.skip("the demo command is not in lbtkit/cli.py yet")
+        pytest.skip("the demo command is not in lbtkit/cli/ yet")
     assert result.returncode == 0, result.stderr
     assert "--output" in result.stdout and "--quick" in result.stdout
 

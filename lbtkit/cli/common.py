@@ -1,0 +1,198 @@
+"""The Typer ``app`` and what its commands share: error exits, config flags, parsers, logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import sys
+import typing
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from lbtkit.config import RunConfig, field_type
+from lbtkit.errors import EnvironmentFault, UserError
+
+app = typer.Typer(
+    help="lbtkit: the large-batch training kit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Plain Click help: wraps to any width without cutting option names, and shows help
+    # text as written ("[sweep]" is a TOML table, not Rich markup).
+    rich_markup_mode=None,
+)
+# Files and pipes get a wide console: Rich would otherwise fold tables to 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+EXIT_USER_ERROR = 2
+EXIT_ENVIRONMENT = 1
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import lbtkit
+
+        print(f"lbtkit {lbtkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _common(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the version and exit",
+    )] = False,
+) -> None:
+    """lbtkit: the large-batch training kit."""
+
+
+def user_errors(fn):
+    """Print a user mistake as one line on stderr and exit 2; an environment fault (a full or
+    read-only disk, a path the system refuses) as one line and exit 1. No traceback for
+    either: anything else is a bug and keeps it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except EnvironmentFault as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+            raise typer.Exit(EXIT_ENVIRONMENT) from None
+
+    return wrapper
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
+    """Add one ``--kebab-case`` option per RunConfig field to a command's signature
+    (``--batch-size``): generated from the dataclass, so the two cannot drift apart.
+
+    Each defaults to None ("not given"), so only flags the user typed override the preset
+    and the config file. The command receives them as ``config_flags: dict``.
+    """
+    if fn is None:
+        return functools.partial(with_config_flags, exclude=exclude)
+    original = inspect.signature(fn)
+    # Resolve the string annotations (postponed evaluation) so Typer sees real types.
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in original.parameters.values() if p.name != "config_flags"]
+    names = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in exclude:
+            continue
+        flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
+        kind = field_type(f.name)
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(*decls, help=_field_help(f), show_default=False,
+                              parser=_NUMBER_PARSERS.get(kind))
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY,
+            default=None, annotation=Annotated[Optional[kind], option],  # noqa: UP045
+        ))
+        names.append(f.name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        flags = {name: kwargs.pop(name) for name in names}
+        return fn(*args, config_flags=flags, **kwargs)
+
+    wrapper.__signature__ = original.replace(parameters=params)
+    return wrapper
+
+
+def _field_help(f: dataclasses.Field) -> str:
+    """A field's help with its RunConfig default (what applies without a preset)."""
+    text = f.metadata.get("help", "")
+    if f.default is None or f.default == "":
+        return text
+    shown = (f"--{f.name.replace('_', '-')}" if f.default is True else
+             f"--no-{f.name.replace('_', '-')}" if f.default is False else f"{f.default:g}"
+             if isinstance(f.default, float) else str(f.default))
+    return f"{text}  [default: {shown}]"
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+
+
+# Typer's own messages ("Input should be a valid integer") do not repeat the value given.
+_NUMBER_PARSERS = {int: parse_int, float: _parse_float}
+
+
+def check_num_processes(num_processes: int | None) -> None:
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+
+
+class _StandardStream(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout`` (or ``sys.stderr``) is when a record comes, not
+    when it was made: a live progress bar swaps in a proxy that prints above the bar."""
+
+    def __init__(self, name: str) -> None:
+        self._stream_name = name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the lookup wins
+        pass
+
+
+def configure_logging() -> None:
+    """Show the library's log records as the CLI's own lines: info on stdout as the bare
+    message, warnings and errors on stderr as "warning: message". The library itself only logs
+    (``logging.getLogger(__name__)``): as a library it is quiet unless its user configures
+    logging."""
+
+    class _LevelPrefix(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            return text if record.levelno < logging.WARNING else \
+                f"{record.levelname.lower()}: {text}"
+
+    out = _StandardStream("stdout")
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = _StandardStream("stderr")
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(_LevelPrefix("%(message)s"))
+    logger = logging.getLogger("lbtkit")
+    logger.handlers[:] = [out, err]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def main() -> None:
+    from lbtkit.signals import exit_interrupted_during_startup
+
+    exit_interrupted_during_startup()  # the console script's entry; python -m did it already
+    configure_logging()
+    app()

@@ -1,0 +1,134 @@
+"""Whole studies in one command: ``lbtkit study keskar``, ``study fashion``, ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lbtkit.cli.common import app, check_num_processes, user_errors, with_config_flags
+from lbtkit.config import RunConfig, build_config
+from lbtkit.specs import DEFAULT_ALPHAS, InterpolationSpec, KeskarStudySpec, SharpnessSpec
+
+study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("keskar")
+@user_errors
+@with_config_flags(exclude=("output_dir", "name", "batch_size"))
+def study_keskar(
+    output: Annotated[Path, typer.Option("--output", help="the study directory")],
+    preset: Annotated[Optional[str], typer.Option(help="e.g. keskar-c1")] = None,  # noqa: UP045
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="TOML file with base settings"),
+    ] = None,
+    sb: Annotated[int, typer.Option("--sb", help="small batch size")] = 256,
+    lb: Annotated[int, typer.Option("--lb", help="large batch size")] = 5000,
+    alphas: Annotated[str, typer.Option(help="interpolation grid")] = DEFAULT_ALPHAS,
+    bn: Annotated[str, typer.Option(help="BatchNorm handling (see interpolate)")] = "recalibrate",
+    eps: Annotated[str, typer.Option(help="comma list of sharpness box sizes")] = "1e-3,5e-4",
+    subspace: Annotated[str, typer.Option(help="full | random:P")] = "full",
+    iters: Annotated[int, typer.Option(help="L-BFGS-B iterations")] = 10,
+    hessian_k: Annotated[int, typer.Option(help="top Hessian eigenvalues (0: skip)")] = 1,
+    trace: Annotated[bool, typer.Option(help="Hutchinson trace")] = True,
+    samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    num_processes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--num-processes", help="run each training, the interpolation and "
+                     "each sharpness on N processes (accelerate launch, DDP)"),
+    ] = None,
+    *,
+    config_flags: dict,
+) -> None:
+    """Train SB and LB from one initialisation, interpolate, measure sharpness, report.
+
+    \b
+    Example:
+        lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output c1
+    """
+    from lbtkit.studies.keskar import keskar_study
+    from lbtkit.train import exit_code
+
+    base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
+    spec = KeskarStudySpec(
+        sb=sb, lb=lb,
+        interpolation=InterpolationSpec.from_dict(
+            {"alphas": alphas, "bn": bn, "eval_batch_size": base.eval_batch_size},
+            source="the command line"),
+        sharpness=SharpnessSpec.from_dict(
+            {"eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian_k != 0,
+             "top_k": hessian_k or 1, "trace": trace, "samples": samples,
+             "batch_size": base.eval_batch_size, "seed": base.seed},
+            source="the command line"),
+    )
+    check_num_processes(num_processes)
+    summary = keskar_study(base, spec, output, progress=progress,
+                           num_processes=num_processes or 1)
+    print(f"report: {output / 'report.md'}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
+@study_app.command("fashion")
+@user_errors
+def study_fashion(
+    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2 seeds, 1-2 epochs, small measurements: minutes")
+    ] = False,
+    seeds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 3; 2 with "
+                     "--quick); each seed adds about 10 minutes")
+    ] = None,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="where to look for fashion-mnist first (then "
+                          "/usr/share/datasets/fashion-mnist)")
+    ] = RunConfig.data_dir,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md.
+
+    \b
+    Example:
+        lbtkit study fashion --output docs/fashion          # what make study runs
+        lbtkit study fashion --output /tmp/fashion --quick
+    """
+    from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
+    from lbtkit.train import exit_code
+
+    spec = QUICK if quick else FULL
+    if seeds is not None:
+        spec = spec.updated(seeds=tuple(range(seeds)))
+    summary = run_fashion_study(output, spec, data_dir=data_dir, progress=progress)
+    if summary["status"] == "completed":
+        print(f"index: {summary['index']}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2 batch sizes, 1 epoch, tiny measurements: seconds")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md.
+
+    \b
+    Example:
+        lbtkit demo --output docs/demo
+        lbtkit demo --output /tmp/demo --quick
+    """
+    from lbtkit.demo import FULL, QUICK, run_demo
+    from lbtkit.preflight import check_output_dir
+    from lbtkit.train import exit_code
+
+    check_output_dir(output)
+    summary = run_demo(output, QUICK if quick else FULL, progress=progress)
+    raise typer.Exit(exit_code(summary["status"]))
