@@ -46,7 +46,7 @@ def mobilenet_v2_cifar(
 
 
 def _build(*, num_classes: int, in_channels: int, cifar_strides: bool) -> nn.Module:
-    import torchvision  # deferred: 1.5 s per process, and most runs do not need it
+    import torchvision  # deferred: ~0.4 s of every process, and most runs do not need it
 
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     stem = model.features[0][0]
