@@ -3,6 +3,7 @@ no process boundary is under test (invoke_cli)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -137,6 +138,7 @@ def invoke_cli(*args: str, tmp_path: Path | None = None, check: int | None = Non
 
     from lbtkit.cli import app, configure_logging
 
+    _refuse_a_launch_here(list(map(str, args)))
     logger = logging.getLogger("lbtkit")
     saved = logger.handlers[:], logger.level, logger.propagate
     env = {k: v for k, v in {**cli_env(tmp_path), **(env or {})}.items()
@@ -155,6 +157,15 @@ def invoke_cli(*args: str, tmp_path: Path | None = None, check: int | None = Non
         raise AssertionError(f"exit {done.returncode} != {check}\nstdout:\n{done.stdout}\n"
                              f"stderr:\n{done.stderr}")
     return done
+
+
+def _refuse_a_launch_here(args: list[str]) -> None:
+    """A launch of several processes belongs in run_cli: in this process the launcher would
+    make the test worker the workers' subreaper and signal its other children when done."""
+    launching = args[:1] != ["sweep"] and "--dry-run" not in args  # a sweep plan only plans
+    for flag, value in itertools.pairwise(args):
+        if launching and flag == "--num-processes" and value.isdigit() and int(value) > 1:
+            raise AssertionError(f"{' '.join(args)}: launches processes, use run_cli")
 
 
 def assert_user_error(result: subprocess.CompletedProcess, needle: str) -> None:

@@ -205,7 +205,7 @@ CASES = [
     Case("corrupt init.safetensors in study", _corrupt_init, 2, "init.safetensors"),
     Case("4 processes, no data", _missing_cifar_four_processes, 2, "not found", fresh=True),
     Case("no ImageNet weights", _missing_imagenet_weights, 2, "lbtkit fetch weights",
-         env=lambda t: {"TORCH_HOME": str(t / "torch-home")}),
+         env=lambda t: {"TORCH_HOME": str(t / "torch-home")}, fresh=True),  # would launch
     Case("sweep run, no data", _sweep_without_data, 2, "not found"),
     Case("second live run", _held_lock, 2, "in use by another live run (pid 4242 on somehost)",
          fresh=True),
