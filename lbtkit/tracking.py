@@ -12,6 +12,11 @@ The analysis commands log too, after they have written their files (``log_run_me
 a finished run's noise scale or sharpness into that run's own tracker run, at its final step;
 ``log_grid``: an interpolation or a landscape as one tracker run named like its output
 directory, one step per grid point).
+
+Hosted trackers name runs by id, not by name: W&B and MLflow would open a second run of the
+same name for a resumed (requeued) training run and for each analysis of it. So the ids of a
+run's W&B and MLflow runs are kept in ``RUN/tracker_runs.json`` once they start, and every later
+start for that directory continues them (TensorBoard appends to the run's folder anyway).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,9 +93,39 @@ def run_name(output_dir: str | Path) -> str:
     return Path(output_dir).resolve().name
 
 
+TRACKER_RUNS_FILE = "tracker_runs.json"  # in the run directory: {"wandb": id, "mlflow": id}
+
+
+def tracker_runs(output_dir: str | Path) -> dict[str, str]:
+    """The W&B / MLflow run ids recorded for the run in ``output_dir`` ({} before any)."""
+    from lbtkit.rundir import read_json
+
+    path = Path(output_dir) / TRACKER_RUNS_FILE
+    stored = read_json(path) if path.is_file() else None
+    return {k: v for k, v in stored.items() if isinstance(v, str)} if isinstance(stored, dict) \
+        else {}
+
+
+def record_tracker_runs(trackers: Iterable[Any], output_dir: str | Path) -> None:
+    """Keep the run ids of started W&B / MLflow trackers in ``RUN/tracker_runs.json`` (main
+    process), for the next start in that directory to continue them."""
+    from lbtkit.rundir import write_json
+
+    started = {}
+    for tracker in trackers:
+        if tracker.name == "wandb" and getattr(tracker, "run", None) is not None:
+            started["wandb"] = tracker.run.id
+        elif tracker.name == "mlflow" and getattr(tracker, "active_run", None) is not None:
+            started["mlflow"] = tracker.active_run.info.run_id
+    known = tracker_runs(output_dir)
+    if started and {**known, **started} != known:
+        write_json(Path(output_dir) / TRACKER_RUNS_FILE, {**known, **started})
+
+
 def make_trackers(names: list[str], *, output_dir: str | Path, configured_dir: str | None,
                   project: str) -> list[Any]:
-    """Accelerate tracker objects for ``names``, each naming the run like its directory.
+    """Accelerate tracker objects for ``names``, each naming the run like its directory and
+    continuing the W&B / MLflow runs recorded for it (``record_tracker_runs``).
 
     Built here rather than by name in ``Accelerator(log_with=...)`` because Accelerate gives
     every tracker one ``project_name``: TensorBoard uses it as the run's folder and W&B as the
@@ -100,16 +136,19 @@ def make_trackers(names: list[str], *, output_dir: str | Path, configured_dir: s
     check_installed(names)
     directory = tracking_dir(output_dir, configured_dir)
     name = run_name(output_dir)
+    ids = tracker_runs(output_dir)
     trackers: list[Any] = []
     for tracker in names:
         if tracker == "tensorboard":
             trackers.append(TensorBoardTracker(name, directory))
         elif tracker == "mlflow":
-            trackers.append(MLflowTracker(experiment_name=project,
-                                          logging_dir=str(directory), run_name=name))
+            trackers.append(MLflowTracker(experiment_name=project, logging_dir=str(directory),
+                                          run_name=name, run_id=ids.get("mlflow")))
         elif tracker == "wandb":
-            trackers.append(LOGGER_TYPE_TO_CLASS["wandb"](project, name=name,
-                                                          dir=str(directory)))
+            # W&B takes an id chosen here; "allow": continue it if it exists, else create it.
+            trackers.append(LOGGER_TYPE_TO_CLASS["wandb"](
+                project, name=name, dir=str(directory), id=ids.get("wandb") or uuid.uuid4().hex,
+                resume="allow"))
         elif LOGGER_TYPE_TO_CLASS[tracker].requires_logging_directory:
             trackers.append(LOGGER_TYPE_TO_CLASS[tracker](project, directory))
         else:
@@ -147,13 +186,16 @@ class Tracking:
     unconditionally.
     """
 
-    def __init__(self, accelerator: Any, enabled: bool) -> None:
+    def __init__(self, accelerator: Any, enabled: bool, output_dir: str | Path) -> None:
         self.accelerator = accelerator
         self.enabled = enabled
+        self.output_dir = output_dir
 
     def start(self, config: Mapping[str, Any], project: str) -> None:
         if self.enabled:
             self.accelerator.init_trackers(project, config=hyperparameters(config))
+            if self.accelerator.is_main_process:
+                record_tracker_runs(self.accelerator.trackers, self.output_dir)
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
         if self.enabled:
@@ -213,6 +255,7 @@ def log_scalars(names: Sequence[str], *, output_dir: str | Path, configured_dir:
             tracker.start()
             started.append(tracker)
             tracker.store_init_configuration(hyperparameters(config))
+        record_tracker_runs(started, output_dir)
         for step, values in rows:
             numbers = _numbers(values)
             for tracker in started:

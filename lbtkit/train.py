@@ -292,7 +292,7 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
     if stop_rule.active:  # the rows before a resume, once the main process has repaired them
         accelerator.wait_for_everyone()
         history = run_dir.read_metrics()
-    tracking = Tracking(accelerator, enabled=bool(config.log_with))
+    tracking = Tracking(accelerator, enabled=bool(config.log_with), output_dir=config.output_dir)
     tracking.start(config.to_dict(), config.tracking_project)
     # Gradient noise scale: a DDP comm hook reads each process's own gradient (small batch)
     # before it is averaged (big batch); no host sync per step, see lbtkit.noise_scale.

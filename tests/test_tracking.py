@@ -279,3 +279,71 @@ def test_interpolation_over_two_processes_is_logged_once(tmp_path):
         test_loss = [float(r["loss"]) for r in csv.DictReader(handle) if r["split"] == "test"]
     assert read_events(folder)["interpolation/test_loss"] == [
         (i, pytest.approx(loss, rel=1e-6)) for i, loss in enumerate(test_loss)]
+
+
+# --- W&B and MLflow: one tracker run per run directory, across resumes and analyses ----------
+
+
+def _started(trackers, mlflow_id: str) -> None:
+    """What starting them does, without the packages: W&B opens the run with the id it was
+    given, MLflow with the id its server chooses."""
+    from types import SimpleNamespace
+
+    for tracker in trackers:
+        if tracker.name == "wandb":
+            tracker.run = SimpleNamespace(id=tracker.init_kwargs["id"])
+        elif tracker.name == "mlflow":
+            tracker.active_run = SimpleNamespace(info=SimpleNamespace(
+                run_id=tracker.run_id or mlflow_id))
+
+
+def test_a_resumed_run_and_its_analyses_continue_its_wandb_and_mlflow_runs(tmp_path, monkeypatch):
+    import lbtkit.tracking as tracking
+
+    monkeypatch.setattr(tracking, "check_installed", lambda names: None)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    run_dir = tmp_path / "runs" / "b32"
+    run_dir.mkdir(parents=True)
+
+    def trackers(output_dir=run_dir):
+        return {t.name: t for t in tracking.make_trackers(
+            ["wandb", "mlflow", "tensorboard"], output_dir=output_dir, configured_dir=None,
+            project="study")}
+
+    first = trackers()
+    assert first["wandb"].init_kwargs["name"] == "b32"
+    assert first["wandb"].init_kwargs["resume"] == "allow" and first["mlflow"].run_id is None
+    _started(first.values(), mlflow_id="m-1")
+    tracking.record_tracker_runs(first.values(), run_dir)
+    recorded = json.loads((run_dir / tracking.TRACKER_RUNS_FILE).read_text())
+    assert recorded == {"wandb": first["wandb"].init_kwargs["id"], "mlflow": "m-1"}
+    # The requeued run, or `lbtkit noise-scale RUN --log-with wandb`, opens them again.
+    again = trackers()
+    assert again["wandb"].init_kwargs["id"] == recorded["wandb"]
+    assert again["mlflow"].run_id == "m-1"
+    _started(again.values(), mlflow_id="m-2")
+    tracking.record_tracker_runs(again.values(), run_dir)
+    assert json.loads((run_dir / tracking.TRACKER_RUNS_FILE).read_text()) == recorded
+    # Another run directory is another tracker run.
+    other = trackers(tmp_path / "runs" / "b64")
+    assert other["wandb"].init_kwargs["id"] != recorded["wandb"]
+    assert other["mlflow"].run_id is None
+
+
+def test_training_records_the_tracker_runs_it_started(tmp_path, monkeypatch):
+    """The loop's Tracking.start records what its Accelerator's trackers opened (TensorBoard
+    alone has no id: nothing is written)."""
+    from types import SimpleNamespace
+
+    import lbtkit.tracking as tracking
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    wandb_like = SimpleNamespace(name="wandb", run=SimpleNamespace(id="w-7"))
+    accelerator = SimpleNamespace(is_main_process=True, trackers=[wandb_like],
+                                  init_trackers=lambda project, config: None)
+    tracking.Tracking(accelerator, enabled=True, output_dir=run_dir).start({}, "p")
+    assert tracking.tracker_runs(run_dir) == {"wandb": "w-7"}
+    results = train_smoke(tmp_path / "tb", log_with="tensorboard")
+    assert results["status"] == "completed"
+    assert not (tmp_path / "tb" / tracking.TRACKER_RUNS_FILE).exists()
