@@ -529,6 +529,8 @@ def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
     assert stored["weights_sha256"] != final["weights_sha256"]
     assert_user_error(invoke_cli("noise-scale", trained_run, "--weights", tmp_path / "none.st"),
                       "none.st: no such file")
+    assert_user_error(invoke_cli("noise-scale", trained_run, "--weights", tmp_path),
+                      "a directory, not a weights file")
 
 
 def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):

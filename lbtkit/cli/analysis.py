@@ -326,7 +326,8 @@ def _measured_step(weights: Path | None, trackers: list[str]) -> int | None:
     if weights is None:
         return None
     if not weights.is_file():
-        raise UserError(f"--weights {weights}: no such file")
+        raise UserError(f"--weights {weights}: " + ("a directory, not a weights file"
+                                                    if weights.is_dir() else "no such file"))
     step = checkpoint_step(weights)
     if step is None and trackers:
         raise UserError(f"--log-with with --weights needs a checkpoint's weights "
