@@ -66,6 +66,7 @@ bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in $(BENCH_RES
 	$(BIN)/python bench/train_step.py --results-dir $(BENCH_RESULTS)
 	$(BIN)/python bench/interpolation.py --results-dir $(BENCH_RESULTS)
 	$(BIN)/python bench/normalize.py --results-dir $(BENCH_RESULTS)
+	$(BIN)/python bench/lbfgsb_box.py --results-dir $(BENCH_RESULTS)
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
