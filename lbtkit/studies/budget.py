@@ -66,7 +66,9 @@ FORWARD_S = 3.5e-5  # per image, evaluation
 GRADIENT_S = 8e-5  # per image, forward + backward
 HVP_GRADIENTS = 3  # a Hessian-vector product costs about three gradients
 LBFGS_EVALUATIONS = 1.2  # evaluations per L-BFGS-B iteration (12 in 10 iterations, measured)
-LBFGS_STEP_S = 1e-6  # per variable and iteration: scipy's L-BFGS-B itself (0.8 s at 1.46M)
+# per variable and iteration: scipy's L-BFGS-B itself (0.8 s at 1.46M, measured through scipy's
+# minimize; lbtkit.landscape.lbfgsb now skips its Python loops, ~0.3 s: bench/lbfgsb_box.py)
+LBFGS_STEP_S = 1e-6
 SUBSPACE_EVAL_S = 2e-9  # per parameter x dimension: A @ y and A.T @ g per evaluation
 PINV_S = 4e-11  # per parameter x dimension^2: A^T A in float64, once per box
 RUN_OVERHEAD_S = 5.0  # load the data, build the model, write the final files
