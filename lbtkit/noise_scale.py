@@ -369,14 +369,15 @@ def parse_batches(text: str) -> tuple[int, int]:
 
 
 def default_output(run_dir: str | Path, weights: str | Path | None = None) -> Path:
-    """RUN/noise_scale.json for the final weights; RUN/noise_scale-LABEL.json for others, so
-    that measurements at several points of training sit side by side (LABEL: a checkpoint's
-    folder name, e.g. step-000000440, else the weights file's stem)."""
-    if weights is None:
-        return Path(run_dir) / NOISE_SCALE_FILE
+    """RUN/noise_scale.json for the final weights (named or not); RUN/noise_scale-LABEL.json
+    for others, so that measurements at several points of training sit side by side (LABEL:
+    a checkpoint's folder name, e.g. step-000000440, else the weights file's stem)."""
+    run = Path(run_dir)
+    if weights is None or Path(weights).resolve() == (run / "model.safetensors").resolve():
+        return run / NOISE_SCALE_FILE
     weights = Path(weights)
     label = weights.parent.name if weights.name == "model.safetensors" else weights.stem
-    return Path(run_dir) / f"noise_scale-{label}.json"
+    return run / f"noise_scale-{label}.json"
 
 
 def run_noise_scale(

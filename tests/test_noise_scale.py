@@ -512,7 +512,7 @@ def _checkpoint_weights(run_dir):
 
 def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
     """--weights measures elsewhere on the training path, into a file of its own."""
-    from lbtkit.noise_scale import run_noise_scale
+    from lbtkit.noise_scale import default_output, run_noise_scale
 
     weights = _checkpoint_weights(trained_run)
     args = ["--batches", "16,256", "--draws", "4"]
@@ -531,6 +531,9 @@ def test_noise_scale_at_a_checkpoints_weights(trained_run, tmp_path):
                       "none.st: no such file")
     assert_user_error(invoke_cli("noise-scale", trained_run, "--weights", tmp_path),
                       "a directory, not a weights file")
+    # The final weights named as --weights are the final weights: RUN/noise_scale.json.
+    assert default_output(trained_run, trained_run / "model.safetensors") == \
+        default_output(trained_run) == trained_run / "noise_scale.json"
 
 
 def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):

@@ -302,7 +302,7 @@ def noise_scale(
                         "--samples counts training images in sharpness)")
     trackers = requested_trackers(log_with)
     spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), draws=draws, seed=seed)
-    step = _measured_step(weights, trackers)
+    step = _measured_step(run_dir, weights, trackers)
     output = output if output is not None else default_output(run_dir, weights)
     if _launched("noise-scale", spec, run_dir, output, num_processes, weights=weights):
         result = read_json(output)
@@ -316,14 +316,14 @@ def noise_scale(
                         project=tracking_project, step=step)
 
 
-def _measured_step(weights: Path | None, trackers: list[str]) -> int | None:
+def _measured_step(run_dir: Path, weights: Path | None, trackers: list[str]) -> int | None:
     """The optimizer step a --weights measurement is logged at (its checkpoint's); None for
     the final weights (the run's last step). Refused before measuring when a tracker is
     asked for and the weights are not a checkpoint's: nothing would place them on the
     run's curves."""
     from lbtkit.checkpoint import checkpoint_step
 
-    if weights is None:
+    if weights is None or weights.resolve() == (run_dir / "model.safetensors").resolve():
         return None
     if not weights.is_file():
         raise UserError(f"--weights {weights}: " + ("a directory, not a weights file"
