@@ -216,6 +216,22 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def save_snapshot(folder: Path, state: LoopState, model: torch.nn.Module) -> Path:
+    """The model's weights at ``state``'s step, for analysis (not for resuming: no optimizer,
+    no RNG), as ``folder/step-N/model.safetensors`` beside a checkpoint-style state.json, so
+    ``checkpoint_step`` and ``lbtkit noise-scale --weights`` read its step. Written under a
+    temporary name and renamed: a kill leaves no half snapshot."""
+    final = folder / checkpoint_name(state.global_step)
+    tmp = folder / f"{TMP_PREFIX}{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / "model.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"world_size": 1, "state": state.to_dict()}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Write a model's full state (parameters and buffers) as safetensors, atomically."""
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

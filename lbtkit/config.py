@@ -20,6 +20,7 @@ from typing import Any
 
 from lbtkit.errors import ConfigError
 from lbtkit.stopping import StopRule
+from lbtkit.targets import parse_targets
 from lbtkit.tracking import parse_trackers
 
 if sys.version_info >= (3, 11):
@@ -47,6 +48,7 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "noise_scale_ema": (0.0, True, 1.0, False),
     "stop_train_acc": (0.0, False, 1.0, True),
     "stop_plateau_delta": (0.0, True, 1.0, False),
+    "eval_growth": (1.0, False, math.inf, False),
 }
 
 
@@ -106,6 +108,9 @@ class RunConfig:
     base_batch_size: int = _opt("batch size at which base_lr holds", default=256)
     lr_scaling: str = _opt("linear | sqrt | none: how lr follows the batch size", default="linear")
     warmup_epochs: float = _opt("linear warm-up length in epochs", default=0.0)
+    warmup_steps: int | None = _opt(
+        "linear warm-up length in optimizer steps (instead of warmup_epochs)", default=None
+    )
     scheduler: str = _opt(
         "cosine (over all optimizer steps) | step | constant", default="cosine"
     )
@@ -123,6 +128,33 @@ class RunConfig:
     stop_plateau_delta: float = _opt(
         "relative improvement of the training loss that counts for stop_plateau_epochs",
         default=1e-3,
+    )
+
+    # Steps to a target (Shallue et al., McCandlish et al.: lbtkit study critical-batch).
+    targets: str = _opt(
+        "stop once every target is met, e.g. 'train_loss<=0.3,val_error<=0.12' (train_loss: "
+        "eval mode on train_eval_samples training images); evaluated at steps spaced by "
+        "eval_growth, and the first step meeting each is kept in results.json",
+        default="",
+    )
+    eval_growth: float = _opt(
+        "with targets: evaluate after optimizer steps 1, 2, 3, ... each at least this factor "
+        "after the last (1.1: the step of a target is known to within 10%)",
+        default=1.1,
+    )
+    keep_target_weights: bool = _opt(
+        "with targets: keep the weights at the first step meeting each target, in "
+        "RUN/snapshots/step-N/ (for lbtkit noise-scale --weights)", default=False,
+    )
+    train_eval_samples: int = _opt(
+        "with targets: the training loss is evaluated (eval mode) on this many training "
+        "images, a fixed draw the same for every run", default=4096,
+    )
+    val_split: int = _opt(
+        "hold out this many training images as the validation split (a fixed draw, the same "
+        "for every run); the test split is then evaluated once, at the end (results.json "
+        "test_loss, test_acc). 0: validate on the test split",
+        default=0,
     )
 
     # Large-batch remedies (each off by default).
@@ -261,6 +293,12 @@ class RunConfig:
             _positive("ghost_batch_size", self.ghost_batch_size)
         parse_trackers(self.log_with)
         self.stop_rule()  # raises ConfigError naming a bad stop_* value
+        parse_targets(self.targets)  # raises ConfigError naming a bad target
+        _positive("train_eval_samples", self.train_eval_samples)
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.val_split < 0:
+            raise ConfigError(f"val_split must be >= 0, got {self.val_split}")
         if self.pretrained not in ("none", "imagenet") and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained weights file not found: {self.pretrained}")
         if self.init_weights is not None and not Path(self.init_weights).is_file():

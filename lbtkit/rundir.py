@@ -49,7 +49,9 @@ class RunDir:
         self.metrics_path = self.root / "metrics.jsonl"
         self.results_path = self.root / "results.json"
         self.model_path = self.root / "model.safetensors"
+        self.evals_path = self.root / "evals.jsonl"  # runs with targets: by optimizer step
         self.checkpoints = self.root / "checkpoints"
+        self.snapshots = self.root / "snapshots"  # weights kept for analysis (targets met)
         self.lock_path = self.root / ".lock"
 
     def create(self) -> None:
@@ -111,13 +113,29 @@ class RunDir:
         return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        _append_line(self.metrics_path, row)
+
+    def read_evals(self) -> list[dict[str, Any]]:
+        """The evaluation rows of a run with targets (dicts with an integer ``step``); torn
+        or unparseable lines are dropped, as in ``read_metrics``."""
         try:
-            with open(self.metrics_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            text = self.evals_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
         except OSError as exc:
-            raise WriteFailed(self.metrics_path, _reason(exc)) from None
+            log.warning("ignoring unreadable %s: %s", self.evals_path, exc)
+            return []
+        rows = [_row_with(line, "step") for line in text.splitlines() if line.strip()]
+        return [row for row in rows if row is not None]
+
+    def append_evals(self, row: dict[str, Any]) -> None:
+        _append_line(self.evals_path, row)
+
+    def keep_evals_through(self, step: int) -> None:
+        """Drop evaluation rows after ``step`` (a resumed run redoes them)."""
+        if self.evals_path.exists():
+            rows = [r for r in self.read_evals() if r["step"] <= step]
+            atomic_write_text(self.evals_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def keep_metrics_before(self, epochs_completed: int) -> None:
         """Drop epoch lines a resumed run is about to redo (they came after its checkpoint),
@@ -127,14 +145,29 @@ class RunDir:
 
 
 def _metrics_row(line: str) -> dict[str, Any] | None:
+    return _row_with(line, "epoch")
+
+
+def _row_with(line: str, key: str) -> dict[str, Any] | None:
+    """The JSON object on ``line`` when it has an integer ``key``; else None."""
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    epoch = row.get("epoch") if isinstance(row, dict) else None
-    if isinstance(epoch, bool) or not isinstance(epoch, int):
+    value = row.get(key) if isinstance(row, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
     return row
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise WriteFailed(path, _reason(exc)) from None
 
 
 def read_json(path: Path) -> Any:

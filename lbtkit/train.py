@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -34,10 +35,19 @@ from lbtkit.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    save_snapshot,
     save_weights,
 )
 from lbtkit.config import BatchPlan, RunConfig, plan_batches
-from lbtkit.data import DatasetInfo, EpochDraw, ImageData, augment, draw_epoch, load_dataset
+from lbtkit.data import (
+    DatasetInfo,
+    EpochDraw,
+    ImageData,
+    augment,
+    draw_epoch,
+    hold_out,
+    load_dataset,
+)
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model_for
@@ -57,6 +67,7 @@ from lbtkit.rundir import (
 from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
 from lbtkit.stopping import StopRule
+from lbtkit.targets import Target, all_met, eval_steps, first_steps, parse_targets
 from lbtkit.tracking import Tracking, make_trackers, parse_trackers
 
 logger = logging.getLogger(__name__)
@@ -174,6 +185,7 @@ class Training:
     # on the device: no host sync per step.
     sums: torch.Tensor
     nonfinite: torch.Tensor
+    watch: TargetWatch | None = None  # runs with targets: the evaluations by step
     last_final: dict[str, Any] | None = None  # the final metrics, once an epoch has ended
     stop_reason: str | None = None  # set when the stop rule fires
 
@@ -207,6 +219,21 @@ class Training:
         means = self.running_means()
         return (f"loss {means['train_loss']:.4f} acc {means['train_acc']:.3f} "
                 f"lr {means['lr']:.3g}")
+
+
+@dataclass
+class TargetWatch:
+    """A run with targets: when to evaluate, on which training images, and the rows so far."""
+
+    targets: tuple[Target, ...]
+    steps: frozenset[int]  # evaluate once this many optimizer steps are done
+    train_subset: torch.Tensor  # indices of the fixed training images the loss is read on
+    rows: list[dict[str, Any]]  # evals.jsonl: one row per evaluation, in step order
+
+
+# The fixed training subset of a run with targets: a seed of its own, so every run of a study
+# reads its training loss on the same images.
+TRAIN_SUBSET_SEED = 1
 
 
 @dataclass(frozen=True)
@@ -281,7 +308,8 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
     schedule = Schedule(
         peak_lr=config.lr,
         total_steps=config.epochs * steps_per_epoch,
-        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        warmup_steps=(config.warmup_steps if config.warmup_steps is not None
+                      else round(config.warmup_epochs * steps_per_epoch)),
         kind=config.scheduler,
         step_every=config.step_epochs * steps_per_epoch,
         gamma=config.step_gamma,
@@ -313,16 +341,34 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         stop_poll=StopPoll.for_accelerator(accelerator), tracking=tracking, sums=sums,
         stop_rule=stop_rule, history=history,
         nonfinite=torch.zeros((), dtype=torch.bool, device=device),
+        watch=_target_watch(config, run_dir, n_train, schedule.total_steps, device),
     )
+
+
+def _target_watch(config: RunConfig, run_dir: RunDir, n_train: int, total_steps: int,
+                  device) -> TargetWatch | None:
+    """The evaluation plan of a run with targets (None without), with the rows on record
+    (those after the resumed checkpoint were dropped by ``_resume``)."""
+    targets = parse_targets(config.targets)
+    if not targets:
+        return None
+    generator = torch.Generator().manual_seed(TRAIN_SUBSET_SEED)
+    subset = torch.randperm(n_train, generator=generator)[:config.train_eval_samples]
+    return TargetWatch(targets=targets,
+                       steps=frozenset(eval_steps(config.eval_growth, total_steps)),
+                       train_subset=subset.sort().values.to(device), rows=run_dir.read_evals())
 
 
 def _load_data(config: RunConfig, accelerator) -> ImageData:
     with accelerator.main_process_first():  # only the main process downloads
-        return load_dataset(
+        data = load_dataset(
             config.dataset, config.data_dir,
             download=config.download and accelerator.is_main_process,
             image_size=config.image_size, num_classes=config.num_classes,
-        ).to(accelerator.device)
+        )
+    if config.val_split:
+        data = hold_out(data, config.val_split)
+    return data.to(accelerator.device)
 
 
 def _build_model(
@@ -357,10 +403,12 @@ def _resume(run_dir: RunDir, raw_model, optimizer, accelerator) -> LoopState:
                                 rank=accelerator.process_index)
         if is_main:
             run_dir.keep_metrics_before(state.epoch)
+            run_dir.keep_evals_through(state.global_step)
             logger.info("resuming %s from %s (epoch %d, step %d)", run_dir.root,
                         checkpoint.name, state.epoch + 1, state.global_step)
     elif is_main:
         run_dir.keep_metrics_before(0)
+        run_dir.keep_evals_through(0)
     if state.scaler is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state.scaler)
     return state
@@ -374,12 +422,14 @@ def _train_epoch(t: Training, display: TrainingProgress, stop: GracefulStop) -> 
         padding=info.crop_padding, flip=info.flip, device=t.accelerator.device,
     )
     started = time.monotonic()
-    cut_short = _take_steps(t, draw, display, stop)
+    ended = _take_steps(t, draw, display, stop)
     if _any_process(t.accelerator, t.nonfinite):
         return _EarlyStop(STATUS_DIVERGED, f"diverged: non-finite training loss at step "
                           f"{t.state.global_step} (lr {t.config.lr:g}); stopping")
     epoch_seconds = t.state.epoch_step_seconds + (time.monotonic() - started)
-    if cut_short:
+    if ended == "targets":
+        return _targets_met(t)
+    if ended == "signal":
         _store_sums(t.state, t.accelerator.reduce(t.sums.clone(), reduction="sum"),
                     epoch_seconds)
         _save_checkpoint(t)
@@ -390,11 +440,12 @@ def _train_epoch(t: Training, display: TrainingProgress, stop: GracefulStop) -> 
 
 
 def _take_steps(t: Training, draw: EpochDraw, display: TrainingProgress,
-                stop: GracefulStop) -> bool:
-    """The epoch's remaining optimizer steps; True when a stop request cut them short.
+                stop: GracefulStop) -> str | None:
+    """The epoch's remaining optimizer steps; "signal" when a stop request cut them short,
+    "targets" when a run with targets met them all.
 
-    A non-finite loss also ends them early (checked every ``log_every`` steps); the caller
-    reads ``t.nonfinite``.
+    A non-finite loss also ends them early (checked every ``log_every`` steps, and at each
+    evaluation of a run with targets); the caller reads ``t.nonfinite``.
     """
     config, state = t.config, t.state
     for step in range(state.step_in_epoch, t.steps_per_epoch):
@@ -403,11 +454,16 @@ def _take_steps(t: Training, draw: EpochDraw, display: TrainingProgress,
         if t.tracking.enabled and state.global_step % config.log_every == 0:
             t.tracking.log_step(state.global_step, t.running_means())
         if state.global_step % config.log_every == 0 and _any_process(t.accelerator, t.nonfinite):
-            return False
+            return None
+        if t.watch is not None and state.global_step in t.watch.steps:
+            if _evaluate_targets(t):
+                return "targets"
+            if bool(t.nonfinite):
+                return None
         if step + 1 < t.steps_per_epoch and \
                 t.stop_poll.agreed_stop(state.global_step, stop.requested is not None):
-            return True
-    return False
+            return "signal"
+    return None
 
 
 def _optimizer_step(t: Training, draw: EpochDraw, step: int) -> None:
@@ -529,14 +585,57 @@ def _metrics_row(t: Training, epoch_seconds: float) -> dict[str, Any]:
     return row
 
 
-def _evaluate(t: Training) -> tuple[float, float]:
-    """(val_loss, val_acc) of the raw model, each process taking its share of the split."""
+def _evaluate(t: Training, split: str = "val") -> tuple[float, float]:
+    """(loss, accuracy) of the raw model on ``split`` (val, test, or train_subset: the fixed
+    training images of a run with targets), each process taking its share of the split."""
+    if split == "train_subset":
+        subset = t.watch.train_subset
+        images, labels = t.data.train_images[subset], t.data.train_labels[subset]
+    else:
+        images, labels = getattr(t.data, f"{split}_images"), getattr(t.data, f"{split}_labels")
     _share_buffers_from_main(t.raw_model, t.world)
     totals = evaluate_sums(
-        t.raw_model, t.data.val_images, t.data.val_labels, t.inputs,
+        t.raw_model, images, labels, t.inputs,
         batch_size=t.config.eval_batch_size, rank=t.rank, world_size=t.world,
     )
     return mean_loss_and_accuracy(t.accelerator.reduce(totals, reduction="sum"))
+
+
+def _evaluate_targets(t: Training) -> bool:
+    """Evaluate a run with targets at this step (collective), record the row in evals.jsonl;
+    True once every target has been met. A non-finite loss sets ``t.nonfinite``."""
+    state = t.state
+    train_loss, train_acc = _evaluate(t, "train_subset")
+    val_loss, val_acc = _evaluate(t, "val")
+    row = {"step": state.global_step, "examples": state.global_step * t.config.batch_size,
+           "epoch": state.global_step / t.steps_per_epoch, "lr": t.optimizer.param_groups[0]["lr"],
+           "train_eval_loss": train_loss, "train_eval_error": 1 - train_acc,
+           "val_loss": val_loss, "val_error": 1 - val_acc, "elapsed_s": t.clock.elapsed()}
+    newly_met = [x for x in t.watch.targets if x.met(row)
+                 and first_steps(t.watch.rows, [x])[x.name] is None]
+    if t.is_main:
+        if newly_met and t.config.keep_target_weights:
+            save_snapshot(t.run_dir.snapshots, state, t.raw_model)
+        t.run_dir.append_evals(row)
+    t.watch.rows.append(row)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        t.nonfinite.fill_(True)
+        return False
+    return all_met(t.watch.rows, t.watch.targets)
+
+
+def _targets_met(t: Training) -> _EarlyStop:
+    """End a run with targets at the evaluation that met the last of them: completed, with
+    the partial epoch's running training metrics and that evaluation's validation ones."""
+    state, row = t.state, t.watch.rows[-1]
+    loss_sum, correct = t.accelerator.reduce(t.sums.clone(), reduction="sum").tolist()
+    seen = t.config.batch_size * max(state.step_in_epoch, 1)
+    t.last_final = {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+                    "val_loss": row["val_loss"], "val_acc": 1 - row["val_error"]}
+    t.stop_reason = f"every target met by step {state.global_step}"
+    return _EarlyStop(STATUS_COMPLETED, f"stopping early: {t.stop_reason}",
+                      record={"step": state.global_step, "epoch": row["epoch"],
+                              "reason": t.stop_reason})
 
 
 def _save_checkpoint(t: Training) -> None:
@@ -580,6 +679,7 @@ def _finish(t: Training, status: str, *,
         "train_seconds": t.clock.elapsed(),
         "images_per_second": _overall_rate(run_dir, t.is_main),
         "noise_scale": last_logged_noise_scale(run_dir.read_metrics()) if t.is_main else None,
+        **_targets_and_test(t, status),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
@@ -590,6 +690,18 @@ def _finish(t: Training, status: str, *,
         write_json(run_dir.results_path, results)
     t.accelerator.wait_for_everyone()
     return results
+
+
+def _targets_and_test(t: Training, status: str) -> dict[str, Any]:
+    """results.json's ``steps_to_targets`` (a run with targets: each target's first step, None
+    when not met) and, with a held-out validation split, ``test_loss``/``test_acc`` of the
+    final weights (collective), the one evaluation on the test split."""
+    extra: dict[str, Any] = {}
+    if t.watch is not None:
+        extra["steps_to_targets"] = first_steps(t.watch.rows, t.watch.targets)
+    if t.data.test_images is not None and status == STATUS_COMPLETED:
+        extra["test_loss"], extra["test_acc"] = _evaluate(t, "test")
+    return extra
 
 
 # --- building blocks -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from lbtkit.data.readers import (
     ImageData,
     dataset_files,
     dataset_info,
+    hold_out,
     load_dataset,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "dataset_files",
     "dataset_info",
     "draw_epoch",
+    "hold_out",
     "iter_batches",
     "load_dataset",
     "normalize",

@@ -151,10 +151,14 @@ class ImageData:
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    # Set by ``hold_out``: the dataset's own test split, once validation is carved from train.
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # Shape checks only (no .item()), so this stays free of device syncs.
-        for split in ("train", "val"):
+        splits = ("train", "val") if self.test_images is None else ("train", "val", "test")
+        for split in splits:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if images.dtype != torch.uint8 or images.ndim != 4:
@@ -170,13 +174,40 @@ class ImageData:
 
     def to(self, device: torch.device | str) -> ImageData:
         """A copy with all four tensors on ``device`` (contiguous, ready for indexing)."""
+        def move(images: torch.Tensor | None) -> torch.Tensor | None:
+            return None if images is None else images.to(device).contiguous()
+
         return ImageData(
             info=self.info,
-            train_images=self.train_images.to(device).contiguous(),
+            train_images=move(self.train_images),
             train_labels=self.train_labels.to(device),
-            val_images=self.val_images.to(device).contiguous(),
+            val_images=move(self.val_images),
             val_labels=self.val_labels.to(device),
+            test_images=move(self.test_images),
+            test_labels=move(self.test_labels),
         )
+
+
+# The held-out validation draw: a fixed seed, not the run's, so every run of a study (every
+# batch size, learning rate and seed) validates on the same images and trains on the rest.
+HOLD_OUT_SEED = 0
+
+
+def hold_out(data: ImageData, count: int) -> ImageData:
+    """``data`` with ``count`` training images (a fixed seeded draw) as the validation split,
+    the rest as the training split, and the old validation split as the test split."""
+    n = data.train_labels.shape[0]
+    if not 0 < count < n:
+        raise ConfigError(f"val_split must be between 1 and {n - 1} (the {data.info.name} "
+                          f"training set has {n} images), got {count}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
+    val, train = order[:count].sort().values, order[count:].sort().values
+    return ImageData(
+        info=data.info,
+        train_images=data.train_images[train], train_labels=data.train_labels[train],
+        val_images=data.train_images[val], val_labels=data.train_labels[val],
+        test_images=data.val_images, test_labels=data.val_labels,
+    )
 
 
 def load_dataset(
