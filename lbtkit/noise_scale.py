@@ -411,7 +411,7 @@ def run_noise_scale(
 def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: Any,
                         weights: str | Path | None) -> dict[str, Any]:
     from lbtkit.checkpoint import load_weights
-    from lbtkit.data import load_dataset
+    from lbtkit.data import hold_out, load_dataset
     from lbtkit.evaluate import InputSpec
     from lbtkit.rundir import RunDir, load_run, versions
 
@@ -426,7 +426,10 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
     b_small, b_big = spec.batch_sizes
     draws, seed = spec.draws, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
-                        num_classes=config.num_classes).to(device)
+                        num_classes=config.num_classes)
+    if config.val_split:  # the run's own training split: validation held out
+        data = hold_out(data, config.val_split)
+    data = data.to(device)
     n_train = data.train_labels.shape[0]
     if b_big > n_train:
         raise ConfigError(f"batch size {b_big} is larger than the training set "
