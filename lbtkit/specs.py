@@ -493,3 +493,122 @@ class FashionStudySpec(Spec):
         return {"epochs": self.epochs_cap, "stop_train_acc": self.stop_train_acc,
                 "stop_plateau_epochs": self.stop_plateau_epochs,
                 "stop_plateau_delta": self.stop_plateau_delta}
+
+
+OPTIMIZER_CHOICES = ("sgd", "lars", "lamb")
+
+
+@dataclass(frozen=True)
+class CriticalBatchSpec(Spec):
+    """``lbtkit study critical-batch``: steps to each target against the batch size, with the
+    learning rate tuned per batch size, the McCandlish fit, and the noise-scale prediction.
+
+    Every run uses ``model`` on ``dataset`` with ``val_split`` training images held out for
+    validation, SGD with momentum (or ``remedies`` at the ``remedy_batches`` largest batch
+    sizes) at a constant learning rate after ``warmup_steps`` of linear warm-up, stopping once
+    every target in ``targets`` is met (evaluated at steps spaced by ``eval_growth``), for at
+    most ``epochs_for(B)`` epochs: ``min_epochs``, or more where that gives fewer than
+    ``min_steps`` optimizer steps. Learning rates: ``lr_at_256[optimizer]`` scaled by
+    ``lr_scaling`` to each batch size, times each of ``lr_factors``; a best learning rate on
+    the grid's edge adds the next factor-of-``lr_step`` value that way, for at most
+    ``extension_rounds`` rounds. The noise scale B_simple (``noise_scale``) is measured on the
+    seed-``seeds[0]`` SGD run at ``reference_batch`` at the weights where it met each target.
+    """
+
+    kind: ClassVar[str] = "critical-batch study spec"
+
+    model: str = "f1"
+    dataset: str = "fashion-mnist"
+    batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    seeds: tuple[int, ...] = (0, 1)
+    targets: tuple[str, ...] = ("train_loss<=0.6", "train_loss<=0.5", "train_loss<=0.4",
+                                "val_error<=0.16")
+    val_split: int = 5000
+    train_eval_samples: int = 4096
+    eval_growth: float = 1.1
+    warmup_steps: int = 10
+    min_epochs: int = 2
+    min_steps: int = 160
+    lr_at_256: dict[str, float] = field(default_factory=lambda: {
+        "sgd": 0.1, "lars": 0.35, "lamb": 0.0035})
+    lr_scaling: str = "sqrt"
+    lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
+    lr_step: float = 2.0
+    extension_rounds: int = 2
+    remedies: tuple[str, ...] = ("lars", "lamb")
+    remedy_batches: int = 3
+    reference_batch: int = 256
+    noise_scale: NoiseScaleSpec = field(default_factory=lambda: NoiseScaleSpec(
+        batch_sizes=(32, 2048), draws=16, seed=0))
+    bootstrap_samples: int = 2000
+    eval_batch_size: int = 2000
+    jobs: int = 1
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        from lbtkit.targets import parse_targets
+
+        sizes = sorted({whole_number("batch_sizes", b, 1) for b in _sequence(
+            "batch_sizes", self.batch_sizes)})
+        if len(sizes) < 3:
+            raise ConfigError(f"batch_sizes needs at least three batch sizes (a fit of two "
+                              f"parameters and a check), got {sizes}")
+        self._set("batch_sizes", tuple(sizes))
+        seeds = tuple(whole_number("seeds", s, 0) for s in _sequence("seeds", self.seeds))
+        if len(set(seeds)) < 2 or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"seeds must be at least two different seeds (the bootstrap "
+                              f"draws over them), each once, got {list(seeds)}")
+        self._set("seeds", seeds)
+        targets = [str(t) for t in _sequence("targets", self.targets)]
+        parsed = parse_targets(",".join(targets))
+        if not parsed:
+            raise ConfigError("targets must name at least one target, e.g. train_loss<=0.3")
+        self._set("targets", tuple(t.name for t in parsed))
+        for name, low in (("val_split", 1), ("train_eval_samples", 1), ("warmup_steps", 0),
+                          ("min_epochs", 1), ("min_steps", 1), ("extension_rounds", 0),
+                          ("remedy_batches", 1),
+                          ("reference_batch", 1), ("bootstrap_samples", 1),
+                          ("eval_batch_size", 1), ("jobs", 1)):
+            self._set(name, whole_number(name, getattr(self, name), low))
+        _finite_numbers("eval_growth", [self.eval_growth])
+        if not self.eval_growth > 1:
+            raise ConfigError(f"eval_growth must be > 1, got {self.eval_growth}")
+        factors = sorted(set(_finite_numbers("lr_factors", self.lr_factors)))
+        if len(factors) < 3 or factors[0] <= 0:
+            raise ConfigError(f"lr_factors needs three or more positive factors (a best "
+                              f"that can be interior), got {factors}")
+        self._set("lr_factors", tuple(factors))
+        if not (_finite_numbers("lr_step", [self.lr_step])[0] > 1):
+            raise ConfigError(f"lr_step must be > 1, got {self.lr_step}")
+        _choice("lr_scaling", self.lr_scaling, ("linear", "sqrt", "none"), "lr scaling rule")
+        remedies = tuple(_choice("remedies", r, OPTIMIZER_CHOICES[1:], "remedy")
+                         for r in (self.remedies or ()))
+        self._set("remedies", remedies)
+        lrs = self.lr_at_256
+        if not isinstance(lrs, dict):
+            raise ConfigError(f"lr_at_256 must be a table optimizer = lr, got {lrs!r}")
+        for name in ("sgd", *remedies):
+            if name not in lrs or _finite_numbers(f"lr_at_256.{name}", [lrs[name]])[0] <= 0:
+                raise ConfigError(f"lr_at_256 needs a positive learning rate for {name!r}")
+        self._set("lr_at_256", {k: float(v) for k, v in lrs.items()})
+        if self.reference_batch not in sizes:
+            raise ConfigError(f"reference_batch {self.reference_batch} is not one of "
+                              f"batch_sizes {sizes}")
+        self._nest("noise_scale", NoiseScaleSpec)
+        if self.threads is not None:
+            self._set("threads", whole_number("threads", self.threads, 1))
+
+    def epochs_for(self, batch_size: int, train_images: int) -> int:
+        """The epochs cap at ``batch_size``: ``min_epochs``, or enough for ``min_steps``."""
+        steps_per_epoch = max(train_images // batch_size, 1)
+        return max(self.min_epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+    def remedy_sizes(self) -> tuple[int, ...]:
+        """The batch sizes the remedies run at: the ``remedy_batches`` largest."""
+        return self.batch_sizes[-self.remedy_batches:] if self.remedies else ()
+
+
+def _sequence(name: str, values: Any) -> Sequence[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ConfigError(f"{name} must be a non-empty list, got {values!r}")
+    return values

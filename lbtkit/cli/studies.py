@@ -109,6 +109,45 @@ def study_fashion(
     raise typer.Exit(exit_code(summary["status"]))
 
 
+@study_app.command("critical-batch")
+@user_errors
+def study_critical_batch(
+    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    quick: Annotated[
+        bool, typer.Option("--quick", help="3 batch sizes, easy targets, 2 epochs: minutes")
+    ] = False,
+    jobs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--jobs", help="runs at once on this machine (default: 1, or 2 with "
+                     "2+ usable cores); the CPUs are split between them")
+    ] = None,
+    remedies: Annotated[
+        bool, typer.Option(help="also tune LARS and LAMB at the largest batch sizes")
+    ] = True,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="where to look for the data set first")
+    ] = RunConfig.data_dir,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+) -> None:
+    """Steps to target per batch size, tuned lr, B_crit fit, noise-scale prediction.
+
+    \b
+    Example:
+        lbtkit study critical-batch --output docs/critical-batch   # make study
+        lbtkit study critical-batch --output /tmp/cb --quick
+    """
+    from lbtkit.studies.critical_batch import FULL, QUICK, default_jobs, run_critical_batch_study
+    from lbtkit.train import exit_code
+
+    spec = QUICK if quick else FULL
+    spec = spec.updated(jobs=jobs if jobs is not None else default_jobs(),
+                        remedies=spec.remedies if remedies else ())
+    summary = run_critical_batch_study(output, spec, data_dir=data_dir, progress=progress)
+    if summary["status"] == "completed":
+        print(f"index: {summary['index']}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
 @app.command()
 @user_errors
 def demo(

@@ -136,3 +136,40 @@ def estimate(spec: FashionStudySpec, *, epochs: tuple[int, int] | None = None
     steps["sweep report"] = 5.0
     steps["index"] = 1.0
     return steps
+
+
+# --- the critical-batch study ----------------------------------------------------------------
+# Costs of one thread on the development machine (F1 on Fashion-MNIST, measured with
+# `lbtkit run --model f1 --dataset fashion-mnist --epochs 1 --threads 1` at batch 16 and 1024:
+# 20.2 s and 5.1 s per epoch): 8.2e-5 s per training image plus 4.4 ms per optimizer step; an
+# evaluation of the 4,096-image training subset and the 5,000 held-out images ~0.3 s.
+IMAGE_SECONDS = 8.2e-5
+STEP_SECONDS = 4.4e-3
+TARGET_EVAL_SECONDS = 0.3
+# Examples to the hardest target, modelled as E(B) = E_GUESS * (1 + B / B_GUESS) (McCandlish
+# et al.'s form with guessed constants; only the ETA uses them).
+E_GUESS, B_GUESS = 120_000, 1_000
+
+
+def critical_batch_estimate(spec) -> dict[str, float]:
+    """Wall seconds of the critical-batch study's steps, for its ETA: round 0's runs (every
+    point and seed, each until the modelled examples or the cap), divided over ``spec.jobs``;
+    an extension round costing a quarter of that; the noise scale at each target."""
+    from lbtkit.studies.critical_batch import initial_points
+    from lbtkit.targets import eval_steps
+
+    train_images = TRAIN_IMAGES - spec.val_split
+    seconds = 0.0
+    for point in initial_points(spec):
+        cap = spec.epochs_for(point.batch_size, train_images) * (
+            train_images // point.batch_size)
+        steps = min(cap, math.ceil(E_GUESS * (1 + point.batch_size / B_GUESS) /
+                                   point.batch_size))
+        evals = sum(1 for s in eval_steps(spec.eval_growth, cap) if s <= steps)
+        seconds += len(spec.seeds) * (steps * (point.batch_size * IMAGE_SECONDS + STEP_SECONDS)
+                                      + evals * TARGET_EVAL_SECONDS + 3.0)
+    tuning = seconds * (1.25 if spec.extension_rounds else 1.0) / spec.jobs
+    sizes = spec.noise_scale.batch_sizes
+    noise = len(spec.targets) * spec.noise_scale.draws * (
+        sum(sizes) * 8e-5 + (sizes[1] // sizes[0] + 1) * STEP_SECONDS * 3)
+    return {"tuning": tuning, "noise scale": noise, "report": 10.0}
