@@ -29,12 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbtkit.errors import UserError
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 75
+from lbtkit.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, UserError
 
 DEFAULT_SIGNAL_MARGIN = 120  # the scripts' #SBATCH --signal=B:USR1@120
 PORT_BASE = 20000  # rendezvous ports: PORT_BASE .. below the ephemeral range

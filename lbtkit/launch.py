@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
+from lbtkit.errors import EXIT_SIGNAL_BASE
 from lbtkit.rundir import RunDir, write_json
 
 
@@ -116,7 +117,7 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     their subreaper (Linux), so orphaned workers become its children: it sends them SIGTERM
     and waits for them (they checkpoint and stop) before it returns."""
     from lbtkit.cluster import launcher_environment
-    from lbtkit.train import exit_code
+    from lbtkit.errors import exit_code
 
     results_file = RunDir(run_dir).results_path
     before = results_file.stat().st_mtime_ns if results_file.exists() else None
@@ -143,7 +144,7 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     fresh = results_file.exists() and results_file.stat().st_mtime_ns != before
     if results and fresh:
         return exit_code(results.get("status", ""))
-    return returncode if returncode >= 0 else 128 - returncode  # killed by a signal: 128+N
+    return returncode if returncode >= 0 else EXIT_SIGNAL_BASE - returncode  # killed: 128+N
 
 
 def become_subreaper() -> bool:

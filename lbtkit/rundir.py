@@ -31,14 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import CheckpointError, RunDirBusyError, UserError, WriteFailed
+from lbtkit.errors import (  # noqa: F401 (STATUS_*: importable from here, as before)
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_INTERRUPTED,
+    CheckpointError,
+    RunDirBusyError,
+    UserError,
+    WriteFailed,
+)
 
 log = logging.getLogger(__name__)
-
-STATUS_COMPLETED = "completed"
-STATUS_DIVERGED = "diverged"
-STATUS_INTERRUPTED = "interrupted"
-
 
 class RunDir:
     """Paths and readers/writers of one run directory."""

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from lbtkit.errors import EXIT_INTERRUPTED
+
 HANDLED = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
@@ -111,11 +113,6 @@ class StopPoll:
         self.next_step = step + interval
 
 
-# Exit code of an interrupted run that a rerun resumes (lbtkit.train.EXIT_INTERRUPTED; not
-# imported from there, because this runs before torch is imported).
-_EXIT_INTERRUPTED = 75
-
-
 def exit_interrupted_during_startup() -> None:
     """Until ``GracefulStop`` takes over, make SIGTERM, SIGUSR1 and SIGINT end the process with
     exit 75 and one line: a job killed while importing or loading data has no checkpoint to
@@ -140,4 +137,4 @@ def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
     # os.write, not print: the signal may arrive in the middle of another write to stderr.
     os.write(2, f"interrupted by {name} outside the training loop (starting or finishing: "
                 f"nothing to checkpoint); rerun the same command\n".encode())
-    raise SystemExit(_EXIT_INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lbtkit.errors import UserError
+from lbtkit.errors import EXIT_ENVIRONMENT, UserError
 
 SBATCH = "sbatch"
 SWEEP_SCRIPT = "sweep.sh"
@@ -37,7 +37,7 @@ NO_CONFIG_SIGNS = ("DNS SRV", "fetch_config", "failed to fetch config",
 class SlurmUnavailable(UserError):
     """No usable SLURM here (no sbatch, no configuration): an environment fault, exit 1."""
 
-    exit_code = 1
+    exit_code = EXIT_ENVIRONMENT
 
 
 JOB_SCRIPTS = ("common.sh", "sweep.sh", "run.sh", "multinode.sh", "report.sh")

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig, field_type, plan_batches
-from lbtkit.errors import ConfigError, EnvironmentFault, UserError
+from lbtkit.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    STATUS_FAILED,
+    ConfigError,
+    EnvironmentFault,
+    UserError,
+    exit_code,
+)
 from lbtkit.rundir import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -46,7 +55,6 @@ SWEEP_FILE = "sweep.json"
 SWEEP_VERSION = 1
 RUNS_FOLDER = "runs"
 
-STATUS_FAILED = "failed"  # an exception stopped the run (recorded by run_all)
 STATE_PENDING = "pending"
 STATE_RUNNING = "running"
 STATE_STALE = "stale"  # started, unfinished, and silent for a while: killed or hung
@@ -375,7 +383,7 @@ def run_task(sweep_dir: str | Path, index: int, *, progress: bool = True) -> int
     This is what one SLURM array task calls, in every process of an ``accelerate launch``:
     ``lbtkit.train.run`` does the distribution, the resume and the completed-run shortcut.
     """
-    from lbtkit.train import exit_code, run
+    from lbtkit.train import run
 
     config = entry_config(load_sweep(sweep_dir), index)
     return exit_code(run(config, progress=progress)["status"])
@@ -439,12 +447,10 @@ def run_all_exit_code(statuses: dict[int, str]) -> int:
 
     Diverged runs are results of a sweep, not errors, so they leave the code at 0.
     """
-    from lbtkit.train import EXIT_INTERRUPTED
-
     values = set(statuses.values())
     if STATUS_INTERRUPTED in values:
         return EXIT_INTERRUPTED
-    return 1 if STATUS_FAILED in values else 0
+    return EXIT_ENVIRONMENT if STATUS_FAILED in values else EXIT_OK
 
 
 def _record_failure(path: Path, entry: dict[str, Any], exc: Exception, text: str) -> None:

@@ -38,7 +38,14 @@ from lbtkit.checkpoint import (
 )
 from lbtkit.config import BatchPlan, RunConfig, plan_batches
 from lbtkit.data import DatasetInfo, EpochDraw, ImageData, augment, draw_epoch, load_dataset
-from lbtkit.errors import ConfigError
+from lbtkit.errors import (  # noqa: F401 (EXIT_*, exit_code: importable from here, as before)
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ConfigError,
+    exit_code,
+)
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model_for
 from lbtkit.models.norm import convert_batchnorm, frozen_running_stats
@@ -61,11 +68,6 @@ from lbtkit.tracking import Tracking, make_trackers, parse_trackers
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 75
-
 # Fields that may differ when a run directory is reused: they change where data comes from,
 # how often we log or save, or how fast a step runs, not what is trained.
 _RESUME_FREE_FIELDS = {
@@ -74,14 +76,6 @@ _RESUME_FREE_FIELDS = {
     "tracking_project", "threads",
 }
 _FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def exit_code(status: str) -> int:
-    return {
-        STATUS_COMPLETED: EXIT_OK,
-        STATUS_DIVERGED: EXIT_DIVERGED,
-        STATUS_INTERRUPTED: EXIT_INTERRUPTED,
-    }.get(status, 1)
 
 
 def make_accelerator(config: RunConfig):

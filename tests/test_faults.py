@@ -459,3 +459,25 @@ def test_an_output_on_a_read_only_file_system_is_an_environment_fault(tmp_path, 
         pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
     result = lbtkit(*SMOKE, "--output", small_disk / "run", tmp_path=tmp_path, fresh=True)
     assert_one_line(result, 1, "Read-only file system")
+
+
+# --- exit codes: one home ----------------------------------------------------------------------
+
+
+def test_every_exit_code_and_status_is_defined_in_errors_only():
+    import re
+
+    import lbtkit
+    from lbtkit import errors
+
+    package = Path(lbtkit.__file__).parent
+    defined = re.compile(r"^(EXIT_\w+|STATUS_\w+|_EXIT_\w+)\s*=", re.MULTILINE)
+    elsewhere = [f"{path.relative_to(package)}: {match.group(1)}"
+                 for path in package.rglob("*.py") if path.name != "errors.py"
+                 for match in defined.finditer(path.read_text())]
+    assert elsewhere == []
+    # The job scripts' literal codes are errors' numbers (the shell cannot import them).
+    codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    shell = (package / "jobs" / "common.sh").read_text()
+    literal = {int(n) for n in re.findall(r"\bexit (\d+)", shell)}
+    assert literal and literal <= codes, literal - codes
