@@ -233,6 +233,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                 early = _train_epoch(training, display, stop)
         finally:
             display.close()
+        if early is not None and early.status == STATUS_INTERRUPTED:
+            stop.acted_on()  # else a late request passes on when the block ends (next entry)
         if early is not None and training.is_main:
             # INFO, not WARNING: a diverged or interrupted run is an outcome (its status and
             # exit code say so), and the CLI shows it as a plain line on stdout, as ever.

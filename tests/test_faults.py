@@ -481,3 +481,202 @@ def test_every_exit_code_and_status_is_defined_in_errors_only():
     shell = (package / "jobs" / "common.sh").read_text()
     literal = {int(n) for n in re.findall(r"\bexit (\d+)", shell)}
     assert literal and literal <= codes, literal - codes
+
+
+# --- class 1: a stop request at a boundary is never lost ----------------------------------------
+
+
+@pytest.fixture
+def startup_handlers():
+    """The handlers ``python -m lbtkit`` installs first (exit 75 outside the loop), undone after."""
+    from lbtkit.signals import exit_interrupted_during_startup
+
+    names = ("SIGINT", "SIGUSR1", "SIGTERM")
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    for name in names:  # as a shell starts it (a test worker may ignore SIGINT)
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    exit_interrupted_during_startup()
+    yield
+    for name, handler in saved.items():
+        signal.signal(getattr(signal, name), handler)
+
+
+def _two_entry_sweep(tmp_path: Path, **values) -> Path:
+    from lbtkit.config import preset_values
+    from lbtkit.sweep import plan_sweep
+
+    base = RunConfig().updated(preset_values("smoke")).updated({"epochs": 1, **values})
+    plan_sweep(base, {"batch_size": [256, 512]}, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def _signal_on_first_call(monkeypatch, target: str, signum: int = signal.SIGTERM) -> None:
+    """Deliver ``signum`` to this process as ``target`` is first called: a deterministic point
+    (after the loop's last check for ``lbtkit.train._finish``; between entries for run)."""
+    import importlib
+
+    module_name, name = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real = getattr(module, name)
+    sent: list[int] = []
+
+    def wrapper(*args, **kwargs):
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+# Where the request lands: after the loop's last check (the results being written), and in the
+# epoch where a stop rule ends the run early ("stopping early" used to win over the request).
+LATE_STOPS = {
+    "SIGTERM while finishing": ("_finish", signal.SIGTERM, {}),
+    "SIGUSR1 while finishing": ("_finish", signal.SIGUSR1, {}),
+    "SIGTERM as the stop rule fires": ("_metrics_row", signal.SIGTERM,
+                                       {"epochs": 3, "stop_train_acc": 0.01}),
+}
+
+
+@pytest.mark.parametrize("where", LATE_STOPS)
+def test_a_stop_after_the_last_check_ends_a_sweep_before_the_next_entry(
+        tmp_path, monkeypatch, capfd, startup_handlers, where):
+    from lbtkit.sweep import sweep_status
+
+    hook, signum, values = LATE_STOPS[where]
+    sweep = _two_entry_sweep(tmp_path, **values)
+    _signal_on_first_call(monkeypatch, f"lbtkit.train.{hook}", signum)
+    result = invoke_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path)
+    assert result.returncode == 75, (result.stdout, result.stderr)
+    assert [row["state"] for row in sweep_status(sweep)] == ["completed", "pending"]
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"interrupted by {signal.Signals(signum).name} outside the training loop "
+                     "(starting or finishing: nothing to checkpoint); rerun the same command"]
+
+
+def test_a_stop_between_two_entries_ends_the_sweep(tmp_path, monkeypatch, startup_handlers):
+    from lbtkit.sweep import sweep_status
+
+    sweep = _two_entry_sweep(tmp_path)
+    calls: list[int] = []
+    import lbtkit.train
+
+    real_run = lbtkit.train.run
+
+    def run(config, **kwargs):
+        calls.append(config.batch_size)
+        if len(calls) == 2:  # entry 0 is done and recorded: the gap between the two
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(lbtkit.train, "run", run)
+    result = invoke_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path)
+    assert result.returncode == 75, (result.stdout, result.stderr)
+    assert [row["state"] for row in sweep_status(sweep)] == ["completed", "pending"]
+
+
+def test_graceful_stop_passes_on_a_request_it_did_not_act_on():
+    from lbtkit.signals import GracefulStop
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with GracefulStop() as stop:  # acted on: spent
+            os.kill(os.getpid(), signal.SIGUSR1)
+            stop.acted_on()
+        assert stop.requested == "SIGUSR1" and seen == []
+        with GracefulStop() as stop:  # arrived after the last check: passed on
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert seen == [signal.SIGUSR1]
+        with contextlib.suppress(RuntimeError), GracefulStop():  # failing anyway: not passed on
+            os.kill(os.getpid(), signal.SIGUSR1)
+            raise RuntimeError
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in map(int, task.read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str,
+              proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + scaled_timeout(seconds)
+    while not condition():
+        if proc is not None:
+            assert proc.poll() is None, (what, proc.communicate())
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(0.01)
+
+
+TWO_PROCESSES = ["run", "--preset", "smoke", "--model", "c1", "--num-processes", "2",
+                 "--no-progress"]
+
+
+@pytest.mark.slow
+def test_a_signal_as_a_two_process_run_starts_its_launcher_exits_75(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(*TWO_PROCESSES, "--epochs", "2", "--output", run_dir, tmp_path=tmp_path)
+    try:
+        # The point: the launcher runs (its Python is importing), and handles no SIGTERM yet:
+        # the relayed signal kills it (128 + 15 = 143, as it used to end).
+        def launcher_starting() -> bool:
+            return any(b"accelerate.commands.launch" in _cmdline(pid)
+                       for pid in _descendants(proc.pid))
+
+        _wait_for(launcher_starting, 120, "the launcher to start", proc)
+        (launcher,) = _descendants(proc.pid)
+        assert not _catches(launcher, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=scaled_timeout(120))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, (out, err)
+    assert "rerun the same command" in out + err
+    assert not run_dir.joinpath("results.json").exists()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
+    from lbtkit.rundir import check_not_locked
+
+    run_dir = tmp_path / "run"
+    proc = _start(*TWO_PROCESSES, "--epochs", "40", "--output", run_dir, tmp_path=tmp_path)
+    family: list[int] = []
+    try:
+        _wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 300, "an epoch", proc)
+        family += _descendants(proc.pid)
+        assert len(family) >= 3, family  # the launcher and its two workers
+        proc.kill()
+        proc.wait(timeout=scaled_timeout(30))
+        # They checkpoint and stop (SIGTERM from the kernel as their parent dies).
+        _wait_for(lambda: not any(map(_alive, family)), 120, f"{family} to end")
+    finally:
+        proc.kill()
+        for pid in filter(_alive, family):
+            os.kill(pid, signal.SIGKILL)
+    check_not_locked(run_dir)  # the lock is free
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
