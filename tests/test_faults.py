@@ -680,3 +680,148 @@ def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
             os.kill(pid, signal.SIGKILL)
     check_not_locked(run_dir)  # the lock is free
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+
+
+# --- class 2: the job step always says what to do ------------------------------------------------
+
+
+def _job_sweep(tmp_path: Path) -> Path:
+    from lbtkit.config import preset_values
+    from lbtkit.sweep import plan_sweep
+
+    base = RunConfig().updated(preset_values("smoke")).updated({"epochs": 1})
+    plan_sweep(base, {"batch_size": [32, 64]}, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def _edited_plan(tmp_path: Path, **changes) -> Path:
+    sweep = _job_sweep(tmp_path)
+    plan = json.loads((sweep / "sweep.json").read_text())
+    plan.update(changes)
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    return sweep
+
+
+# (name, argv after `lbtkit job`, environment, needle of the one error line)
+JOB_MISTAKES = [
+    ("finish: array index beyond the plan",
+     lambda t: ["finish", "--exit-status", "75", "sweep", "--", _job_sweep(t)],
+     {"SLURM_ARRAY_TASK_ID": "99"}, "array index 99 is out of range"),
+    ("finish: no sweep directory", lambda t: ["finish", "--exit-status", "75", "sweep"], {},
+     "usage: lbtkit job finish sweep -- SWEEP_DIR"),
+    ("finish: a non-ASCII digit as the task id",
+     lambda t: ["finish", "sweep", "--", _job_sweep(t)], {"SLURM_ARRAY_TASK_ID": "²"},
+     "SLURM_ARRAY_TASK_ID must be a number, got '²'"),
+    ("finish: an unknown kind", lambda t: ["finish", "bogus", "--", "x"], {},
+     "unknown job kind 'bogus'"),
+    ("plan: a port beyond 65535",
+     lambda t: ["plan", "run", "--", "--output", t / "r"],
+     {"LBT_PORT": "99999", "LBT_GPUS_PER_NODE": "2"}, "LBT_PORT must be a port number"),
+    ("plan: world_size 'two' in sweep.json",
+     lambda t: ["plan", "sweep", "--", _edited_plan(t, world_size="two")],
+     {"SLURM_ARRAY_TASK_ID": "0", "LBT_GPUS_PER_NODE": "0"}, "world_size must be a whole"),
+]
+
+
+@pytest.mark.parametrize("case", JOB_MISTAKES, ids=[case[0] for case in JOB_MISTAKES])
+def test_a_job_step_mistake_is_one_line_and_finish_still_says_what_to_do(tmp_path, case):
+    _, make_argv, env, needle = case
+    argv = make_argv(tmp_path)
+    clean = {k: "" for k in os.environ if k.startswith(("SLURM_", "LBT_"))}
+    result = invoke_cli("job", *argv, tmp_path=tmp_path, env={**clean, **env})
+    assert_one_line(result, 2, needle)
+    if argv[0] == "finish":
+        assert result.stdout.split() == ["exit", "2"]  # what common.sh reads
+
+
+# --- class 9: a requeue ends, and signals before the start are kept ----------------------------
+
+
+def _finish(run_dir: Path, *, exit_status: int, signals: list[str], restart: int = 0,
+            since: float = 0.0) -> tuple[str, str, list[str]]:
+    from lbtkit.cluster import finish_job
+
+    env = {"SLURM_JOB_ID": "41", "SLURM_RESTART_COUNT": str(restart)}
+    return finish_job("run", ["--output", str(run_dir)], exit_status=exit_status,
+                      signals=signals, since=since, environ=env)
+
+
+def test_restarts_that_make_no_progress_stop_requeueing(tmp_path):
+    from lbtkit.cluster import MAX_IDLE_RESTARTS
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    actions = [_finish(run_dir, exit_status=75, signals=["USR1"], restart=n)[0]
+               for n in range(MAX_IDLE_RESTARTS)]
+    assert actions == ["requeue"] * (MAX_IDLE_RESTARTS - 1) + ["exit"]
+    action, value, notes = _finish(run_dir, exit_status=75, signals=["USR1"], restart=500)
+    assert (action, value) == ("exit", "75")
+    assert "made no progress" in notes[-1] and "LBT_SIGNAL_MARGIN" in notes[-1]
+    assert "before its first checkpoint" in notes[0]  # not "with a checkpoint": there is none
+    # Progress (a newer checkpoint) starts the count again: a long run may requeue many times.
+    (run_dir / "checkpoints" / "step-000000010").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-000000010" / "state.json").write_text("{}")
+    action, _, notes = _finish(run_dir, exit_status=75, signals=["USR1"], restart=501)
+    assert action == "requeue", notes
+    assert "with a checkpoint in" in notes[0]
+
+
+@pytest.mark.parametrize(("status", "code", "signals", "expected"), [
+    (None, 143, ["USR1"], ("requeue", "41")),  # launcher killed as it started: interrupted
+    (None, 143, [], ("exit", "143")),  # nobody told it to stop: a failure
+    ("completed", 75, ["USR1"], ("exit", "0")),  # a signal as it completed: nothing to redo
+])
+def test_the_outcome_of_a_run_told_to_stop(tmp_path, status, code, signals, expected):
+    from lbtkit.cluster import SlurmEnv, outcome
+
+    action, value, notes = outcome(status=status, exit_status=code, signals=signals,
+                                   diverged_exit=3, slurm=SlurmEnv(job_id="41"), run_dir="r")
+    assert (action, value) == expected, notes
+
+
+JOBS_DIR = Path(__file__).resolve().parent.parent / "lbtkit" / "jobs"
+
+
+def test_usr1_before_the_run_starts_is_kept_and_requeues(tmp_path):
+    """The time-limit signal reaches the batch shell while it plans: the run must not start
+    (it would be killed at the limit: TIMEOUT, no requeue); the job ends as interrupted."""
+    run_dir, marker = tmp_path / "run", tmp_path / "started"
+    fake_scontrol = tmp_path / "bin" / "scontrol"
+    fake_scontrol.parent.mkdir()
+    fake_scontrol.write_text('#!/bin/bash\n[ "$1" = show ] && echo "JobState=RUNNING"\n'
+                             f'[ "$1" = requeue ] && echo "requeued $2" >> {tmp_path}/log\n'
+                             'exit 0\n')
+    fake_scontrol.chmod(0o755)
+    script = (f'set -euo pipefail\n. "{JOBS_DIR}/common.sh"\n'
+              f"LBT_CMD=(touch {marker}) LBT_FINISH=({sys.executable} -m lbtkit job finish) "
+              f"LBT_RELAY=pid\nkill -USR1 $$\nlbt_run\nlbt_finish run --output {run_dir}\n")
+    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith(("SLURM_", "LBT_"))}
+    env.update(SLURM_JOB_ID="41", PATH=f"{fake_scontrol.parent}:{env['PATH']}")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=scaled_timeout(120))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not marker.exists()  # never started
+    assert "not starting the run" in result.stdout
+    assert (tmp_path / "log").read_text() == "requeued 41\n"
+
+
+@pytest.mark.parametrize(("flags", "seconds"), [
+    (["-t", "1"], 60), (["--time=2:30"], 150), (["-t", "1:00:00"], 3600),
+    (["--time", "1-2"], 93600), (["-t", "0-0:1:5"], 65), (["-t", "UNLIMITED"], None), ([], None),
+])
+def test_sbatch_time_limits_are_read(flags, seconds):
+    from lbtkit.slurm import time_limit_seconds
+
+    assert time_limit_seconds(["-p", "gpu", *flags]) == seconds
+
+
+def test_sweep_submit_warns_when_the_time_limit_is_within_the_signal_margin(tmp_path):
+    sweep = _job_sweep(tmp_path)
+    result = invoke_cli("sweep", "submit", sweep, "--dry-run", "--", "-t", "1",
+                        tmp_path=tmp_path, env={"LBT_SIGNAL_MARGIN": "120"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: the time limit (60 s) is not longer than the "
+                                    "signal margin (120 s"), result.stderr
+    fine = invoke_cli("sweep", "submit", sweep, "--dry-run", "--", "-t", "10",
+                      tmp_path=tmp_path, env={"LBT_SIGNAL_MARGIN": "120"})
+    assert fine.returncode == 0 and "warning" not in fine.stderr
