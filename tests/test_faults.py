@@ -825,3 +825,71 @@ def test_sweep_submit_warns_when_the_time_limit_is_within_the_signal_margin(tmp_
     fine = invoke_cli("sweep", "submit", sweep, "--dry-run", "--", "-t", "10",
                       tmp_path=tmp_path, env={"LBT_SIGNAL_MARGIN": "120"})
     assert fine.returncode == 0 and "warning" not in fine.stderr
+
+
+# --- class 3: an external model is checked once, on one batch, before training ------------------
+
+# Every way a user's builder module can fail: (module source, needle of the one line).
+BUILDER_FAILURES = {
+    "raises at import": ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
+    "syntax error": ("def build(:\n", "SyntaxError"),
+    "returns a non-module": ("def build(**kw):\n    return 3\n", "returned a int, not a torch"),
+    "raises": ("def build(**kw):\n    raise ValueError('no such width')\n",
+               "the builder failed: ValueError: no such width"),
+    "takes no keyword arguments": ("def build():\n    return nn.Linear(1, 1)\n",
+                                   "the builder failed: TypeError"),
+    "wrong input size": ("def build(*, num_classes, **kw):\n"
+                         "    return nn.Sequential(nn.Flatten(), nn.Linear(5, num_classes))\n",
+                         "fails on a batch of shape (2, 1, 8, 8)"),
+    "wrong number of outputs": ("def build(*, in_channels, image_size, **kw):\n"
+                                "    width = in_channels * image_size ** 2\n"
+                                "    return nn.Sequential(nn.Flatten(), nn.Linear(width, 3))\n",
+                                "gives (2, 3) for a batch of 2 images"),
+    "outputs a tuple": ("class Two(nn.Module):\n    def forward(self, x):\n"
+                        "        return x, x\n\ndef build(**kw):\n    return Two()\n",
+                        "gives tuple for a batch"),
+}
+
+
+def _builder_module(tmp_path: Path, case: str) -> str:
+    name = "builder_" + "".join(c if c.isalnum() else "_" for c in case)
+    (tmp_path / "modules").mkdir(exist_ok=True)
+    (tmp_path / "modules" / f"{name}.py").write_text(
+        "from torch import nn\n\n" + BUILDER_FAILURES[case][0])
+    return f"{name}:build"
+
+
+@pytest.mark.parametrize("case", BUILDER_FAILURES)
+def test_a_failing_external_model_is_one_line_naming_the_builder(tmp_path, monkeypatch, case):
+    model = _builder_module(tmp_path, case)
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    run_dir = tmp_path / "run"
+    result = invoke_cli("run", "--preset", "smoke", "--model", model, "--no-progress",
+                        "--output", run_dir, tmp_path=tmp_path)
+    line = assert_one_line(result, 2, BUILDER_FAILURES[case][1])
+    assert model.split(":")[0] in line
+    assert not (run_dir / "metrics.jsonl").exists()  # refused before training
+
+
+@pytest.mark.slow
+def test_a_failing_external_model_is_refused_once_before_launching(tmp_path):
+    model = _builder_module(tmp_path, "wrong number of outputs")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "modules"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    result = lbtkit("run", "--preset", "smoke", "--model", model, "--num-processes", "2",
+                    "--output", tmp_path / "run", tmp_path=tmp_path, env=env, fresh=True)
+    assert_one_line(result, 2, "gives (2, 3) for a batch of 2 images")
+
+
+def test_the_one_batch_check_changes_neither_the_model_nor_the_random_draws():
+    from lbtkit.models.external import check_on_one_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2),
+                                torch.nn.Dropout(0.5), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 6 * 6, 10))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = torch.get_rng_state()
+    check_on_one_batch(model, "m", num_classes=10, in_channels=1, image_size=8)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
