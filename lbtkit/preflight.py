@@ -25,10 +25,10 @@ def preflight(config: RunConfig, *, world_size: int = 1, check_lock: bool = True
     ``check_lock=False`` inside a launched worker: its own rank 0 may hold the lock already."""
     plan_batches(config, world_size)
     run = RunDir(config.output_dir)
-    check_output_dir(run.root)
-    results = run.read_results()
+    results = run.read_results() if run.root.is_dir() else None
     if results is not None and results["status"] == STATUS_COMPLETED:
-        return
+        return  # before the writability check: a completed run on a read-only disk is fine
+    check_output_dir(run.root)
     if check_lock:
         check_not_locked(run.root)
     check_data(config)

@@ -227,9 +227,10 @@ def run_lock(root: str | Path) -> Iterator[None]:
     run leaves behind never blocks a resume."""
     run = RunDir(root)
     ensure_directory(run.root)
-    try:
-        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:  # never through a symbolic link: the file it names would be truncated and written
+        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode())
     except OSError as exc:
+        _refuse_a_linked_lock(run, exc)
         raise WriteFailed(run.lock_path, _reason(exc)) from None
     try:
         try:
@@ -249,8 +250,9 @@ def check_not_locked(root: str | Path) -> None:
     processes; the run itself takes the lock)."""
     run = RunDir(root)
     try:
-        fd = os.open(run.lock_path, os.O_RDONLY)
-    except OSError:
+        fd = os.open(run.lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        _refuse_a_linked_lock(run, exc)
         return  # no lock file (or none we can open): nobody to wait for
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -258,6 +260,12 @@ def check_not_locked(root: str | Path) -> None:
         raise RunDirBusyError(_busy_message(run, fd)) from None
     finally:
         os.close(fd)
+
+
+def _refuse_a_linked_lock(run: RunDir, exc: OSError) -> None:
+    if exc.errno == errno.ELOOP or run.lock_path.is_symlink():
+        raise UserError(f"{run.lock_path} is a symbolic link; lbtkit does not follow it (it "
+                        f"would overwrite what it points to): remove it and rerun") from None
 
 
 def _busy_message(run: RunDir, fd: int) -> str:

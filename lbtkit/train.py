@@ -113,14 +113,42 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     stored results without training.
     """
     config = config.resolved()
+    completed = _completed(config)  # first: no lock, nothing written (a read-only disk is fine)
+    if completed is not None:
+        return completed
     set_cpu_threads(config.threads)
     accelerator = make_accelerator(config)
+    ended = False
     try:
         with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
-            return _run(config, accelerator, progress=progress)
+            results = _run(config, accelerator, progress=progress)
+        ended = True
+        return results
     finally:
-        accelerator.end_training()
-        _reset_accelerate_state()
+        try:
+            accelerator.end_training()
+        except Exception:
+            if ended:
+                raise
+            # The run's own error is the one to report: a tracker that failed to start (an
+            # unwritable directory) fails again as it is closed, and would hide it.
+            logger.debug("closing the trackers failed after the run failed", exc_info=True)
+        finally:
+            _reset_accelerate_state()
+
+
+def _completed(config: RunConfig) -> dict[str, Any] | None:
+    """The stored results when ``config.output_dir`` holds this run completed."""
+    run_dir = RunDir(config.output_dir)
+    if not run_dir.results_path.exists():
+        return None
+    check_same_run(run_dir, config)
+    previous = run_dir.read_results()
+    if not previous or previous.get("status") != STATUS_COMPLETED:
+        return None
+    if os.environ.get("RANK", "0") == "0":  # once per launch (no Accelerator made yet)
+        logger.info("%s: already completed; not retraining", run_dir.root)
+    return previous
 
 
 # --- the loop --------------------------------------------------------------------------------

@@ -893,3 +893,63 @@ def test_the_one_batch_check_changes_neither_the_model_nor_the_random_draws():
     check_on_one_batch(model, "m", num_classes=10, in_channels=1, image_size=8)
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+# --- class 5: a tracker that cannot start does not hide why --------------------------------------
+
+
+def test_a_tracker_directory_that_is_a_file_is_one_line(tmp_path):
+    blocker = _file(tmp_path)
+    result = invoke_cli(*SMOKE, "--epochs", "1", "--log-with", "tensorboard", "--tracking-dir",
+                        blocker / "tb", "--output", tmp_path / "run", tmp_path=tmp_path)
+    assert_one_line(result, 1, "a-file")  # the system refused a path: exit 1, named
+
+
+# --- class 7: nothing outside the run is touched ------------------------------------------------
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(target)
+    result = invoke_cli(*SMOKE, "--output", run_dir, tmp_path=tmp_path)
+    assert_one_line(result, 2, ".lock is a symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ""])
+def test_a_run_name_is_one_folder_name(tmp_path, name):
+    result = invoke_cli("run", "--preset", "smoke", "--name", name, "--dry-run",
+                        tmp_path=tmp_path)
+    assert_one_line(result, 2, f"name {name!r} must be one folder name")
+
+
+@pytest.mark.parametrize("field", ["run_dir", "output_dir"])
+@pytest.mark.parametrize("path", ["../x", "/tmp/elsewhere", "runs/../../x"])
+def test_a_sweep_plan_writes_only_inside_its_directory(tmp_path, field, path):
+    sweep = _job_sweep(tmp_path)
+    plan = json.loads((sweep / "sweep.json").read_text())
+    entry = plan["runs"][0]
+    (entry if field == "run_dir" else entry["config"])[field] = path
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    for argv in (["sweep", "run", sweep, "--no-progress"], ["sweep", "status", sweep]):
+        assert_one_line(invoke_cli(*argv, tmp_path=tmp_path), 2, "outside the sweep directory")
+    assert not (tmp_path / "x").exists()
+
+
+# --- class 8: a completed run needs no writable disk --------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_completed_run_on_a_read_only_file_system_is_already_completed(tmp_path, small_disk):
+    run_dir = small_disk / "run"
+    train_smoke(run_dir, epochs=1)
+    remounted = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)],
+                               capture_output=True)
+    if remounted.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
+    result = lbtkit(*SMOKE, "--epochs", "1", "--output", run_dir, tmp_path=tmp_path, fresh=True)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "already completed" in result.stdout and not result.stderr.strip()
