@@ -19,6 +19,8 @@ spaces), ``LBT_EXEC`` (a command prefix, e.g. a pyxis ``srun``), ``LBT_GPUS_PER_
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -29,12 +31,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbtkit.errors import UserError
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 75
+from lbtkit.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_INTERRUPTED,
+    EnvironmentFault,
+    UserError,
+)
 
 DEFAULT_SIGNAL_MARGIN = 120  # the scripts' #SBATCH --signal=B:USR1@120
 PORT_BASE = 20000  # rendezvous ports: PORT_BASE .. below the ephemeral range
@@ -62,7 +68,7 @@ class SlurmEnv:
             value = environ.get(name, "").strip()
             if not value:
                 return None
-            if not value.isdigit():
+            if not _is_number(value):
                 raise UserError(f"{name} must be a number, got {value!r}")
             return int(value)
 
@@ -87,13 +93,18 @@ class SlurmEnv:
         return self.job_id
 
 
+def _is_number(text: str) -> bool:
+    """Digits 0-9 only: str.isdigit also takes '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def gpus_per_node(environ: Mapping[str, str], *, nvidia_smi: Callable[[], int] | None = None
                   ) -> int:
     """GPUs this job may use on this node: ``LBT_GPUS_PER_NODE``, else the count of
     ``CUDA_VISIBLE_DEVICES``, else ``SLURM_GPUS_ON_NODE``, else ``nvidia-smi -L``; 0 if none."""
     forced = environ.get("LBT_GPUS_PER_NODE", "")
     if forced:
-        if not forced.isdigit():
+        if not _is_number(forced):
             raise UserError(f"LBT_GPUS_PER_NODE must be a number, got {forced!r}")
         return int(forced)
     if "CUDA_VISIBLE_DEVICES" in environ:
@@ -141,7 +152,7 @@ def rendezvous_port(job_id: str | int | None, *, first_ephemeral: int | None = N
     free here (else the next ones are tried, in the job's own order)."""
     top = first_ephemeral or ephemeral_start()
     span = max(top - PORT_BASE, 1)
-    seed = int(job_id) if job_id is not None and str(job_id).isdigit() else os.getpid()
+    seed = int(job_id) if job_id is not None and _is_number(str(job_id)) else os.getpid()
     for offset in range(min(span, 64)):
         port = PORT_BASE + (seed + offset * 997) % span
         if is_free(port):
@@ -152,7 +163,7 @@ def rendezvous_port(job_id: str | int | None, *, first_ephemeral: int | None = N
 def signal_margin(environ: Mapping[str, str]) -> int:
     """Seconds between SLURM's SIGUSR1 and the time limit (``LBT_SIGNAL_MARGIN``)."""
     value = environ.get("LBT_SIGNAL_MARGIN", "") or str(DEFAULT_SIGNAL_MARGIN)
-    if not value.isdigit() or int(value) < 1:
+    if not _is_number(value) or int(value) < 1:
         raise UserError(f"LBT_SIGNAL_MARGIN must be a whole number of seconds, got {value!r}")
     return int(value)
 
@@ -350,8 +361,8 @@ def plan_job(kind: str, args: Sequence[str], environ: Mapping[str, str] | None =
 def _port(environ: Mapping[str, str], slurm: SlurmEnv) -> int:
     forced = environ.get("LBT_PORT", "")
     if forced:
-        if not forced.isdigit():
-            raise UserError(f"LBT_PORT must be a number, got {forced!r}")
+        if not _is_number(forced) or not 1 <= int(forced) <= 65535:
+            raise UserError(f"LBT_PORT must be a port number in 1..65535, got {forced!r}")
         return int(forced)
     return rendezvous_port(slurm.job_id)
 
@@ -395,7 +406,7 @@ def _plan_sweep(args: list[str], environ: Mapping[str, str], cwd: Path) -> JobPl
              f"array {slurm.array_job_id or slurm.job_id}_{index}; {_describe(slurm, gpus)}",
              *setup.notes]
     planned = sweep.get("world_size")
-    if planned and int(planned) != processes:
+    if planned != processes:
         notes.append(f"note: the plan was checked for {planned} process(es), this task runs "
                      f"{processes}: same global batch, per-device batch and accumulation "
                      f"differ (plan with --num-processes {processes} to match)")
@@ -519,30 +530,37 @@ def fresh_status(run_dir: str | Path, since: float) -> str | None:
     return status if isinstance(status, str) else None
 
 
+# Requeues in a row that found the run's last checkpoint where the previous attempt left it:
+# after this many, the job stops requeueing (a time limit that leaves no time to train, a run
+# that dies on start) instead of coming back until someone cancels it.
+MAX_IDLE_RESTARTS = 3
+REQUEUE_FILE = ".requeues.json"  # in the run directory: the step and idle count so far
+
+
 def outcome(*, status: str | None, exit_status: int, signals: Sequence[str],
-            diverged_exit: int, slurm: SlurmEnv, run_dir: str) -> tuple[str, str, list[str]]:
+            diverged_exit: int, slurm: SlurmEnv, run_dir: str,
+            checkpoint: str | None = None, idle_restarts: int = 0
+            ) -> tuple[str, str, list[str]]:
     """What the job does after its run: ``("requeue", ID, notes)`` or ``("exit", CODE,
     notes)``. The run's fresh results.json decides over the exit code: under accelerate
-    launch every worker exit code arrives as 1."""
-    if exit_status == EXIT_INTERRUPTED or status == "interrupted":
-        if "USR1" not in signals and "TERM" in signals:
-            return "exit", str(EXIT_INTERRUPTED), [
-                f"stopped by SIGTERM (scancel, or preemption that SLURM requeues itself): "
-                f"checkpoint in {run_dir}; not requeueing; resubmit the same job to resume"]
-        notes = [f"run interrupted with a checkpoint in {run_dir}"]
-        if not slurm.requeue_id:
-            return "exit", str(EXIT_INTERRUPTED), [
-                *notes, "not under SLURM: rerun the same command to resume"]
-        return "requeue", slurm.requeue_id, notes
+    launch every worker exit code arrives as 1, and a signal that came as a run completed
+    may end it with 75. A run the job told to stop (``signals``) that ended without an
+    outcome (killed while starting: 143) was interrupted too. ``checkpoint``: the run's
+    latest, if any; ``idle_restarts``: attempts in a row that made no progress."""
+    told_to_stop = bool(signals) and exit_status != EXIT_OK
+    if status == STATUS_INTERRUPTED or (status is None and (
+            exit_status == EXIT_INTERRUPTED or told_to_stop)):
+        return _interrupted(exit_status, signals, slurm, run_dir, checkpoint, idle_restarts)
     if status is None and exit_status == EXIT_DIVERGED:
-        status = "diverged"
-    if status == "diverged":
+        status = STATUS_DIVERGED
+    if status == STATUS_DIVERGED:
         return "exit", str(diverged_exit), [
             f"run diverged (non-finite loss), recorded in {run_dir}/results.json"]
-    if status == "completed":
+    if status == STATUS_COMPLETED:
         notes = [f"run completed: {run_dir}"]
         if exit_status != 0:
-            notes.insert(0, f"warning: the run completed but the launcher exited {exit_status}")
+            notes.insert(0, f"note: the run completed; its command exited {exit_status} "
+                            f"after that (a launcher's code, or a signal as it finished)")
         return "exit", str(EXIT_OK), notes
     if exit_status != 0:
         detail = f", status {status}" if status else ""
@@ -551,26 +569,94 @@ def outcome(*, status: str | None, exit_status: int, signals: Sequence[str],
     return "exit", str(exit_status), []
 
 
+def _interrupted(exit_status: int, signals: Sequence[str], slurm: SlurmEnv, run_dir: str,
+                 checkpoint: str | None, idle_restarts: int) -> tuple[str, str, list[str]]:
+    where = (f"with a checkpoint in {checkpoint}" if checkpoint else
+             f"before its first checkpoint (it starts {run_dir} from the beginning)")
+    if "USR1" not in signals and "TERM" in signals:
+        return "exit", str(EXIT_INTERRUPTED), [
+            f"stopped by SIGTERM (scancel, or preemption that SLURM requeues itself) {where}; "
+            f"not requeueing; resubmit the same job to resume"]
+    notes = [f"run interrupted {where} (exit {exit_status})"]
+    if not slurm.requeue_id:
+        return "exit", str(EXIT_INTERRUPTED), [
+            *notes, "not under SLURM: rerun the same command to resume"]
+    if idle_restarts >= MAX_IDLE_RESTARTS:
+        return "exit", str(EXIT_INTERRUPTED), [*notes, (
+            f"not requeueing: the last {idle_restarts} attempts made no progress (restart "
+            f"{slurm.restart_count}); a time limit (-t) must leave training time beyond the "
+            f"signal margin (LBT_SIGNAL_MARGIN, --signal=B:USR1@N); fix it and resubmit the "
+            f"same job to resume")]
+    return "requeue", slurm.requeue_id, notes
+
+
 def finish_job(kind: str, args: Sequence[str], *, exit_status: int, signals: Sequence[str],
                since: float, environ: Mapping[str, str] | None = None,
                cwd: str | Path | None = None) -> tuple[str, str, list[str]]:
     """``outcome`` for a job script's run (the run directory found as ``plan_job`` does)."""
     environ = os.environ if environ is None else environ
     cwd = Path(cwd or os.getcwd())
+    slurm = SlurmEnv.from_environ(environ)
     if kind == "sweep":
-        from lbtkit.sweep import load_sweep
-
-        sweep = load_sweep(cwd / args[0])
-        index = SlurmEnv.from_environ(environ).array_task_id or 0
-        run_dir = sweep["runs"][index]["run_dir"]
+        run_dir = _sweep_entry_dir(list(args), slurm, cwd)
         diverged_exit = EXIT_OK  # a diverged entry is a result of the sweep, not a crash
-    else:
+    elif kind in ("run", "multinode"):
         run_dir = _output(list(args), f"jobs/{kind}.sh")
         diverged_exit = EXIT_DIVERGED
+    else:
+        raise UserError(f"unknown job kind {kind!r} to finish: one of sweep, run, multinode")
     status = fresh_status(cwd / run_dir, since)
+    checkpoint = _latest_checkpoint(cwd / run_dir)
+    idle = 0
+    if slurm.requeue_id and status in (None, STATUS_INTERRUPTED):
+        idle = count_idle_restart(cwd / run_dir, checkpoint)
     return outcome(status=status, exit_status=exit_status, signals=signals,
-                   diverged_exit=diverged_exit, slurm=SlurmEnv.from_environ(environ),
-                   run_dir=run_dir)
+                   diverged_exit=diverged_exit, slurm=slurm, run_dir=run_dir,
+                   checkpoint=checkpoint and str(Path(run_dir) / "checkpoints" /
+                                                 Path(checkpoint).name),
+                   idle_restarts=idle)
+
+
+def _sweep_entry_dir(args: list[str], slurm: SlurmEnv, cwd: Path) -> str:
+    from lbtkit.sweep import load_sweep
+
+    if len(args) != 1:
+        raise UserError("usage: lbtkit job finish sweep -- SWEEP_DIR (what jobs/sweep.sh runs)")
+    sweep = load_sweep(cwd / args[0])
+    index = slurm.array_task_id or 0
+    if index >= len(sweep["runs"]):
+        raise UserError(f"array index {index} is out of range: {args[0]} has "
+                        f"{len(sweep['runs'])} entries")
+    return sweep["runs"][index]["run_dir"]
+
+
+def _latest_checkpoint(run_dir: Path) -> str | None:
+    from lbtkit.checkpoint import latest_checkpoint
+
+    try:
+        found = latest_checkpoint(run_dir / "checkpoints")
+    except (OSError, UserError):
+        return None
+    return str(found) if found is not None else None
+
+
+def count_idle_restart(run_dir: Path, checkpoint: str | None) -> int:
+    """Record this attempt's end in RUN/.requeues.json; how many attempts in a row ended with
+    the latest checkpoint where the one before left it (0 when this one made progress)."""
+    from lbtkit.rundir import write_json
+
+    path = run_dir / REQUEUE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    before, idle = record.get("checkpoint"), record.get("idle")
+    idle = idle if isinstance(idle, int) and not isinstance(idle, bool) else 0
+    idle = idle + 1 if before == (checkpoint and Path(checkpoint).name) else 0
+    with contextlib.suppress(OSError, UserError, EnvironmentFault):  # cannot record: count 0
+        write_json(path, {"checkpoint": checkpoint and Path(checkpoint).name, "idle": idle})
+    return idle
 
 
 # --- the scripts as package data --------------------------------------------------------------

@@ -279,6 +279,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None:
                 _positive(name, value)
+        if self.name is not None and (self.name in ("", ".", "..") or
+                                      any(c in self.name for c in "/\\\0")):
+            raise ConfigError(f"name {self.name!r} must be one folder name (it makes runs/NAME, "
+                              f"no '/' or '..'); give --output for a directory elsewhere")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.checkpoint_every < 0:

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lbtkit.errors import ConfigError
+from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_OK, ConfigError
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -133,7 +133,7 @@ def run_doctor(
     if failed:
         summary += " (" + ", ".join(c.name for c in failed) + "): fix these before submitting"
     console.print(summary, markup=False, highlight=False, soft_wrap=True)
-    return 1 if failed else 0
+    return EXIT_ENVIRONMENT if failed else EXIT_OK
 
 
 # --- printing --------------------------------------------------------------------------------

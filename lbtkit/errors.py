@@ -4,9 +4,36 @@
 exits ``EXIT_USER_ERROR`` (2). ``EnvironmentFault`` means the request was fine but the machine
 cannot carry it out (a full disk, a read-only file system): the CLI exits 1. Anything else is
 a bug and keeps its traceback.
+
+This module is also the one home of every exit code and run status: 75, "interrupted, rerun
+me", is the number the job scripts (lbtkit/jobs/*.sh) and Python must agree on. It imports
+nothing, so the earliest code of a process (lbtkit.signals, before torch) can use it.
 """
 
 from __future__ import annotations
+
+# Exit codes of every lbtkit command (the README's exit-code table).
+EXIT_OK = 0
+EXIT_ENVIRONMENT = 1  # the machine refused (full or read-only disk), or a run failed
+EXIT_USER_ERROR = 2  # a user mistake: one line naming the bad value
+EXIT_DIVERGED = 3  # the run's loss became NaN/inf (recorded: a result, not a crash)
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal with a checkpoint, rerun to resume
+EXIT_SIGNAL_BASE = 128  # a process killed by signal N exits 128 + N (the shell's convention)
+
+# A run's results.json "status".
+STATUS_COMPLETED = "completed"
+STATUS_DIVERGED = "diverged"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_FAILED = "failed"  # an exception stopped a sweep entry (recorded by sweep.run_all)
+
+
+def exit_code(status: str) -> int:
+    """The exit code of a run that ended with results.json ``status``."""
+    return {
+        STATUS_COMPLETED: EXIT_OK,
+        STATUS_DIVERGED: EXIT_DIVERGED,
+        STATUS_INTERRUPTED: EXIT_INTERRUPTED,
+    }.get(status, EXIT_ENVIRONMENT)
 
 
 class UserError(Exception):

@@ -7,6 +7,7 @@ in the same code path (``lbtkit.train.run`` in every worker).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -17,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
+from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE
 from lbtkit.rundir import RunDir, write_json
+from lbtkit.signals import stop_when_parent_dies
+
+logger = logging.getLogger(__name__)
 
 
 def in_launched_worker() -> bool:
@@ -114,25 +119,36 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     The workers run in sessions of their own: a launcher that dies (killed on its own, or by a
     signal before torchrun handles them) would leave them training. This process becomes
     their subreaper (Linux), so orphaned workers become its children: it sends them SIGTERM
-    and waits for them (they checkpoint and stop) before it returns."""
+    and waits for them (they checkpoint and stop) before it returns. The launcher gets SIGTERM
+    when this process dies (a kill -9 of lbtkit), and the workers when the launcher dies.
+
+    A run told to stop that ends without writing its results (the signal came while the
+    processes were starting, before any handler was in: they died of it) exits 75, like a run
+    stopped at a step: a rerun resumes from the last checkpoint, if there is one."""
     from lbtkit.cluster import launcher_environment
-    from lbtkit.train import exit_code
+    from lbtkit.errors import exit_code
 
     results_file = RunDir(run_dir).results_path
     before = results_file.stat().st_mtime_ns if results_file.exists() else None
     subreaper = become_subreaper()
     env = {**launcher_environment(os.environ), **os.environ}
-    child = subprocess.Popen(command, env=env)
+    child: subprocess.Popen | None = None
+    stops: list[str] = []
 
     def relay(signum, frame) -> None:
-        if child.poll() is None:
+        stops.append(signal.Signals(signum).name)
+        if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
-        for pid in child_pids(exclude=child.pid):
+        for pid in child_pids(exclude=None if child is None else child.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    # Before the launcher starts: a signal in between must reach it, not end this process.
     previous = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
+        child = subprocess.Popen(command, env=env, preexec_fn=_stop_with_parent(os.getpid()))
+        if stops:
+            child.send_signal(signal.SIGTERM)
         returncode = child.wait()
         if subreaper:
             stop_orphans(int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))
@@ -143,7 +159,21 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     fresh = results_file.exists() and results_file.stat().st_mtime_ns != before
     if results and fresh:
         return exit_code(results.get("status", ""))
-    return returncode if returncode >= 0 else 128 - returncode  # killed by a signal: 128+N
+    if stops and returncode != 0:
+        logger.info("stopped by %s while the processes were starting or finishing (no "
+                    "outcome recorded); rerun the same command", stops[0])
+        return EXIT_INTERRUPTED
+    return returncode if returncode >= 0 else EXIT_SIGNAL_BASE - returncode  # killed: 128+N
+
+
+def _stop_with_parent(parent: int):
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux; else nothing)."""
+    def preexec() -> None:
+        stop_when_parent_dies()
+        if os.getppid() != parent:  # it died before the request was in
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def become_subreaper() -> bool:

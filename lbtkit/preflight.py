@@ -25,14 +25,25 @@ def preflight(config: RunConfig, *, world_size: int = 1, check_lock: bool = True
     ``check_lock=False`` inside a launched worker: its own rank 0 may hold the lock already."""
     plan_batches(config, world_size)
     run = RunDir(config.output_dir)
-    check_output_dir(run.root)
-    results = run.read_results()
+    results = run.read_results() if run.root.is_dir() else None
     if results is not None and results["status"] == STATUS_COMPLETED:
-        return
+        return  # before the writability check: a completed run on a read-only disk is fine
+    check_output_dir(run.root)
     if check_lock:
         check_not_locked(run.root)
     check_data(config)
     check_weights(config)
+    check_model(config)
+
+
+def check_model(config: RunConfig) -> None:
+    """An external model (``pkg.mod:fn``, ``torchvision:ARCH``, a plug-in) builds and runs on
+    one batch (lbtkit.models.external checks it as it is built): once here, not once per
+    process or per sweep entry. The registered models need no check."""
+    from lbtkit.models import build_model_for, is_registered
+
+    if not is_registered(config.model):
+        build_model_for(config, initial_weights=False)
 
 
 def preflight_all(configs: list[RunConfig], *, world_size: int = 1) -> None:
@@ -47,6 +58,9 @@ def preflight_all(configs: list[RunConfig], *, world_size: int = 1) -> None:
             seen.add(key)
             check_data(config)
             check_weights(config)
+        if (config.model, config.dataset, config.num_classes, config.image_size) not in seen:
+            seen.add((config.model, config.dataset, config.num_classes, config.image_size))
+            check_model(config)
 
 
 def check_output_dir(path: Path) -> None:

@@ -31,14 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import CheckpointError, RunDirBusyError, UserError, WriteFailed
+from lbtkit.errors import (  # noqa: F401 (STATUS_*: importable from here, as before)
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_INTERRUPTED,
+    CheckpointError,
+    RunDirBusyError,
+    UserError,
+    WriteFailed,
+)
 
 log = logging.getLogger(__name__)
-
-STATUS_COMPLETED = "completed"
-STATUS_DIVERGED = "diverged"
-STATUS_INTERRUPTED = "interrupted"
-
 
 class RunDir:
     """Paths and readers/writers of one run directory."""
@@ -257,9 +260,10 @@ def run_lock(root: str | Path) -> Iterator[None]:
     run leaves behind never blocks a resume."""
     run = RunDir(root)
     ensure_directory(run.root)
-    try:
-        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:  # never through a symbolic link: the file it names would be truncated and written
+        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode())
     except OSError as exc:
+        _refuse_a_linked_lock(run, exc)
         raise WriteFailed(run.lock_path, _reason(exc)) from None
     try:
         try:
@@ -279,8 +283,9 @@ def check_not_locked(root: str | Path) -> None:
     processes; the run itself takes the lock)."""
     run = RunDir(root)
     try:
-        fd = os.open(run.lock_path, os.O_RDONLY)
-    except OSError:
+        fd = os.open(run.lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        _refuse_a_linked_lock(run, exc)
         return  # no lock file (or none we can open): nobody to wait for
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -288,6 +293,12 @@ def check_not_locked(root: str | Path) -> None:
         raise RunDirBusyError(_busy_message(run, fd)) from None
     finally:
         os.close(fd)
+
+
+def _refuse_a_linked_lock(run: RunDir, exc: OSError) -> None:
+    if exc.errno == errno.ELOOP or run.lock_path.is_symlink():
+        raise UserError(f"{run.lock_path} is a symbolic link; lbtkit does not follow it (it "
+                        f"would overwrite what it points to): remove it and rerun") from None
 
 
 def _busy_message(run: RunDir, fd: int) -> str:

@@ -4,6 +4,12 @@ SLURM sends SIGTERM at cancellation and (with ``--signal=USR1@margin``) SIGUSR1 
 time limit; torchrun's agent forwards SIGTERM to its workers. The loop finishes the step it is
 in, writes a checkpoint and exits with ``EXIT_INTERRUPTED`` so the batch script can requeue.
 A second SIGINT falls back to the default (KeyboardInterrupt), for a user who means it.
+
+A request the loop did not act on (it came after the last step boundary's check, while the
+run wrote its results) is not dropped: when ``GracefulStop`` ends it is delivered again, to
+the handler that was there before. Inside a command that trains several runs (``sweep run``,
+the studies) that is the start-up handler below, which ends the command with exit 75 before
+the next run starts.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from lbtkit.errors import EXIT_INTERRUPTED
+
 HANDLED = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
@@ -24,7 +32,12 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self._acted = False
         self._previous: dict[int, object] = {}
+
+    def acted_on(self) -> None:
+        """The loop stopped for the request (checkpointed, status interrupted): it is spent."""
+        self._acted = True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -40,10 +53,13 @@ class GracefulStop:
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        self._previous.clear()
+        installed, self._previous = bool(self._previous), {}
+        if installed and self.requested and not self._acted and exc_type is None:
+            # Deferred, never acted on: deliver it now, as if it had arrived just after.
+            signal.raise_signal(getattr(signal, self.requested))
 
 
 class StopPoll:
@@ -111,11 +127,6 @@ class StopPoll:
         self.next_step = step + interval
 
 
-# Exit code of an interrupted run that a rerun resumes (lbtkit.train.EXIT_INTERRUPTED; not
-# imported from there, because this runs before torch is imported).
-_EXIT_INTERRUPTED = 75
-
-
 def exit_interrupted_during_startup() -> None:
     """Until ``GracefulStop`` takes over, make SIGTERM, SIGUSR1 and SIGINT end the process with
     exit 75 and one line: a job killed while importing or loading data has no checkpoint to
@@ -133,6 +144,20 @@ def exit_interrupted_during_startup() -> None:
         if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL,
                                                                 signal.default_int_handler):
             signal.signal(signum, _exit_interrupted)
+    if "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ:
+        stop_when_parent_dies()  # a worker of torchrun: its agent gone, checkpoint and stop
+
+
+def stop_when_parent_dies() -> bool:
+    """Ask the kernel for SIGTERM when this process's parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); False where unsupported (not Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
 
 
 def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -140,4 +165,4 @@ def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
     # os.write, not print: the signal may arrive in the middle of another write to stderr.
     os.write(2, f"interrupted by {name} outside the training loop (starting or finishing: "
                 f"nothing to checkpoint); rerun the same command\n".encode())
-    raise SystemExit(_EXIT_INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED)

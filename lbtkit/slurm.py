@@ -15,6 +15,7 @@ command prefix) is.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lbtkit.errors import UserError
+from lbtkit.errors import EXIT_ENVIRONMENT, UserError
+
+logger = logging.getLogger(__name__)
 
 SBATCH = "sbatch"
 SWEEP_SCRIPT = "sweep.sh"
@@ -37,7 +40,7 @@ NO_CONFIG_SIGNS = ("DNS SRV", "fetch_config", "failed to fetch config",
 class SlurmUnavailable(UserError):
     """No usable SLURM here (no sbatch, no configuration): an environment fault, exit 1."""
 
-    exit_code = 1
+    exit_code = EXIT_ENVIRONMENT
 
 
 JOB_SCRIPTS = ("common.sh", "sweep.sh", "run.sh", "multinode.sh", "report.sh")
@@ -152,6 +155,7 @@ def submit_sweep(
     from lbtkit.sweep import load_sweep
 
     sweep = load_sweep(sweep_dir)  # a missing or broken plan fails here, before sbatch
+    warn_short_time_limit(extra)
     root = Path(sweep["sweep_dir"])
     folder = jobs_dir()
     extra = list(extra)
@@ -180,6 +184,41 @@ def submit_sweep(
         result["commands"].append(report_command)
         result["report_job_id"] = _sbatch(report_command, env)
     return result
+
+
+def time_limit_seconds(sbatch_args: Sequence[str]) -> int | None:
+    """The ``-t``/``--time`` of sbatch flags in seconds (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]);
+    None when absent or not a length (UNLIMITED)."""
+    from lbtkit.cluster import flag_value
+
+    value = flag_value("--time", sbatch_args) or flag_value("-t", sbatch_args)
+    if not value:
+        return None
+    days, dash, clock = value.rpartition("-")
+    try:
+        parts = [int(part) for part in clock.split(":")]
+        whole_days = int(days) if dash else 0
+    except ValueError:
+        return None
+    if dash:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = [*parts, 0, 0][:3]
+    else:  # M, M:S, H:M:S
+        hours, minutes, seconds = ([0, *parts] if len(parts) == 2 else
+                                   [0, parts[0], 0] if len(parts) == 1 else parts)[:3]
+    return ((whole_days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def warn_short_time_limit(sbatch_args: Sequence[str]) -> None:
+    """Warn when the time limit leaves no training time before the time-limit signal: every
+    attempt would checkpoint nothing and requeue (lbtkit job finish stops that after a few)."""
+    from lbtkit.cluster import MAX_IDLE_RESTARTS, signal_margin
+
+    limit, margin = time_limit_seconds(sbatch_args), signal_margin(os.environ)
+    if limit is not None and limit <= margin:
+        logger.warning("the time limit (%d s) is not longer than the signal margin (%d s, "
+                       "LBT_SIGNAL_MARGIN): the jobs are told to stop before they train, and "
+                       "give up after %d requeues without progress; raise -t", limit, margin,
+                       MAX_IDLE_RESTARTS)
 
 
 def submit_environment(folder: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import time
 import traceback
@@ -30,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig, field_type, plan_batches
-from lbtkit.errors import ConfigError, EnvironmentFault, UserError
+from lbtkit.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    STATUS_FAILED,
+    ConfigError,
+    EnvironmentFault,
+    UserError,
+    exit_code,
+)
 from lbtkit.rundir import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -46,7 +56,6 @@ SWEEP_FILE = "sweep.json"
 SWEEP_VERSION = 1
 RUNS_FOLDER = "runs"
 
-STATUS_FAILED = "failed"  # an exception stopped the run (recorded by run_all)
 STATE_PENDING = "pending"
 STATE_RUNNING = "running"
 STATE_STALE = "stale"  # started, unfinished, and silent for a while: killed or hung
@@ -316,7 +325,7 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
 
     The returned dict is the plan plus ``sweep_dir`` (absolute).
     """
-    root = Path(sweep_dir).absolute()
+    root = Path(os.path.normpath(Path(sweep_dir).absolute()))
     path = root / SWEEP_FILE
     if not path.is_file():
         raise SweepError(f"no sweep plan at {path} (make one with: lbtkit sweep plan)")
@@ -329,27 +338,46 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in ("base", "grid", "world_size", "runs") if key not in plan]
     if missing:
         raise SweepError(f"{path} is not a valid sweep plan (no {missing[0]!r})")
+    world = plan["world_size"]
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise SweepError(f"{path}: world_size must be a whole number >= 1, got {world!r}")
+    if not isinstance(plan["runs"], list):
+        raise SweepError(f"{path}: runs must be a list of entries, got {plan['runs']!r:.80}")
     try:
         runs = []
         for position, entry in enumerate(plan["runs"]):
             if entry["index"] != position:
                 raise SweepError(f"{path}: entry {position} says index {entry['index']!r}")
             config = dict(entry["config"])
-            config["output_dir"] = str(root / config["output_dir"])
+            config["output_dir"] = _inside(root, config["output_dir"], f"{path} entry {position}")
             RunConfig.from_dict(config, source=f"{path} entry {position}")  # fail here, not later
-            runs.append({**entry, "config": config, "run_dir": str(root / entry["run_dir"])})
-    except (AttributeError, KeyError, TypeError) as exc:
+            run_dir = _inside(root, entry["run_dir"], f"{path} entry {position}")
+            runs.append({**entry, "config": config, "run_dir": run_dir})
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise SweepError(f"{path} is not a valid sweep plan (bad or missing {exc})") from None
     if not runs:
         raise SweepError(f"{path} is not a valid sweep plan (no entries)")
     return {**plan, "runs": runs, "sweep_dir": str(root)}
 
 
+def _inside(root: Path, relative: Any, where: str) -> str:
+    """``root / relative`` for a path of the plan; one that leaves the sweep directory (an
+    absolute path, ``..``) is refused: a plan's entries write nowhere else."""
+    if not isinstance(relative, str) or not relative:
+        raise SweepError(f"{where}: a run directory must be a relative path, got {relative!r}")
+    joined = Path(os.path.normpath(root / relative))
+    if Path(relative).is_absolute() or not joined.is_relative_to(root) or joined == root:
+        raise SweepError(f"{where}: run directory {relative!r} is outside the sweep directory "
+                         f"{root}; a plan's runs live in it (runs/NAME)")
+    return str(joined)
+
+
 def _read_plan_file(path: Path) -> dict[str, Any]:
     try:
         plan = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SweepError(f"cannot read sweep plan {path}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise SweepError(f"cannot read sweep plan {path}: {reason}") from None
     if not isinstance(plan, dict):
         raise SweepError(f"{path} is not a valid sweep plan (not a JSON object)")
     return plan
@@ -375,7 +403,7 @@ def run_task(sweep_dir: str | Path, index: int, *, progress: bool = True) -> int
     This is what one SLURM array task calls, in every process of an ``accelerate launch``:
     ``lbtkit.train.run`` does the distribution, the resume and the completed-run shortcut.
     """
-    from lbtkit.train import exit_code, run
+    from lbtkit.train import run
 
     config = entry_config(load_sweep(sweep_dir), index)
     return exit_code(run(config, progress=progress)["status"])
@@ -439,12 +467,10 @@ def run_all_exit_code(statuses: dict[int, str]) -> int:
 
     Diverged runs are results of a sweep, not errors, so they leave the code at 0.
     """
-    from lbtkit.train import EXIT_INTERRUPTED
-
     values = set(statuses.values())
     if STATUS_INTERRUPTED in values:
         return EXIT_INTERRUPTED
-    return 1 if STATUS_FAILED in values else 0
+    return EXIT_ENVIRONMENT if STATUS_FAILED in values else EXIT_OK
 
 
 def _record_failure(path: Path, entry: dict[str, Any], exc: Exception, text: str) -> None:

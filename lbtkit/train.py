@@ -48,7 +48,14 @@ from lbtkit.data import (
     hold_out,
     load_dataset,
 )
-from lbtkit.errors import ConfigError
+from lbtkit.errors import (  # noqa: F401 (EXIT_*, exit_code: importable from here, as before)
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ConfigError,
+    exit_code,
+)
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model_for
 from lbtkit.models.norm import convert_batchnorm, frozen_running_stats
@@ -72,11 +79,6 @@ from lbtkit.tracking import Tracking, make_trackers, parse_trackers
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 75
-
 # Fields that may differ when a run directory is reused: they change where data comes from,
 # how often we log or save, or how fast a step runs, not what is trained.
 _RESUME_FREE_FIELDS = {
@@ -85,14 +87,6 @@ _RESUME_FREE_FIELDS = {
     "tracking_project", "threads",
 }
 _FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def exit_code(status: str) -> int:
-    return {
-        STATUS_COMPLETED: EXIT_OK,
-        STATUS_DIVERGED: EXIT_DIVERGED,
-        STATUS_INTERRUPTED: EXIT_INTERRUPTED,
-    }.get(status, 1)
 
 
 def make_accelerator(config: RunConfig):
@@ -130,14 +124,42 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     stored results without training.
     """
     config = config.resolved()
+    completed = _completed(config)  # first: no lock, nothing written (a read-only disk is fine)
+    if completed is not None:
+        return completed
     set_cpu_threads(config.threads)
     accelerator = make_accelerator(config)
+    ended = False
     try:
         with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
-            return _run(config, accelerator, progress=progress)
+            results = _run(config, accelerator, progress=progress)
+        ended = True
+        return results
     finally:
-        accelerator.end_training()
-        _reset_accelerate_state()
+        try:
+            accelerator.end_training()
+        except Exception:
+            if ended:
+                raise
+            # The run's own error is the one to report: a tracker that failed to start (an
+            # unwritable directory) fails again as it is closed, and would hide it.
+            logger.debug("closing the trackers failed after the run failed", exc_info=True)
+        finally:
+            _reset_accelerate_state()
+
+
+def _completed(config: RunConfig) -> dict[str, Any] | None:
+    """The stored results when ``config.output_dir`` holds this run completed."""
+    run_dir = RunDir(config.output_dir)
+    if not run_dir.results_path.exists():
+        return None
+    check_same_run(run_dir, config)
+    previous = run_dir.read_results()
+    if not previous or previous.get("status") != STATUS_COMPLETED:
+        return None
+    if os.environ.get("RANK", "0") == "0":  # once per launch (no Accelerator made yet)
+        logger.info("%s: already completed; not retraining", run_dir.root)
+    return previous
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -266,6 +288,8 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
                 early = _train_epoch(training, display, stop)
         finally:
             display.close()
+        if early is not None and early.status == STATUS_INTERRUPTED:
+            stop.acted_on()  # else a late request passes on when the block ends (next entry)
         if early is not None and training.is_main:
             # INFO, not WARNING: a diverged or interrupted run is an outcome (its status and
             # exit code say so), and the CLI shows it as a plain line on stdout, as ever.

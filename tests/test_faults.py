@@ -459,3 +459,497 @@ def test_an_output_on_a_read_only_file_system_is_an_environment_fault(tmp_path, 
         pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
     result = lbtkit(*SMOKE, "--output", small_disk / "run", tmp_path=tmp_path, fresh=True)
     assert_one_line(result, 1, "Read-only file system")
+
+
+# --- exit codes: one home ----------------------------------------------------------------------
+
+
+def test_every_exit_code_and_status_is_defined_in_errors_only():
+    import re
+
+    import lbtkit
+    from lbtkit import errors
+
+    package = Path(lbtkit.__file__).parent
+    defined = re.compile(r"^(EXIT_\w+|STATUS_\w+|_EXIT_\w+)\s*=", re.MULTILINE)
+    elsewhere = [f"{path.relative_to(package)}: {match.group(1)}"
+                 for path in package.rglob("*.py") if path.name != "errors.py"
+                 for match in defined.finditer(path.read_text())]
+    assert elsewhere == []
+    # The job scripts' literal codes are errors' numbers (the shell cannot import them).
+    codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    shell = (package / "jobs" / "common.sh").read_text()
+    literal = {int(n) for n in re.findall(r"\bexit (\d+)", shell)}
+    assert literal and literal <= codes, literal - codes
+
+
+# --- class 1: a stop request at a boundary is never lost ----------------------------------------
+
+
+@pytest.fixture
+def startup_handlers():
+    """The handlers ``python -m lbtkit`` installs first (exit 75 outside the loop), undone after."""
+    from lbtkit.signals import exit_interrupted_during_startup
+
+    names = ("SIGINT", "SIGUSR1", "SIGTERM")
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    for name in names:  # as a shell starts it (a test worker may ignore SIGINT)
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    exit_interrupted_during_startup()
+    yield
+    for name, handler in saved.items():
+        signal.signal(getattr(signal, name), handler)
+
+
+def _two_entry_sweep(tmp_path: Path, **values) -> Path:
+    from lbtkit.config import preset_values
+    from lbtkit.sweep import plan_sweep
+
+    base = RunConfig().updated(preset_values("smoke")).updated({"epochs": 1, **values})
+    plan_sweep(base, {"batch_size": [256, 512]}, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def _signal_on_first_call(monkeypatch, target: str, signum: int = signal.SIGTERM) -> None:
+    """Deliver ``signum`` to this process as ``target`` is first called: a deterministic point
+    (after the loop's last check for ``lbtkit.train._finish``; between entries for run)."""
+    import importlib
+
+    module_name, name = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real = getattr(module, name)
+    sent: list[int] = []
+
+    def wrapper(*args, **kwargs):
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+# Where the request lands: after the loop's last check (the results being written), and in the
+# epoch where a stop rule ends the run early ("stopping early" used to win over the request).
+LATE_STOPS = {
+    "SIGTERM while finishing": ("_finish", signal.SIGTERM, {}),
+    "SIGUSR1 while finishing": ("_finish", signal.SIGUSR1, {}),
+    "SIGTERM as the stop rule fires": ("_metrics_row", signal.SIGTERM,
+                                       {"epochs": 3, "stop_train_acc": 0.01}),
+}
+
+
+@pytest.mark.parametrize("where", LATE_STOPS)
+def test_a_stop_after_the_last_check_ends_a_sweep_before_the_next_entry(
+        tmp_path, monkeypatch, capfd, startup_handlers, where):
+    from lbtkit.sweep import sweep_status
+
+    hook, signum, values = LATE_STOPS[where]
+    sweep = _two_entry_sweep(tmp_path, **values)
+    _signal_on_first_call(monkeypatch, f"lbtkit.train.{hook}", signum)
+    result = invoke_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path)
+    assert result.returncode == 75, (result.stdout, result.stderr)
+    assert [row["state"] for row in sweep_status(sweep)] == ["completed", "pending"]
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"interrupted by {signal.Signals(signum).name} outside the training loop "
+                     "(starting or finishing: nothing to checkpoint); rerun the same command"]
+
+
+def test_a_stop_between_two_entries_ends_the_sweep(tmp_path, monkeypatch, startup_handlers):
+    from lbtkit.sweep import sweep_status
+
+    sweep = _two_entry_sweep(tmp_path)
+    calls: list[int] = []
+    import lbtkit.train
+
+    real_run = lbtkit.train.run
+
+    def run(config, **kwargs):
+        calls.append(config.batch_size)
+        if len(calls) == 2:  # entry 0 is done and recorded: the gap between the two
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(lbtkit.train, "run", run)
+    result = invoke_cli("sweep", "run", sweep, "--no-progress", tmp_path=tmp_path)
+    assert result.returncode == 75, (result.stdout, result.stderr)
+    assert [row["state"] for row in sweep_status(sweep)] == ["completed", "pending"]
+
+
+def test_graceful_stop_passes_on_a_request_it_did_not_act_on():
+    from lbtkit.signals import GracefulStop
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with GracefulStop() as stop:  # acted on: spent
+            os.kill(os.getpid(), signal.SIGUSR1)
+            stop.acted_on()
+        assert stop.requested == "SIGUSR1" and seen == []
+        with GracefulStop() as stop:  # arrived after the last check: passed on
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert seen == [signal.SIGUSR1]
+        with contextlib.suppress(RuntimeError), GracefulStop():  # failing anyway: not passed on
+            os.kill(os.getpid(), signal.SIGUSR1)
+            raise RuntimeError
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in map(int, task.read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str,
+              proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + scaled_timeout(seconds)
+    while not condition():
+        if proc is not None:
+            assert proc.poll() is None, (what, proc.communicate())
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(0.01)
+
+
+TWO_PROCESSES = ["run", "--preset", "smoke", "--model", "c1", "--num-processes", "2",
+                 "--no-progress"]
+
+
+@pytest.mark.slow
+def test_a_signal_as_a_two_process_run_starts_its_launcher_exits_75(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start(*TWO_PROCESSES, "--epochs", "2", "--output", run_dir, tmp_path=tmp_path)
+    try:
+        # The point: the launcher runs (its Python is importing), and handles no SIGTERM yet:
+        # the relayed signal kills it (128 + 15 = 143, as it used to end).
+        def launcher_starting() -> bool:
+            return any(b"accelerate.commands.launch" in _cmdline(pid)
+                       for pid in _descendants(proc.pid))
+
+        _wait_for(launcher_starting, 120, "the launcher to start", proc)
+        (launcher,) = _descendants(proc.pid)
+        assert not _catches(launcher, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=scaled_timeout(120))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, (out, err)
+    assert "rerun the same command" in out + err
+    assert not run_dir.joinpath("results.json").exists()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
+    from lbtkit.rundir import check_not_locked
+
+    run_dir = tmp_path / "run"
+    proc = _start(*TWO_PROCESSES, "--epochs", "40", "--output", run_dir, tmp_path=tmp_path)
+    family: list[int] = []
+    try:
+        _wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 300, "an epoch", proc)
+        family += _descendants(proc.pid)
+        assert len(family) >= 3, family  # the launcher and its two workers
+        proc.kill()
+        proc.wait(timeout=scaled_timeout(30))
+        # They checkpoint and stop (SIGTERM from the kernel as their parent dies).
+        _wait_for(lambda: not any(map(_alive, family)), 120, f"{family} to end")
+    finally:
+        proc.kill()
+        for pid in filter(_alive, family):
+            os.kill(pid, signal.SIGKILL)
+    check_not_locked(run_dir)  # the lock is free
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+
+
+# --- class 2: the job step always says what to do ------------------------------------------------
+
+
+def _job_sweep(tmp_path: Path) -> Path:
+    from lbtkit.config import preset_values
+    from lbtkit.sweep import plan_sweep
+
+    base = RunConfig().updated(preset_values("smoke")).updated({"epochs": 1})
+    plan_sweep(base, {"batch_size": [32, 64]}, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def _edited_plan(tmp_path: Path, **changes) -> Path:
+    sweep = _job_sweep(tmp_path)
+    plan = json.loads((sweep / "sweep.json").read_text())
+    plan.update(changes)
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    return sweep
+
+
+# (name, argv after `lbtkit job`, environment, needle of the one error line)
+JOB_MISTAKES = [
+    ("finish: array index beyond the plan",
+     lambda t: ["finish", "--exit-status", "75", "sweep", "--", _job_sweep(t)],
+     {"SLURM_ARRAY_TASK_ID": "99"}, "array index 99 is out of range"),
+    ("finish: no sweep directory", lambda t: ["finish", "--exit-status", "75", "sweep"], {},
+     "usage: lbtkit job finish sweep -- SWEEP_DIR"),
+    ("finish: a non-ASCII digit as the task id",
+     lambda t: ["finish", "sweep", "--", _job_sweep(t)], {"SLURM_ARRAY_TASK_ID": "²"},
+     "SLURM_ARRAY_TASK_ID must be a number, got '²'"),
+    ("finish: an unknown kind", lambda t: ["finish", "bogus", "--", "x"], {},
+     "unknown job kind 'bogus'"),
+    ("plan: a port beyond 65535",
+     lambda t: ["plan", "run", "--", "--output", t / "r"],
+     {"LBT_PORT": "99999", "LBT_GPUS_PER_NODE": "2"}, "LBT_PORT must be a port number"),
+    ("plan: world_size 'two' in sweep.json",
+     lambda t: ["plan", "sweep", "--", _edited_plan(t, world_size="two")],
+     {"SLURM_ARRAY_TASK_ID": "0", "LBT_GPUS_PER_NODE": "0"}, "world_size must be a whole"),
+]
+
+
+@pytest.mark.parametrize("case", JOB_MISTAKES, ids=[case[0] for case in JOB_MISTAKES])
+def test_a_job_step_mistake_is_one_line_and_finish_still_says_what_to_do(tmp_path, case):
+    _, make_argv, env, needle = case
+    argv = make_argv(tmp_path)
+    clean = {k: "" for k in os.environ if k.startswith(("SLURM_", "LBT_"))}
+    result = invoke_cli("job", *argv, tmp_path=tmp_path, env={**clean, **env})
+    assert_one_line(result, 2, needle)
+    if argv[0] == "finish":
+        assert result.stdout.split() == ["exit", "2"]  # what common.sh reads
+
+
+# --- class 9: a requeue ends, and signals before the start are kept ----------------------------
+
+
+def _finish(run_dir: Path, *, exit_status: int, signals: list[str], restart: int = 0,
+            since: float = 0.0) -> tuple[str, str, list[str]]:
+    from lbtkit.cluster import finish_job
+
+    env = {"SLURM_JOB_ID": "41", "SLURM_RESTART_COUNT": str(restart)}
+    return finish_job("run", ["--output", str(run_dir)], exit_status=exit_status,
+                      signals=signals, since=since, environ=env)
+
+
+def test_restarts_that_make_no_progress_stop_requeueing(tmp_path):
+    from lbtkit.cluster import MAX_IDLE_RESTARTS
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    actions = [_finish(run_dir, exit_status=75, signals=["USR1"], restart=n)[0]
+               for n in range(MAX_IDLE_RESTARTS)]
+    assert actions == ["requeue"] * (MAX_IDLE_RESTARTS - 1) + ["exit"]
+    action, value, notes = _finish(run_dir, exit_status=75, signals=["USR1"], restart=500)
+    assert (action, value) == ("exit", "75")
+    assert "made no progress" in notes[-1] and "LBT_SIGNAL_MARGIN" in notes[-1]
+    assert "before its first checkpoint" in notes[0]  # not "with a checkpoint": there is none
+    # Progress (a newer checkpoint) starts the count again: a long run may requeue many times.
+    (run_dir / "checkpoints" / "step-000000010").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-000000010" / "state.json").write_text("{}")
+    action, _, notes = _finish(run_dir, exit_status=75, signals=["USR1"], restart=501)
+    assert action == "requeue", notes
+    assert "with a checkpoint in" in notes[0]
+
+
+@pytest.mark.parametrize(("status", "code", "signals", "expected"), [
+    (None, 143, ["USR1"], ("requeue", "41")),  # launcher killed as it started: interrupted
+    (None, 143, [], ("exit", "143")),  # nobody told it to stop: a failure
+    ("completed", 75, ["USR1"], ("exit", "0")),  # a signal as it completed: nothing to redo
+])
+def test_the_outcome_of_a_run_told_to_stop(tmp_path, status, code, signals, expected):
+    from lbtkit.cluster import SlurmEnv, outcome
+
+    action, value, notes = outcome(status=status, exit_status=code, signals=signals,
+                                   diverged_exit=3, slurm=SlurmEnv(job_id="41"), run_dir="r")
+    assert (action, value) == expected, notes
+
+
+JOBS_DIR = Path(__file__).resolve().parent.parent / "lbtkit" / "jobs"
+
+
+def test_usr1_before_the_run_starts_is_kept_and_requeues(tmp_path):
+    """The time-limit signal reaches the batch shell while it plans: the run must not start
+    (it would be killed at the limit: TIMEOUT, no requeue); the job ends as interrupted."""
+    run_dir, marker = tmp_path / "run", tmp_path / "started"
+    fake_scontrol = tmp_path / "bin" / "scontrol"
+    fake_scontrol.parent.mkdir()
+    fake_scontrol.write_text('#!/bin/bash\n[ "$1" = show ] && echo "JobState=RUNNING"\n'
+                             f'[ "$1" = requeue ] && echo "requeued $2" >> {tmp_path}/log\n'
+                             'exit 0\n')
+    fake_scontrol.chmod(0o755)
+    script = (f'set -euo pipefail\n. "{JOBS_DIR}/common.sh"\n'
+              f"LBT_CMD=(touch {marker}) LBT_FINISH=({sys.executable} -m lbtkit job finish) "
+              f"LBT_RELAY=pid\nkill -USR1 $$\nlbt_run\nlbt_finish run --output {run_dir}\n")
+    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith(("SLURM_", "LBT_"))}
+    env.update(SLURM_JOB_ID="41", PATH=f"{fake_scontrol.parent}:{env['PATH']}")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                            timeout=scaled_timeout(120))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not marker.exists()  # never started
+    assert "not starting the run" in result.stdout
+    assert (tmp_path / "log").read_text() == "requeued 41\n"
+
+
+@pytest.mark.parametrize(("flags", "seconds"), [
+    (["-t", "1"], 60), (["--time=2:30"], 150), (["-t", "1:00:00"], 3600),
+    (["--time", "1-2"], 93600), (["-t", "0-0:1:5"], 65), (["-t", "UNLIMITED"], None), ([], None),
+])
+def test_sbatch_time_limits_are_read(flags, seconds):
+    from lbtkit.slurm import time_limit_seconds
+
+    assert time_limit_seconds(["-p", "gpu", *flags]) == seconds
+
+
+def test_sweep_submit_warns_when_the_time_limit_is_within_the_signal_margin(tmp_path):
+    sweep = _job_sweep(tmp_path)
+    result = invoke_cli("sweep", "submit", sweep, "--dry-run", "--", "-t", "1",
+                        tmp_path=tmp_path, env={"LBT_SIGNAL_MARGIN": "120"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: the time limit (60 s) is not longer than the "
+                                    "signal margin (120 s"), result.stderr
+    fine = invoke_cli("sweep", "submit", sweep, "--dry-run", "--", "-t", "10",
+                      tmp_path=tmp_path, env={"LBT_SIGNAL_MARGIN": "120"})
+    assert fine.returncode == 0 and "warning" not in fine.stderr
+
+
+# --- class 3: an external model is checked once, on one batch, before training ------------------
+
+# Every way a user's builder module can fail: (module source, needle of the one line).
+BUILDER_FAILURES = {
+    "raises at import": ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
+    "syntax error": ("def build(:\n", "SyntaxError"),
+    "returns a non-module": ("def build(**kw):\n    return 3\n", "returned a int, not a torch"),
+    "raises": ("def build(**kw):\n    raise ValueError('no such width')\n",
+               "the builder failed: ValueError: no such width"),
+    "takes no keyword arguments": ("def build():\n    return nn.Linear(1, 1)\n",
+                                   "the builder failed: TypeError"),
+    "wrong input size": ("def build(*, num_classes, **kw):\n"
+                         "    return nn.Sequential(nn.Flatten(), nn.Linear(5, num_classes))\n",
+                         "fails on a batch of shape (2, 1, 8, 8)"),
+    "wrong number of outputs": ("def build(*, in_channels, image_size, **kw):\n"
+                                "    width = in_channels * image_size ** 2\n"
+                                "    return nn.Sequential(nn.Flatten(), nn.Linear(width, 3))\n",
+                                "gives (2, 3) for a batch of 2 images"),
+    "outputs a tuple": ("class Two(nn.Module):\n    def forward(self, x):\n"
+                        "        return x, x\n\ndef build(**kw):\n    return Two()\n",
+                        "gives tuple for a batch"),
+}
+
+
+def _builder_module(tmp_path: Path, case: str) -> str:
+    name = "builder_" + "".join(c if c.isalnum() else "_" for c in case)
+    (tmp_path / "modules").mkdir(exist_ok=True)
+    (tmp_path / "modules" / f"{name}.py").write_text(
+        "from torch import nn\n\n" + BUILDER_FAILURES[case][0])
+    return f"{name}:build"
+
+
+@pytest.mark.parametrize("case", BUILDER_FAILURES)
+def test_a_failing_external_model_is_one_line_naming_the_builder(tmp_path, monkeypatch, case):
+    model = _builder_module(tmp_path, case)
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    run_dir = tmp_path / "run"
+    result = invoke_cli("run", "--preset", "smoke", "--model", model, "--no-progress",
+                        "--output", run_dir, tmp_path=tmp_path)
+    line = assert_one_line(result, 2, BUILDER_FAILURES[case][1])
+    assert model.split(":")[0] in line
+    assert not (run_dir / "metrics.jsonl").exists()  # refused before training
+
+
+@pytest.mark.slow
+def test_a_failing_external_model_is_refused_once_before_launching(tmp_path):
+    model = _builder_module(tmp_path, "wrong number of outputs")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "modules"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    result = lbtkit("run", "--preset", "smoke", "--model", model, "--num-processes", "2",
+                    "--output", tmp_path / "run", tmp_path=tmp_path, env=env, fresh=True)
+    assert_one_line(result, 2, "gives (2, 3) for a batch of 2 images")
+
+
+def test_the_one_batch_check_changes_neither_the_model_nor_the_random_draws():
+    from lbtkit.models.external import check_on_one_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2),
+                                torch.nn.Dropout(0.5), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 6 * 6, 10))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = torch.get_rng_state()
+    check_on_one_batch(model, "m", num_classes=10, in_channels=1, image_size=8)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+# --- class 5: a tracker that cannot start does not hide why --------------------------------------
+
+
+def test_a_tracker_directory_that_is_a_file_is_one_line(tmp_path):
+    blocker = _file(tmp_path)
+    result = invoke_cli(*SMOKE, "--epochs", "1", "--log-with", "tensorboard", "--tracking-dir",
+                        blocker / "tb", "--output", tmp_path / "run", tmp_path=tmp_path)
+    assert_one_line(result, 1, "a-file")  # the system refused a path: exit 1, named
+
+
+# --- class 7: nothing outside the run is touched ------------------------------------------------
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(target)
+    result = invoke_cli(*SMOKE, "--output", run_dir, tmp_path=tmp_path)
+    assert_one_line(result, 2, ".lock is a symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ""])
+def test_a_run_name_is_one_folder_name(tmp_path, name):
+    result = invoke_cli("run", "--preset", "smoke", "--name", name, "--dry-run",
+                        tmp_path=tmp_path)
+    assert_one_line(result, 2, f"name {name!r} must be one folder name")
+
+
+@pytest.mark.parametrize("field", ["run_dir", "output_dir"])
+@pytest.mark.parametrize("path", ["../x", "/tmp/elsewhere", "runs/../../x"])
+def test_a_sweep_plan_writes_only_inside_its_directory(tmp_path, field, path):
+    sweep = _job_sweep(tmp_path)
+    plan = json.loads((sweep / "sweep.json").read_text())
+    entry = plan["runs"][0]
+    (entry if field == "run_dir" else entry["config"])[field] = path
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    for argv in (["sweep", "run", sweep, "--no-progress"], ["sweep", "status", sweep]):
+        assert_one_line(invoke_cli(*argv, tmp_path=tmp_path), 2, "outside the sweep directory")
+    assert not (tmp_path / "x").exists()
+
+
+# --- class 8: a completed run needs no writable disk --------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_completed_run_on_a_read_only_file_system_is_already_completed(tmp_path, small_disk):
+    run_dir = small_disk / "run"
+    train_smoke(run_dir, epochs=1)
+    remounted = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)],
+                               capture_output=True)
+    if remounted.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
+    result = lbtkit(*SMOKE, "--epochs", "1", "--output", run_dir, tmp_path=tmp_path, fresh=True)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "already completed" in result.stdout and not result.stderr.strip()

@@ -82,7 +82,8 @@ def test_the_checkout_jobs_are_the_packaged_scripts():
 def test_the_shell_is_short_and_parses_no_json():
     """The job logic is Python (lbtkit/cluster.py); the shell relays signals and requeues."""
     texts = {p.name: p.read_text() for p in PACKAGED.glob("*.sh")}
-    assert sum(text.count("\n") for text in texts.values()) <= 200
+    # 200 until the relay kept signals that come before the run (#25 class 9): 208.
+    assert sum(text.count("\n") for text in texts.values()) <= 210
     for name, text in texts.items():
         assert ".json" not in text, name
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from lbtkit.config import RunConfig, field_type
-from lbtkit.errors import EnvironmentFault, UserError
+from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentFault, UserError
 
 app = typer.Typer(
     help="lbtkit: the large-batch training kit.",
@@ -27,8 +27,6 @@ app = typer.Typer(
 )
 # Files and pipes get a wide console: Rich would otherwise fold tables to 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-EXIT_USER_ERROR = 2
-EXIT_ENVIRONMENT = 1
 
 
 def _print_version(value: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lbtkit.cli.common import app, user_errors
+from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentFault, UserError
 
 jobs_app = typer.Typer(help="The SLURM job scripts shipped with lbtkit.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -85,13 +86,21 @@ def job_finish(
 ) -> None:
     """Print what the job does after its run: `requeue ID` or `exit CODE`.
 
+    Always one of the two, also when it fails (`exit 2` after a one-line error, `exit 1` for
+    an environment fault): the job script acts on it.
+
     \b
     Example:
         lbtkit job finish sweep --exit-status 75 -- sweeps/s   (job scripts)
     """
     from lbtkit.cluster import finish_job
 
-    action, value, notes = finish_job(kind, args or [], exit_status=exit_status,
-                                      signals=signals.split(), since=since)
+    try:
+        action, value, notes = finish_job(kind, args or [], exit_status=exit_status,
+                                          signals=signals.split(), since=since)
+    except (UserError, EnvironmentFault) as exc:
+        code = EXIT_USER_ERROR if isinstance(exc, UserError) else EXIT_ENVIRONMENT
+        print("exit", code)
+        raise
     _job_log(notes)
     print(action, value)

@@ -50,8 +50,8 @@ def study_keskar(
     Example:
         lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output c1
     """
+    from lbtkit.errors import exit_code
     from lbtkit.studies.keskar import keskar_study
-    from lbtkit.train import exit_code
 
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
     spec = KeskarStudySpec(
@@ -97,8 +97,8 @@ def study_fashion(
         lbtkit study fashion --output docs/fashion          # what make study runs
         lbtkit study fashion --output /tmp/fashion --quick
     """
+    from lbtkit.errors import exit_code
     from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
-    from lbtkit.train import exit_code
 
     spec = QUICK if quick else FULL
     if seeds is not None:
@@ -165,8 +165,8 @@ def demo(
         lbtkit demo --output /tmp/demo --quick
     """
     from lbtkit.demo import FULL, QUICK, run_demo
+    from lbtkit.errors import exit_code
     from lbtkit.preflight import check_output_dir
-    from lbtkit.train import exit_code
 
     check_output_dir(output)
     summary = run_demo(output, QUICK if quick else FULL, progress=progress)

@@ -60,7 +60,7 @@ def run(
     if num_processes and num_processes > 1:
         raise typer.Exit(launch.launch_run(resolved, num_processes, progress=progress))
 
-    from lbtkit.train import exit_code
+    from lbtkit.errors import exit_code
     from lbtkit.train import run as train_run
 
     results = train_run(resolved, progress=progress)

@@ -41,16 +41,20 @@ lbt_plan() {
     eval "$plan"
 }
 
-LBT_SIGNALS=""
-LBT_CHILD=""
+LBT_SIGNALS="" LBT_CHILD="" LBT_TOLD=""  # LBT_TOLD: the run was sent its SIGTERM
 trap 'lbt_relay USR1' USR1  # from the start: a signal must never kill the batch shell
 trap 'lbt_relay TERM' TERM
 
 lbt_relay() {  # the trap: lbt_relay USR1|TERM
     LBT_SIGNALS="${LBT_SIGNALS:+$LBT_SIGNALS }$1"
     if [ -z "$LBT_CHILD" ] || ! kill -0 "$LBT_CHILD" 2>/dev/null; then
-        lbt_log "received SIG$1 (nothing running)"
-    elif [ "$LBT_RELAY" = steps ]; then  # a SIGTERM to srun would cancel its step at once
+        lbt_log "received SIG$1 (nothing running); kept: the run will not start, or is told"
+    else lbt_stop_child "$1"; fi
+}
+
+lbt_stop_child() {  # lbt_stop_child USR1|TERM: SIGTERM to the run (checkpoint and stop)
+    LBT_TOLD=1
+    if [ "$LBT_RELAY" = steps ]; then  # a SIGTERM to srun would cancel its step at once
         local step
         for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null); do
             case $step in
@@ -68,14 +72,20 @@ lbt_relay() {  # the trap: lbt_relay USR1|TERM
 }
 
 # lbt_run: run LBT_CMD in the background, relaying signals, until it really exits; LBT_STATUS.
+# A signal before it (a time-limit USR1 while planning) is kept: the run does not start (75).
 lbt_run() {
     local line again=0
     trap 'rm -f ${LBT_TEMP_FILES[@]+"${LBT_TEMP_FILES[@]}"}' EXIT
     LBT_STARTED=$(date +%s.%N)
+    if [ -n "$LBT_SIGNALS" ]; then
+        LBT_STATUS=75 && lbt_log "not starting the run: the job got SIG${LBT_SIGNALS// /, SIG}"
+        return
+    fi
     printf -v line '%q ' "${LBT_CMD[@]}"
     lbt_log "running: ${line% }"
     "${LBT_CMD[@]}" &
     LBT_CHILD=$!
+    [ -z "$LBT_SIGNALS" ] || [ -n "$LBT_TOLD" ] || lbt_stop_child "${LBT_SIGNALS%% *}"  # pre-$!
     while :; do  # a trap cuts `wait` short (status > 128) while the child still runs
         LBT_STATUS=0
         wait "$LBT_CHILD" || LBT_STATUS=$?

@@ -46,6 +46,11 @@ def list_models() -> list[str]:
     return sorted({*_REGISTRY, *plugin_names()})
 
 
+def is_registered(name: str) -> bool:
+    """True for lbtkit's own models (not torchvision:ARCH, pkg.mod:fn or plug-ins)."""
+    return name in _REGISTRY
+
+
 def resolve_builder(name: str) -> ModelBuilder:
     """The builder for model ``name``; ConfigError naming it when there is none."""
     from lbtkit.models.external import external_builder

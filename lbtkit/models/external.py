@@ -35,15 +35,79 @@ def plugin_names() -> list[str]:
 
 
 def external_builder(name: str) -> ModelBuilder | None:
-    """The builder that ``name`` designates outside the registry, or None if it names none."""
+    """The builder that ``name`` designates outside the registry, or None if it names none.
+
+    What it builds is checked once, as it is built: a failing builder, something that is not
+    a module, or a model that fails on one batch (wrong input size, wrong number of outputs)
+    is a ConfigError naming the builder, not a traceback from inside the training loop."""
     if name.startswith(TORCHVISION_PREFIX):
-        return torchvision_builder(name[len(TORCHVISION_PREFIX):])
+        return verified(torchvision_builder(name[len(TORCHVISION_PREFIX):]), f"model {name!r}")
     if ":" in name:
-        return imported_builder(name)
+        return verified(imported_builder(name), f"model {name!r}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            return _checked(ep.load(), f"entry point {name!r} ({ep.value})")
+            label = f"entry point {name!r} ({ep.value})"
+            try:
+                loaded = ep.load()
+            except Exception as exc:  # the plug-in's own import failed: its author's bug
+                raise ConfigError(f"cannot load {label}: {one_line(exc)}") from None
+            return verified(_checked(loaded, label), label)
     return None
+
+
+def verified(builder: ModelBuilder, label: str) -> ModelBuilder:
+    """``builder``, with what it returns checked: an nn.Module that maps a batch of the
+    run's images to one logit per class (see ``check_on_one_batch``)."""
+    def build(*, num_classes: int, in_channels: int, image_size: int,
+              pretrained: str) -> nn.Module:
+        try:
+            model = builder(num_classes=num_classes, in_channels=in_channels,
+                            image_size=image_size, pretrained=pretrained)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"{label}: the builder failed: {one_line(exc)} (it is called with the keyword "
+                f"arguments num_classes, in_channels, image_size, pretrained)") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{label}: the builder returned a {type(model).__name__}, "
+                              f"not a torch.nn.Module")
+        check_on_one_batch(model, label, num_classes=num_classes, in_channels=in_channels,
+                           image_size=image_size)
+        return model
+
+    build.__doc__ = builder.__doc__
+    return build
+
+
+def check_on_one_batch(model: nn.Module, label: str, *, num_classes: int, in_channels: int,
+                       image_size: int) -> None:
+    """Run a copy of ``model`` in training mode on a batch of 2 blank images; ConfigError
+    unless it gives a (2, num_classes) tensor. A copy, with the RNG forked: the model's
+    buffers (BatchNorm statistics) and the run's random draws stay as they were."""
+    import copy
+
+    import torch
+
+    batch = torch.zeros(2, in_channels, image_size, image_size)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            output = copy.deepcopy(model).train()(batch)
+    except Exception as exc:
+        raise ConfigError(
+            f"{label} fails on a batch of shape {tuple(batch.shape)} (images, channels, height, "
+            f"width) of this dataset: {one_line(exc)}") from None
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if shape != (2, num_classes):
+        raise ConfigError(
+            f"{label} gives {shape} for a batch of 2 images; a classifier of this dataset "
+            f"gives one logit per class: (2, {num_classes})")
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (the first of a long message)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def imported_builder(spec: str) -> ModelBuilder:
@@ -55,6 +119,10 @@ def imported_builder(spec: str) -> ModelBuilder:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from None
+    except Exception as exc:  # the module raised as it ran, or does not parse (SyntaxError)
+        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: "
+                          f"{one_line(exc)}{where}") from None
     builder = getattr(module, attribute, None)
     if builder is None:
         raise ConfigError(f"module {module_name!r} has no {attribute!r} (model {spec!r})")
