@@ -38,6 +38,7 @@ from lbtkit.checkpoint import (
 )
 from lbtkit.config import BatchPlan, RunConfig, plan_batches
 from lbtkit.data import DatasetInfo, EpochDraw, ImageData, augment, draw_epoch, load_dataset
+from lbtkit.data.provenance import data_files
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model_for
@@ -582,6 +583,7 @@ def _finish(t: Training, status: str, *,
         "noise_scale": last_logged_noise_scale(run_dir.read_metrics()) if t.is_main else None,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "data_files": data_files(t.data.files) if t.is_main else None,  # path, sha256 each
     }
     t.tracking.finish(results)
     if t.is_main:
