@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_readme as readme  # a module, so pytest does not collect its tests here again
 import typer.main
-from test_readme import test_readme_command_parses, test_readme_run_command_resolves_its_config
 
 from lbtkit.cli import app
 
@@ -92,12 +92,12 @@ EXAMPLES = [example for command in COMMANDS for example in command.examples
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_reference_example_parses(example):
-    test_readme_command_parses(example)
+    readme.test_readme_command_parses(example)
 
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.startswith("lbtkit run ")])
 def test_reference_run_example_resolves_its_config(example, tmp_path, monkeypatch):
-    test_readme_run_command_resolves_its_config(example, tmp_path, monkeypatch)
+    readme.test_readme_run_command_resolves_its_config(example, tmp_path, monkeypatch)
 
 
 def test_help_text_cannot_inject_markdown():
