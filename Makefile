@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo study remedies-demo docs bench lint format clean image sif image-test
+.PHONY: install test test-fast demo study remedies-demo docs docs-site bench lint format clean image sif image-test
 
 # Where make demo / remedies-demo / bench write: build/ (ignored by git), so trying them leaves
 # the checkout clean. `make docs` refreshes the committed copies in docs/; record benchmark
@@ -51,6 +51,15 @@ study: $(BIN)/lbtkit  ## Keskar's F1 protocol over 3 seeds and the batch-size sw
 docs: $(BIN)/lbtkit  ## refresh the committed demo outputs: docs/demo and docs/remedies
 	$(MAKE) demo DEMO_DIR=docs/demo
 	$(MAKE) remedies-demo REMEDIES_DIR=docs/remedies
+
+# The documentation site (mkdocs, Material theme) -> build/site; --strict: a broken link or a
+# missing page fails. The CLI reference page is generated from the CLI at every build.
+$(BIN)/mkdocs: $(BIN)/lbtkit
+	$(BIN)/pip install --quiet -e '.[docs]'
+	@touch $@
+
+docs-site: $(BIN)/mkdocs  ## the documentation site (pip install -e '.[docs]') -> build/site
+	$(BIN)/mkdocs build --strict --quiet
 
 remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bundled digits, 3 seeds, and the plane through the batch-32 and batch-1024 solutions (~1.5 min on 2 CPU cores) -> $(REMEDIES_DIR)/
 	$(BIN)/lbtkit sweep plan --preset remedies-digits --output $(REMEDIES_DIR)/work

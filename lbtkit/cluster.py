@@ -14,7 +14,7 @@ spaces), ``LBT_EXEC`` (a command prefix, e.g. a pyxis ``srun``), ``LBT_GPUS_PER_
 ``LBT_PORT``, ``LBT_IGNORE_ACCELERATE_CONFIG=1``, ``LBT_TORCH_HOME``, ``LBT_SIGNAL_MARGIN``
 (seconds, the ``--signal=B:USR1@N`` of the job: torchrun's grace period), and for containers
 ``LBT_IMAGE``, ``LBT_RUNTIME`` (apptainer or singularity, found by the script), ``LBT_BIND``,
-``LBT_DATA_DIR``, ``LBT_APPTAINER_ARGS``. The README's cluster section documents them.
+``LBT_DATA_DIR``, ``LBT_APPTAINER_ARGS``. docs/slurm.md documents them.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from lbtkit.data import (
     hold_out,
     load_dataset,
 )
+from lbtkit.data.provenance import data_files
 from lbtkit.errors import (  # noqa: F401 (EXIT_*, exit_code: importable from here, as before)
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -706,6 +707,7 @@ def _finish(t: Training, status: str, *,
         **_targets_and_test(t, status),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "data_files": data_files(t.data.files) if t.is_main else None,  # path, sha256 each
     }
     t.tracking.finish(results)
     if t.is_main:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 
 from lbtkit.critical_batch import (
+    DIMINISHING,
     DIVERGED,
     MAXIMAL,
     PERFECT,
-    DIMINISHING,
     best_per_batch,
     bootstrap_fit,
     fit_best,
@@ -137,8 +138,8 @@ def test_eval_steps_are_geometric_with_unit_steps_first_and_the_last_step():
     steps = eval_steps(1.1, 100)
     assert steps[:10] == list(range(1, 11))
     assert steps[-1] == 100
-    assert all(b > a for a, b in zip(steps, steps[1:], strict=False))
-    ratios = [b / a for a, b in zip(steps[10:-1], steps[11:-1], strict=False)]
+    assert all(b > a for a, b in itertools.pairwise(steps))
+    ratios = [b / a for a, b in itertools.pairwise(steps)]
     assert all(1.1 - 1e-9 <= r < 1.1 + 1 / 10 for r in ratios)
     assert eval_steps(2.0, 1) == [1]
     with pytest.raises(ConfigError, match="eval_growth"):

@@ -1,6 +1,6 @@
-"""The README's commands run as written: every `lbtkit ...` line of its code blocks parses with
-the real CLI (command names, flag names, value types), and every `lbtkit run` line resolves
-its config with --dry-run."""
+"""The README's and the documentation pages' commands run as written: every `lbtkit ...` line
+of their code blocks parses with the real CLI (command names, flag names, value types), and
+every `lbtkit run` line resolves its config with --dry-run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from typer.testing import CliRunner
 
 from lbtkit.cli import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# The hand-written pages and the committed study reports (docs/hooks is code, not a page).
+PAGES = [README, *sorted(p for p in (ROOT / "docs").rglob("*.md")
+                         if "hooks" not in p.relative_to(ROOT / "docs").parts)]
 # Synopsis lines name placeholders, not values: `lbtkit report SWEEP_DIR`, `[--hessian]`.
 PLACEHOLDER = re.compile(r"(^|\s)([A-Z][A-Z0-9_]+|\.\.\.|\[.*\]|\S*\|\S*)(\s|$)")
 # `lbtkit run` lines that need something the README's reader makes first (their own module,
@@ -23,15 +27,18 @@ NEEDS_USER_FILES = ("my_models:", "c1.toml", "imagefolder:/data/pets")
 STARTS_LBTKIT = re.compile(r"\s*([A-Z_]+=\S*\s+)*(\.venv/bin/)?lbtkit\s")
 
 
-def readme_commands() -> list[str]:
-    """The `lbtkit ...` commands of the README's indented code blocks, continuation lines
-    joined, environment assignments and the venv path dropped, `&&` chains split."""
-    lines = README.read_text().splitlines()
+def readme_commands(page: Path = README) -> list[str]:
+    """The `lbtkit ...` commands of a page's code blocks (indented or fenced), continuation
+    lines joined, environment assignments and the venv path dropped, `&&` chains split."""
+    lines = page.read_text().splitlines()
     joined: list[str] = []
+    fenced = False
     for line in lines:
-        if joined and joined[-1].endswith("\\"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif joined and joined[-1].endswith("\\"):
             joined[-1] = joined[-1][:-1] + " " + line.strip()
-        elif line.startswith("    "):
+        elif fenced or line.startswith("    "):
             joined.append(line.strip())
     commands = []
     for line in joined:
@@ -48,12 +55,15 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = sorted({command for page in PAGES for command in readme_commands(page)})
 
 
-def test_the_readme_has_commands_to_check():
-    assert len(COMMANDS) >= 25
-    assert any(c.startswith("lbtkit sweep submit") for c in COMMANDS)
+def test_the_readme_and_the_pages_have_commands_to_check():
+    assert len(PAGES) >= 12
+    assert len(COMMANDS) >= 30
+    assert any(c.startswith("lbtkit sweep submit") for c in readme_commands(README))
+    assert len(readme_commands(README)) >= 5
+    assert len(README.read_text().splitlines()) <= 250
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,6 +1,7 @@
 """Datasets as whole uint8 tensors on the device, and the batched augmentation around them."""
 
 from lbtkit.data.device import EpochDraw, augment, draw_epoch, iter_batches, normalize
+from lbtkit.data.provenance import data_files
 from lbtkit.data.readers import (
     DATASETS,
     DatasetInfo,
@@ -17,6 +18,7 @@ __all__ = [
     "EpochDraw",
     "ImageData",
     "augment",
+    "data_files",
     "dataset_files",
     "dataset_info",
     "draw_epoch",

@@ -83,7 +83,8 @@ def load_image_folder(info: DatasetInfo, image_size: int | None) -> ImageData:
     train_x, train_y = _read_split(root / "train", classes, size)
     val_x, val_y = _read_split(val_dir(root), classes, size)
     sized = dataclasses.replace(info, image_size=size, crop_padding=size // 8)
-    return ImageData(sized, train_x, train_y, val_x, val_y)
+    return ImageData(sized, train_x, train_y, val_x, val_y,
+                     files=(root / "train", val_dir(root)))
 
 
 def _read_split(split_dir: Path, classes: list[str], size: int

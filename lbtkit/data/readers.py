@@ -19,9 +19,11 @@ import codecs
 import dataclasses
 import gzip
 import importlib.util
+import logging
 import math
 import pickle
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import torch
 
 from lbtkit.errors import ConfigError, DataNotFoundError
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -144,13 +147,15 @@ def dataset_info(name: str) -> DatasetInfo:
 
 @dataclass
 class ImageData:
-    """One dataset, both splits, as uint8 ``(N, C, H, W)`` images and int64 labels."""
+    """One dataset, both splits, as uint8 ``(N, C, H, W)`` images and int64 labels, and the
+    files (or folders) it was read from (``files``; empty for generated data)."""
 
     info: DatasetInfo
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    files: tuple[Path, ...] = ()
     # Set by ``hold_out``: the dataset's own test split, once validation is carved from train.
     test_images: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
@@ -183,6 +188,7 @@ class ImageData:
             train_labels=self.train_labels.to(device),
             val_images=move(self.val_images),
             val_labels=self.val_labels.to(device),
+            files=self.files,
             test_images=move(self.test_images),
             test_labels=move(self.test_labels),
         )
@@ -206,7 +212,7 @@ def hold_out(data: ImageData, count: int) -> ImageData:
         info=data.info,
         train_images=data.train_images[train], train_labels=data.train_labels[train],
         val_images=data.train_images[val], val_labels=data.train_labels[val],
-        test_images=data.val_images, test_labels=data.val_labels,
+        files=data.files, test_images=data.val_images, test_labels=data.val_labels,
     )
 
 
@@ -439,7 +445,7 @@ def _load_cifar(info: DatasetInfo, root: Path) -> ImageData:
     folder = root / layout.dirname
     if not folder.is_dir():
         raise _missing(info.name, folder, root)
-    splits = []
+    splits, read = [], []
     for files in (layout.train_files, layout.val_files):
         images, labels = [], []
         for filename in files:
@@ -447,11 +453,12 @@ def _load_cifar(info: DatasetInfo, root: Path) -> ImageData:
             if not path.is_file():
                 raise _missing(info.name, path, root)
             x, y = _read_cifar_batch(path, layout.label_key, info)
+            read.append(path)
             images.append(x)
             labels.append(y)
         splits.append((np.concatenate(images), np.concatenate(labels)))
     (train_x, train_y), (val_x, val_y) = splits
-    return _image_data(info, train_x, train_y, val_x, val_y)
+    return _image_data(info, train_x, train_y, val_x, val_y, files=read)
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,6 +614,7 @@ def _load_idx(info: DatasetInfo, root: Path) -> ImageData:
     files = _idx_files(info.name, root)
     if files is None:
         raise _missing_idx(info.name, root)
+    _log_fallback(info.name, root, files[0].parent)
     splits = []
     for image_path, label_path in (files[:2], files[2:]):
         images = _read_idx(image_path, _IDX_IMAGES_MAGIC, (info.image_size, info.image_size))
@@ -619,7 +627,21 @@ def _load_idx(info: DatasetInfo, root: Path) -> ImageData:
         _check_label_range(labels, info.num_classes, label_path)
         splits.append((images[:, None], labels))
     (train_x, train_y), (val_x, val_y) = splits
-    return _image_data(info, train_x, train_y, val_x, val_y)
+    return _image_data(info, train_x, train_y, val_x, val_y, files=files)
+
+
+def _log_fallback(name: str, root: Path, folder: Path) -> None:
+    """One line when the files came from a system copy rather than from under --data-dir."""
+    if folder in IDX_LAYOUTS[name].system_folders:
+        searched = " or ".join(str(d) for d in idx_search_dirs(name, root) if d != folder)
+        logger.info("%s: not in %s; reading the system copy in %s", name, searched, folder)
+
+
+def package_data_folders() -> list[Path]:
+    """Folders that an installed package owns (a distribution's data set, scikit-learn's
+    digits), where lbtkit writes no file of its own."""
+    folders = [folder for layout in IDX_LAYOUTS.values() for folder in layout.system_folders]
+    return folders + [csv.parent for csv in _digits_csv_candidates()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,32 +655,39 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits(info: DatasetInfo) -> ImageData:
-    data, target = _digits_arrays()
+    data, target, source = _digits_arrays()
     # Pixel values are integers 0..16; map to the full uint8 range.
     images = np.rint(data * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
     labels = target.astype(np.int64)
     train_idx, val_idx = digits_split()
-    return _image_data(info, images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+    return _image_data(info, images[train_idx], labels[train_idx], images[val_idx],
+                       labels[val_idx], files=[source])
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as ``load_digits`` returns them: (1797, 64) values 0..16, labels.
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, Path]:
+    """scikit-learn's digits as ``load_digits`` returns them: (1797, 64) values 0..16, labels,
+    and the file they came from.
 
     Read from the CSV that scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``: 64
     pixels and the label per row) without importing sklearn, which costs about a second per
     process (every smoke run and most tests); ``load_digits`` is the fallback if it moved.
     """
-    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
-    locations = (spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        csv = Path(location) / "datasets" / "data" / "digits.csv.gz"
+    for csv in _digits_csv_candidates():
         if csv.is_file():
             table = np.loadtxt(csv, delimiter=",")
-            return table[:, :-1], table[:, -1].astype(np.int64)
+            return table[:, :-1], table[:, -1].astype(np.int64), csv
+    import sklearn.datasets
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return bunch.data, bunch.target
+    csv = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    return bunch.data, bunch.target, csv
+
+
+def _digits_csv_candidates() -> list[Path]:
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    locations = (spec.submodule_search_locations or []) if spec else []
+    return [Path(location) / "datasets" / "data" / "digits.csv.gz" for location in locations]
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,6 +751,8 @@ def _image_data(
     train_y: np.ndarray,
     val_x: np.ndarray,
     val_y: np.ndarray,
+    *,
+    files: Sequence[Path] = (),
 ) -> ImageData:
     def tensor(a: np.ndarray, dtype: Any) -> torch.Tensor:
         # torch.from_numpy needs a writable array; np.frombuffer views are read-only, so those
@@ -734,4 +765,5 @@ def _image_data(
         tensor(train_y, np.int64),
         tensor(val_x, np.uint8),
         tensor(val_y, np.int64),
+        files=tuple(files),
     )

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One `lbtkit run` on N nodes x G processes (srun: one accelerate launch per node):
 #   sbatch -N NODES [site flags] multinode.sh --output RUN_DIR [lbtkit run flags...]
-# What runs: `lbtkit job plan multinode ARGS`; settings: README "On a SLURM cluster".
+# What runs: `lbtkit job plan multinode ARGS`; settings: docs/slurm.md, "On a SLURM cluster".
 #SBATCH --job-name=lbtkit-multinode
 #SBATCH --output=%x_%j.out
 #SBATCH --ntasks-per-node=1

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One `lbtkit run` on all GPUs of one node (one process per GPU; one CPU process without):
 #   sbatch [site flags] run.sh --output RUN_DIR [lbtkit run flags...]
-# What runs: `lbtkit job plan run ARGS`; settings: README "On a SLURM cluster".
+# What runs: `lbtkit job plan run ARGS`; settings: docs/slurm.md, "On a SLURM cluster".
 #SBATCH --job-name=lbtkit-run
 #SBATCH --output=%x_%j.out
 #SBATCH --nodes=1

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One entry of an lbtkit sweep per array task; submitted by `lbtkit sweep submit SWEEP_DIR` as
 #   sbatch --array=0-<N-1>[%K] [site flags: -p -A -t --gpus-per-node ...] sweep.sh SWEEP_DIR
-# What runs: `lbtkit job plan sweep SWEEP_DIR`; settings: README "On a SLURM cluster".
+# What runs: `lbtkit job plan sweep SWEEP_DIR`; settings: docs/slurm.md, "On a SLURM cluster".
 #SBATCH --job-name=lbtkit-sweep
 #SBATCH --output=%x_%A_%a.out
 #SBATCH --nodes=1
