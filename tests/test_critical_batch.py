@@ -139,7 +139,7 @@ def test_eval_steps_are_geometric_with_unit_steps_first_and_the_last_step():
     assert steps[:10] == list(range(1, 11))
     assert steps[-1] == 100
     assert all(b > a for a, b in itertools.pairwise(steps))
-    ratios = [b / a for a, b in itertools.pairwise(steps)]
+    ratios = [b / a for a, b in itertools.pairwise(steps[10:-1])]
     assert all(1.1 - 1e-9 <= r < 1.1 + 1 / 10 for r in ratios)
     assert eval_steps(2.0, 1) == [1]
     with pytest.raises(ConfigError, match="eval_growth"):
