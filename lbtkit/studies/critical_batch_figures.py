@@ -72,13 +72,15 @@ def _steps_vs_batch(path: Path, spec: CriticalBatchSpec, records: list[dict[str,
             ax.axvspan(b_crit * REGIME_FACTOR, grid[-1], color="tab:red", alpha=0.07,
                        label="maximal data parallelism")
             ax.set_xlim(grid[0], grid[-1])
+            measured = [b["steps"] for b in entry["best"] if b["steps"] is not None]
+            ax.set_ylim(min([s_min, *measured]) / 2, max([s_min, *measured]) * 2)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size B")
         ax.set_ylabel("optimizer steps to target")
         ax.set_title(entry["target"].replace("<=", " ≤ "), fontsize=11)
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Steps to target at the best learning rate per batch size", y=0.995)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -102,6 +104,8 @@ def _best_seed_points(ax, records: list[dict[str, Any]], target: str, optimizer:
         ys += seeds
         mean_x.append(batch)
         mean_y.append(b.steps)
+    if not mean_x:
+        return
     color, marker = COLORS.get(optimizer, "black"), MARKERS.get(optimizer, "x")
     ax.scatter(xs, ys, s=12, color=color, marker=marker, alpha=0.45)
     ax.plot(mean_x, mean_y, ls="none", marker=marker, ms=7, color=color,
