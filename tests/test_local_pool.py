@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import scaled_timeout
 from lbtkit.local_pool import Task, gpu_slots, run_tasks, threads_per_job, visible_gpus
+
+from conftest import scaled_timeout
 
 # --- sharing the machine out ---------------------------------------------------------------------
 
