@@ -22,9 +22,9 @@ from lbtkit.sweep import load_sweep, plan_sweep, run_all, run_entries
 from conftest import assert_user_error, cli_env, scaled_timeout
 
 
-def plan_smoke(root: Path, *, epochs: int = 1, batch_sizes=(32, 64)) -> Path:
+def plan_smoke(root: Path, *, epochs: int = 1, batch_sizes=(32, 64), seeds=(0,)) -> Path:
     base = RunConfig().updated(preset_values("smoke")).updated({"epochs": epochs})
-    plan_sweep(base, {"batch_size": list(batch_sizes)}, root)
+    plan_sweep(base, {"batch_size": list(batch_sizes), "seed": list(seeds)}, root)
     return root
 
 
@@ -93,7 +93,8 @@ def test_a_child_that_dies_without_results_is_recorded_failed(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_completes(tmp_path):
-    sweep = plan_smoke(tmp_path / "sweep", epochs=4, batch_sizes=(128, 256))
+    # Two seeds of one batch size: as fast as each other, neither finishes first.
+    sweep = plan_smoke(tmp_path / "sweep", epochs=6, batch_sizes=(128,), seeds=(0, 1))
     entries = [RunDir(entry["run_dir"]) for entry in load_sweep(sweep)["runs"]]
     command = [sys.executable, "-m", "lbtkit", "sweep", "run", str(sweep), "--jobs", "2"]
     parent = subprocess.Popen(command, env=cli_env(tmp_path), stdout=subprocess.PIPE,
@@ -113,7 +114,7 @@ def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_complet
     for run in entries:
         results = run.read_results()
         assert results["status"] == "interrupted", (run.root, out)
-        assert results["epochs_completed"] < 4
+        assert results["epochs_completed"] < 6
         assert any(run.checkpoints.iterdir())
 
     rerun = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True,
@@ -122,5 +123,5 @@ def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_complet
     for run in entries:
         assert run.read_results()["status"] == "completed"
         epochs = [row["epoch"] for row in run.read_metrics()]
-        assert epochs == list(range(1, 5))  # resumed: each epoch once
-    assert json.loads((entries[0].root / "results.json").read_text())["epochs_completed"] == 4
+        assert epochs == list(range(1, 7))  # resumed: each epoch once
+    assert json.loads((entries[0].root / "results.json").read_text())["epochs_completed"] == 6
