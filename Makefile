@@ -46,7 +46,7 @@ demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on
 	$(BIN)/lbtkit demo --output $(DEMO_DIR)
 
 study: $(BIN)/lbtkit  ## Keskar's F1 protocol over 3 seeds and the batch-size sweep on Fashion-MNIST (apt-get install dataset-fashion-mnist; under an hour on 2 CPU cores) -> docs/fashion/index.md
-	$(BIN)/lbtkit study fashion --output docs/fashion
+	$(BIN)/lbtkit study fashion --output docs/fashion --jobs 2
 
 docs: $(BIN)/lbtkit  ## refresh the committed demo outputs: docs/demo and docs/remedies
 	$(MAKE) demo DEMO_DIR=docs/demo
