@@ -125,3 +125,41 @@ def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_complet
         epochs = [row["epoch"] for row in run.read_metrics()]
         assert epochs == list(range(1, 7))  # resumed: each epoch once
     assert json.loads((entries[0].root / "results.json").read_text())["epochs_completed"] == 6
+
+
+# --- study fashion --jobs: the seeds of the Keskar part in children ------------------------------
+
+
+def test_each_fashion_seed_child_runs_the_parents_spec_and_seed(cli, tmp_path, monkeypatch):
+    """What the parent asks for (the spec as JSON, the seed, the threads) is what the child's
+    command runs: the children are captured, then each command is run in this process with
+    the seed's work faked."""
+    import lbtkit.local_pool as local_pool
+    import lbtkit.studies.fashion as fashion
+    from lbtkit.local_pool import PoolResult
+
+    spec = fashion.QUICK.updated(seeds=(3, 5, 7), threads=1)
+    captured = []
+
+    def capture(tasks, slots, **callbacks):
+        captured.extend(tasks)
+        return PoolResult({task.key: 0 for task in tasks})
+
+    monkeypatch.setattr(local_pool, "run_tasks", capture)
+    clock = fashion.StudyClock(tmp_path / "timings.json", {})
+    assert fashion._keskar_seeds_at_once(spec, tmp_path / "work", clock, jobs=2,
+                                         data_dir="/data")
+    assert [task.key for task in captured] == [3, 5, 7]
+
+    import lbtkit.train
+
+    ran, threads = [], []
+    monkeypatch.setattr(fashion, "keskar_seed", lambda *args, **kwargs: (
+        ran.append((args, kwargs)) or {"status": "completed"}))
+    monkeypatch.setattr(lbtkit.train, "set_cpu_threads", threads.append)
+    for task in captured:
+        assert task.command[1:3] == ["-m", "lbtkit"]
+        cli(*task.command[3:], check=0)
+    assert ran == [((spec, seed, tmp_path / "work"), {"data_dir": "/data"}) for seed in (3, 5, 7)]
+    assert threads == [1, 1, 1]  # the spec's
+    assert "keskar seeds, 2 at once" in json.loads((tmp_path / "timings.json").read_text())
