@@ -222,7 +222,7 @@ def _keskar_seeds_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock,
     from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
 
     slots = min(jobs, len(spec.seeds))
-    threads = spec.threads or threads_per_job(usable_cpus(), slots)
+    threads = spec.threads or threads_per_job(usable_cpus(), jobs)  # as the sweep's entries
     tasks = [Task(key=seed, log=work / "logs" / f"keskar-s{seed}.log",
                   env={"OMP_NUM_THREADS": str(threads)},
                   command=[sys.executable, "-m", "lbtkit", "study", "fashion-seed", str(work),
