@@ -127,15 +127,18 @@ def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_complet
     assert json.loads((entries[0].root / "results.json").read_text())["epochs_completed"] == 6
 
 
-# --- study fashion --jobs: the seeds of the Keskar part in children ------------------------------
+# --- study fashion --jobs: the seeds and the sweep's entries in children -------
 
 
-def test_each_fashion_seed_child_runs_the_parents_spec_and_seed(cli, tmp_path, monkeypatch):
-    """What the parent asks for (the spec as JSON, the seed, the threads) is what the child's
-    command runs: the children are captured, then each command is run in this process with
-    the seed's work faked."""
+def test_the_fashion_studys_children_run_the_parents_spec_seeds_and_entries(
+        cli, tmp_path, monkeypatch):
+    """What the parent asks for (the spec as JSON, the seed or entry, the threads) is what the
+    children's commands run: the children are captured, then each command is run in this
+    process with its work faked."""
     import lbtkit.local_pool as local_pool
     import lbtkit.studies.fashion as fashion
+    import lbtkit.sweep
+    import lbtkit.train
     from lbtkit.local_pool import PoolResult
 
     spec = fashion.QUICK.updated(seeds=(3, 5, 7), threads=1)
@@ -143,23 +146,28 @@ def test_each_fashion_seed_child_runs_the_parents_spec_and_seed(cli, tmp_path, m
 
     def capture(tasks, slots, **callbacks):
         captured.extend(tasks)
+        assert len(slots) == 2
         return PoolResult({task.key: 0 for task in tasks})
 
     monkeypatch.setattr(local_pool, "run_tasks", capture)
+    work = tmp_path / "work"
     clock = fashion.StudyClock(tmp_path / "timings.json", {})
-    assert fashion._keskar_seeds_at_once(spec, tmp_path / "work", clock, jobs=2,
-                                         data_dir="/data")
-    assert [task.key for task in captured] == [3, 5, 7]
-
-    import lbtkit.train
+    assert fashion._runs_at_once(spec, work, clock, jobs=2, data_dir="/data")
+    assert [task.key for task in captured] == [
+        "keskar seed 3", "keskar seed 5", "keskar seed 7", "sweep b2048-s0", "sweep b8192-s0"]
 
     ran, threads = [], []
     monkeypatch.setattr(fashion, "keskar_seed", lambda *args, **kwargs: (
         ran.append((args, kwargs)) or {"status": "completed"}))
+    monkeypatch.setattr(lbtkit.sweep, "run_task", lambda *args, **kwargs: (
+        ran.append((args, kwargs)) or 0))
     monkeypatch.setattr(lbtkit.train, "set_cpu_threads", threads.append)
     for task in captured:
         assert task.command[1:3] == ["-m", "lbtkit"]
         cli(*task.command[3:], check=0)
-    assert ran == [((spec, seed, tmp_path / "work"), {"data_dir": "/data"}) for seed in (3, 5, 7)]
-    assert threads == [1, 1, 1]  # the spec's
-    assert "keskar seeds, 2 at once" in json.loads((tmp_path / "timings.json").read_text())
+    assert ran == [((spec, seed, work), {"data_dir": "/data"}) for seed in (3, 5, 7)] + [
+        ((work / "sweep", index), {"progress": True, "threads": 1}) for index in (0, 1)]
+    assert threads == [1, 1, 1]  # the spec's, in the seeds' children
+    assert "runs, 2 at once" in json.loads((tmp_path / "timings.json").read_text())
+    # The entries are the sweep the study runs after: its plan, so it finds them done.
+    assert load_sweep(work / "sweep")["grid"] == {"batch_size": [2048, 8192]}

@@ -111,9 +111,9 @@ def run_fashion_study(
 
     Status "interrupted": a run was stopped (rerun to resume); "completed": index.md was
     written. ``data_dir``: where ``lbtkit run`` looks for Fashion-MNIST first (then the
-    Debian package's folder). ``jobs`` > 1: the seeds of the Keskar part, and the sweep's
-    entries, run that many at once in child processes (``lbtkit.local_pool``), each with
-    ``spec.threads`` threads: the same numbers as one at a time.
+    Debian package's folder). ``jobs`` > 1: the seeds of the Keskar part and the sweep's
+    entries run that many at once in child processes first (``lbtkit.local_pool``), each
+    with ``spec.threads`` threads: the same numbers as one at a time.
     """
     output = Path(output)
     previous_threads = torch.get_num_threads()
@@ -130,8 +130,11 @@ def run_fashion_study(
                  len(spec.seeds), spec.sb, spec.lb,
                  ", ".join(map(str, spec.sweep_batch_sizes)), machine["text"])
 
+        if jobs > 1 and not _runs_at_once(spec, work, clock, jobs=jobs, data_dir=data_dir):
+            clock.log("interrupted: rerun the same command to resume")
+            return {"status": STATUS_INTERRUPTED}
         keskar = _keskar(spec, work, output / "keskar", clock, data_dir=data_dir,
-                         progress=progress, jobs=jobs)
+                         progress=progress)
         if keskar["status"] == STATUS_INTERRUPTED:
             return keskar
         sweep = _sweep(spec, work / "sweep", output / "sweep", clock, data_dir=data_dir,
@@ -167,10 +170,7 @@ def keskar_base(spec: FashionStudySpec, seed: int, *, data_dir: str):
 
 
 def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
-            data_dir: str, progress: bool, jobs: int = 1) -> dict[str, Any]:
-    if jobs > 1 and not _keskar_seeds_at_once(spec, work, clock, jobs=jobs, data_dir=data_dir):
-        clock.log("interrupted: rerun the same command to resume")
-        return {"status": STATUS_INTERRUPTED}
+            data_dir: str, progress: bool) -> dict[str, Any]:
     records, curves, left_out = [], [], []
     for number, seed in enumerate(spec.seeds, start=1):
         name = f"keskar seed {seed}"
@@ -208,47 +208,6 @@ def keskar_seed(spec: FashionStudySpec, seed: int, work: Path, *, data_dir: str,
                                  sharpness=spec.sharpness)
     return keskar_study(keskar_base(spec, seed, data_dir=data_dir), study_spec,
                         work / f"keskar-s{seed}", progress=progress)
-
-
-def _keskar_seeds_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *,
-                          jobs: int, data_dir: str) -> bool:
-    """Every seed's ``keskar_seed`` in a child process (``lbtkit study fashion-seed``),
-    ``jobs`` at once; False when one was interrupted (a signal stops them all). The loop of
-    ``_keskar`` then reads each seed's results, up to date (and retries, in this process, a
-    seed whose child failed: its error shows as it would one at a time)."""
-    import json
-    import sys
-
-    from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
-
-    slots = min(jobs, len(spec.seeds))
-    threads = spec.threads or threads_per_job(usable_cpus(), jobs)  # as the sweep's entries
-    tasks = [Task(key=seed, log=work / "logs" / f"keskar-s{seed}.log",
-                  env={"OMP_NUM_THREADS": str(threads)},
-                  command=[sys.executable, "-m", "lbtkit", "study", "fashion-seed", str(work),
-                           "--seed", str(seed), "--spec", json.dumps(spec.to_dict()),
-                           "--data-dir", data_dir, "--threads", str(threads)])
-             for seed in spec.seeds]
-    clock.log(f"step 1/3 Keskar F1 protocol, seeds {', '.join(map(str, spec.seeds))}: "
-              f"{slots} processes at once, {_count(threads, 'thread')} each, logs in "
-              f"{work / 'logs'}", upcoming="keskar seeds at once")
-    with clock.step(f"keskar seeds, {slots} at once"):
-        result = run_tasks(
-            tasks, [{} for _ in range(slots)],
-            on_start=lambda task, pid: log.info("fashion: seed %s started (pid %d)",
-                                                task.key, pid),
-            on_finish=lambda task, code: _seed_finished(task.key, code, task.log))
-    return result.stopped_by is None
-
-
-def _seed_finished(seed: int, code: int, log_path: Path) -> bool:
-    """A progress line; True (stop the others) when the seed was interrupted."""
-    from lbtkit.train import EXIT_INTERRUPTED
-
-    outcome = {0: "done", 3: "diverged", EXIT_INTERRUPTED: "interrupted"}.get(
-        code, f"failed (exit {code}; see {log_path})")
-    log.info("fashion: seed %s %s", seed, outcome)
-    return code == EXIT_INTERRUPTED
 
 
 def _write_keskar(records: list[dict[str, Any]], curves: list[list[dict[str, Any]]],
@@ -348,6 +307,60 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
     if initial:
         weights = write_initial_weights(run.read_config(), run_dir / "init.safetensors")
     return run_noise_scale(spec, run_dir, output=target, weights=weights)
+
+
+# --- with --jobs N: the independent runs at once -----------------------------------------------
+
+
+def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs: int,
+                  data_dir: str) -> bool:
+    """Every seed's ``keskar_seed`` (``lbtkit study fashion-seed``) and every sweep entry
+    (``lbtkit sweep run-task``) in a child process, ``jobs`` at once, the long seeds first so
+    the short entries fill the gaps; False when one was interrupted (a signal stops them
+    all). The steps after read their results up to date, and retry in this process what a
+    child left failed, so its error shows as it would one at a time. Each child gets
+    ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the same numbers."""
+    import json
+    import sys
+
+    from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
+    from lbtkit.sweep import load_sweep, plan_sweep
+
+    threads = spec.threads or threads_per_job(usable_cpus(), jobs)
+    lbtkit = [sys.executable, "-m", "lbtkit"]
+    env = {"OMP_NUM_THREADS": str(threads)}
+    tasks = [Task(key=f"keskar seed {seed}", log=work / "logs" / f"keskar-s{seed}.log", env=env,
+                  command=[*lbtkit, "study", "fashion-seed", str(work), "--seed", str(seed),
+                           "--spec", json.dumps(spec.to_dict()), "--data-dir", data_dir,
+                           "--threads", str(threads)])
+             for seed in spec.seeds]
+    sweep_dir = work / "sweep"
+    plan_sweep(sweep_base(spec, data_dir=data_dir),
+               {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
+    for entry in load_sweep(sweep_dir)["runs"]:
+        name = entry["config"]["name"]
+        tasks.append(Task(key=f"sweep {name}", log=sweep_dir / "logs" / f"{name}.log", env=env,
+                          command=[*lbtkit, "sweep", "run-task", str(sweep_dir), "--index",
+                                   str(entry["index"]), "--threads", str(threads)]))
+    clock.log(f"steps 1-2/3 the Keskar seeds and the sweep's entries, {jobs} processes at "
+              f"once, {_count(threads, 'thread')} each (logs in {work / 'logs'} and "
+              f"{sweep_dir / 'logs'})", upcoming="runs at once")
+    with clock.step(f"runs, {jobs} at once"):
+        result = run_tasks(
+            tasks, [{} for _ in range(jobs)],
+            on_start=lambda task, pid: log.info("fashion: %s started (pid %d)", task.key, pid),
+            on_finish=_child_finished)
+    return result.stopped_by is None
+
+
+def _child_finished(task, code: int) -> bool:
+    """A progress line; True (stop the others) when the child was interrupted."""
+    from lbtkit.train import EXIT_INTERRUPTED
+
+    outcome = {0: "done", 3: "diverged", EXIT_INTERRUPTED: "interrupted"}.get(
+        code, f"failed (exit {code}; see {task.log})")
+    log.info("fashion: %s %s", task.key, outcome)
+    return code == EXIT_INTERRUPTED
 
 
 # --- helpers -----------------------------------------------------------------------------------
