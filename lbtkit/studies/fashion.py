@@ -46,6 +46,7 @@ import torch
 from lbtkit.config import build_config
 from lbtkit.rundir import (
     STATUS_COMPLETED,
+    STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     RunDir,
     atomic_write_text,
@@ -324,7 +325,7 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
     import sys
 
     from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
-    from lbtkit.sweep import load_sweep, plan_sweep
+    from lbtkit.sweep import load_sweep, plan_sweep, read_run
 
     threads = spec.threads or threads_per_job(usable_cpus(), jobs)
     lbtkit = [sys.executable, "-m", "lbtkit"]
@@ -338,6 +339,8 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
     plan_sweep(sweep_base(spec, data_dir=data_dir),
                {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
     for entry in load_sweep(sweep_dir)["runs"]:
+        if read_run(entry).state in (STATUS_COMPLETED, STATUS_DIVERGED):
+            continue  # a rerun: nothing to start a process for
         name = entry["config"]["name"]
         tasks.append(Task(key=f"sweep {name}", log=sweep_dir / "logs" / f"{name}.log", env=env,
                           command=[*lbtkit, "sweep", "run-task", str(sweep_dir), "--index",
