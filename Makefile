@@ -45,8 +45,8 @@ test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration 
 demo: $(BIN)/lbtkit  ## the whole study offline on the bundled digits (~2 min on 2 CPU cores) -> $(DEMO_DIR)/index.md
 	$(BIN)/lbtkit demo --output $(DEMO_DIR)
 
-study: $(BIN)/lbtkit  ## Keskar's F1 protocol and the batch-size sweep, then the critical batch size, on Fashion-MNIST (apt-get install dataset-fashion-mnist) -> docs/fashion/index.md, docs/critical-batch/index.md
-	$(BIN)/lbtkit study fashion --output docs/fashion
+study: $(BIN)/lbtkit  ## Keskar's F1 protocol and the batch-size sweep, then the critical batch size, on Fashion-MNIST (apt-get install dataset-fashion-mnist), 2 jobs -> docs/fashion/index.md, docs/critical-batch/index.md
+	$(BIN)/lbtkit study fashion --output docs/fashion --jobs 2
 	$(BIN)/lbtkit study critical-batch --output docs/critical-batch --jobs 2
 
 docs: $(BIN)/lbtkit  ## refresh the committed demo outputs: docs/demo and docs/remedies

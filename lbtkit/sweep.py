@@ -25,6 +25,7 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 SWEEP_VERSION = 1
 RUNS_FOLDER = "runs"
+LOGS_FOLDER = "logs"  # the logs of the children of run_entries
 
 STATE_PENDING = "pending"
 STATE_RUNNING = "running"
@@ -397,30 +399,47 @@ def entry_config(sweep: dict[str, Any], index: int) -> RunConfig:
 # --- running ---------------------------------------------------------------------------------
 
 
-def run_task(sweep_dir: str | Path, index: int, *, progress: bool = True) -> int:
+def run_task(sweep_dir: str | Path, index: int, *, progress: bool = True,
+             threads: int | None = None) -> int:
     """Train entry ``index``; return its process exit code (see ``lbtkit.train.exit_code``).
+    ``threads``: torch threads, when the entry's config sets none.
 
     This is what one SLURM array task calls, in every process of an ``accelerate launch``:
     ``lbtkit.train.run`` does the distribution, the resume and the completed-run shortcut.
     """
     from lbtkit.train import run
 
-    config = entry_config(load_sweep(sweep_dir), index)
+    config = _with_threads(entry_config(load_sweep(sweep_dir), index), threads)
     return exit_code(run(config, progress=progress)["status"])
 
 
-def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
+def _with_threads(config: RunConfig, threads: int | None) -> RunConfig:
+    """``config`` with ``threads`` torch threads unless it sets its own (``threads`` does not
+    change what is trained, so a run may resume with another count)."""
+    if threads is None or config.threads is not None:
+        return config
+    return dataclasses.replace(config, threads=threads)
+
+
+def run_all(sweep_dir: str | Path, *, progress: bool = True, jobs: int = 1,
+            threads: int | None = None) -> dict[int, str]:
     """Run the sweep's entries one after another in this process; return index -> status.
 
     Completed and diverged entries are skipped (a rerun would only repeat them); interrupted
     and failed ones are retried, resuming from their last checkpoint. An exception in one run
     is recorded as ``failed`` in its results.json and the sweep goes on. An interruption
     (signal, Ctrl-C) stops the loop: the entries after it are missing from the result.
+
+    ``jobs`` > 1: ``jobs`` entries at once, each in a child process (``run_entries``), with
+    the same outcomes. ``threads``: torch threads of an entry whose config sets none (None:
+    this process's setting; with ``jobs`` > 1, the usable CPUs shared out).
     """
     from lbtkit.launch import launched_world_size
     from lbtkit.preflight import preflight_all
     from lbtkit.train import run
 
+    if jobs != 1:
+        return run_entries(sweep_dir, jobs=jobs, threads=threads)
     sweep = load_sweep(sweep_dir)
     total = len(sweep["runs"])
     # A missing data set is one line now, not one failure per entry.
@@ -440,7 +459,8 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
         results_path = RunDir(entry["run_dir"]).results_path
         before = _mtime(results_path)
         try:
-            status = run(entry_config(sweep, index), progress=progress)["status"]
+            status = run(_with_threads(entry_config(sweep, index), threads),
+                         progress=progress)["status"]
         except KeyboardInterrupt:
             statuses[index] = STATUS_INTERRUPTED
             logger.info("%s: interrupted; stopping the sweep", label)
@@ -454,7 +474,7 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True) -> dict[int, str]:
             logger.error("%s", exc if one_line else text)
             # A run that got as far as writing its own results.json said what happened.
             if _mtime(results_path) == before:
-                _record_failure(results_path, entry, exc, text)
+                _record_failure(results_path, entry, f"{type(exc).__name__}: {exc}", text)
         statuses[index] = status
         logger.info("%s: %s", label, status)
         if status == STATUS_INTERRUPTED:
@@ -473,10 +493,181 @@ def run_all_exit_code(statuses: dict[int, str]) -> int:
     return EXIT_ENVIRONMENT if STATUS_FAILED in values else EXIT_OK
 
 
-def _record_failure(path: Path, entry: dict[str, Any], exc: Exception, text: str) -> None:
+def run_entries(sweep_dir: str | Path, indices: Iterable[int] | None = None, *, jobs: int,
+                threads: int | None = None) -> dict[int, str]:
+    """Run entries ``indices`` (default: all) of a sweep, ``jobs`` at once, each in a child
+    process (``lbtkit sweep run-task``); return index -> status, as ``run_all`` does.
+
+    The outcomes are ``run_all``'s: completed and diverged entries are skipped, a mistake
+    (no data, a bad batch plan) stops everything before any entry starts, a child that dies
+    without writing its results.json is recorded as ``failed`` and the rest go on, and a
+    signal (or an interrupted entry) stops every running entry at a checkpoint: they are
+    ``interrupted``, the entries not yet started are missing from the result.
+
+    Each child gets ``threads`` torch threads (default: the usable CPUs over the entries run
+    at once) unless its config sets its own; a run's numbers depend on its thread count, so
+    this equals one-at-a-time only at the same count. On a machine with GPUs, an entry of
+    the plan's ``world_size`` processes gets that many GPUs of its own
+    (``CUDA_VISIBLE_DEVICES``, through ``accelerate launch`` when more than one), and only as
+    many entries run at once as fit. A child's output goes to SWEEP/logs/NAME.log.
+    """
+    from lbtkit.launch import in_launched_worker
+    from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
+    from lbtkit.preflight import preflight_all
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}")
+    if in_launched_worker():
+        raise ConfigError("a sweep with jobs starts its own processes: run it without "
+                          "accelerate launch")
+    sweep = load_sweep(sweep_dir)
+    chosen = _chosen_indices(sweep, indices)
+    statuses: dict[int, str] = {}
+    todo = []
+    for index in chosen:
+        entry = sweep["runs"][index]
+        state = read_run(entry).state
+        if state in _FINAL:
+            statuses[index] = state
+            logger.info("%s: %s already; skipping", _label(sweep, entry), state)
+        else:
+            todo.append(entry)
+    slots, processes = _slots(sweep["world_size"], jobs)
+    preflight_all([entry_config(sweep, entry["index"]) for entry in todo], world_size=processes)
+    per_job = threads or threads_per_job(usable_cpus(), len(slots))
+    tasks = [_entry_task(sweep, entry, per_job, processes) for entry in todo]
+    watcher = _EntryWatcher(sweep, todo)
+    run_tasks(tasks, slots, on_start=watcher.started, on_finish=watcher.finished)
+    statuses.update(watcher.statuses)
+    return dict(sorted(statuses.items()))
+
+
+def _chosen_indices(sweep: dict[str, Any], indices: Iterable[int] | None) -> list[int]:
+    if indices is None:
+        return [entry["index"] for entry in sweep["runs"]]
+    chosen = list(indices)
+    for index in chosen:
+        entry_config(sweep, index)  # names an index out of range
+    if len(set(chosen)) < len(chosen):
+        raise ConfigError(f"sweep indices {chosen} list an entry twice")
+    return chosen
+
+
+def _label(sweep: dict[str, Any], entry: dict[str, Any]) -> str:
+    return f"sweep [{entry['index'] + 1}/{len(sweep['runs'])}] {entry['config']['name']}"
+
+
+def _slots(world_size: int, jobs: int) -> tuple[list[dict[str, str]], int]:
+    """The environment of each concurrent slot, and the processes an entry runs on: its own
+    GPUs when they fit (``world_size`` of them), else one process with what all see."""
+    import os
+
+    import torch
+
+    from lbtkit.local_pool import gpu_slots, visible_gpus
+
+    gpus = visible_gpus(torch.cuda.device_count(), os.environ)
+    assignment = gpu_slots(gpus, jobs, world_size)
+    if assignment is None:
+        if gpus:
+            logger.warning("sweep: %d GPU(s) cannot give an entry its %d; the entries run "
+                           "at once share them", len(gpus), world_size)
+        return [{} for _ in range(jobs)], 1
+    if len(assignment) < jobs:
+        logger.info("sweep: %d GPU(s) fit %d entries of %d process(es) at once, not %d",
+                    len(gpus), len(assignment), world_size, jobs)
+    return [{"CUDA_VISIBLE_DEVICES": gpus} for gpus in assignment], world_size
+
+
+def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
+                processes: int):
+    """The child that runs one entry: ``lbtkit sweep run-task`` (under ``accelerate launch``
+    for several processes), its threads, its log."""
+    import sys
+
+    from lbtkit.launch import free_port, lbtkit_launch_command
+    from lbtkit.local_pool import Task
+
+    per_process = max(1, threads // processes)
+    # With progress: to a file that is plain lines every log_every steps (lbtkit.progress).
+    args = ["sweep", "run-task", sweep["sweep_dir"], "--index", str(entry["index"]),
+            "--threads", str(per_process)]
+    if processes > 1:
+        from lbtkit.cluster import launcher_environment
+
+        command = lbtkit_launch_command(args, processes, free_port())
+        env = launcher_environment(os.environ)
+    else:
+        command = [sys.executable, "-m", "lbtkit", *args]
+        env = {}
+    log = Path(sweep["sweep_dir"]) / LOGS_FOLDER / f"{entry['config']['name']}.log"
+    return Task(key=entry["index"], command=command, log=log, launches=processes > 1,
+                env={**env, "OMP_NUM_THREADS": str(per_process)})
+
+
+class _EntryWatcher:
+    """Progress lines as the children start and end, and each entry's status from its run
+    directory (a failure recorded when the child could not record it)."""
+
+    def __init__(self, sweep: dict[str, Any], todo: list[dict[str, Any]]) -> None:
+        self.sweep = sweep
+        self.entries = {entry["index"]: entry for entry in todo}
+        self.before: dict[int, float | None] = {}
+        self.statuses: dict[int, str] = {}
+
+    def started(self, task, pid: int) -> None:
+        entry = self.entries[task.key]
+        self.before[task.key] = _mtime(RunDir(entry["run_dir"]).results_path)
+        config = entry["config"]
+        gpus = task.env.get("CUDA_VISIBLE_DEVICES")
+        logger.info("%s: batch %s, lr %g; pid %d, %s thread(s)%s; log %s",
+                    _label(self.sweep, entry), config["batch_size"], config["lr"], pid,
+                    task.env["OMP_NUM_THREADS"], f", GPUs {gpus}" if gpus else "", task.log)
+
+    def finished(self, task, returncode: int) -> bool:
+        """Record the entry's status; True (stop the others) when it was interrupted."""
+        entry = self.entries[task.key]
+        status = self._status(entry, task, returncode)
+        self.statuses[task.key] = status
+        logger.info("%s: %s (%d of %d done)", _label(self.sweep, entry), status,
+                    len(self.statuses), len(self.entries))
+        return status == STATUS_INTERRUPTED
+
+    def _status(self, entry: dict[str, Any], task, returncode: int) -> str:
+        import signal
+
+        from lbtkit.train import EXIT_INTERRUPTED
+
+        run = RunDir(entry["run_dir"])
+        if _mtime(run.results_path) != self.before[task.key]:
+            results = run.read_results()
+            if results is not None:
+                return results["status"]
+        if returncode in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT):
+            return STATUS_INTERRUPTED  # stopped while starting: nothing to checkpoint yet
+        tail = _tail(task.log)
+        logger.error("%s: exit %d without results; the end of %s:\n%s",
+                     _label(self.sweep, entry), returncode, task.log, tail)
+        last = tail.splitlines()[-1] if tail else ""
+        _record_failure(run.results_path, entry, f"exit {returncode}: {last}", tail)
+        return STATUS_FAILED
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _record_failure(path: Path, entry: dict[str, Any], error: str, text: str) -> None:
     write_json(path, {
         "status": STATUS_FAILED,
-        "error": f"{type(exc).__name__}: {exc}",
+        "error": error,
         "traceback": text,
         "config": entry["config"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-from conftest import require_real_fashion_mnist
 from lbtkit.specs import CriticalBatchSpec
 from lbtkit.studies.critical_batch import (
     QUICK,
@@ -21,6 +20,8 @@ from lbtkit.studies.critical_batch import (
     run_critical_batch_study,
 )
 from lbtkit.studies.critical_batch_report import STEPS_COLUMNS, analyse
+
+from conftest import require_real_fashion_mnist
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def test_the_fit_is_recomputed_from_steps_csv_alone(quick_study):
 
 
 def test_rerunning_resumes_without_training_and_gives_the_same_fit(quick_study):
-    output, result = quick_study
+    output, _ = quick_study
     before = (output / "fit.json").read_text()
     weights = sorted(output.glob("work/round-*/runs/*/model.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in weights]
@@ -88,17 +89,15 @@ def test_an_edge_of_grid_optimum_triggers_the_extension():
     spec = CriticalBatchSpec(batch_sizes=(64, 128, 256), lr_factors=(0.5, 1.0, 2.0),
                              remedies=(), reference_batch=64)
 
-    def record(batch, lr, steps):
-        return {"optimizer": "sgd", "target": "train_loss<=0.5", "batch_size": batch,
-                "lr": lr, "seed": seed, "steps": steps, "status": "reached"}
+    def records_of(table):
+        return [{"optimizer": "sgd", "target": "train_loss<=0.5", "batch_size": batch,
+                 "lr": lr, "seed": seed, "steps": steps, "status": "reached"}
+                for batch, lr, steps in table for seed in (0, 1)]
 
-    records = []
-    for seed in (0, 1):
-        records += [record(64, 0.1, 300), record(64, 0.2, 200), record(64, 0.4, 250),  # interior
-                    record(128, 0.1, 300), record(128, 0.2, 200), record(128, 0.4, 150),
-                    record(256, 0.1, 100), record(256, 0.2, 200), record(256, 0.4, 300)]
+    records = records_of([(64, 0.1, 300), (64, 0.2, 200), (64, 0.4, 250),  # interior
+                          (128, 0.1, 300), (128, 0.2, 200), (128, 0.4, 150),  # best high
+                          (256, 0.1, 100), (256, 0.2, 200), (256, 0.4, 300)])  # best low
     assert extensions(spec, records) == [Point("sgd", 128, 0.8), Point("sgd", 256, 0.05)]
     # Once tried and worse, the best is interior: nothing more to add.
-    for seed in (0, 1):
-        records += [record(128, 0.8, 170), record(256, 0.05, 120)]
+    records += records_of([(128, 0.8, 170), (256, 0.05, 120)])
     assert extensions(spec, records) == []

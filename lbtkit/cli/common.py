@@ -147,6 +147,12 @@ def check_num_processes(num_processes: int | None) -> None:
         raise UserError(f"--num-processes must be >= 1, got {num_processes}")
 
 
+def check_at_least_one(flag: str, value: int | None) -> None:
+    """A count flag (``--jobs``, ``--threads``) is unset or >= 1: one line, not Click's usage."""
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be >= 1, got {value}")
+
+
 class _StandardStream(logging.StreamHandler):
     """A handler on whatever ``sys.stdout`` (or ``sys.stderr``) is when a record comes, not
     when it was made: a live progress bar swaps in a proxy that prints above the bar."""

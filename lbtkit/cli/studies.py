@@ -7,7 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from lbtkit.cli.common import app, check_num_processes, user_errors, with_config_flags
+from lbtkit.cli.common import (
+    app,
+    check_at_least_one,
+    check_num_processes,
+    user_errors,
+    with_config_flags,
+)
 from lbtkit.config import RunConfig, build_config
 from lbtkit.specs import DEFAULT_ALPHAS, InterpolationSpec, KeskarStudySpec, SharpnessSpec
 
@@ -89,21 +95,25 @@ def study_fashion(
                           "/usr/share/datasets/fashion-mnist)")
     ] = RunConfig.data_dir,
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="seeds, and sweep entries, at once: each in a process of its own "
+        "(logs in OUTPUT/work/); the same numbers")] = 1,
 ) -> None:
     """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md.
 
     \b
     Example:
-        lbtkit study fashion --output docs/fashion          # what make study runs
+        lbtkit study fashion --output docs/fashion --jobs 2   # what make study runs
         lbtkit study fashion --output /tmp/fashion --quick
     """
     from lbtkit.errors import exit_code
     from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
 
+    check_at_least_one("--jobs", jobs)
     spec = QUICK if quick else FULL
     if seeds is not None:
         spec = spec.updated(seeds=tuple(range(seeds)))
-    summary = run_fashion_study(output, spec, data_dir=data_dir, progress=progress)
+    summary = run_fashion_study(output, spec, data_dir=data_dir, progress=progress, jobs=jobs)
     if summary["status"] == "completed":
         print(f"index: {summary['index']}")
     raise typer.Exit(exit_code(summary["status"]))
@@ -145,6 +155,32 @@ def study_critical_batch(
     summary = run_critical_batch_study(output, spec, data_dir=data_dir, progress=progress)
     if summary["status"] == "completed":
         print(f"index: {summary['index']}")
+    raise typer.Exit(exit_code(summary["status"]))
+
+
+@study_app.command("fashion-seed", hidden=True)
+@user_errors
+def study_fashion_seed(
+    work: Annotated[Path, typer.Argument(help="the study's work directory")],
+    seed: Annotated[int, typer.Option("--seed", help="the seed to run")],
+    spec: Annotated[str, typer.Option("--spec", help="the study spec, as JSON")],
+    data_dir: Annotated[str, typer.Option("--data-dir")] = RunConfig.data_dir,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--threads", help="torch threads"),
+    ] = None,
+) -> None:
+    """One seed of the Keskar part of `study fashion` (what each of its --jobs children runs)."""
+    import json
+
+    from lbtkit.specs import FashionStudySpec
+    from lbtkit.studies.fashion import keskar_seed
+    from lbtkit.train import exit_code, set_cpu_threads
+
+    check_at_least_one("--threads", threads)
+    study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")
+    set_cpu_threads(threads)
+    summary = keskar_seed(study_spec, seed, work, data_dir=data_dir)
     raise typer.Exit(exit_code(summary["status"]))
 
 

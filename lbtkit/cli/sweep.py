@@ -9,7 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lbtkit.cli.common import app, console, user_errors, with_config_flags
+from lbtkit.cli.common import (
+    app,
+    check_at_least_one,
+    console,
+    user_errors,
+    with_config_flags,
+)
 from lbtkit.config import build_config
 
 DEFAULT_BATCH_SIZES = "32,64,128,256,512,1024"
@@ -90,6 +96,10 @@ def sweep_run_task(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
     index: Annotated[int, typer.Option("--index", help="entry to run (array task id)")],
     progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--threads", help="torch threads, unless the entry sets its own"),
+    ] = None,
 ) -> None:
     """Run one entry of a sweep (what each SLURM array task calls).
 
@@ -99,24 +109,38 @@ def sweep_run_task(
     """
     from lbtkit.sweep import run_task
 
-    raise typer.Exit(run_task(sweep_dir, index, progress=progress))
+    check_at_least_one("--threads", threads)
+    raise typer.Exit(run_task(sweep_dir, index, progress=progress, threads=threads))
 
 
 @sweep_app.command("run")
 @user_errors
 def sweep_run(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    progress: Annotated[bool, typer.Option(help="show progress (one entry at a time only)")
+                        ] = True,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="entries at once, each in a process of its own with its "
+        "share of the CPUs (and its own GPUs); logs in SWEEP_DIR/logs/")] = 1,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--threads", help="torch threads per entry, unless the entry sets "
+                     "its own [default: torch's; with --jobs N, the usable CPUs / N]"),
+    ] = None,
 ) -> None:
-    """Run every entry that is not completed, one after another, on this machine.
+    """Run every entry that is not completed on this machine: one after another, or --jobs N
+    at once. Results equal one-at-a-time ones at the same --threads.
 
     \b
     Example:
         lbtkit sweep run sweeps/s
+        lbtkit sweep run sweeps/s --jobs 2
     """
     from lbtkit.sweep import run_all, run_all_exit_code
 
-    statuses = run_all(sweep_dir, progress=progress)
+    check_at_least_one("--jobs", jobs)
+    check_at_least_one("--threads", threads)
+    statuses = run_all(sweep_dir, progress=progress, jobs=jobs, threads=threads)
     _print_status(sweep_dir)
     raise typer.Exit(run_all_exit_code(statuses))
 

@@ -66,10 +66,9 @@ class Point:
 
 def default_jobs() -> int:
     """Runs at once: 2 where 2 or more CPUs are usable (each run takes one thread), else 1."""
-    import os
+    from lbtkit.local_pool import usable_cpus
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 2 if (usable or 1) >= 2 else 1
+    return 2 if usable_cpus() >= 2 else 1
 
 
 def center_lr(spec: CriticalBatchSpec, optimizer: str, batch_size: int) -> float:
@@ -160,15 +159,8 @@ def run_round(sweep_dir: Path, *, jobs: int, progress: bool) -> bool:
     """Run a round's entries (``jobs`` at once); False when interrupted."""
     from lbtkit.sweep import run_all
 
-    statuses = _run_all(run_all, sweep_dir, jobs=jobs, progress=progress)
+    statuses = run_all(sweep_dir, progress=progress, jobs=jobs)
     return STATUS_INTERRUPTED not in statuses.values()
-
-
-def _run_all(run_all, sweep_dir: Path, *, jobs: int, progress: bool) -> dict[int, str]:
-    try:
-        return run_all(sweep_dir, progress=progress, jobs=jobs)
-    except TypeError:  # a run_all without local parallelism
-        return run_all(sweep_dir, progress=progress)
 
 
 def read_records(sweep_dir: Path, round_number: int) -> list[dict[str, Any]]:

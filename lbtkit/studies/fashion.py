@@ -46,6 +46,7 @@ import torch
 from lbtkit.config import build_config
 from lbtkit.rundir import (
     STATUS_COMPLETED,
+    STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     RunDir,
     atomic_write_text,
@@ -105,12 +106,15 @@ def run_fashion_study(
     *,
     data_dir: str = "data",
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run ``spec`` into ``output``; return {"status", "index", "numbers", ...}.
 
     Status "interrupted": a run was stopped (rerun to resume); "completed": index.md was
     written. ``data_dir``: where ``lbtkit run`` looks for Fashion-MNIST first (then the
-    Debian package's folder).
+    Debian package's folder). ``jobs`` > 1: the seeds of the Keskar part and the sweep's
+    entries run that many at once in child processes first (``lbtkit.local_pool``), each
+    with ``spec.threads`` threads: the same numbers as one at a time.
     """
     output = Path(output)
     previous_threads = torch.get_num_threads()
@@ -122,17 +126,20 @@ def run_fashion_study(
         work.mkdir(exist_ok=True)
         _ignore(output, "/work/\n")
         clock = StudyClock(work / "timings.json", budget.estimate(spec))
-        machine = describe_machine(spec.threads)
+        machine = describe_machine(spec.threads, jobs)
         log.info("fashion study: %d seeds, SB %d vs LB %d, then batch sizes %s; on %s",
                  len(spec.seeds), spec.sb, spec.lb,
                  ", ".join(map(str, spec.sweep_batch_sizes)), machine["text"])
 
+        if jobs > 1 and not _runs_at_once(spec, work, clock, jobs=jobs, data_dir=data_dir):
+            clock.log("interrupted: rerun the same command to resume")
+            return {"status": STATUS_INTERRUPTED}
         keskar = _keskar(spec, work, output / "keskar", clock, data_dir=data_dir,
                          progress=progress)
         if keskar["status"] == STATUS_INTERRUPTED:
             return keskar
         sweep = _sweep(spec, work / "sweep", output / "sweep", clock, data_dir=data_dir,
-                       progress=progress)
+                       progress=progress, jobs=jobs)
         if sweep["status"] == STATUS_INTERRUPTED:
             return sweep
 
@@ -165,10 +172,6 @@ def keskar_base(spec: FashionStudySpec, seed: int, *, data_dir: str):
 
 def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
             data_dir: str, progress: bool) -> dict[str, Any]:
-    from lbtkit.studies.keskar import keskar_study
-
-    study_spec = KeskarStudySpec(sb=spec.sb, lb=spec.lb, interpolation=spec.interpolation,
-                                 sharpness=spec.sharpness)
     records, curves, left_out = [], [], []
     for number, seed in enumerate(spec.seeds, start=1):
         name = f"keskar seed {seed}"
@@ -176,8 +179,7 @@ def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
                   f"SB {spec.sb} and LB {spec.lb} from one initialisation, each until "
                   f"{_rule_text(spec)}, then interpolation and sharpness", upcoming=name)
         with clock.step(name):
-            summary = keskar_study(keskar_base(spec, seed, data_dir=data_dir), study_spec,
-                                   work / f"keskar-s{seed}", progress=progress)
+            summary = keskar_seed(spec, seed, work, data_dir=data_dir, progress=progress)
         if summary["status"] == STATUS_INTERRUPTED:
             clock.log("interrupted: rerun the same command to resume")
             return {"status": STATUS_INTERRUPTED}
@@ -196,6 +198,17 @@ def _keskar(spec: FashionStudySpec, work: Path, out: Path, clock: StudyClock, *,
             f"{100 * r['train_acc']:.2f}%, test acc {100 * r['test_acc']:.2f}% "
             f"({r['stopped_by']})" for r in records[-2:]))
     return _write_keskar(records, curves, left_out, out)
+
+
+def keskar_seed(spec: FashionStudySpec, seed: int, work: Path, *, data_dir: str,
+                progress: bool = True) -> dict[str, Any]:
+    """One seed of the Keskar part: ``keskar_study`` in WORK/keskar-sSEED (resumable)."""
+    from lbtkit.studies.keskar import keskar_study
+
+    study_spec = KeskarStudySpec(sb=spec.sb, lb=spec.lb, interpolation=spec.interpolation,
+                                 sharpness=spec.sharpness)
+    return keskar_study(keskar_base(spec, seed, data_dir=data_dir), study_spec,
+                        work / f"keskar-s{seed}", progress=progress)
 
 
 def _write_keskar(records: list[dict[str, Any]], curves: list[list[dict[str, Any]]],
@@ -244,7 +257,7 @@ def sweep_base(spec: FashionStudySpec, *, data_dir: str):
 
 
 def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock, *,
-           data_dir: str, progress: bool) -> dict[str, Any]:
+           data_dir: str, progress: bool, jobs: int = 1) -> dict[str, Any]:
     from lbtkit.report import collect, write_report
     from lbtkit.sweep import load_sweep, plan_sweep, run_all
 
@@ -255,7 +268,7 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
     with clock.step("sweep"):
         plan_sweep(sweep_base(spec, data_dir=data_dir),
                    {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)
-        statuses = run_all(sweep_dir, progress=progress)
+        statuses = run_all(sweep_dir, progress=progress, jobs=jobs, threads=spec.threads)
     if STATUS_INTERRUPTED in statuses.values() or len(statuses) < len(spec.sweep_batch_sizes):
         clock.log("interrupted: rerun the same command to resume")
         return {"status": STATUS_INTERRUPTED}
@@ -297,11 +310,68 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
     return run_noise_scale(spec, run_dir, output=target, weights=weights)
 
 
+# --- with --jobs N: the independent runs at once -----------------------------------------------
+
+
+def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs: int,
+                  data_dir: str) -> bool:
+    """Every seed's ``keskar_seed`` (``lbtkit study fashion-seed``) and every sweep entry
+    (``lbtkit sweep run-task``) in a child process, ``jobs`` at once, the long seeds first so
+    the short entries fill the gaps; False when one was interrupted (a signal stops them
+    all). The steps after read their results up to date, and retry in this process what a
+    child left failed, so its error shows as it would one at a time. Each child gets
+    ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the same numbers."""
+    import json
+    import sys
+
+    from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
+    from lbtkit.sweep import load_sweep, plan_sweep, read_run
+
+    threads = spec.threads or threads_per_job(usable_cpus(), jobs)
+    lbtkit = [sys.executable, "-m", "lbtkit"]
+    env = {"OMP_NUM_THREADS": str(threads)}
+    tasks = [Task(key=f"keskar seed {seed}", log=work / "logs" / f"keskar-s{seed}.log", env=env,
+                  command=[*lbtkit, "study", "fashion-seed", str(work), "--seed", str(seed),
+                           "--spec", json.dumps(spec.to_dict()), "--data-dir", data_dir,
+                           "--threads", str(threads)])
+             for seed in spec.seeds]
+    sweep_dir = work / "sweep"
+    plan_sweep(sweep_base(spec, data_dir=data_dir),
+               {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
+    for entry in load_sweep(sweep_dir)["runs"]:
+        if read_run(entry).state in (STATUS_COMPLETED, STATUS_DIVERGED):
+            continue  # a rerun: nothing to start a process for
+        name = entry["config"]["name"]
+        tasks.append(Task(key=f"sweep {name}", log=sweep_dir / "logs" / f"{name}.log", env=env,
+                          command=[*lbtkit, "sweep", "run-task", str(sweep_dir), "--index",
+                                   str(entry["index"]), "--threads", str(threads)]))
+    clock.log(f"steps 1-2/3 the Keskar seeds and the sweep's entries, {jobs} processes at "
+              f"once, {_count(threads, 'thread')} each (logs in {work / 'logs'} and "
+              f"{sweep_dir / 'logs'})", upcoming="runs at once")
+    with clock.step(f"runs, {jobs} at once"):
+        result = run_tasks(
+            tasks, [{} for _ in range(jobs)],
+            on_start=lambda task, pid: log.info("fashion: %s started (pid %d)", task.key, pid),
+            on_finish=_child_finished)
+    return result.stopped_by is None
+
+
+def _child_finished(task, code: int) -> bool:
+    """A progress line; True (stop the others) when the child was interrupted."""
+    from lbtkit.train import EXIT_INTERRUPTED
+
+    outcome = {0: "done", 3: "diverged", EXIT_INTERRUPTED: "interrupted"}.get(
+        code, f"failed (exit {code}; see {task.log})")
+    log.info("fashion: %s %s", task.key, outcome)
+    return code == EXIT_INTERRUPTED
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def describe_machine(threads: int | None) -> dict[str, Any]:
-    """The CPU, its cores, the cores this process may use, torch's threads, the load."""
+def describe_machine(threads: int | None, jobs: int = 1) -> dict[str, Any]:
+    """The CPU, its cores, the cores this process may use, torch's threads, the processes
+    run at once (``jobs``), the load."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -314,9 +384,10 @@ def describe_machine(threads: int | None) -> dict[str, Any]:
     torch_threads = threads if threads is not None else torch.get_num_threads()
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     text = (f"{model}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
-            f"with {torch_threads} thread{'s' if torch_threads != 1 else ''}, one process")
+            f"with {torch_threads} thread{'s' if torch_threads != 1 else ''}, "
+            + (f"{jobs} processes at once" if jobs > 1 else "one process"))
     return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable,
-            "torch_threads": torch_threads, "processes": 1, "torch": torch.__version__,
+            "torch_threads": torch_threads, "processes": jobs, "torch": torch.__version__,
             "python": platform.python_version(), "load_average_at_start": load, "text": text}
 
 

@@ -1,0 +1,258 @@
+"""Run several commands at once on one machine, and stop them together.
+
+The local counterpart of a SLURM job array, for ``lbtkit sweep run --jobs N`` and the studies:
+each task is a command (usually ``python -m lbtkit ...``) run in a child process, at most one
+per *slot* at a time. A slot is a set of environment variables: the GPUs it owns
+(``CUDA_VISIBLE_DEVICES``), for instance; the CPUs are shared out by giving every child
+``threads_per_job`` torch threads (``OMP_NUM_THREADS`` and the task's own flags).
+
+Stopping behaves as for one run: SIGTERM, SIGINT or SIGUSR1 to this process is relayed to every
+running child as SIGTERM (each checkpoints and exits 75) and no further task starts. A child
+also gets SIGTERM when this process dies without relaying (``kill -9``: Linux's parent-death
+signal), and the launchers of multi-process tasks are adopted as in ``lbtkit.launch``, so no
+child is left training. Which tasks ran and how they ended is the caller's to judge from the
+exit codes (``run_tasks`` returns them).
+
+Nothing here knows about sweeps: ``lbtkit.sweep.run_entries`` builds the tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lbtkit.launch import become_subreaper, child_pids, stop_orphans
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2  # how often the pool looks for finished children
+_RELAYED = ("SIGTERM", "SIGINT", "SIGUSR1")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One command to run: ``key`` names it in the result, ``env`` is added to this process's
+    environment (and the slot's), ``log`` receives its stdout and stderr (appended)."""
+
+    key: Hashable
+    command: Sequence[str]
+    log: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    launches: bool = False  # starts processes of its own (accelerate launch): adopt them
+
+
+@dataclass
+class PoolResult:
+    """Exit codes of the tasks that ran (in the order they finished), and the signal that
+    stopped the pool (None when every task got its turn)."""
+
+    returncodes: dict[Hashable, int]
+    stopped_by: str | None = None
+
+
+# --- sharing the machine out (pure) ------------------------------------------------------------
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a SLURM or taskset limit), not the
+    machine's core count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_job(cpus: int, jobs: int) -> int:
+    """torch threads for each of ``jobs`` concurrent children on ``cpus`` CPUs (at least 1)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    return max(1, cpus // jobs)
+
+
+def visible_gpus(device_count: int, environ: Mapping[str, str]) -> list[str]:
+    """The ids of the GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` names them for a
+    child: the parent's own list when it has one (ids or UUIDs), else 0..count-1."""
+    if device_count <= 0:
+        return []
+    listed = [part.strip() for part in environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+              if part.strip()]
+    if listed:
+        return listed[:device_count]
+    return [str(index) for index in range(device_count)]
+
+
+def gpu_slots(gpus: Sequence[str], jobs: int, world_size: int) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` of each concurrent slot: disjoint blocks of ``world_size``
+    GPUs, as many as fit and at most ``jobs``. None when there are no GPUs, or fewer than
+    one entry needs (the entries then run as they would one at a time)."""
+    if jobs < 1 or world_size < 1:
+        raise ValueError(f"jobs and world_size must be >= 1, got {jobs} and {world_size}")
+    if not gpus or world_size > len(gpus):
+        return None
+    fit = min(jobs, len(gpus) // world_size)
+    return [",".join(gpus[slot * world_size:(slot + 1) * world_size]) for slot in range(fit)]
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def run_tasks(
+    tasks: Iterable[Task],
+    slots: Sequence[Mapping[str, str]],
+    *,
+    on_start: Callable[[Task, int], None] | None = None,
+    on_finish: Callable[[Task, int], bool | None] | None = None,
+) -> PoolResult:
+    """Run ``tasks`` in order, one per slot at a time (``len(slots)`` at once); wait for all.
+
+    ``on_start(task, pid)`` is called as a task starts; ``on_finish(task, returncode)`` as it
+    ends, and returning True stops the pool as a signal would (the running tasks get SIGTERM,
+    no more start). A task killed by signal N has returncode -N. Tasks that never started are
+    missing from the result. Call it from the main thread: signals are caught there, and
+    the parent-death signal of a child is tied to the thread that started it.
+    """
+    if not slots:
+        raise ValueError("run_tasks needs at least one slot")
+    pool = _Pool(list(tasks), list(slots), on_start, on_finish)
+    with pool.relaying_signals():
+        try:
+            pool.run()
+        finally:
+            pool.stop_and_wait()  # after a bug in a callback too: no child keeps training
+    return PoolResult(pool.returncodes, pool.stopped_by)
+
+
+@dataclass
+class _Running:
+    task: Task
+    slot: int
+    process: subprocess.Popen
+    signalled: bool = False
+
+
+class _Pool:
+    def __init__(self, tasks: list[Task], slots: list[Mapping[str, str]],
+                 on_start: Callable[[Task, int], None] | None,
+                 on_finish: Callable[[Task, int], bool | None] | None) -> None:
+        self.waiting = tasks
+        self.free_slots = list(range(len(slots)))
+        self.slots = slots
+        self.on_start, self.on_finish = on_start, on_finish
+        self.running: list[_Running] = []
+        self.returncodes: dict[Hashable, int] = {}
+        self.stopped_by: str | None = None
+        self.adopting = False
+
+    @contextlib.contextmanager
+    def relaying_signals(self):
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in _RELAYED:
+                signum = getattr(signal, name)
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop(signal.Signals(signum).name)
+
+    def stop(self, reason: str) -> None:
+        """Start nothing more; SIGTERM every running child once (it checkpoints, exits 75)."""
+        if self.stopped_by is None:
+            self.stopped_by = reason
+            log.info("pool: %s; stopping %d running task(s) at their next checkpoint",
+                     reason, len(self.running))
+        for running in self.running:
+            if not running.signalled and running.process.poll() is None:
+                running.signalled = True
+                with contextlib.suppress(ProcessLookupError):
+                    running.process.send_signal(signal.SIGTERM)
+        if self.adopting:  # launchers' workers whose launcher already died
+            known = {running.process.pid for running in self.running}
+            for pid in child_pids():
+                if pid not in known:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+
+    def run(self) -> None:
+        while self.running or (self.waiting and self.stopped_by is None):
+            while self.waiting and self.free_slots and self.stopped_by is None:
+                self._start(self.waiting.pop(0), self.free_slots.pop(0))
+            self._reap()
+            if self.running:
+                time.sleep(POLL_SECONDS)
+
+    def _start(self, task: Task, slot: int) -> None:
+        if task.launches and not self.adopting:
+            self.adopting = become_subreaper()
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.slots[slot], **task.env}
+        with task.log.open("a") as out:
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            out.write(f"--- {stamp} {' '.join(map(str, task.command))}\n")
+            out.flush()
+            process = subprocess.Popen(
+                list(map(str, task.command)), env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent(os.getpid()))
+        running = _Running(task, slot, process)
+        self.running.append(running)
+        if self.stopped_by is not None:  # a signal came while it started
+            self.stop(self.stopped_by)
+        if self.on_start is not None:
+            self.on_start(task, process.pid)
+
+    def _reap(self) -> None:
+        for running in list(self.running):
+            returncode = running.process.poll()
+            if returncode is None:
+                continue
+            self.running.remove(running)
+            self.free_slots.append(running.slot)
+            self.free_slots.sort()
+            self.returncodes[running.task.key] = returncode
+            if self.on_finish is not None and self.on_finish(running.task, returncode):
+                self.stop("a task was interrupted")
+
+    def stop_and_wait(self) -> None:
+        if self.running:
+            self.stop(self.stopped_by or "the pool is stopping")
+        while self.running:
+            self._reap()
+            if self.running:
+                time.sleep(POLL_SECONDS)
+        if self.adopting:
+            from lbtkit.cluster import launcher_environment
+
+            stop_orphans(float(launcher_environment(os.environ)[
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))
+
+
+def _terminate_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn``: the child gets SIGTERM (checkpoint, exit 75) when its parent dies,
+    even by SIGKILL, which the parent cannot relay (Linux ``PR_SET_PDEATHSIG``). None where
+    prctl is missing (not Linux): there a SIGKILLed parent leaves its children running."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not after the fork
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec

@@ -1,0 +1,142 @@
+"""The local process pool (lbtkit.local_pool): sharing CPUs and GPUs out, running commands N at
+once, stopping them together. The children here are shell commands (milliseconds); the sweep on
+top of the pool is tested in test_sweep_jobs.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lbtkit.local_pool import Task, gpu_slots, run_tasks, threads_per_job, visible_gpus
+
+from conftest import scaled_timeout
+
+# --- sharing the machine out ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cpus", "jobs", "threads"), [
+    (2, 1, 2), (2, 2, 1), (8, 3, 2), (2, 4, 1), (64, 4, 16),
+])
+def test_each_job_gets_its_share_of_the_cpus(cpus, jobs, threads):
+    assert threads_per_job(cpus, jobs) == threads
+
+
+@pytest.mark.parametrize(("gpus", "jobs", "world_size", "slots"), [
+    (["0", "1", "2", "3"], 4, 1, ["0", "1", "2", "3"]),  # four single-GPU entries at once
+    (["0", "1", "2", "3"], 2, 1, ["0", "1"]),
+    (["0", "1", "2", "3"], 8, 1, ["0", "1", "2", "3"]),  # no more at once than GPUs
+    (["0", "1", "2", "3"], 4, 2, ["0,1", "2,3"]),  # two 2-process entries, their own pairs
+    (["0", "1", "2"], 4, 2, ["0,1"]),  # the third GPU cannot hold a 2-process entry
+    (["0", "1", "2", "3"], 1, 4, ["0,1,2,3"]),
+    (["3", "5"], 2, 1, ["3", "5"]),  # the ids this process was given, not 0..N-1
+    (["0", "1"], 2, 4, None),  # an entry needs more GPUs than there are
+    ([], 2, 1, None),  # the CPU: no GPUs to give out
+])
+def test_gpu_slots_give_each_entry_gpus_of_its_own(gpus, jobs, world_size, slots):
+    assert gpu_slots(gpus, jobs, world_size) == slots
+
+
+def test_visible_gpus_keep_the_parents_ids():
+    assert visible_gpus(0, {}) == []
+    assert visible_gpus(2, {}) == ["0", "1"]
+    assert visible_gpus(2, {"CUDA_VISIBLE_DEVICES": "4, 6"}) == ["4", "6"]
+    assert visible_gpus(2, {"CUDA_VISIBLE_DEVICES": ""}) == ["0", "1"]
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def sh(script: str, log: Path, key, **env: str) -> Task:
+    return Task(key=key, command=["sh", "-c", script], log=log, env=env)
+
+
+def test_tasks_run_at_once_in_their_slots_and_log(tmp_path):
+    # Each waits for the other's marker: this finishes only if both run at the same time.
+    def waits_for(me: str, other: str) -> str:
+        return (f"echo $SLOT > {tmp_path}/{me}; "
+                f"while [ ! -e {tmp_path}/{other} ]; do sleep 0.01; done; echo done-$WHO; "
+                f"exit {3 if me == 'b' else 0}")
+
+    tasks = [sh(waits_for("a", "b"), tmp_path / "a.log", "a", WHO="a"),
+             sh(waits_for("b", "a"), tmp_path / "b.log", "b", WHO="b"),
+             sh("echo $SLOT", tmp_path / "c.log", "c")]
+    started, finished = [], []
+    result = run_tasks(tasks, [{"SLOT": "x"}, {"SLOT": "y"}],
+                       on_start=lambda task, pid: started.append(task.key),
+                       on_finish=lambda task, code: finished.append((task.key, code)))
+    assert result.returncodes == {"a": 0, "b": 3, "c": 0}
+    assert result.stopped_by is None
+    assert started == ["a", "b", "c"]
+    assert sorted(finished) == [("a", 0), ("b", 3), ("c", 0)]
+    assert {(tmp_path / "a").read_text(), (tmp_path / "b").read_text()} == {"x\n", "y\n"}
+    log = (tmp_path / "a.log").read_text().splitlines()
+    assert log[0].startswith("--- ") and log[0].endswith(tasks[0].command[-1])
+    assert log[1:] == ["done-a"]  # stdout, after the header
+
+
+def test_an_interrupted_task_stops_the_others_and_no_more_start(tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
+    tasks = [sh(f"echo $$ > {pid_file}; exec sleep 600", tmp_path / "s.log", "sleeper"),
+             sh(f"while [ ! -s {pid_file} ]; do sleep 0.01; done; exit 75",
+                tmp_path / "i.log", "interrupted"),
+             sh("exit 0", tmp_path / "never.log", "never")]
+    result = run_tasks(tasks, [{}, {}], on_finish=lambda task, code: code == 75)
+    assert result.returncodes == {"interrupted": 75, "sleeper": -signal.SIGTERM}
+    assert result.stopped_by == "a task was interrupted"
+    assert not (tmp_path / "never.log").exists()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+PARENT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from lbtkit.local_pool import Task, run_tasks
+    folder = Path(sys.argv[1])
+    tasks = [Task(key=i, command=["sh", "-c", f"echo $$ > {folder}/{i}.pid; exec sleep 600"],
+                  log=folder / f"{i}.log") for i in range(2)]
+    run_tasks(tasks, [{}, {}])
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_or_killed_parent_leaves_no_child_running(tmp_path, signum):
+    """SIGTERM is relayed; SIGKILL cannot be, and the children get the parent-death signal."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    pid_files = [tmp_path / f"{i}.pid" for i in range(2)]
+    try:
+        deadline = time.monotonic() + scaled_timeout(60)
+        while not all(path.exists() and path.read_text().strip() for path in pid_files):
+            assert parent.poll() is None, f"the parent exited {parent.returncode}"
+            assert time.monotonic() < deadline, "the children never started"
+            time.sleep(0.01)
+        children = [int(path.read_text()) for path in pid_files]
+        parent.send_signal(signum)
+        parent.wait(timeout=scaled_timeout(30))
+        deadline = time.monotonic() + scaled_timeout(30)
+        while [pid for pid in children if alive(pid)]:
+            assert time.monotonic() < deadline, f"children still running: {children}"
+            time.sleep(0.01)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for path in pid_files:  # never leave a sleeper behind, whatever failed
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(path.read_text()), signal.SIGKILL)
+    assert parent.returncode == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
