@@ -283,9 +283,10 @@ def run_critical_batch_study(output: str | Path, spec: CriticalBatchSpec = FULL,
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        clock = StudyClock(work / "timings.json", budget.critical_batch_estimate(spec))
+        clock = StudyClock(work / "timings.json", budget.critical_batch_estimate(spec),
+                           name="critical batch")
         machine = describe_machine(spec.threads)
-        clock.log(f"critical batch: {len(spec.batch_sizes)} batch sizes x "
+        clock.log(f"{len(spec.batch_sizes)} batch sizes x "
                   f"{len(spec.lr_factors)} learning rates x {len(spec.seeds)} seeds, targets "
                   f"{', '.join(spec.targets)}; on {machine['text']}, {spec.jobs} job(s)",
                   upcoming="tuning")

@@ -411,8 +411,8 @@ class StudyClock:
     run, scaled by how this machine has kept to the estimates so far). Each step's wall time
     is added to ``path`` (JSON), so a resumed study reports the total over invocations."""
 
-    def __init__(self, path: Path, estimates: dict[str, float]) -> None:
-        self.path = path
+    def __init__(self, path: Path, estimates: dict[str, float], name: str = "fashion") -> None:
+        self.path, self.name = path, name
         self.start = time.monotonic()
         self.estimates = estimates
         self.stored: dict[str, float] = read_json(path) if path.exists() else {}
@@ -446,7 +446,7 @@ class StudyClock:
         """A progress line; with ``upcoming`` (the step about to start) the time left."""
         elapsed = _minutes(time.monotonic() - self.start)
         eta = f"; about {_minutes(self.remaining())} left" if upcoming else ""
-        log.info("fashion [%s] %s%s", elapsed, text, eta)
+        log.info("%s [%s] %s%s", self.name, elapsed, text, eta)
 
 
 class _Step:
