@@ -539,7 +539,7 @@ class CriticalBatchSpec(Spec):
     remedy_batches: int = 3
     reference_batch: int = 256
     noise_scale: NoiseScaleSpec = field(default_factory=lambda: NoiseScaleSpec(
-        batch_sizes=(32, 2048), draws=16, seed=0))
+        batch_sizes=(32, 2048), draws=32, seed=0))
     bootstrap_samples: int = 2000
     eval_batch_size: int = 2000
     jobs: int = 1
