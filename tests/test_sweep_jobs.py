@@ -91,6 +91,44 @@ def test_a_child_that_dies_without_results_is_recorded_failed(tmp_path, monkeypa
     assert runs[2].read_results() is None
 
 
+def test_on_four_gpus_each_two_process_entry_is_launched_on_a_pair_of_its_own(
+        tmp_path, monkeypatch):
+    """No GPU here: the device count is faked; the commands are checked, not run."""
+    import torch
+
+    import lbtkit.sweep as sweep_module
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots, processes = sweep_module._slots(world_size=2, jobs=4)
+    assert slots == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert processes == 2
+    sweep = load_sweep(plan_smoke(tmp_path / "sweep"))
+    task = sweep_module._entry_task(sweep, sweep["runs"][1], threads=8, processes=2)
+    assert task.launches
+    assert task.command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert task.command[task.command.index("--num_processes") + 1] == "2"
+    tail = task.command[task.command.index("lbtkit") + 1:]
+    assert tail == ["sweep", "run-task", sweep["sweep_dir"], "--index", "1", "--threads", "4"]
+    assert task.env["OMP_NUM_THREADS"] == "4"  # 8 threads over its 2 processes
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" in task.env
+
+
+def test_on_the_cpu_an_entry_is_one_process_with_its_threads(tmp_path, monkeypatch):
+    import torch
+
+    import lbtkit.sweep as sweep_module
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert sweep_module._slots(world_size=2, jobs=3) == ([{}, {}, {}], 1)
+    sweep = load_sweep(plan_smoke(tmp_path / "sweep"))
+    task = sweep_module._entry_task(sweep, sweep["runs"][0], threads=2, processes=1)
+    assert not task.launches
+    assert task.command[1:] == ["-m", "lbtkit", "sweep", "run-task", sweep["sweep_dir"],
+                                "--index", "0", "--threads", "2"]
+    assert task.log == Path(sweep["sweep_dir"]) / "logs" / "b32-s0.log"
+
+
 @pytest.mark.slow
 def test_sigterm_stops_every_running_entry_at_a_checkpoint_and_the_rerun_completes(tmp_path):
     # Two seeds of one batch size: as fast as each other, neither finishes first.
