@@ -20,6 +20,12 @@ from lbtkit.specs import DEFAULT_ALPHAS, InterpolationSpec, KeskarStudySpec, Sha
 study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
+# The options the whole-study commands share.
+StudyOutput = Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")]
+DataDir = Annotated[str, typer.Option("--data-dir", help="where to look for fashion-mnist first "
+                                      "(then /usr/share/datasets/fashion-mnist)")]
+ShowProgress = Annotated[bool, typer.Option(help="show progress")]
+
 
 @study_app.command("keskar")
 @user_errors
@@ -81,7 +87,7 @@ def study_keskar(
 @study_app.command("fashion")
 @user_errors
 def study_fashion(
-    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    output: StudyOutput,
     quick: Annotated[
         bool, typer.Option("--quick", help="2 seeds, 1-2 epochs, small measurements: minutes")
     ] = False,
@@ -90,11 +96,8 @@ def study_fashion(
         typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 3; 2 with "
                      "--quick); each seed adds about 10 minutes")
     ] = None,
-    data_dir: Annotated[
-        str, typer.Option("--data-dir", help="where to look for fashion-mnist first (then "
-                          "/usr/share/datasets/fashion-mnist)")
-    ] = RunConfig.data_dir,
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    data_dir: DataDir = RunConfig.data_dir,
+    progress: ShowProgress = True,
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", help="seeds, and sweep entries, at once: each in a process of its own "
         "(logs in OUTPUT/work/); the same numbers")] = 1,
@@ -122,22 +125,20 @@ def study_fashion(
 @study_app.command("critical-batch")
 @user_errors
 def study_critical_batch(
-    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
+    output: StudyOutput,
     quick: Annotated[
-        bool, typer.Option("--quick", help="3 batch sizes, easy targets, 2 epochs: minutes")
+        bool, typer.Option("--quick", help="3 batch sizes, easy targets, short runs: minutes")
     ] = False,
     jobs: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--jobs", help="runs at once on this machine (default: 1, or 2 with "
-                     "2+ usable cores); the CPUs are split between them")
+        typer.Option("--jobs", help="runs at once on this machine, one thread each (default: "
+                     "2 where 2 or more CPUs are usable, else 1)")
     ] = None,
     remedies: Annotated[
         bool, typer.Option(help="also tune LARS and LAMB at the largest batch sizes")
     ] = True,
-    data_dir: Annotated[
-        str, typer.Option("--data-dir", help="where to look for the data set first")
-    ] = RunConfig.data_dir,
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    data_dir: DataDir = RunConfig.data_dir,
+    progress: ShowProgress = True,
 ) -> None:
     """Steps to target per batch size, tuned lr, B_crit fit, noise-scale prediction.
 

@@ -75,16 +75,21 @@ def _steps_vs_batch(path: Path, spec: CriticalBatchSpec, records: list[dict[str,
             measured = [b["steps"] for b in entry["best"] if b["steps"] is not None]
             ax.set_ylim(min([s_min, *measured]) / 2, max([s_min, *measured]) * 2)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size B")
-        ax.set_ylabel("optimizer steps to target")
-        ax.set_title(entry["target"].replace("<=", " ≤ "), fontsize=11)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="lower left")
+        _log_axes(ax, entry["target"], "batch size B", "optimizer steps to target", "lower left")
     fig.suptitle("Steps to target at the best learning rate per batch size", y=0.995)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _log_axes(ax, target: str, xlabel: str, ylabel: str, legend: str) -> None:
+    """A log y-axis, the labels, the target as the title, a grid and the legend."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(target.replace("<=", " ≤ "), fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc=legend)
 
 
 def _best_seed_points(ax, records: list[dict[str, Any]], target: str, optimizer: str) -> None:
@@ -133,12 +138,8 @@ def _steps_vs_examples(path: Path, targets: list[dict[str, Any]]) -> None:
             ax.axvline(e_min, color="gray", ls="--", lw=1, label="E_min")
             ax.axhline(s_min, color="gray", ls=":", lw=1, label="S_min")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training examples E = B·S")
-        ax.set_ylabel("optimizer steps S")
-        ax.set_title(entry["target"].replace("<=", " ≤ "), fontsize=11)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, loc="upper right")
+        _log_axes(ax, entry["target"], "training examples E = B·S", "optimizer steps S",
+                  "upper right")
     fig.suptitle("Steps against examples (labels: batch size)", y=0.995)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -167,7 +168,8 @@ def _bcrit_vs_target(path: Path, targets: list[dict[str, Any]]) -> None:
     ax.set_xlabel("target (a lower loss or error is harder)")
     ax.set_title("Critical batch size and its noise-scale prediction, per target")
     ax.grid(True, which="both", axis="y", alpha=0.25)
-    ax.legend(fontsize=8)
+    if fitted:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
