@@ -589,7 +589,9 @@ def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
         if not low_x <= noise <= high_x:  # keep the line in view, however far from the sweep
             ax.set_xlim(min(low_x, noise / 1.5), max(high_x, noise * 1.5))
     ax.set_xlabel("batch size (global)")
-    ax.set_ylabel("top-1 (%)" + (", mean ± std over seeds" if several_seeds else ""))
+    clipped = bool(lines) and min(m for line in lines for m in line[1]) < ax.get_ylim()[0]
+    ax.set_ylabel("top-1 (%)" + (", mean ± std over seeds" if several_seeds else "")
+                  + ("; lower values labelled on the axis" if clipped else ""))
     ax.set_title("Accuracy vs batch size" + (
         "" if budget is None else f", a fixed budget of {budget} epoch{'s' * (budget != 1)}"))
     ax.grid(alpha=0.3)
