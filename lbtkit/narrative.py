@@ -574,11 +574,9 @@ SEED_STANDARD_ERRORS = 2.0
 # many percentage points (Keskar's F1 sides are 0.26 points apart: 99.66 vs 99.92).
 SAME_FIT_POINTS = 0.5
 # Over a batch-size sweep, accuracy "has fallen" at the first batch size above the best one
-# whose best validation accuracy is more than this many percentage points below the best.
+# whose (best or final) validation accuracy is more than this many percentage points below
+# the best.
 FALL_POINTS = 1.0
-# The batch where accuracy falls "agrees" with B_simple when they are within this factor
-# (McCandlish et al. present B_simple as an order-of-magnitude prediction of B_crit).
-CRITICAL_FACTOR = 2.0
 
 # Keskar et al. 2016, Table 2 (F1 on MNIST; mean ± std over 5 runs): train and test accuracy
 # in %, sharpness (full space eps 1e-3 and 5e-4, a random 100-dim subspace eps 1e-3).
@@ -699,33 +697,85 @@ def paper_sentence(summary: dict[str, dict[str, Any]]) -> str:
             + "; ".join(parts) + ".")
 
 
-def critical_batch_sentence(fall: dict[str, Any], noise: dict[str, Any] | None, *,
-                            noise_batch: int, noise_init: dict[str, Any] | None = None) -> str:
-    """Where accuracy starts to fall over the sweep (FALL_POINTS) next to B_simple measured
-    on the batch-``noise_batch`` run at its initial (``noise_init``) and final weights
-    (``noise``); an estimate counts when it exceeds SEED_STANDARD_ERRORS standard errors, and
-    agrees with the fall within CRITICAL_FACTOR."""
-    best = fall["best"]
-    if best is None:
-        return "No sweep run has an accuracy: no critical batch to compare."
-    text = (f"Over the sweep, the best validation accuracy is {100 * best['best_val_acc']:.2f}% "
-            f"at batch {best['batch_size']}")
-    if fall["fall"] is None:
-        text += (f"; no larger batch is more than {FALL_POINTS:g} point below it, so accuracy "
-                 "does not fall within the swept range")
+def fixed_budget_sentence(rows: Sequence[dict[str, Any]], best: dict[str, Any],
+                          final: dict[str, Any], *, epochs: int) -> str:
+    """What a fixed-epoch-budget sweep shows (``lbtkit.report`` rows): where best and where
+    final validation accuracy first fall by more than FALL_POINTS (``falling_batch`` on
+    each), the test accuracy of the run best on validation (reported, never selected on), and
+    why the fall is not the critical batch."""
+    top = best["best"]
+    if top is None:
+        return "No sweep run has an accuracy."
+    held = {row.get("val_split") or 0 for row in rows}
+    where = (f"{held.pop():,} training images held out" if len(held) == 1 and 0 not in held
+             else "the test split" if held == {0} else "held out where val_split > 0")
+    text = (f"With a fixed budget of {epochs} epoch{'s' * (epochs != 1)} at every batch size, "
+            f"the best validation accuracy (on {where}) is {100 * top['best_val_acc']:.2f}% at "
+            f"batch {top['batch_size']}")
+    text += _fall_clause(best, "best_val_acc") + "; on final validation accuracy, " + (
+        "no run has one" if final["best"] is None else
+        f"the best is {100 * final['best']['final_val_acc']:.2f}% at batch "
+        f"{final['best']['batch_size']}{_fall_clause(final, 'final_val_acc')}") + "."
+    test = top.get("test_acc")
+    if test is not None:
+        text += (f" The test accuracy of the batch-{top['batch_size']} run, evaluated once at "
+                 f"its end and not selected on, is {100 * test:.2f}%.")
+    steps = sorted((r["batch_size"], r["steps"]) for r in rows if r.get("steps") is not None)
+    if len(steps) > 1:
+        text += (f" The budget gives batch {steps[-1][0]} {steps[-1][1]:,} optimizer steps "
+                 f"against {steps[0][1]:,} at batch {steps[0][0]}")
     else:
-        f = fall["fall"]
-        text += (f"; it first falls by more than {FALL_POINTS:g} point at batch "
-                 f"{f['batch_size']} ({100 * f['best_val_acc']:.2f}%), so the fall lies "
-                 f"between batch {fall['before']} and {f['batch_size']}")
+        text += " The budget gives larger batches fewer optimizer steps"
+    return text + (", so a fall mixes too few steps with the batch size and does not locate "
+                   "the critical batch: `lbtkit study critical-batch` "
+                   "(docs/critical-batch/index.md) measures steps to a target with the "
+                   "learning rate tuned per batch size.")
+
+
+def _fall_clause(fall: dict[str, Any], key: str) -> str:
+    if fall["fall"] is None:
+        return (f"; no larger batch is more than {FALL_POINTS:g} point below it up to batch "
+                f"{fall['largest']}")
+    f = fall["fall"]
+    return (f"; it first falls by more than {FALL_POINTS:g} point at batch {f['batch_size']} "
+            f"({100 * f[key]:.2f}%)")
+
+
+def stability_sentence(rows: Sequence[dict[str, Any]]) -> str:
+    """Which sweep runs were unstable (a training loss above chance, ln(classes), at some
+    epoch) and which diverged (a non-finite loss), from ``lbtkit.report`` rows."""
+    chance = {row["chance_loss"] for row in rows} - {None}
+    rule = "ln(classes)" + (f" = {chance.pop():.2f}" if len(chance) == 1 else "")
+    unstable = [r for r in rows if r.get("unstable") and r["status"] != "diverged"]
+    diverged = [r for r in rows if r["status"] == "diverged"]
+    if not unstable and not diverged:
+        return (f"No sweep run was unstable (a training loss above chance, {rule}, at some "
+                "epoch) or diverged.")
+    parts = []
+    if unstable:
+        parts.append(f"unstable, its training loss above chance ({rule}) at some epoch: "
+                     + ", ".join(f"batch {r['batch_size']} ({r['max_train_loss']:.2f} at epoch "
+                                 f"{r['max_train_loss_epoch']})" for r in unstable))
+    if diverged:
+        parts.append("diverged (a non-finite loss stopped it): "
+                     + ", ".join(f"batch {r['batch_size']}" for r in diverged))
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def noise_scale_sentence(noise: dict[str, Any] | None, *, noise_batch: int,
+                         noise_init: dict[str, Any] | None = None) -> str:
+    """B_simple of the batch-``noise_batch`` run at its initial (``noise_init``) and final
+    weights (``noise``); it is set beside no fall of a fixed-budget sweep."""
     measured = [(where, n) for where, n in (("initial", noise_init), ("final", noise))
                 if n is not None]
     if not measured:
-        return text + ". The gradient noise scale was not measured."
-    text += (f". The gradient noise scale of the batch-{noise_batch} run: "
-             + "; ".join(f"at its {where} weights {_noise_phrase(n)}" for where, n in measured))
-    return text + ". " + _critical_verdict(fall, {where: n["b_simple"] for where, n in measured
-                                                  if noise_resolved(n)}, noise_init, noise)
+        return "The gradient noise scale was not measured."
+    return (f"The gradient noise scale of the batch-{noise_batch} run: "
+            + "; ".join(f"at its {where} weights {_noise_phrase(n)}" for where, n in measured)
+            + ". B_simple estimates the critical batch of steps to a target (McCandlish et al. "
+            "2018), which a fixed epoch budget does not measure; `lbtkit study critical-batch` "
+            "sets the two side by side.")
 
 
 def noise_resolved(noise: dict[str, Any]) -> bool:
@@ -749,41 +799,12 @@ def _noise_phrase(noise: dict[str, Any]) -> str:
             "large but not measured by these batches)")
 
 
-def _critical_verdict(fall: dict[str, Any], resolved: dict[str, float],
-                      noise_init: dict[str, Any] | None, noise: dict[str, Any] | None) -> str:
-    if fall["fall"] is None:
-        return (f"The sweep shows no fall up to batch {fall['largest']}, so it cannot test a "
-                "prediction.")
-    if not resolved:
-        return "No measurement resolves B_simple: there is no prediction to compare."
-    low, high = fall["before"], fall["fall"]["batch_size"]
-    for where, b in resolved.items():
-        if low / CRITICAL_FACTOR <= b <= high * CRITICAL_FACTOR:
-            return (f"At the {where} weights B_simple is within a factor of "
-                    f"{CRITICAL_FACTOR:g} of where accuracy falls ({low}-{high}): the noise "
-                    "scale predicts the critical batch here.")
-    start = resolved.get("initial")
-    end_large = noise is not None and (
-        not noise_resolved(noise) or noise["b_simple"] > high * CRITICAL_FACTOR)
-    if start is not None and start < low / CRITICAL_FACTOR and end_large:
-        return (f"The fall ({low}-{high}) lies between the noise scale at the start of "
-                "training and at its end, as for a noise scale that grows while the loss "
-                "falls (McCandlish et al.), but neither measurement predicts it within a "
-                f"factor of {CRITICAL_FACTOR:g}.")
-    where, b = min(resolved.items(), key=lambda item: abs(math.log(item[1] / high)))
-    side = "above" if b > high else "below"
-    ratio = b / high if b > high else low / b
-    return (f"At the {where} weights B_simple is {ratio:.3g} times {side} where accuracy "
-            f"falls ({low}-{high}), more than a factor of {CRITICAL_FACTOR:g}: here it does "
-            "not predict it.")
-
-
 def fashion_thresholds_sentence() -> str:
     """The thresholds behind the Fashion-MNIST study's verdicts, in words."""
     return (f"Thresholds, stated before the numbers: two means over seeds differ when their "
             f"difference exceeds {SEED_STANDARD_ERRORS:g} standard errors (Welch, from the "
             f"seeds' spread); both sides fit alike within {SAME_FIT_POINTS:g} points of "
-            f"training accuracy; accuracy has fallen at the first batch more than "
-            f"{FALL_POINTS:g} point below the sweep's best; a B_simple counts when it exceeds "
-            f"{SEED_STANDARD_ERRORS:g} of its standard errors, and agrees with that batch "
-            f"within a factor of {CRITICAL_FACTOR:g}.")
+            f"training accuracy; over the sweep, accuracy has fallen at the first batch more "
+            f"than {FALL_POINTS:g} point below the sweep's best; a B_simple is resolved when it "
+            f"exceeds {SEED_STANDARD_ERRORS:g} of its standard errors; a run is unstable when "
+            f"its training loss exceeds chance, ln(classes), at some epoch.")

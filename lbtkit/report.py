@@ -131,14 +131,54 @@ def _row(entry: dict[str, Any], record: RunRecord, extra: list[str], root: Path
         "lr": config["lr"],
         "epochs": config["epochs"],
         "epochs_completed": record.epochs_completed,
+        "steps": _steps(record),
+        "val_split": _val_split(config),
         "best_val_acc": record.best_val_acc,
         "final_val_acc": number(final.get("val_acc")),
+        "test_acc": number(results.get("test_acc")),
+        "test_loss": number(results.get("test_loss")),
         "final_train_loss": number(final.get("train_loss")),
+        **_stability(record.metrics, config.get("num_classes")),
         "train_seconds": seconds,
         "images_per_second": number(results.get("images_per_second")),
         "status": record.state,
         "run_dir": Path(os.path.relpath(entry["run_dir"], root)).as_posix(),
     }
+
+
+def chance_loss(num_classes: Any) -> float | None:
+    """ln(num_classes): the cross-entropy of a uniform guess. A training loss above it has
+    learned less than nothing (None when the number of classes is unknown)."""
+    n = number(num_classes)
+    return math.log(n) if n is not None and n > 1 else None
+
+
+def _stability(metrics: list[dict[str, Any]], num_classes: Any) -> dict[str, Any]:
+    """The highest training loss of any logged epoch, its epoch, and ``unstable``: whether it
+    exceeds chance (None when there is no loss or no number of classes). A non-finite loss is
+    not counted here: that run's status is "diverged"."""
+    losses = [(number(row.get("train_loss")), number(row.get("epoch"))) for row in metrics]
+    losses = [(loss, epoch) for loss, epoch in losses if loss is not None]
+    chance = chance_loss(num_classes)
+    if not losses:
+        return {"chance_loss": chance, "max_train_loss": None, "max_train_loss_epoch": None,
+                "unstable": None}
+    loss, epoch = max(losses, key=lambda pair: pair[0])
+    return {"chance_loss": chance, "max_train_loss": loss,
+            "max_train_loss_epoch": None if epoch is None else int(epoch),
+            "unstable": None if chance is None else loss > chance}
+
+
+def _steps(record: RunRecord) -> int | None:
+    """Optimizer steps taken: the last logged epoch's step count."""
+    steps = [number(row.get("step")) for row in record.metrics]
+    steps = [s for s in steps if s is not None]
+    return int(max(steps)) if steps else None
+
+
+def _val_split(config: dict[str, Any]) -> int:
+    value = number(config.get("val_split"))
+    return int(value) if value is not None else 0
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -163,7 +203,8 @@ def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str,
     _write_csv(rows, paths["csv"])
     extra = _extra_keys(sweep)
     noise = _noise_scales(pairs)
-    _plot_accuracy(rows, extra, paths["accuracy_vs_batch"], noise=_noise_summary(noise))
+    _plot_accuracy(rows, extra, paths["accuracy_vs_batch"], noise=_noise_summary(noise),
+                   budget=fixed_epochs(sweep))
     _plot_curves(pairs, extra, paths["learning_curves"])
     sections = [_markdown(sweep, rows, extra, paths), _noise_markdown(noise, extra)]
     atomic_write_text(paths["report"], "\n".join(s.rstrip("\n") + "\n" for s in sections if s))
@@ -184,14 +225,18 @@ def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], extra: list[str
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    budget = fixed_epochs(sweep)
+    title = "at a fixed epoch budget" if budget is not None else ""
     lines = [
-        f"# Batch-size sweep: {root.name}",
+        f"# Batch-size sweep {title + ': ' if title else ''}{root.name}",
         "",
         _plan_summary(sweep),
         "",
         f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + ".",
         "",
     ]
+    if budget is not None:
+        lines += [_budget_sentence(budget, rows), ""]
     if not counts.get(STATUS_COMPLETED):
         lines += ["**No completed runs yet**: the table lists what there is.", ""]
     several_seeds = len(sweep["grid"].get("seed", [])) > 1
@@ -202,13 +247,16 @@ def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], extra: list[str
         lines += ["## Results", ""]
     lines += [*_run_table(rows, extra, with_seed=several_seeds), ""]
     lines += [
-        "Accuracies are top-1 on the validation split; best is the highest over evaluated "
-        "epochs, final the last. Wall time is training time across resumes (evaluation "
-        "excluded from images/s).",
+        "Accuracies are top-1. " + validation_text(rows) + " Best is the highest validation "
+        "accuracy over evaluated epochs, final the last. Wall time is training time across "
+        "resumes (evaluation excluded from images/s).",
+        "",
+        stability_text(rows, extra),
         "",
         "## Figures",
         "",
-        f"![best val top-1 vs batch size]({paths['accuracy_vs_batch'].name})",
+        f"![best and final validation and test top-1 vs batch size]"
+        f"({paths['accuracy_vs_batch'].name})",
         "",
         f"![learning curves]({paths['learning_curves'].name})",
         "",
@@ -217,6 +265,89 @@ def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], extra: list[str
         "",
     ]
     return "\n".join(lines)
+
+
+def fixed_epochs(sweep: dict[str, Any]) -> int | None:
+    """The sweep's epoch budget when every entry trains that many epochs, whatever its
+    batch size (one epochs value, no rule that stops a run early); else None."""
+    base = sweep["base"]
+    if "epochs" in sweep["grid"]:
+        return None
+    stops = ("stop_train_acc", "stop_plateau_epochs", "targets")
+    if any(base.get(key) for key in stops) or any(key in sweep["grid"] for key in stops):
+        return None
+    return int(base["epochs"])
+
+
+def _budget_sentence(epochs: int, rows: list[dict[str, Any]]) -> str:
+    steps = sorted((row["batch_size"], row["steps"]) for row in rows
+                   if row["steps"] is not None and row["epochs_completed"] == row["epochs"])
+    taken = ""
+    if len(steps) > 1 and steps[0][0] != steps[-1][0]:
+        taken = (f" ({steps[0][1]:,} at batch {steps[0][0]}, {steps[-1][1]:,} "
+                 f"at batch {steps[-1][0]})")
+    return (f"**A fixed epoch budget**: every run trains {epochs} epoch"
+            f"{'s' if epochs != 1 else ''}, whatever its batch size, so larger batches take "
+            f"fewer optimizer steps{taken}. Where accuracy falls with the batch size under such "
+            "a budget mixes too few steps with the batch size itself; it does not locate the "
+            "critical batch (steps to a target with the learning rate tuned per batch size: "
+            "`lbtkit study critical-batch`).")
+
+
+def held_out(rows: list[dict[str, Any]]) -> str:
+    """"held out" when every run validated on a split of its training set, "test" when every
+    one validated on the test split, "mixed" otherwise."""
+    splits = {row["val_split"] > 0 for row in rows}
+    return "held out" if splits == {True} else "test" if splits == {False} else "mixed"
+
+
+def validation_text(rows: list[dict[str, Any]]) -> str:
+    """Which images the validation numbers are of, and whether the test set is separate."""
+    kind = held_out(rows)
+    if kind == "held out":
+        sizes = sorted({row["val_split"] for row in rows})
+        size = f"{sizes[0]:,} images" if len(sizes) == 1 else "val_split images"
+        return (f"Validation: {size} held out of the training set (a fixed seeded draw, not "
+                "trained on). Test: the dataset's test split, evaluated once at the end of "
+                "each completed run, never selected on.")
+    if kind == "test":
+        return ("Validation is the dataset's test split (no validation split held out of the "
+                "training set: val_split = 0), so the best over epochs is selected on the "
+                "test set; there is no separate test accuracy.")
+    return ("Validation: held out of the training set for runs with val_split > 0 (their test "
+            "accuracy, evaluated once at the end, is separate), the test split for the others.")
+
+
+def stability_text(rows: list[dict[str, Any]], extra: list[str]) -> str:
+    """Which runs diverged (a non-finite loss) and which were unstable (a training loss
+    above chance at some epoch), in one paragraph."""
+    chance = {row["chance_loss"] for row in rows} - {None}
+    diverged = [row for row in rows if row["status"] == STATUS_DIVERGED]
+    unstable = [row for row in rows if row["unstable"] and row["status"] != STATUS_DIVERGED]
+    rule = "A run is unstable when its training loss (an epoch's running average) exceeds " \
+           "chance, ln(number of classes)" + (f" = {chance.pop():.2f}" if len(chance) == 1
+                                               else "") + ", at some epoch."
+    parts = [rule]
+    if unstable:
+        parts.append("Unstable: " + "; ".join(
+            f"{_describe(row, extra)} (training loss {row['max_train_loss']:.2f} at epoch "
+            f"{row['max_train_loss_epoch']})" for row in unstable) + ".")
+    if diverged:
+        parts.append("Diverged (a non-finite training loss stopped the run): "
+                     + "; ".join(_describe(row, extra) for row in diverged) + ".")
+    if not unstable and not diverged:
+        parts.append("No run was unstable or diverged.")
+    return " ".join(parts)
+
+
+def _describe(row: dict[str, Any], extra: list[str]) -> str:
+    return ", ".join([f"batch {row['batch_size']}", *(f"{k}={_value(row[k])}" for k in extra),
+                      f"seed {row['seed']}"])
+
+
+def _status(row: dict[str, Any]) -> str:
+    unstable = row["unstable"] and row["status"] != STATUS_DIVERGED
+    return row["status"] + (" (unstable)" if unstable else "")
 
 
 def _plan_summary(sweep: dict[str, Any]) -> str:
@@ -251,16 +382,20 @@ def _plan_summary(sweep: dict[str, Any]) -> str:
 
 
 def _run_table(rows: list[dict[str, Any]], extra: list[str], *, with_seed: bool) -> list[str]:
+    test = held_out(rows) != "test"
     header = ["batch size", *extra, *(["seed"] if with_seed else []), "per-GPU batch",
-              "initial lr (scaled)", "best val top-1", "final val top-1", "epochs",
-              "wall time", "images/s", "status"]
+              "initial lr (scaled)", "best val top-1", "final val top-1",
+              *(["test top-1"] if test else []), "epochs", "steps", "wall time", "images/s",
+              "status"]
     body = [
         [str(row["batch_size"]), *(_value(row[k]) for k in extra),
          *([str(row["seed"])] if with_seed else []), _per_device(row), format_lr(row["lr"]),
          _percent(row["best_val_acc"]), _percent(row["final_val_acc"]),
+         *([_percent(row["test_acc"])] if test else []),
          f"{row['epochs_completed']}/{row['epochs']}",
+         _optional(row["steps"], lambda v: f"{v:,}"),
          _optional(row["train_seconds"], format_duration),
-         _optional(row["images_per_second"], lambda v: f"{v:,.0f}"), row["status"]]
+         _optional(row["images_per_second"], lambda v: f"{v:,.0f}"), _status(row)]
         for row in rows
     ]
     return _table(header, body)
@@ -268,19 +403,22 @@ def _run_table(rows: list[dict[str, Any]], extra: list[str], *, with_seed: bool)
 
 def _summary_table(rows: list[dict[str, Any]], extra: list[str]) -> list[str]:
     """One row per batch size (and other swept values): mean ± std over completed seeds."""
+    test = held_out(rows) != "test"
     header = ["batch size", *extra, "per-GPU batch", "initial lr (scaled)", "seeds",
-              "best val top-1", "final val top-1", "epochs", "wall time", "images/s", "status"]
+              "best val top-1", "final val top-1", *(["test top-1"] if test else []), "epochs",
+              "wall time", "images/s", "status"]
     body = []
     for group in _groups(rows, extra).values():
         done = [r for r in group if r["status"] == STATUS_COMPLETED]
         first = group[0]
         states: dict[str, int] = {}
         for row in group:
-            states[row["status"]] = states.get(row["status"], 0) + 1
+            states[_status(row)] = states.get(_status(row), 0) + 1
         body.append([
             str(first["batch_size"]), *(_value(first[k]) for k in extra), _per_device(first),
             format_lr(first["lr"]), f"{len(done)}/{len(group)}",
             _mean_std(_present(done, "best_val_acc")), _mean_std(_present(done, "final_val_acc")),
+            *([_mean_std(_present(done, "test_acc"))] if test else []),
             str(first["epochs"]),
             _optional(_mean(_present(done, "train_seconds")), format_duration),
             _optional(_mean(_present(done, "images_per_second")), lambda v: f"{v:,.0f}"),
@@ -342,46 +480,88 @@ def dodge_factor(position: int, count: int) -> float:
     return 2.0 ** (_DODGE * (position - (count - 1) / 2))
 
 
-def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
-                   noise: float | None = None) -> None:
-    """Best val top-1 against batch size (log2 axis): mean ± std over completed seeds,
-    seeds as dots; batch sizes with a diverged/failed or unfinished run marked on the axis;
-    the gradient noise scale ``noise`` (B_simple) as a vertical line when measured."""
-    from matplotlib.ticker import NullLocator
+# The accuracy figure's y-range: at most this many points below its highest value, so that a
+# 1-point drop stays visible when a run collapses; values below it sit on the axis, labelled.
+_ACCURACY_SPAN = 10.0
 
-    figure, ax = _figure(6.4, 4.4)
+
+def accuracy_measures(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(row key, legend label, line style) of each accuracy the figure draws: best and final
+    validation, and test when the runs held out a validation split."""
+    kind = held_out(rows)
+    where = {"held out": "validation (held out)", "test": "validation (= test split)",
+             "mixed": "validation"}[kind]
+    measures = [("best_val_acc", f"best {where}", "o-"), ("final_val_acc", f"final {where}",
+                                                           "s--")]
+    if kind != "test":
+        measures.append(("test_acc", "test (final weights)", "^:"))
+    return measures
+
+
+def accuracy_ylim(values: list[float], span: float = _ACCURACY_SPAN) -> tuple[float, float]:
+    """The y-range (percent) for ``values``: from a little below the lowest to a little above
+    the highest, but never more than ``span`` points below the highest."""
+    top = max(values) + 0.5
+    return max(min(values) - 0.5, top - span), top
+
+
+def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
+                   noise: float | None = None, budget: int | None = None) -> None:
+    """Best and final validation and test top-1 against batch size (log2 axis): mean ± std
+    over completed seeds, seeds as dots; batch sizes with a diverged/failed or unfinished run
+    marked on the axis; the gradient noise scale ``noise`` (B_simple) as a vertical line when
+    measured. The y-range shows a 1-point drop (``accuracy_ylim``)."""
+    from matplotlib.ticker import MultipleLocator, NullLocator
+
+    figure, ax = _figure(6.8, 4.6)
     batches = sorted({row["batch_size"] for row in rows})
-    # One series per combination of the other swept values (just one when only batch varies).
+    # One colour per combination of the other swept values (just one when only batch varies),
+    # one line style per accuracy.
     series: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         series.setdefault(tuple(row[k] for k in extra), []).append(row)
-    colors = [f"C{i % 10}" for i in range(len(series))]
     several_seeds = len({row["seed"] for row in rows}) > 1
-    plotted = False
-    for position, (color, (key, group)) in enumerate(zip(colors, series.items(), strict=True)):
-        dodge = dodge_factor(position, len(series))
-        xs, means, stds = [], [], []
-        for batch in batches:
-            accs = [100 * r["best_val_acc"] for r in group if r["batch_size"] == batch
-                    and r["status"] == STATUS_COMPLETED and r["best_val_acc"] is not None]
-            if not accs:
-                continue
-            xs.append(batch * dodge)
-            means.append(statistics.mean(accs))
-            stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
-            if several_seeds:
-                ax.scatter([batch * dodge] * len(accs), accs, s=12, color=color, alpha=0.45,
-                           zorder=3)
-        if not xs:
-            continue
-        plotted = True
-        label = _label(key, extra) or ("mean ± std over seeds" if several_seeds
-                                       else "best val top-1")
-        ax.errorbar(xs, means, yerr=stds, fmt="o-", color=color, capsize=3, label=label)
-        if several_seeds:
-            low = [m - s for m, s in zip(means, stds, strict=True)]
-            high = [m + s for m, s in zip(means, stds, strict=True)]
-            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+    measures = accuracy_measures(rows)
+    lines = []  # (x, means, stds, colour, style, label, seed dots)
+    for position, (key, group) in enumerate(series.items()):
+        for number_, (field, measure, style) in enumerate(measures):
+            # Side by side at each batch size; colours tell the accuracies apart when there
+            # is one series, the series apart (line styles the accuracies) when there are more.
+            dodge = dodge_factor(position * len(measures) + number_,
+                                 len(series) * len(measures))
+            color = f"C{(number_ if len(series) == 1 else position) % 10}"
+            xs, means, stds, dots = [], [], [], []
+            for batch in batches:
+                accs = [100 * r[field] for r in group if r["batch_size"] == batch
+                        and r["status"] == STATUS_COMPLETED and r[field] is not None]
+                if not accs:
+                    continue
+                xs.append(batch * dodge)
+                means.append(statistics.mean(accs))
+                stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
+                dots += [(batch * dodge, a) for a in accs] if several_seeds else []
+            if xs:
+                label = ", ".join(filter(None, [_label(key, extra), measure]))
+                lines.append((xs, means, stds, color, style, label, dots))
+    if lines:
+        low, high = accuracy_ylim([m for line in lines for m in line[1]])
+        ax.set_ylim(low, high)
+        for number_, (xs, means, stds, color, style, label, dots) in enumerate(lines):
+            shown = [max(m, low) for m in means]  # a collapse sits on the axis, labelled
+            ax.errorbar(xs, shown, yerr=stds, fmt=style, color=color, capsize=3, label=label,
+                        markersize=5, clip_on=False)
+            for x, m in zip(xs, means, strict=True):
+                if m < low:
+                    ax.annotate(f"{m:.1f}%", (x, low), xytext=(-30, 4 + 9 * number_),
+                                textcoords="offset points", fontsize="x-small", color=color,
+                                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8,
+                                      "pad": 0.5})
+            if dots:
+                ax.scatter([x for x, _ in dots], [max(a, low) for _, a in dots], s=10,
+                           color=color, alpha=0.4, zorder=3)
+        ax.yaxis.set_major_locator(MultipleLocator(2 if high - low > 5 else 1))
+        ax.yaxis.set_minor_locator(MultipleLocator(1 if high - low > 5 else 0.5))
+        ax.grid(alpha=0.15, which="minor", axis="y")
 
     axis = ax.get_xaxis_transform()  # x in data, y in axes units: marks sit on the axis
     bad = sorted({row["batch_size"] for row in rows if row["status"] in _BAD})
@@ -393,7 +573,7 @@ def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
     if open_batches:
         ax.plot(open_batches, [0.0] * len(open_batches), "o", color="0.5", mfc="none",
                 markersize=8, transform=axis, clip_on=False, zorder=4, label="no result yet")
-    if not plotted:
+    if not lines:
         ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=14, color="0.4")
         ax.set_yticks([])
@@ -405,12 +585,15 @@ def _plot_accuracy(rows: list[dict[str, Any]], extra: list[str], path: Path,
     if noise is not None:
         ax.axvline(noise, color="tab:purple", linestyle="--", linewidth=1.2,
                    label=f"B_simple ~ {_noise_text(noise)}")
-        low, high = ax.get_xlim()
-        if not low <= noise <= high:  # keep the line in view, however far from the sweep
-            ax.set_xlim(min(low, noise / 1.5), max(high, noise * 1.5))
+        low_x, high_x = ax.get_xlim()
+        if not low_x <= noise <= high_x:  # keep the line in view, however far from the sweep
+            ax.set_xlim(min(low_x, noise / 1.5), max(high_x, noise * 1.5))
     ax.set_xlabel("batch size (global)")
-    ax.set_ylabel("best val top-1 (%)")
-    ax.set_title("Validation accuracy vs batch size")
+    clipped = bool(lines) and min(m for line in lines for m in line[1]) < ax.get_ylim()[0]
+    ax.set_ylabel("top-1 (%)" + (", mean ± std over seeds" if several_seeds else "")
+                  + ("; lower values labelled on the axis" if clipped else ""))
+    ax.set_title("Accuracy vs batch size" + (
+        "" if budget is None else f", a fixed budget of {budget} epoch{'s' * (budget != 1)}"))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
@@ -451,7 +634,13 @@ def _plot_curves(pairs: list[tuple[dict[str, Any], RunRecord]], extra: list[str]
             epochs, values = _mean_curve(lines[key], field)
             ax.plot(epochs, [scale * v for v in values], style, color=color, label=label,
                     marker="o" if len(epochs) < 3 else None, markersize=4)
-    for ax, ylabel, title in ((ax_acc, "val top-1 (%)", "Validation accuracy"),
+    where = {"held out": " (held out of the training set)", "test": " (= test split)",
+             "mixed": ""}[held_out([row for row, _ in pairs])]
+    chance = {row["chance_loss"] for row, _ in pairs} - {None}
+    if done and len(chance) == 1:
+        ax_loss.axhline(chance.pop(), color="tab:red", linestyle=":", linewidth=1,
+                        label="chance, ln(classes): above it = unstable")
+    for ax, ylabel, title in ((ax_acc, "val top-1 (%)", f"Validation accuracy{where}"),
                               (ax_loss, "train loss", "Training loss")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

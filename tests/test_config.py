@@ -177,3 +177,4 @@ def test_fashion_batch_sweep_scales_linearly_with_warmup_at_a_fixed_budget():
         assert config.lr == pytest.approx(0.1 * batch / 256, rel=1e-12)
         assert config.epochs == 10 and config.warmup_epochs == 2  # the same budget everywhere
         assert config.dataset == "fashion-mnist" and config.model == "f1"
+        assert config.val_split == 5000  # validation held out of the training set

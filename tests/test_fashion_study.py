@@ -243,6 +243,16 @@ def test_quick_index_agrees_with_its_json_and_csv(quick):
     assert [int(r["batch size"]) for r in shown] == list(QUICK.sweep_batch_sizes)
     for row, csv_row in zip(shown, sweep, strict=True):
         assert row["best val acc"] == f"{100 * float(csv_row['best_val_acc']):.2f}%"
+        assert row["final val acc"] == f"{100 * float(csv_row['final_val_acc']):.2f}%"
+        # validation held out of the training set; the test split once, in its own column
+        assert csv_row["val_split"] == "5000"
+        if csv_row["status"] == "completed":
+            assert row["test acc"] == f"{100 * float(csv_row['test_acc']):.2f}%"
+        assert row["status"].startswith(csv_row["status"])
+        assert row["status"].endswith("(unstable)") == (csv_row["unstable"] == "True")
+    assert "## 2. The batch-size sweep at a fixed epoch budget" in index
+    assert "does not locate the critical batch" in index
+    assert study["numbers"]["falling_batch_final"]["drop_points"] == 1.0
     noise = json.loads((out / "work" / "sweep" / "runs" / f"b{QUICK.sweep_batch_sizes[0]}-s0"
                         / "noise_scale.json").read_text())
     assert study["numbers"]["b_simple"] == noise["b_simple"]

@@ -164,52 +164,72 @@ def test_paper_sentence_sorts_each_comparison():
     assert "no difference beyond two standard errors for sharpness full ε=0.0005" in text
 
 
-def test_critical_batch_sentence():
-    from lbtkit.narrative import CRITICAL_FACTOR, critical_batch_sentence
-
-    best = {"batch_size": 64, "best_val_acc": 0.91}
-    fall = {"best": best, "fall": {"batch_size": 1024, "best_val_acc": 0.895},
-            "before": 512, "largest": 8192}
-    agree = critical_batch_sentence(fall, {"b_simple": 900.0, "b_simple_std_error": 50.0},
-                                    noise_batch=32)
-    assert "first falls by more than 1 point at batch 1024 (89.50%)" in agree
-    assert "at its final weights B_simple ≈ 900 ± 50" in agree
-    assert f"within a factor of {CRITICAL_FACTOR:g} of where accuracy falls (512-1024)" in agree
-    far = critical_batch_sentence(fall, {"b_simple": 100.0}, noise_batch=32)
-    assert "5.12 times below where accuracy falls" in far
-    assert "4.1 times above" in critical_batch_sentence(fall, {"b_simple": 4200.0},
-                                                          noise_batch=32)
-    flat = critical_batch_sentence({**fall, "fall": None, "before": None},
-                                   {"b_simple": 900.0}, noise_batch=32)
-    assert "no fall up to batch 8192" in flat
-    assert "not measured" in critical_batch_sentence(fall, None, noise_batch=32)
-    lost = critical_batch_sentence(fall, {"b_simple": None, "grad_sq": -0.03,
-                                          "grad_sq_std_error": 0.1}, noise_batch=32)
-    assert "no B_simple (its |G|² estimate, -0.03 ± 0.1, is not positive" in lost
-    assert "No measurement resolves B_simple" in lost
+def _budget_rows(best: list[float], final: list[float], test: list[float | None]) -> list:
+    return [{"batch_size": 32 * 2 ** i, "best_val_acc": b, "final_val_acc": f, "test_acc": t,
+             "val_split": 5000, "steps": 10 * 1718 // 2 ** i, "status": "completed",
+             "chance_loss": 2.302585, "unstable": False, "max_train_loss": 1.0,
+             "max_train_loss_epoch": 1}
+            for i, (b, f, t) in enumerate(zip(best, final, test, strict=True))]
 
 
-def test_critical_batch_sentence_with_the_noise_scale_at_both_ends_of_training():
-    from lbtkit.narrative import critical_batch_sentence
+def test_fixed_budget_sentence_reports_both_falls_and_the_test_once():
+    from lbtkit.narrative import FALL_POINTS, fixed_budget_sentence
+    from lbtkit.studies.summary import falling_batch
 
-    fall = {"best": {"batch_size": 128, "best_val_acc": 0.906},
-            "fall": {"batch_size": 2048, "best_val_acc": 0.895}, "before": 1024,
-            "largest": 8192}
+    rows = _budget_rows([0.905, 0.906, 0.903, 0.89, 0.86], [0.904, 0.905, 0.9, 0.898, 0.85],
+                       [0.90, 0.899, 0.897, 0.885, 0.85])
+    best = falling_batch(rows, drop_points=FALL_POINTS)
+    final = falling_batch(rows, drop_points=FALL_POINTS, key="final_val_acc")
+    text = fixed_budget_sentence(rows, best, final, epochs=10)
+    assert text.startswith("With a fixed budget of 10 epochs at every batch size, the best "
+                           "validation accuracy (on 5,000 training images held out) is 90.60% "
+                           "at batch 64; it first falls by more than 1 point at batch 256 "
+                           "(89.00%); on final validation accuracy, the best is 90.50% at "
+                           "batch 64; it first falls by more than 1 point at batch 512 (85.00%).")
+    # the test accuracy of the run chosen on validation, not the best test accuracy (90.00%)
+    assert "The test accuracy of the batch-64 run, evaluated once at its end and not " \
+           "selected on, is 89.90%." in text
+    assert "batch 512 1,073 optimizer steps against 17,180 at batch 32" in text
+    assert "does not locate the critical batch" in text and "predicts" not in text
+
+    flat = _budget_rows([0.9, 0.899], [0.9, 0.9], [None, None])
+    text = fixed_budget_sentence(flat, falling_batch(flat, drop_points=1.0),
+                                 falling_batch(flat, drop_points=1.0, key="final_val_acc"),
+                                 epochs=1)
+    assert "no larger batch is more than 1 point below it up to batch 64" in text
+    assert "test accuracy" not in text
+    old = [{**row, "val_split": 0} for row in flat]
+    assert "(on the test split)" in fixed_budget_sentence(
+        old, falling_batch(old, drop_points=1.0),
+        falling_batch(old, drop_points=1.0, key="final_val_acc"), epochs=1)
+
+
+def test_stability_sentence():
+    from lbtkit.narrative import stability_sentence
+
+    rows = _budget_rows([0.9, 0.89, 0.5, 0.1], [0.9] * 4, [None] * 4)
+    assert stability_sentence(rows).startswith("No sweep run was unstable (a training loss "
+                                               "above chance, ln(classes) = 2.30")
+    rows[2].update(unstable=True, max_train_loss=5.32, max_train_loss_epoch=2)
+    rows[3].update(unstable=True, max_train_loss=9.0, status="diverged")
+    assert stability_sentence(rows) == (
+        "Unstable, its training loss above chance (ln(classes) = 2.30) at some epoch: batch "
+        "128 (5.32 at epoch 2); diverged (a non-finite loss stopped it): batch 256.")
+
+
+def test_noise_scale_sentence_reports_without_comparing_to_the_fall():
+    from lbtkit.narrative import noise_scale_sentence
+
     start = {"b_simple": 60.0, "b_simple_std_error": 5.0}
     # the study's case: |G|^2 at the end is 0.0015 +- 0.013, B_simple 99,183 +- 922,797
     end = {"b_simple": 99183.0, "b_simple_std_error": 922797.0, "grad_sq": 0.00148,
            "grad_sq_std_error": 0.0135}
-    text = critical_batch_sentence(fall, end, noise_batch=32, noise_init=start)
+    text = noise_scale_sentence(end, noise_batch=32, noise_init=start)
     assert "at its initial weights B_simple ≈ 60 ± 5; at its final weights B_simple ≈ " \
            "99,183 ± 922,797, not resolved (|G|² = 0.00148 ± 0.013 is within 2" in text
-    assert "The fall (1024-2048) lies between the noise scale at the start of training and " \
-           "at its end" in text
-    assert "predicts the critical batch" not in text
-    # an unresolved final estimate is never the one that "predicts" the fall
-    near = {**end, "b_simple": 1500.0}
-    assert "No measurement resolves B_simple" in critical_batch_sentence(
-        fall, near, noise_batch=32)
-    # a resolved start within the factor predicts it
-    assert "At the initial weights B_simple is within a factor of 2" in \
-        critical_batch_sentence(fall, end, noise_batch=32,
-                                noise_init={"b_simple": 800.0, "b_simple_std_error": 40.0})
+    assert "which a fixed epoch budget does not measure" in text
+    assert "predicts" not in text and "factor" not in text
+    assert "not measured" in noise_scale_sentence(None, noise_batch=32)
+    lost = noise_scale_sentence({"b_simple": None, "grad_sq": -0.03, "grad_sq_std_error": 0.1},
+                                noise_batch=32)
+    assert "no B_simple (its |G|² estimate, -0.03 ± 0.1, is not positive" in lost

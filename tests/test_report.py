@@ -38,15 +38,19 @@ def trained(tmp_path_factory):
 
 
 def fake_run(entry: dict, status: str, *, best: float | None = None, epochs: int = 3,
-             seconds: float = 100.0, rate: float = 1000.0) -> dict:
-    """Write a run directory as train.run would, with made-up numbers; return results."""
+             seconds: float = 100.0, rate: float = 1000.0,
+             losses: list[float] | None = None) -> dict:
+    """Write a run directory as train.run would, with made-up numbers (``losses``: the
+    training loss per epoch, else 2/epoch); return results."""
     run = RunDir(entry["run_dir"])
     run.create()
     write_json(run.config_path, entry["config"])
     accs = [] if best is None else [best - 0.1 * (epochs - 1 - e) for e in range(epochs)]
     for epoch, acc in enumerate(accs, start=1):
-        run.append_metrics({"epoch": epoch, "train_loss": 2.0 / epoch, "val_acc": acc,
-                            "images_per_second": rate, "elapsed_s": seconds * epoch / epochs})
+        loss = 2.0 / epoch if losses is None else losses[epoch - 1]
+        run.append_metrics({"epoch": epoch, "step": 10 * epoch, "train_loss": loss,
+                            "val_acc": acc, "images_per_second": rate,
+                            "elapsed_s": seconds * epoch / epochs})
     results = {
         "status": status, **entry["batch_plan"], "lr": entry["config"]["lr"],
         "epochs_completed": len(accs), "best_val_acc": best,
@@ -131,6 +135,59 @@ def test_csv_rows_match_results_json(trained, tmp_path):
             assert row["best_val_acc"] == row["final_val_acc"] == ""
 
 
+def test_validation_on_the_test_split_is_said_and_has_no_test_column(trained, tmp_path):
+    text = write_report(trained, tmp_path)["report"].read_text()
+    assert "Validation is the dataset's test split" in text
+    assert "selected on the test set" in text
+    assert "test top-1" not in table(text, "## Results")[0]
+    assert "# Batch-size sweep at a fixed epoch budget: " in text
+
+
+@pytest.fixture(scope="module")
+def held_out_sweep(tmp_path_factory):
+    """A trained tiny sweep that holds 300 of digits' training images out as validation."""
+    import torch
+
+    root = tmp_path_factory.mktemp("held-out-sweep")
+    plan_sweep(tiny_base().updated({"val_split": 300, "num_classes": 10}),
+               {"batch_size": [32, 64]}, root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_all(root, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def test_held_out_validation_and_the_test_accuracy_are_reported_apart(held_out_sweep, tmp_path):
+    paths = write_report(held_out_sweep, tmp_path)
+    text = paths["report"].read_text()
+    assert "Validation: 300 images held out of the training set" in text
+    assert "evaluated once at the end of each completed run, never selected on" in text
+    assert "# Batch-size sweep at a fixed epoch budget: " in text
+    assert "**A fixed epoch budget**: every run trains 1 epoch, whatever its batch size" in text
+    with open(paths["csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    shown = table(text, "## Results")
+    for row, cells in zip(rows, shown, strict=True):
+        results = json.loads((held_out_sweep / row["run_dir"] / "results.json").read_text())
+        assert results["status"] == "completed"
+        # the test split, once at the end, is a column of its own beside best and final val
+        assert float(row["test_acc"]) == results["test_acc"]
+        assert float(row["test_loss"]) == results["test_loss"]
+        assert float(row["best_val_acc"]) == results["best_val_acc"]
+        assert float(row["final_val_acc"]) == results["final"]["val_acc"]
+        assert row["val_split"] == "300"
+        assert cells["test top-1"] == f"{100 * results['test_acc']:.2f}%"
+        assert cells["best val top-1"] == f"{100 * results['best_val_acc']:.2f}%"
+        steps = (1437 - 300) // int(row["batch_size"])  # one epoch of whole batches
+        assert int(row["steps"]) == steps and cells["steps"] == f"{steps:,}"
+    assert f"fewer optimizer steps ({(1437 - 300) // 32:,} at batch 32, " in text
+    assert_png(paths["accuracy_vs_batch"])
+    assert_png(paths["learning_curves"])
+
+
 def test_report_defaults_to_the_sweep_dir(trained):
     paths = write_report(trained)
     assert paths["report"] == trained / "report.md" and paths["report"].is_file()
@@ -193,6 +250,62 @@ def test_no_completed_runs_still_writes_everything(tmp_path):
         assert [r["status"] for r in csv.DictReader(handle)] == ["diverged"]
     assert_png(paths["accuracy_vs_batch"])
     assert_png(paths["learning_curves"])
+
+
+def test_a_training_loss_above_chance_is_reported_unstable(tmp_path):
+    import math
+
+    base = tiny_base().updated({"num_classes": 10})
+    sweep = plan_sweep(base, {"batch_size": [32, 64, 128, 256]}, tmp_path)
+    fake_run(sweep["runs"][0], "completed", best=0.9, losses=[1.2, 0.6, 0.4])
+    fake_run(sweep["runs"][1], "completed", best=0.88, losses=[2.2, 2.31, 0.5])  # just above
+    fake_run(sweep["runs"][2], "completed", best=0.5, losses=[4.9, 3.0, 2.0])
+    fake_run(sweep["runs"][3], "diverged")
+    RunDir(sweep["runs"][3]["run_dir"]).append_metrics({"epoch": 1, "train_loss": 7.5})
+    rows = collect(tmp_path)
+    assert all(r["chance_loss"] == pytest.approx(math.log(10)) for r in rows)
+    assert [r["unstable"] for r in rows] == [False, True, True, True]
+    assert [(r["max_train_loss"], r["max_train_loss_epoch"]) for r in rows] == [
+        (1.2, 1), (2.31, 2), (4.9, 1), (7.5, 1)]
+    paths = write_report(tmp_path)
+    text = paths["report"].read_text()
+    assert [r["status"] for r in table(text, "## Results")] == [
+        "completed", "completed (unstable)", "completed (unstable)", "diverged"]
+    assert "chance, ln(number of classes) = 2.30" in text
+    assert ("Unstable: batch 64, seed 0 (training loss 2.31 at epoch 2); batch 128, seed 0 "
+            "(training loss 4.90 at epoch 1).") in text
+    assert "Diverged (a non-finite training loss stopped the run): batch 256, seed 0." in text
+    with open(paths["csv"], newline="") as handle:
+        assert [r["unstable"] for r in csv.DictReader(handle)] == ["False", "True", "True",
+                                                                    "True"]
+    assert_png(paths["learning_curves"])
+
+
+def test_a_stable_sweep_says_so(tmp_path):
+    sweep = plan_sweep(tiny_base().updated({"num_classes": 10}), {"batch_size": [32]}, tmp_path)
+    fake_run(sweep["runs"][0], "completed", best=0.9)
+    assert "No run was unstable or diverged." in write_report(tmp_path)["report"].read_text()
+
+
+def test_a_sweep_over_epochs_or_with_a_stopping_rule_is_no_fixed_budget(tmp_path):
+    from lbtkit.report import fixed_epochs
+
+    assert fixed_epochs(plan_sweep(tiny_base(), {"batch_size": [32]}, tmp_path / "a")) == 1
+    assert fixed_epochs(plan_sweep(tiny_base(), {"batch_size": [32], "epochs": [1, 2]},
+                                   tmp_path / "b")) is None
+    assert fixed_epochs(plan_sweep(tiny_base().updated({"stop_train_acc": 0.9}),
+                                   {"batch_size": [32]}, tmp_path / "c")) is None
+    sweep = plan_sweep(tiny_base(), {"batch_size": [32], "epochs": [1, 2]}, tmp_path / "d")
+    fake_run(sweep["runs"][0], "completed", best=0.9)
+    assert "fixed epoch budget" not in write_report(tmp_path / "d")["report"].read_text()
+
+
+def test_the_accuracy_range_shows_a_one_point_drop_beside_a_collapse():
+    from lbtkit.report import accuracy_ylim
+
+    low, high = accuracy_ylim([90.4, 90.1, 89.3, 86.2, 42.5])
+    assert high - low <= 10.0 and low < 86.2 and high > 90.4  # 42.5 sits on the axis
+    assert accuracy_ylim([90.0, 89.0]) == (88.5, 90.5)
 
 
 def test_results_with_wrong_types_give_empty_numbers(tmp_path):

@@ -6,7 +6,8 @@
    rule fires or the epochs cap,
    then interpolates between them and measures both (sharpness, top Hessian eigenvalue);
 2. the per-side summary over seeds (mean ± std), the interpolation band over seeds;
-3. the batch-size sweep (preset ``fashion-batch-sweep``) through ``lbtkit sweep`` plan/run and
+3. the fixed-epoch-budget batch-size sweep (preset ``fashion-batch-sweep``: validation held
+   out of the training set, test reported once) through ``lbtkit sweep`` plan/run and
    ``lbtkit report``, and the gradient noise scale (``lbtkit noise-scale``) at the final
    weights of its smallest batch;
 4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_index``), with the
@@ -262,7 +263,7 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
     from lbtkit.sweep import load_sweep, plan_sweep, run_all
 
     sizes = ", ".join(map(str, spec.sweep_batch_sizes))
-    clock.log(f"step 2/3 batch-size sweep: batch sizes {sizes}, "
+    clock.log(f"step 2/3 batch-size sweep at a fixed epoch budget: batch sizes {sizes}, "
               f"{_count(spec.sweep_epochs, 'epoch')} each, seed {spec.sweep_seed}, in "
               f"{sweep_dir}", upcoming="sweep")
     with clock.step("sweep"):

@@ -16,14 +16,16 @@ from lbtkit.narrative import (
     FALL_POINTS,
     PAPER_F1,
     SEED_STANDARD_ERRORS,
-    critical_batch_sentence,
     fashion_thresholds_sentence,
     fit_sentence,
+    fixed_budget_sentence,
     markdown_table,
     noise_resolved,
+    noise_scale_sentence,
     paper_sentence,
     pm,
     seed_comparison_sentence,
+    stability_sentence,
 )
 from lbtkit.report import DASH, format_duration, format_lr
 from lbtkit.specs import FashionStudySpec
@@ -37,6 +39,7 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
     """Everything index.md states, as plain JSON values (study.json keeps them)."""
     summary = keskar["summary"]
     fall = falling_batch(sweep["rows"], drop_points=FALL_POINTS)
+    fall_final = falling_batch(sweep["rows"], drop_points=FALL_POINTS, key="final_val_acc")
     noise = sweep["noise"]
     sentences = []
     if summary is not None:
@@ -50,16 +53,19 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
             seed_comparison_sentence(summary, "hessian_top", noun="The top Hessian eigenvalue"),
             paper_sentence(summary),
         ]
-    sentences.append(critical_batch_sentence(fall, noise,
-                                             noise_batch=spec.sweep_batch_sizes[0],
-                                             noise_init=sweep.get("noise_init")))
+    sentences += [fixed_budget_sentence(sweep["rows"], fall, fall_final,
+                                        epochs=spec.sweep_epochs),
+                  stability_sentence(sweep["rows"]),
+                  noise_scale_sentence(noise, noise_batch=spec.sweep_batch_sizes[0],
+                                       noise_init=sweep.get("noise_init"))]
     return {
         "seeds_measured": sorted({r["seed"] for r in keskar["records"]}),
         "left_out": keskar["left_out"],
         "summary": summary,
-        "falling_batch": {"best": _batch(fall["best"]), "fall": _batch(fall["fall"]),
-                          "before": fall["before"], "largest": fall["largest"],
-                          "drop_points": FALL_POINTS},
+        "falling_batch": _fall_numbers(fall, "best_val_acc"),
+        "falling_batch_final": _fall_numbers(fall_final, "final_val_acc"),
+        "test_acc_of_best": None if fall["best"] is None else {
+            "batch_size": fall["best"]["batch_size"], "test_acc": fall["best"].get("test_acc")},
         "b_simple": None if noise is None else noise.get("b_simple"),
         "b_simple_std_error": None if noise is None else noise.get("b_simple_std_error"),
         "noise_scale": {where: _noise_numbers(n) for where, n in
@@ -90,9 +96,13 @@ def _noise_table(noise: dict[str, dict[str, Any]]) -> list[str]:
     return markdown_table(header, body)
 
 
-def _batch(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {"batch_size": row["batch_size"],
-                                     "best_val_acc": row["best_val_acc"]}
+def _fall_numbers(fall: dict[str, Any], key: str) -> dict[str, Any]:
+    """study.json's record of ``falling_batch`` on ``key`` (best or final validation)."""
+    def batch(row: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if row is None else {"batch_size": row["batch_size"], key: row[key]}
+
+    return {"best": batch(fall["best"]), "fall": batch(fall["fall"]), "before": fall["before"],
+            "largest": fall["largest"], "drop_points": FALL_POINTS}
 
 
 def _phi_keys(summary: dict[str, Any]) -> list[str]:
@@ -255,36 +265,44 @@ def _runs_table(records: list[dict[str, Any]]) -> list[str]:
 def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[str, Any],
                    link) -> list[str]:
     report = sweep["report"]
-    fall = numbers["falling_batch"]
     header = ["batch size", "lr (scaled)", "optimizer steps", "best val acc", "final val acc",
-              "status", ""]
-    body = []
-    for row in sweep["rows"]:
-        mark = ("best" if fall["best"] and row["batch_size"] == fall["best"]["batch_size"]
-                else "accuracy has fallen" if fall["fall"]
-                and row["batch_size"] == fall["fall"]["batch_size"] else "")
-        steps = (row["epochs_completed"] or 0) * (60_000 // row["batch_size"])
-        body.append([str(row["batch_size"]), format_lr(row["lr"]), f"{steps:,}",
-                     DASH if row["best_val_acc"] is None else f"{100 * row['best_val_acc']:.2f}%",
-                     DASH if row["final_val_acc"] is None
-                     else f"{100 * row['final_val_acc']:.2f}%", row["status"], mark])
+              "test acc", "status", ""]
+
+    def percent(value: float | None) -> str:
+        return DASH if value is None else f"{100 * value:.2f}%"
+
+    body = [[str(row["batch_size"]), format_lr(row["lr"]),
+             DASH if row.get("steps") is None else f"{row['steps']:,}",
+             percent(row["best_val_acc"]), percent(row["final_val_acc"]),
+             percent(row.get("test_acc")),
+             row["status"] + (" (unstable)" if row.get("unstable")
+                              and row["status"] != "diverged" else ""),
+             _fall_marks(row["batch_size"], numbers)]
+            for row in sweep["rows"]]
     warmup = (f"after a {spec.sweep_warmup_epochs:g}-epoch linear warm-up"
               if spec.sweep_warmup_epochs else "without warm-up")
     epochs = f"{spec.sweep_epochs} epoch{'s' if spec.sweep_epochs != 1 else ''}"
     return [
-        "## 2. The batch-size study",
+        "## 2. The batch-size sweep at a fixed epoch budget",
         "",
         f"Preset `fashion-batch-sweep`: SGD with momentum 0.9, lr = 0.1 × batch/256 (linear "
         f"scaling) {warmup}, cosine decay, "
-        f"weight decay 1e-4, a fixed budget of {epochs} at every batch size; "
-        f"one seed ({spec.sweep_seed}), so a difference of a few tenths of a point between "
-        "neighbouring batch sizes is within seed-to-seed noise.",
+        f"weight decay 1e-4, a fixed budget of {epochs} at every batch size, so larger batches "
+        f"take fewer optimizer steps; one seed ({spec.sweep_seed}), so a difference of a few "
+        "tenths of a point between neighbouring batch sizes is within seed-to-seed noise. "
+        + _validation_words(sweep["rows"]),
         "",
         *markdown_table(header, body),
         "",
-        f"Accuracy has fallen at the first batch size above the best whose best validation "
-        f"accuracy is more than {FALL_POINTS:g} point below the best. The gradient noise "
-        "scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) of the "
+        f"Marked: the best batch size on each measure, and the first batch size above it whose "
+        f"accuracy on that measure is more than {FALL_POINTS:g} point below its best. Under a "
+        "fixed epoch budget that fall mixes too few optimizer steps with the batch size itself, "
+        "so it does not locate the critical batch; the critical-batch study "
+        "(`lbtkit study critical-batch`, docs/critical-batch/index.md) measures steps to a "
+        "target with the learning rate tuned per batch size. Unstable: a training loss above "
+        "chance (ln 10) at some epoch.",
+        "",
+        "The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) of the "
         f"batch-{spec.sweep_batch_sizes[0]} run, at its initial weights (its seed's draw) "
         f"and at its final ones, each from {spec.noise_scale.draws} batches of "
         f"{spec.noise_scale.batch_sizes[0]} and of {spec.noise_scale.batch_sizes[1]} training "
@@ -293,7 +311,8 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
         "",
         *_noise_table(numbers["noise_scale"]),
         "",
-        f"![best validation accuracy vs batch size]({link(report['accuracy_vs_batch'])})",
+        f"![best and final validation and test accuracy vs batch size]"
+        f"({link(report['accuracy_vs_batch'])})",
         "",
         f"![learning curves]({link(report['learning_curves'])})",
         "",
@@ -302,6 +321,29 @@ def _sweep_section(spec: FashionStudySpec, sweep: dict[str, Any], numbers: dict[
         f"({link(report['csv'])}).",
         "",
     ]
+
+
+def _fall_marks(batch: int, numbers: dict[str, Any]) -> str:
+    marks = []
+    for key, measure in (("falling_batch", "best val"), ("falling_batch_final", "final val")):
+        fall = numbers[key]
+        if fall["best"] and fall["best"]["batch_size"] == batch:
+            marks.append(f"best ({measure})")
+        if fall["fall"] and fall["fall"]["batch_size"] == batch:
+            marks.append(f"fallen ({measure})")
+    return ", ".join(marks)
+
+
+def _validation_words(rows: list[dict[str, Any]]) -> str:
+    held = {row.get("val_split") or 0 for row in rows}
+    if 0 in held:
+        return ("Validation here is the test split (these runs held out no validation "
+                "images), so best accuracy is selected on the test set.")
+    size = f"{held.pop():,} images" if len(held) == 1 else "images"
+    return (f"Validation: {size} held out of the 60,000 training images (a fixed seeded draw, "
+            "not trained on); best is the highest validation accuracy over the epochs, final "
+            "the last. Test: the 10,000 test images, evaluated once at the end of each run, "
+            "never selected on.")
 
 
 def _rule(spec: FashionStudySpec) -> str:

@@ -108,23 +108,22 @@ def interpolation_band(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dic
     return band
 
 
-def falling_batch(rows: Sequence[dict[str, Any]], *, drop_points: float) -> dict[str, Any]:
-    """Where accuracy starts to fall over a sweep (rows with ``batch_size`` and
-    ``best_val_acc``): the first batch size above the best one whose best validation
-    accuracy is more than ``drop_points`` percentage points below the best.
+def falling_batch(rows: Sequence[dict[str, Any]], *, drop_points: float,
+                  key: str = "best_val_acc") -> dict[str, Any]:
+    """Where accuracy starts to fall over a sweep (rows with ``batch_size`` and ``key``, best
+    or final validation accuracy): the first batch size above the best one whose ``key`` is
+    more than ``drop_points`` percentage points below the best.
 
     Returns {"best": row, "fall": row or None, "before": the batch size below "fall" in the
     sweep (the fall lies between the two) or None, "largest": the largest batch size with an
     accuracy}. Rows without an accuracy are skipped.
     """
-    done = sorted((r for r in rows if r.get("best_val_acc") is not None),
-                  key=lambda r: r["batch_size"])
+    done = sorted((r for r in rows if r.get(key) is not None), key=lambda r: r["batch_size"])
     if not done:
         return {"best": None, "fall": None, "before": None, "largest": None}
-    best = max(done, key=lambda r: r["best_val_acc"])  # the smallest batch on ties
+    best = max(done, key=lambda r: r[key])  # the smallest batch on ties
     above = [r for r in done if r["batch_size"] > best["batch_size"]]
-    fall = next((r for r in above
-                 if 100 * (best["best_val_acc"] - r["best_val_acc"]) > drop_points), None)
+    fall = next((r for r in above if 100 * (best[key] - r[key]) > drop_points), None)
     before = None
     if fall is not None:
         before = max(r["batch_size"] for r in done if r["batch_size"] < fall["batch_size"])
