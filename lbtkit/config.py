@@ -124,6 +124,12 @@ class RunConfig:
         "relative improvement of the training loss that counts for stop_plateau_epochs",
         default=1e-3,
     )
+    stop_train_acc_mode: str = _opt(
+        "running | eval: stop_train_acc reads the epoch's running training accuracy (train "
+        "mode, over its batches), or the whole training set evaluated at the epoch's end in "
+        "eval mode (BatchNorm on running statistics, no augmentation; costs one pass)",
+        default="running",
+    )
 
     # Large-batch remedies (each off by default).
     trust_coefficient: float = _opt(
@@ -219,7 +225,8 @@ class RunConfig:
 
     def stop_rule(self) -> StopRule:
         return StopRule(train_acc=self.stop_train_acc, plateau_epochs=self.stop_plateau_epochs,
-                        plateau_delta=self.stop_plateau_delta)
+                        plateau_delta=self.stop_plateau_delta,
+                        train_acc_mode=self.stop_train_acc_mode)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
