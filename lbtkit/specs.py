@@ -33,6 +33,10 @@ import numpy as np
 from lbtkit.errors import ConfigError
 
 BN_MODES = ("recalibrate", "batch-stats", "interpolate")
+# BatchNorm in a sharpness measure's f: the running statistics the run kept (PyTorch's eval
+# mode), or each batch's own statistics (Keras' BatchNormalization(mode=2), which Keskar et
+# al.'s code uses: it normalises with the batch's statistics at evaluation too).
+SHARPNESS_BN = ("running", "batch")
 SPLITS = ("train", "test")
 DIRECTIONS = ("random", "between")
 NORMS = ("filter", "layer", "none")
@@ -303,8 +307,10 @@ class SharpnessSpec(Spec):
     Hessian eigenvalues (``hessian_iters`` Lanczos steps); with ``trace`` Hutchinson's trace
     estimate (``trace_samples`` probes). f is the mean training cross-entropy over ``samples``
     seeded training images (all when fewer), evaluated in batches of ``batch_size``; ``seed``
-    also draws the subspace, the start points and the probes. ``eps`` and ``subspaces`` also
-    take comma-separated text.
+    also draws the subspace, the start points and the probes. Everything is measured once per
+    BatchNorm convention in ``bn`` (``SHARPNESS_BN``; "batch": near-equal batches of at most
+    ``batch_size``, whose statistics normalise them), with the full-batch gradient norm at
+    the solution. ``eps``, ``subspaces`` and ``bn`` also take comma-separated text.
     """
 
     kind: ClassVar[str] = "sharpness spec"
@@ -320,8 +326,16 @@ class SharpnessSpec(Spec):
     samples: int = 4096
     batch_size: int = 1024
     seed: int = 0
+    bn: tuple[str, ...] = ("running",)
 
     def __post_init__(self) -> None:
+        bn = self.bn.split(",") if isinstance(self.bn, str) else self.bn
+        if isinstance(bn, (bytes, str)) or not isinstance(bn, Sequence) or not bn or \
+                len(set(bn)) < len(bn):
+            raise ConfigError(f"bn must be one or more of {', '.join(SHARPNESS_BN)}, each "
+                              f"once, got {self.bn!r}")
+        self._set("bn", tuple(_choice("bn", str(b).strip(), SHARPNESS_BN,
+                                      "BatchNorm convention") for b in bn))
         eps = parse_floats(self.eps, "eps") if isinstance(self.eps, str) else self.eps
         eps = _finite_numbers("eps", eps)
         if any(e < 0 for e in eps):

@@ -61,6 +61,7 @@ def test_text_forms_are_parsed_into_fields():
     assert (list(plane.x), list(plane.y)) == parse_grid("-0.5:1.5:5,-1:1:3")
     assert SharpnessSpec(eps="1e-3, 5e-4").eps == (1e-3, 5e-4)
     assert SharpnessSpec(subspaces="full,random:3").subspaces == ("full", "random:3")
+    assert SharpnessSpec(bn="batch, running").bn == ("batch", "running")
     # a whole float (a JSON 1.0) is a whole number; the stored value is an int
     assert InterpolationSpec(eval_batch_size=256.0).eval_batch_size == 256
     assert DemoSpec(batch_sizes=(256, 16, 256)).batch_sizes == (16, 256)
@@ -91,6 +92,8 @@ def test_text_forms_are_parsed_into_fields():
     (lambda: SharpnessSpec(samples=0), "samples must be a whole number >= 1, got 0"),
     (lambda: SharpnessSpec(hessian=True, top_k=3, hessian_iters=2), "got 3 and 2"),
     (lambda: SharpnessSpec(trace=True, trace_samples=1), "trace_samples must be >= 2, got 1"),
+    (lambda: SharpnessSpec(bn="eval"), "unknown BatchNorm convention 'eval' for bn"),
+    (lambda: SharpnessSpec(bn="batch,batch"), "bn must be one or more of running, batch"),
     (lambda: NoiseScaleSpec(batch_sizes=(64, 64)), "batch_sizes [64, 64]"),
     (lambda: NoiseScaleSpec(batch_sizes=(0, 64)), "batch_sizes must be a whole number >= 1, got 0"),
     (lambda: NoiseScaleSpec(batch_sizes=(32,)), "two batch sizes, got (32,)"),

@@ -36,6 +36,7 @@ from lbtkit.landscape.plane import (
     write_landscape,
 )
 from lbtkit.landscape.sharpness import (
+    gradient_norm,
     hessian_top_eigenvalues,
     hutchinson_trace,
     keskar_sharpness,
@@ -55,6 +56,7 @@ __all__ = [
     "SharpnessSpec",
     "between_direction",
     "evaluate_batch_stats",
+    "gradient_norm",
     "hessian_top_eigenvalues",
     "hutchinson_trace",
     "interpolate_runs",
