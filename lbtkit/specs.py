@@ -230,7 +230,10 @@ class InterpolationSpec(Spec):
     ``bn``: how BatchNorm statistics are set at each alpha (``lbtkit.landscape.interpolate``);
     ``bn_samples``: the first N training images re-estimate them (None: all);
     ``eval_batch_size``: the evaluation batch per process, also the fixed batch of
-    ``batch-stats``. ``alphas`` also takes the text ``"START:STOP:COUNT"`` or ``"0,0.5,1"``.
+    ``batch-stats``. ``refine``: that many extra alphas after the grid, each the midpoint of
+    the neighbouring pair whose training loss differs most (on the log scale the plot uses),
+    so a cliff between two grid points is resolved. ``alphas`` also takes the text
+    ``"START:STOP:COUNT"`` or ``"0,0.5,1"``.
     """
 
     kind: ClassVar[str] = "interpolation spec"
@@ -240,11 +243,16 @@ class InterpolationSpec(Spec):
     bn: str = "recalibrate"
     bn_samples: int | None = None
     eval_batch_size: int = 1024
+    refine: int = 0
 
     def __post_init__(self) -> None:
         alphas = parse_alphas(self.alphas) if isinstance(self.alphas, str) else self.alphas
         self._set("alphas", _finite_numbers("alphas", alphas))
         _check_bn(self)
+        self._set("refine", whole_number("refine", self.refine, 0))
+        if self.refine and len(set(self.alphas)) < 2:
+            raise ConfigError(f"refine needs at least two alphas to refine between, got "
+                              f"{list(self.alphas)}")
 
 
 @dataclass(frozen=True)

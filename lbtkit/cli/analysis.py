@@ -66,6 +66,9 @@ def interpolate(
     ] = "recalibrate",
     bn_samples: BnSamplesOption = None,
     eval_batch_size: EvalBatchOption = 1024,
+    refine: Annotated[int, typer.Option(
+        help="extra alphas after the grid, each halving the neighbouring pair whose "
+             "training loss differs most (log scale): resolves a cliff")] = 0,
     num_processes: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
@@ -86,7 +89,7 @@ def interpolate(
     trackers = requested_trackers(log_with)
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
-        "eval_batch_size": eval_batch_size,
+        "eval_batch_size": eval_batch_size, "refine": refine,
     }, source="the command line")
     _grid_command("interpolation", spec, [sb_run, lb_run], output, num_processes,
                   lambda: run_interpolation(spec, sb_run, lb_run, output),

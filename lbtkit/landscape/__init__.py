@@ -23,6 +23,7 @@ from lbtkit.landscape.interpolate import (
     parse_splits,
     run_interpolation,
     shard,
+    steepest_midpoints,
     write_interpolation,
 )
 from lbtkit.landscape.plane import (
@@ -78,6 +79,7 @@ __all__ = [
     "run_sharpness",
     "shard",
     "sharpness_settings",
+    "steepest_midpoints",
     "write_interpolation",
     "write_landscape",
 ]
