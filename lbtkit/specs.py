@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from lbtkit.errors import ConfigError
+from lbtkit.stopping import TRAIN_ACC_MODES
 
 BN_MODES = ("recalibrate", "batch-stats", "interpolate")
 # BatchNorm in a sharpness measure's f: the running statistics the run kept (PyTorch's eval
@@ -433,7 +434,9 @@ class FashionStudySpec(Spec):
     """``lbtkit study fashion``: Keskar's F1 protocol over ``seeds`` and the batch-size sweep.
 
     The Keskar part: per seed, SB (``sb``) and LB (``lb``) from that seed's initial weights,
-    each trained until the stopping rule fires (training accuracy ``stop_train_acc``, and/or
+    each trained until the stopping rule fires (training accuracy ``stop_train_acc``, read
+    as ``stop_train_acc_mode`` says: "eval", the whole training set in eval mode at each
+    epoch's end, or "running", the epoch's running average; and/or
     no relative improvement of the training loss above ``stop_plateau_delta`` for
     ``stop_plateau_epochs`` epochs; at least one of the two) or ``epochs_cap`` epochs pass,
     then measured with ``interpolation`` and ``sharpness``. The sweep part: the
@@ -449,8 +452,9 @@ class FashionStudySpec(Spec):
     sb: int = 256
     lb: int = 6000
     epochs_cap: int = 30
-    stop_train_acc: float | None = 0.97
-    stop_plateau_epochs: int | None = 5
+    stop_train_acc: float | None = 0.99
+    stop_train_acc_mode: str = "eval"
+    stop_plateau_epochs: int | None = None
     stop_plateau_delta: float = 1e-3
     sweep_batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     sweep_epochs: int = 10
@@ -505,6 +509,8 @@ class FashionStudySpec(Spec):
             raise ConfigError(f"stop_train_acc must be in (0, 1], got {acc!r}")
         if epochs is not None:
             self._set("stop_plateau_epochs", whole_number("stop_plateau_epochs", epochs, 1))
+        _choice("stop_train_acc_mode", self.stop_train_acc_mode, TRAIN_ACC_MODES,
+                "training-accuracy mode")
         delta = self.stop_plateau_delta
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (
                 math.isfinite(delta) and 0 <= delta < 1):
@@ -513,5 +519,6 @@ class FashionStudySpec(Spec):
     def stop_fields(self) -> dict[str, Any]:
         """The RunConfig fields of the stopping rule and the cap, for both sides."""
         return {"epochs": self.epochs_cap, "stop_train_acc": self.stop_train_acc,
+                "stop_train_acc_mode": self.stop_train_acc_mode,
                 "stop_plateau_epochs": self.stop_plateau_epochs,
                 "stop_plateau_delta": self.stop_plateau_delta}

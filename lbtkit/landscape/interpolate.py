@@ -293,26 +293,32 @@ def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
         acc = [r for r in points if _finite(r["accuracy"])]
         if loss:
             loss_axis.semilogy([r["alpha"] for r in loss], [r["loss"] for r in loss],
-                               "b" + styles[split], marker=".", label=split)
+                               "b" + styles[split], marker=".", label=f"{split} loss")
         if acc:
             acc_axis.plot([r["alpha"] for r in acc], [100 * r["accuracy"] for r in acc],
-                          "r" + styles[split], marker=".")
+                          "r" + styles[split], marker=".", label=f"{split} accuracy")
     label_parametric_axes(loss_axis, acc_axis)
     save_png(figure, path)
 
 
 def label_parametric_axes(loss_axis, acc_axis) -> None:
-    """Keskar's parametric plot's furniture: the SB/LB marks, axis labels, grid, legend."""
+    """Keskar's parametric plot's furniture: the SB/LB marks (inside the axes, at the
+    bottom, clear of any title), axis labels, grid, and one legend below the axes for the
+    lines of both (loss and accuracy). The figure needs ``layout="constrained"``."""
     for alpha, name in ((0.0, "SB"), (1.0, "LB")):
         loss_axis.axvline(alpha, color="0.8", linewidth=0.8, zorder=0)
-        loss_axis.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"),
-                           ha="center", va="bottom", fontsize=8)
+        loss_axis.annotate(name, (alpha, 0.02), xycoords=("data", "axes fraction"),
+                           ha="center", va="bottom", fontsize=8,
+                           bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})
     loss_axis.set_xlabel("alpha  (0: small-batch solution, 1: large-batch solution)")
     loss_axis.set_ylabel("cross-entropy", color="b")
     acc_axis.set_ylabel("accuracy (%)", color="r")
     loss_axis.grid(True, which="both", alpha=0.3)
-    if loss_axis.get_legend_handles_labels()[0]:
-        loss_axis.legend(loc="upper left")
+    handles, labels = loss_axis.get_legend_handles_labels()
+    more_handles, more_labels = acc_axis.get_legend_handles_labels()
+    if handles or more_handles:  # below the axes: no line is hidden behind it
+        loss_axis.figure.legend(handles + more_handles, labels + more_labels,
+                                loc="outside lower center", ncols=2, fontsize="small")
 
 
 def save_png(figure, path: Path) -> None:
