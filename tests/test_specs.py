@@ -152,9 +152,10 @@ def test_fashion_study_specs_round_trip_and_refuse_bad_values():
     for spec in (FASHION_FULL, FASHION_QUICK, FashionStudySpec()):
         again = through_json(spec)
         assert again == spec and type(again) is FashionStudySpec
-    assert len(FASHION_FULL.seeds) >= 3
-    assert FASHION_FULL.stop_fields() == {"epochs": 30, "stop_train_acc": 0.97,
-                                          "stop_plateau_epochs": 5, "stop_plateau_delta": 1e-3}
+    assert len(FASHION_FULL.seeds) == 5
+    assert FASHION_FULL.stop_fields() == {"epochs": 150, "stop_train_acc": 0.99,
+                                          "stop_train_acc_mode": "eval",
+                                          "stop_plateau_epochs": None, "stop_plateau_delta": 1e-3}
     bad = [
         ({"seeds": (0,)}, "at least two different seeds"),
         ({"seeds": (0, 0, 1)}, "each once"),
@@ -162,6 +163,7 @@ def test_fashion_study_specs_round_trip_and_refuse_bad_values():
         ({"sb": 6000, "lb": 256}, "need 0 < sb < lb"),
         ({"stop_train_acc": None, "stop_plateau_epochs": None}, "needs a stopping rule"),
         ({"stop_train_acc": 1.5}, "stop_train_acc must be in (0, 1], got 1.5"),
+        ({"stop_train_acc_mode": "train"}, "unknown training-accuracy mode 'train'"),
         ({"stop_plateau_epochs": 0}, "stop_plateau_epochs must be a whole number >= 1"),
         ({"stop_plateau_delta": 1.0}, "stop_plateau_delta must be in [0, 1)"),
         ({"epochs_cap": 0}, "epochs_cap must be a whole number >= 1"),

@@ -138,7 +138,7 @@ def _conventions_sentence(summary: dict[str, Any]) -> str | None:
     if any(v is None or v <= 0 for v in means.values()):
         return None
     ratio = {k: means[("lb", k)] / means[("sb", k)] for k in (key, other)}
-    return (f"The BatchNorm convention changes φ's size, not only its units ({space} space, "
+    return (f"The BatchNorm convention changes the size of φ ({space} space, "
             f"ε={eps}): with batch statistics φ is {means[('sb', key)]:.3g} (SB) and "
             f"{means[('lb', key)]:.3g} (LB), with running statistics {means[('sb', other)]:.3g} "
             f"and {means[('lb', other)]:.3g}; LB/SB is {ratio[key]:.3g} and {ratio[other]:.3g}. "
