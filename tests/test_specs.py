@@ -153,7 +153,7 @@ def test_fashion_study_specs_round_trip_and_refuse_bad_values():
         again = through_json(spec)
         assert again == spec and type(again) is FashionStudySpec
     assert len(FASHION_FULL.seeds) == 5
-    assert FASHION_FULL.stop_fields() == {"epochs": 150, "stop_train_acc": 0.99,
+    assert FASHION_FULL.stop_fields() == {"epochs": 100, "stop_train_acc": 0.99,
                                           "stop_train_acc_mode": "eval",
                                           "stop_plateau_epochs": None, "stop_plateau_delta": 1e-3}
     bad = [

@@ -82,7 +82,7 @@ FULL = FashionStudySpec(
     # Trained to fit: both sides until 99% of the whole training set is right in eval mode
     # (the accuracy the report shows), checked at every epoch's end; the cap is a safety net
     # far above the epochs that takes (see lbtkit.studies.budget), not a budget.
-    epochs_cap=150, stop_train_acc=0.99, stop_train_acc_mode="eval", stop_plateau_epochs=None,
+    epochs_cap=100, stop_train_acc=0.99, stop_train_acc_mode="eval", stop_plateau_epochs=None,
     sweep_batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), sweep_epochs=10,
     sweep_warmup_epochs=2.0, sweep_seed=0,
     # Keskar's 25 alphas -1..2 (step 0.125), then 8 more where the training loss changes
