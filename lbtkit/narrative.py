@@ -695,8 +695,7 @@ def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str,
                                            for r in capped) + ")")
     grads = [k for k in sb if k.startswith("grad_norm") and sb[k]["mean"] is not None]
     if grads:
-        text += ("; the gradient norm of the whole training set's mean loss at the "
-                 "solution is " + ", ".join(
+        text += ("; the gradient norm of the training loss at the solution is " + ", ".join(
                      f"{pm(sb[k], digits=3)} (SB) vs {pm(lb[k], digits=3)} (LB) with "
                      f"{k.split(' ', 1)[1]}" for k in grads)
                  + " (zero at a minimiser)")

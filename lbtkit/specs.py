@@ -318,8 +318,9 @@ class SharpnessSpec(Spec):
     seeded training images (all when fewer), evaluated in batches of ``batch_size``; ``seed``
     also draws the subspace, the start points and the probes. Everything is measured once per
     BatchNorm convention in ``bn`` (``SHARPNESS_BN``; "batch": near-equal batches of at most
-    ``batch_size``, whose statistics normalise them), with the full-batch gradient norm at
-    the solution. ``eps``, ``subspaces`` and ``bn`` also take comma-separated text.
+    ``batch_size``, whose statistics normalise them), with the gradient norm at the solution
+    over ``gradient_samples`` seeded training images (None: the whole training set, the
+    full-batch gradient). ``eps``, ``subspaces`` and ``bn`` also take comma-separated text.
     """
 
     kind: ClassVar[str] = "sharpness spec"
@@ -336,6 +337,7 @@ class SharpnessSpec(Spec):
     batch_size: int = 1024
     seed: int = 0
     bn: tuple[str, ...] = ("running",)
+    gradient_samples: int | None = None
 
     def __post_init__(self) -> None:
         bn = self.bn.split(",") if isinstance(self.bn, str) else self.bn
@@ -365,6 +367,9 @@ class SharpnessSpec(Spec):
         for name in ("iters", "samples", "batch_size", "top_k", "hessian_iters"):
             self._set(name, whole_number(name, getattr(self, name), 1))
         self._set("trace_samples", whole_number("trace_samples", self.trace_samples, 0))
+        if self.gradient_samples is not None:
+            self._set("gradient_samples",
+                      whole_number("gradient_samples", self.gradient_samples, 1))
         self._set("seed", whole_number("seed", self.seed, 0))
         _flag("hessian", self.hessian)
         _flag("trace", self.trace)

@@ -329,8 +329,10 @@ def sharpness_settings(spec: SharpnessSpec) -> dict[str, Any]:
     return {
         "f": "mean training cross-entropy, dropout off, once per BatchNorm convention",
         "bn": {bn: BN_TEXT[bn] for bn in spec.bn},
-        "gradient_norm": "Euclidean norm of the gradient of the mean cross-entropy over the "
-                         "whole training set, at the solution, per BatchNorm convention",
+        "gradient_norm": "Euclidean norm of the gradient of the mean cross-entropy at the "
+                         "solution, per BatchNorm convention, over "
+                         + ("the whole training set" if spec.gradient_samples is None else
+                            f"{spec.gradient_samples} seeded training images"),
         "samples": spec.samples,
         "sample_selection": "seeded random subset of the training set, no augmentation",
         "seed": spec.seed,
@@ -377,10 +379,12 @@ def run_sharpness(
         model, config = load_run(run_dir, device=device)
         measured: dict[str, Any] = {"sharpness": [], "by_bn": {}}
         for bn in spec.bn:
-            x0, loss, count = _run_loss(spec, model, config, device, acc, bn=bn)
+            x0, loss, count = _run_loss(spec, model, config, device, acc, bn=bn,
+                                        samples=spec.samples)
             one = measure_sharpness(spec, loss, x0, progress=progress and rank == 0, bn=bn)
             measured["sharpness"] += one["sharpness"]
-            _, full, _ = _run_loss(spec, model, config, device, acc, bn=bn, whole=True)
+            _, full, _ = _run_loss(spec, model, config, device, acc, bn=bn,
+                                   samples=spec.gradient_samples)
             measured["by_bn"][bn] = {
                 "train_loss": _value(loss, x0),
                 "gradient_norm": gradient_norm(full, x0),
@@ -406,19 +410,19 @@ def run_sharpness(
 
 
 def _run_loss(spec: SharpnessSpec, model: nn.Module, config: Any, device: torch.device,
-              accelerator: Any, *, bn: str, whole: bool = False
+              accelerator: Any, *, bn: str, samples: int | None
               ) -> tuple[torch.Tensor, SplitLoss, int]:
-    """(x0, f, samples): f the mean training cross-entropy over ``spec.samples`` seeded
-    training images (``whole``: over the whole training set, in its order) with BatchNorm as
-    ``bn`` says, this process's share of its batches and the sum over processes."""
+    """(x0, f, samples): f the mean training cross-entropy over ``samples`` seeded training
+    images (None: the whole training set, in its order) with BatchNorm as ``bn`` says, this
+    process's share of its batches and the sum over processes."""
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes)
     n_train = data.train_labels.shape[0]
-    if whole:
+    if samples is None:
         chosen = torch.arange(n_train)
     else:
         generator = torch.Generator().manual_seed(spec.seed)
-        chosen = torch.randperm(n_train, generator=generator)[:spec.samples].sort().values
+        chosen = torch.randperm(n_train, generator=generator)[:samples].sort().values
     images = data.train_images[chosen].to(device)
     labels = data.train_labels[chosen].to(device)
     inputs = InputSpec(data.info, config.image_size, config.channels_last)

@@ -117,7 +117,9 @@ def sharpness_seconds(spec: FashionStudySpec) -> float:
                                + pinv)
     if s.hessian:
         total += s.hessian_iters * HVP_GRADIENTS * samples * GRADIENT_S
-    total += TRAIN_IMAGES * GRADIENT_S  # the gradient norm over the whole training set
+    gradient = TRAIN_IMAGES if s.gradient_samples is None else min(s.gradient_samples,
+                                                                     TRAIN_IMAGES)
+    total += gradient * GRADIENT_S  # the gradient norm at the solution
     return len(s.bn) * total
 
 

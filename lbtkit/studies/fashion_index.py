@@ -230,9 +230,11 @@ def _keskar_section(spec: FashionStudySpec, keskar: dict[str, Any], numbers: dic
               "evaluates in batches of 5,000); bn=running: with the running statistics the "
               "run kept (PyTorch's eval mode). The top Hessian eigenvalue of the same f from "
               f"{sharp.hessian_iters} Lanczos steps; the gradient norm: of the mean "
-              "cross-entropy over all 60,000 training images at the solution (0 at a "
-              "minimiser). The paper measured φ on MNIST (Table 2; its Hessian and gradient "
-              "are not reported for F1).",
+              "cross-entropy over " + ("all 60,000 training images" if
+                                       sharp.gradient_samples is None else
+                                       f"{sharp.gradient_samples:,} seeded training images")
+              + " at the solution (0 at a minimiser). The paper measured φ on MNIST "
+              "(Table 2; its Hessian and gradient are not reported for F1).",
               "", "### How far each run trained", "",
               *_runs_table(keskar["records"]), "",
               f"Every number per run: [{link(keskar['paths']['runs'])}]"
