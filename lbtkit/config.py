@@ -129,6 +129,12 @@ class RunConfig:
         "relative improvement of the training loss that counts for stop_plateau_epochs",
         default=1e-3,
     )
+    stop_train_acc_mode: str = _opt(
+        "running | eval: stop_train_acc reads the epoch's running training accuracy (train "
+        "mode, over its batches), or the whole training set evaluated at the epoch's end in "
+        "eval mode (BatchNorm on running statistics, no augmentation; costs one pass)",
+        default="running",
+    )
 
     # Steps to a target (Shallue et al., McCandlish et al.: lbtkit study critical-batch).
     targets: str = _opt(
@@ -251,7 +257,8 @@ class RunConfig:
 
     def stop_rule(self) -> StopRule:
         return StopRule(train_acc=self.stop_train_acc, plateau_epochs=self.stop_plateau_epochs,
-                        plateau_delta=self.stop_plateau_delta)
+                        plateau_delta=self.stop_plateau_delta,
+                        train_acc_mode=self.stop_train_acc_mode)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""

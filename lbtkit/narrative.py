@@ -567,8 +567,7 @@ def _space(subspace: str) -> str:
 
 # --- the Fashion-MNIST study (lbtkit study fashion) ------------------------------------------
 
-# Two means over seeds differ when their difference exceeds this many standard errors of the
-# difference (Welch: sqrt(s1^2/n1 + s2^2/n2), the seed-to-seed spread).
+# A B_simple estimate counts when it exceeds this many of its standard errors.
 SEED_STANDARD_ERRORS = 2.0
 # Both sides fit the training set alike when their mean training accuracies are within this
 # many percentage points (Keskar's F1 sides are 0.26 points apart: 99.66 vs 99.92).
@@ -579,26 +578,19 @@ SAME_FIT_POINTS = 0.5
 FALL_POINTS = 1.0
 
 # Keskar et al. 2016, Table 2 (F1 on MNIST; mean ± std over 5 runs): train and test accuracy
-# in %, sharpness (full space eps 1e-3 and 5e-4, a random 100-dim subspace eps 1e-3).
+# in %, sharpness (full space eps 1e-3 and 5e-4, a random 100-dim subspace eps 1e-3). Their
+# code normalises with batch statistics (Keras BatchNormalization(mode=2)), so their φ sits
+# beside ours under that convention (bn=batch).
 PAPER_F1 = {
     "sb": {"train_acc": (99.66, 0.05), "test_acc": (98.03, 0.07),
-           "phi full eps=0.001": (1.23, 0.83), "phi full eps=0.0005": (0.61, 0.27),
-           "phi random:100 eps=0.001": (0.11, 0.00)},
+           "phi full eps=0.001 bn=batch": (1.23, 0.83),
+           "phi full eps=0.0005 bn=batch": (0.61, 0.27),
+           "phi random:100 eps=0.001 bn=batch": (0.11, 0.00)},
     "lb": {"train_acc": (99.92, 0.01), "test_acc": (97.81, 0.07),
-           "phi full eps=0.001": (205.14, 69.52), "phi full eps=0.0005": (42.90, 17.14),
-           "phi random:100 eps=0.001": (9.22, 0.56)},
+           "phi full eps=0.001 bn=batch": (205.14, 69.52),
+           "phi full eps=0.0005 bn=batch": (42.90, 17.14),
+           "phi random:100 eps=0.001 bn=batch": (9.22, 0.56)},
 }
-
-
-def seed_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """b's mean minus a's over seeds ({"mean", "std", "n"} each), its standard error and
-    whether it exceeds SEED_STANDARD_ERRORS of them ("differs"; False when either side has
-    fewer than two seeds: no spread, no verdict)."""
-    diff = b["mean"] - a["mean"]
-    if a["n"] < 2 or b["n"] < 2 or a["std"] is None or b["std"] is None:
-        return {"diff": diff, "se": None, "differs": False}
-    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-    return {"diff": diff, "se": se, "differs": abs(diff) > SEED_STANDARD_ERRORS * se}
 
 
 def pm(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
@@ -609,17 +601,86 @@ def pm(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     return text if stat["std"] is None else f"{text} ± {scale * stat['std']:.{digits}f}"
 
 
+def paired_text(d: dict[str, Any], scale: float = 1.0, unit: str = "") -> str:
+    """``LB − SB = -0.92 points (95% interval -2.1 to 0.31), p = 0.16`` of a
+    ``lbtkit.studies.paired.paired_difference``."""
+    text = f"LB − SB = {scale * d['mean']:+.3g}{unit}"
+    if d["p"] is None:
+        return text + " (one seed: no interval, no test)"
+    return (text + f" ({100 * d['confidence']:.0f}% interval {scale * d['low']:.3g} to "
+            f"{scale * d['high']:.3g}{unit}), p = {d['p']:.2g}")
+
+
+def paired_sentence(summary: dict[str, dict[str, Any]], paired: dict[str, dict[str, Any]],
+                    key: str, *, noun: str, scale: float = 1.0, unit: str = "",
+                    diff_unit: str | None = None) -> str:
+    """SB vs LB on one number, paired by seed: the values, LB minus SB with its interval and
+    p-value, and the verdict at the stated alpha ("differs" only below it)."""
+    diff_unit = unit if diff_unit is None else diff_unit
+    a, b, d = summary["sb"][key], summary["lb"][key], paired.get(key)
+    if a["mean"] is None or b["mean"] is None or d is None or d["mean"] is None:
+        return f"{noun}: not measured on both sides."
+    values = f"{pm(a, scale)}{unit} (SB) vs {pm(b, scale)}{unit} (LB)"
+    if d["p"] is None:
+        return f"{noun}: {values}; too few paired seeds for a test."
+    text = f"{noun}: {values}; {paired_text(d, scale, diff_unit)}"
+    if not d["differs"]:
+        return text + (f": no difference at α = {d['alpha']:g} over these {d['n']} seeds "
+                       "(the interval includes 0).")
+    higher = "higher" if d["mean"] > 0 else "lower"
+    factor = ""
+    if a["mean"] > 0 and b["mean"] > 0 and max(a["mean"], b["mean"]) > 2 * min(a["mean"],
+                                                                            b["mean"]):
+        factor = f", {b['mean'] / a['mean']:.3g} times SB's"
+    return text + f": LB's is {higher}{factor} (p < {d['alpha']:g})."
+
+
+def generalisation_sentence(paired: dict[str, dict[str, Any]]) -> str | None:
+    """Test accuracy and test loss read together: they can disagree, and what that means."""
+    acc, loss = paired.get("test_acc"), paired.get("test_loss")
+    if not acc or not loss or acc["p"] is None or loss["p"] is None:
+        return None
+    acc_dir = "lower" if acc["mean"] < 0 else "higher"
+    loss_dir = "lower" if loss["mean"] < 0 else "higher"
+    opposite = (acc["mean"] < 0) == (loss["mean"] < 0)  # fewer right, yet a lower loss
+    meaning = (" Lower accuracy with lower cross-entropy would mean LB gets more test images "
+               "wrong but is less over-confident: cross-entropy punishes a confident wrong "
+               "answer heavily, so SB's errors would be the more confident ones, LB's "
+               "predicted probabilities the better calibrated; accuracy counts errors, the "
+               "loss weighs them by confidence." if opposite else "")
+    if acc["differs"] and loss["differs"]:
+        if not opposite:
+            return (f"LB's test accuracy is {acc_dir} and its test loss {loss_dir}, both at "
+                    f"α = {acc['alpha']:g}: on these seeds LB generalises "
+                    f"{'worse' if acc['mean'] < 0 else 'better'} by both measures.")
+        return (f"LB's test accuracy is {acc_dir} yet its test loss is {loss_dir}, both at "
+                f"α = {acc['alpha']:g}." + meaning)
+    if acc["differs"] or loss["differs"]:
+        which, other = ("accuracy", "loss") if acc["differs"] else ("loss", "accuracy")
+        return (f"Only the test {which} differs at α = {acc['alpha']:g} (LB's is "
+                f"{acc_dir if which == 'accuracy' else loss_dir}); the test {other}'s "
+                "difference is within what the seeds' spread allows, so the two measures "
+                "do not establish one verdict together.")
+    text = (f"Neither the test accuracy (LB {acc_dir}, p = {acc['p']:.2g}) nor the test loss "
+            f"(LB {loss_dir}, p = {loss['p']:.2g}) differs at α = {acc['alpha']:g}: over these "
+            "seeds the study does not show that LB generalises worse.")
+    if opposite:
+        text += (" Their directions disagree; were both real, that would mean LB errs more "
+                 "often but less confidently, which these seeds do not establish.")
+    return text
+
+
 def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
-    """How far each side trained (epochs, training accuracy, which rule stopped it) and
-    whether both fit the training set alike (SAME_FIT_POINTS), judged on the accuracy in
-    evaluation mode (``train_acc_eval``) when it was measured on both sides, else on the
-    running average the rule reads."""
+    """How far each side trained (epochs, training accuracy, which rule stopped it), whether
+    both fit the training set alike (SAME_FIT_POINTS), judged on the accuracy in evaluation
+    mode (``train_acc_eval``) when it was measured on both sides, else on the running
+    average; and the full-batch gradient norm at each solution, when measured."""
     sb, lb = summary["sb"], summary["lb"]
     capped = [r for r in records if r["stopped_by"].startswith("epochs cap")]  # stop_text
-    text = (f"SB trained {pm(sb['epochs'], digits=1)} epochs to a training accuracy of "
-            f"{pm(sb['train_acc'], 100)}%, LB {pm(lb['epochs'], digits=1)} epochs to "
-            f"{pm(lb['train_acc'], 100)}% (mean ± std over seeds; the last epoch's running "
-            "average, which the stopping rule reads)")
+    text = (f"SB trained {pm(sb['epochs'], digits=1)} epochs, LB {pm(lb['epochs'], digits=1)} "
+            f"(mean ± std over seeds); the last epoch's running training accuracy (train "
+            f"mode, over its batches) is {pm(sb['train_acc'], 100)}% (SB) and "
+            f"{pm(lb['train_acc'], 100)}% (LB)")
     key, kind = "train_acc", "training accuracies"
     if all(side.get("train_acc_eval", {}).get("mean") is not None for side in (sb, lb)):
         key, kind = "train_acc_eval", "training accuracies in evaluation mode"
@@ -630,6 +691,12 @@ def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str,
         text += (f"; {len(capped)} of {len(records)} runs ran to the epochs cap, the rule not "
                  "met before it (" + ", ".join(f"seed {r['seed']} {r['side'].upper()}"
                                            for r in capped) + ")")
+    grads = [k for k in sb if k.startswith("grad_norm") and sb[k]["mean"] is not None]
+    if grads:
+        text += ("; the gradient norm of the training loss at the solution is " + ", ".join(
+                     f"{pm(sb[k], digits=3)} (SB) vs {pm(lb[k], digits=3)} (LB) with "
+                     f"{k.split(' ', 1)[1]}" for k in grads)
+                 + " (zero at a minimiser)")
     if abs(diff) <= SAME_FIT_POINTS:
         return text + (f". The two sides' {kind} are {abs(diff):.2f} points apart, "
                        f"within {SAME_FIT_POINTS:g}: the comparison below is between solutions "
@@ -640,48 +707,20 @@ def fit_sentence(summary: dict[str, dict[str, Any]], records: Sequence[dict[str,
                    "only the effect Keskar et al. describe.")
 
 
-def seed_comparison_sentence(summary: dict[str, dict[str, Any]], key: str, *, noun: str,
-                             scale: float = 1.0, unit: str = "", diff_unit: str | None = None
-                             ) -> str:
-    """SB vs LB on one number over seeds: does LB's mean differ by more than
-    SEED_STANDARD_ERRORS standard errors of the difference? ``unit`` follows the values,
-    ``diff_unit`` (default ``unit``) the differences (" points" for percentages)."""
-    diff_unit = unit if diff_unit is None else diff_unit
-    a, b = summary["sb"][key], summary["lb"][key]
-    if a["mean"] is None or b["mean"] is None:
-        return f"{noun}: not measured on both sides."
-    d = seed_difference(a, b)
-    values = f"{pm(a, scale)}{unit} (SB) vs {pm(b, scale)}{unit} (LB)"
-    if d["se"] is None:
-        return f"{noun}: {values}; too few seeds for a verdict."
-    bound = SEED_STANDARD_ERRORS * scale * d["se"]
-    limit = f"{SEED_STANDARD_ERRORS:g} standard errors ({bound:.3g}{diff_unit})"
-    if not d["differs"]:
-        return f"{noun}: {values}, a difference within {limit}: no difference over these seeds."
-    higher = "higher" if d["diff"] > 0 else "lower"
-    factor = ""
-    if a["mean"] > 0 and b["mean"] > 0 and max(a["mean"], b["mean"]) > 2 * min(a["mean"],
-                                                                            b["mean"]):
-        factor = f", {b['mean'] / a['mean']:.3g} times SB's"
-    return (f"{noun}: {values}; LB's is {higher} by {abs(scale * d['diff']):.3g}{diff_unit}"
-            f"{factor}, "
-            f"more than {limit}.")
-
-
-def paper_sentence(summary: dict[str, dict[str, Any]]) -> str:
+def paper_sentence(paired: dict[str, dict[str, Any]]) -> str:
     """Does each comparison go the paper's way (LB sharper, LB's test accuracy lower)? The
-    direction is ours only when it passes SEED_STANDARD_ERRORS."""
+    direction is ours only when the paired test says the two sides differ."""
     agree, disagree, unclear = [], [], []
-    for key, _ in PAPER_F1["sb"].items():
-        if key == "train_acc" or summary["sb"].get(key) is None:
+    for key in PAPER_F1["sb"]:
+        if key == "train_acc" or paired.get(key) is None or paired[key]["mean"] is None:
             continue
         paper = PAPER_F1["lb"][key][0] - PAPER_F1["sb"][key][0]
-        ours = seed_difference(summary["sb"][key], summary["lb"][key])
-        name = key.replace("phi ", "sharpness ").replace("eps=", "ε=") if key != "test_acc" \
-            else "test accuracy"
+        ours = paired[key]
+        name = "test accuracy" if key == "test_acc" else key.replace(
+            "phi ", "sharpness ").replace("eps=", "ε=")
         if not ours["differs"]:
             unclear.append(name)
-        elif (ours["diff"] > 0) == (paper > 0):
+        elif (ours["mean"] > 0) == (paper > 0):
             agree.append(name)
         else:
             disagree.append(name)
@@ -691,9 +730,10 @@ def paper_sentence(summary: dict[str, dict[str, Any]]) -> str:
     if disagree:
         parts.append("goes against the paper for " + ", ".join(disagree))
     if unclear:
-        parts.append("shows no difference beyond two standard errors for " + ", ".join(unclear))
+        parts.append("shows no difference (paired, p ≥ α) for " + ", ".join(unclear))
     return ("Against Keskar et al.'s F1 row (MNIST in the paper, Fashion-MNIST here: a "
-            "harder data set, so lower accuracies are expected), the LB-minus-SB difference "
+            "harder data set, so lower accuracies are expected; their φ with batch "
+            "statistics, so ours with bn=batch), the LB-minus-SB difference "
             + "; ".join(parts) + ".")
 
 
@@ -799,12 +839,14 @@ def _noise_phrase(noise: dict[str, Any]) -> str:
             "large but not measured by these batches)")
 
 
-def fashion_thresholds_sentence() -> str:
+def fashion_thresholds_sentence(alpha: float = 0.05) -> str:
     """The thresholds behind the Fashion-MNIST study's verdicts, in words."""
-    return (f"Thresholds, stated before the numbers: two means over seeds differ when their "
-            f"difference exceeds {SEED_STANDARD_ERRORS:g} standard errors (Welch, from the "
-            f"seeds' spread); both sides fit alike within {SAME_FIT_POINTS:g} points of "
-            f"training accuracy; over the sweep, accuracy has fallen at the first batch more "
-            f"than {FALL_POINTS:g} point below the sweep's best; a B_simple is resolved when it "
-            f"exceeds {SEED_STANDARD_ERRORS:g} of its standard errors; a run is unstable when "
-            f"its training loss exceeds chance, ln(classes), at some epoch.")
+    return (f"Thresholds, stated before the numbers: SB and LB differ when a paired t-test "
+            f"over the seeds (each seed's SB and LB start from one initialisation; "
+            f"scipy.stats.ttest_rel, two-sided) gives p < {alpha:g}, and every difference is "
+            f"shown with its 95% interval (t, n − 1 degrees of freedom); both sides fit alike "
+            f"within {SAME_FIT_POINTS:g} points of training accuracy; over the sweep, accuracy "
+            f"has fallen at the first batch more than {FALL_POINTS:g} point below the sweep's "
+            f"best; a B_simple is resolved when it exceeds {SEED_STANDARD_ERRORS:g} of its "
+            f"standard errors; a run is unstable when its training loss exceeds chance, "
+            f"ln(classes), at some epoch.")

@@ -31,8 +31,13 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from lbtkit.errors import ConfigError
+from lbtkit.stopping import TRAIN_ACC_MODES
 
 BN_MODES = ("recalibrate", "batch-stats", "interpolate")
+# BatchNorm in a sharpness measure's f: the running statistics the run kept (PyTorch's eval
+# mode), or each batch's own statistics (Keras' BatchNormalization(mode=2), which Keskar et
+# al.'s code uses: it normalises with the batch's statistics at evaluation too).
+SHARPNESS_BN = ("running", "batch")
 SPLITS = ("train", "test")
 DIRECTIONS = ("random", "between")
 NORMS = ("filter", "layer", "none")
@@ -226,7 +231,10 @@ class InterpolationSpec(Spec):
     ``bn``: how BatchNorm statistics are set at each alpha (``lbtkit.landscape.interpolate``);
     ``bn_samples``: the first N training images re-estimate them (None: all);
     ``eval_batch_size``: the evaluation batch per process, also the fixed batch of
-    ``batch-stats``. ``alphas`` also takes the text ``"START:STOP:COUNT"`` or ``"0,0.5,1"``.
+    ``batch-stats``. ``refine``: that many extra alphas after the grid, each the midpoint of
+    the neighbouring pair whose training loss differs most (on the log scale the plot uses),
+    so a cliff between two grid points is resolved. ``alphas`` also takes the text
+    ``"START:STOP:COUNT"`` or ``"0,0.5,1"``.
     """
 
     kind: ClassVar[str] = "interpolation spec"
@@ -236,11 +244,16 @@ class InterpolationSpec(Spec):
     bn: str = "recalibrate"
     bn_samples: int | None = None
     eval_batch_size: int = 1024
+    refine: int = 0
 
     def __post_init__(self) -> None:
         alphas = parse_alphas(self.alphas) if isinstance(self.alphas, str) else self.alphas
         self._set("alphas", _finite_numbers("alphas", alphas))
         _check_bn(self)
+        self._set("refine", whole_number("refine", self.refine, 0))
+        if self.refine and len(set(self.alphas)) < 2:
+            raise ConfigError(f"refine needs at least two alphas to refine between, got "
+                              f"{list(self.alphas)}")
 
 
 @dataclass(frozen=True)
@@ -303,8 +316,11 @@ class SharpnessSpec(Spec):
     Hessian eigenvalues (``hessian_iters`` Lanczos steps); with ``trace`` Hutchinson's trace
     estimate (``trace_samples`` probes). f is the mean training cross-entropy over ``samples``
     seeded training images (all when fewer), evaluated in batches of ``batch_size``; ``seed``
-    also draws the subspace, the start points and the probes. ``eps`` and ``subspaces`` also
-    take comma-separated text.
+    also draws the subspace, the start points and the probes. Everything is measured once per
+    BatchNorm convention in ``bn`` (``SHARPNESS_BN``; "batch": near-equal batches of at most
+    ``batch_size``, whose statistics normalise them), with the gradient norm at the solution
+    over ``gradient_samples`` seeded training images (None: the whole training set, the
+    full-batch gradient). ``eps``, ``subspaces`` and ``bn`` also take comma-separated text.
     """
 
     kind: ClassVar[str] = "sharpness spec"
@@ -320,8 +336,17 @@ class SharpnessSpec(Spec):
     samples: int = 4096
     batch_size: int = 1024
     seed: int = 0
+    bn: tuple[str, ...] = ("running",)
+    gradient_samples: int | None = None
 
     def __post_init__(self) -> None:
+        bn = self.bn.split(",") if isinstance(self.bn, str) else self.bn
+        if isinstance(bn, (bytes, str)) or not isinstance(bn, Sequence) or not bn or \
+                len(set(bn)) < len(bn):
+            raise ConfigError(f"bn must be one or more of {', '.join(SHARPNESS_BN)}, each "
+                              f"once, got {self.bn!r}")
+        self._set("bn", tuple(_choice("bn", str(b).strip(), SHARPNESS_BN,
+                                      "BatchNorm convention") for b in bn))
         eps = parse_floats(self.eps, "eps") if isinstance(self.eps, str) else self.eps
         eps = _finite_numbers("eps", eps)
         if any(e < 0 for e in eps):
@@ -342,6 +367,9 @@ class SharpnessSpec(Spec):
         for name in ("iters", "samples", "batch_size", "top_k", "hessian_iters"):
             self._set(name, whole_number(name, getattr(self, name), 1))
         self._set("trace_samples", whole_number("trace_samples", self.trace_samples, 0))
+        if self.gradient_samples is not None:
+            self._set("gradient_samples",
+                      whole_number("gradient_samples", self.gradient_samples, 1))
         self._set("seed", whole_number("seed", self.seed, 0))
         _flag("hessian", self.hessian)
         _flag("trace", self.trace)
@@ -411,7 +439,9 @@ class FashionStudySpec(Spec):
     """``lbtkit study fashion``: Keskar's F1 protocol over ``seeds`` and the batch-size sweep.
 
     The Keskar part: per seed, SB (``sb``) and LB (``lb``) from that seed's initial weights,
-    each trained until the stopping rule fires (training accuracy ``stop_train_acc``, and/or
+    each trained until the stopping rule fires (training accuracy ``stop_train_acc``, read
+    as ``stop_train_acc_mode`` says: "eval", the whole training set in eval mode at each
+    epoch's end, or "running", the epoch's running average; and/or
     no relative improvement of the training loss above ``stop_plateau_delta`` for
     ``stop_plateau_epochs`` epochs; at least one of the two) or ``epochs_cap`` epochs pass,
     then measured with ``interpolation`` and ``sharpness``. The sweep part: the
@@ -427,8 +457,9 @@ class FashionStudySpec(Spec):
     sb: int = 256
     lb: int = 6000
     epochs_cap: int = 30
-    stop_train_acc: float | None = 0.97
-    stop_plateau_epochs: int | None = 5
+    stop_train_acc: float | None = 0.99
+    stop_train_acc_mode: str = "eval"
+    stop_plateau_epochs: int | None = None
     stop_plateau_delta: float = 1e-3
     sweep_batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     sweep_epochs: int = 10
@@ -483,6 +514,8 @@ class FashionStudySpec(Spec):
             raise ConfigError(f"stop_train_acc must be in (0, 1], got {acc!r}")
         if epochs is not None:
             self._set("stop_plateau_epochs", whole_number("stop_plateau_epochs", epochs, 1))
+        _choice("stop_train_acc_mode", self.stop_train_acc_mode, TRAIN_ACC_MODES,
+                "training-accuracy mode")
         delta = self.stop_plateau_delta
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (
                 math.isfinite(delta) and 0 <= delta < 1):
@@ -491,6 +524,7 @@ class FashionStudySpec(Spec):
     def stop_fields(self) -> dict[str, Any]:
         """The RunConfig fields of the stopping rule and the cap, for both sides."""
         return {"epochs": self.epochs_cap, "stop_train_acc": self.stop_train_acc,
+                "stop_train_acc_mode": self.stop_train_acc_mode,
                 "stop_plateau_epochs": self.stop_plateau_epochs,
                 "stop_plateau_delta": self.stop_plateau_delta}
 

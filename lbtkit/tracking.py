@@ -326,7 +326,10 @@ def sharpness_scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     measurement, ``hessian/top_K`` and ``hessian/trace`` when measured."""
     values: dict[str, Any] = {"sharpness/train_loss": result.get("train_loss")}
     for measured in result["sharpness"]:
-        values[f"sharpness/phi {measured['subspace']} eps={measured['eps']:g}"] = measured["phi"]
+        # the convention is named when it is not PyTorch's eval mode (the default)
+        bn = "" if measured.get("bn", "running") == "running" else f" bn={measured['bn']}"
+        values[f"sharpness/phi {measured['subspace']} eps={measured['eps']:g}{bn}"] = \
+            measured["phi"]
     for k, value in enumerate((result.get("hessian") or {}).get("top_eigenvalues", []), 1):
         values[f"hessian/top_{k}"] = value
     if result.get("trace"):

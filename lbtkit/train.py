@@ -88,6 +88,8 @@ _RESUME_FREE_FIELDS = {
     "tracking_project", "threads",
 }
 _FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# In results.json's "final" too when the run measured them (stop_train_acc_mode "eval").
+_FINAL_EVAL_KEYS = ("train_eval_loss", "train_eval_acc")
 
 
 def make_accelerator(config: RunConfig):
@@ -560,7 +562,7 @@ def _end_epoch(t: Training, epoch_seconds: float, display: TrainingProgress,
         t.run_dir.append_metrics(row)
     t.tracking.log_epoch(row)
     display.message(_epoch_line(row, config.epochs))
-    t.last_final = {k: row[k] for k in _FINAL_KEYS}
+    t.last_final = _final_metrics(row)
 
     state.epoch += 1
     state.step_in_epoch = 0
@@ -598,6 +600,8 @@ def _metrics_row(t: Training, epoch_seconds: float) -> dict[str, Any]:
         "images_per_second": seen / max(epoch_seconds, 1e-9),
         **noise_scale_row(t.noise),  # collective when logging (one tiny reduce)
     }
+    if t.stop_rule.evaluates_training_set:  # the fit of these weights, as reports judge it
+        row["train_eval_loss"], row["train_eval_acc"] = _evaluate(t, split="train")
     # Every process computed the same row (reduced sums), so all agree on the stop rule.
     t.history.append(row)
     t.stop_reason = t.stop_rule.reason(t.history) if t.stop_rule.active else None
@@ -610,9 +614,15 @@ def _metrics_row(t: Training, epoch_seconds: float) -> dict[str, Any]:
     return row
 
 
+def _final_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: row[k] for k in _FINAL_KEYS},
+            **{k: row[k] for k in _FINAL_EVAL_KEYS if k in row}}
+
+
 def _evaluate(t: Training, split: str = "val") -> tuple[float, float]:
-    """(loss, accuracy) of the raw model on ``split`` (val, test, or train_subset: the fixed
-    training images of a run with targets), each process taking its share of the split."""
+    """(loss, accuracy) of the raw model in eval mode on ``split``: "val", "test", "train"
+    (the whole training set without augmentation) or "train_subset" (the fixed training
+    images of a run with targets), each process taking its share of the split."""
     if split == "train_subset":
         subset = t.watch.train_subset
         images, labels = t.data.train_images[subset], t.data.train_labels[subset]
@@ -685,7 +695,7 @@ def _finish(t: Training, status: str, *,
     final = None
     if status == STATUS_COMPLETED:
         # Resumed exactly at the end, no epoch ran here: the last row is on disk.
-        final = t.last_final or {k: run_dir.read_metrics()[-1][k] for k in _FINAL_KEYS}
+        final = t.last_final or _final_metrics(run_dir.read_metrics()[-1])
     results = {
         "status": status,
         "config": t.config.to_dict(),

@@ -22,6 +22,7 @@ from lbtkit.landscape import (
     recalibrate_bn,
     run_interpolation,
     shard,
+    steepest_midpoints,
 )
 from lbtkit.rundir import load_run
 from lbtkit.specs import InterpolationSpec
@@ -60,6 +61,32 @@ def test_shard_covers_every_alpha_once():
     assert shard(alphas, 0, 1) == alphas
     with pytest.raises(ValueError):
         shard(alphas, 3, 3)
+
+
+def test_steepest_midpoints_halve_the_largest_log_loss_jumps():
+    # log-scale jumps: 0->0.5 ln 2, 0.5->1 ln 50 (the cliff), 1->1.5 ln 1.2
+    points = [(1.0, 5.0), (0.0, 0.05), (0.5, 0.1), (1.5, 6.0), (2.0, float("nan"))]
+    assert steepest_midpoints(points, 1) == [0.75]
+    assert steepest_midpoints(points, 2) == [0.75, 0.25]
+    assert steepest_midpoints(points, 9) == [0.75, 0.25, 1.25]  # the NaN pair is skipped
+    assert steepest_midpoints([(0.0, 1.0)], 1) == []
+
+
+def test_refinement_adds_points_where_the_training_loss_changes_fastest(runs):
+    sb, lb, _ = runs
+    spec = InterpolationSpec(alphas=[0.0, 1.0, 2.0], splits="train", bn="recalibrate",
+                             refine=3)
+    rows = interpolate_runs(spec, sb, lb, progress=False)
+    alphas = [r["alpha"] for r in rows]
+    assert len(alphas) == 6 and alphas == sorted(alphas) and {0.0, 1.0, 2.0} <= set(alphas)
+    # each added alpha was the steepest midpoint of the points evaluated before it
+    seen = [(r["alpha"], r["loss"]) for r in rows if r["alpha"] in (0.0, 1.0, 2.0)]
+    for _ in range(3):
+        (middle,) = steepest_midpoints(seen, 1)
+        assert middle in alphas
+        seen.append(next((r["alpha"], r["loss"]) for r in rows if r["alpha"] == middle))
+    with pytest.raises(ConfigError, match="refine needs at least two alphas"):
+        InterpolationSpec(alphas=[0.5], refine=2)
 
 
 # --- endpoints and BatchNorm modes -----------------------------------------------------------

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from pathlib import Path
-
-import pytest
 
 from lbtkit.demo import FULL, index_settings
 from lbtkit.narrative import render_index, summarise
@@ -102,29 +99,51 @@ def _summary(**lb_overrides):
     return {"sb": sb, "lb": lb}
 
 
-def test_seed_difference_uses_welch_standard_errors():
-    from lbtkit.narrative import seed_difference
-
-    d = seed_difference(_stat(1.0, 0.3, 3), _stat(1.5, 0.4, 4))
-    assert d["se"] == pytest.approx(math.sqrt(0.09 / 3 + 0.16 / 4))
-    assert d["diff"] == 0.5 and d["differs"] is False  # 0.5 < 2 x 0.265
-    assert seed_difference(_stat(1.0, 0.3, 3), _stat(1.6, 0.4, 4))["differs"] is True
-    assert seed_difference(_stat(1.0, None, 1), _stat(9.0, None, 1))["differs"] is False
+def _paired(mean, p, low, high, n=5):
+    return {"n": n, "mean": mean, "p": p, "low": low, "high": high, "differs": p < 0.05,
+            "alpha": 0.05, "confidence": 0.95}
 
 
-def test_seed_comparison_sentences_follow_the_numbers():
-    from lbtkit.narrative import seed_comparison_sentence
+def test_paired_sentences_follow_the_paired_test():
+    from lbtkit.narrative import paired_sentence
 
     summary = _summary()
-    sharp = seed_comparison_sentence(summary, "phi full eps=0.001", noun="φ")
-    assert sharp.startswith("φ: 1.00 ± 0.20 (SB) vs 9.00 ± 1.00 (LB); LB's is higher by 8")
-    assert "9 times SB's" in sharp and "more than 2 standard errors" in sharp
-    same = seed_comparison_sentence(summary, "phi full eps=0.0005", noun="φ")
-    assert "no difference over these seeds" in same
-    acc = seed_comparison_sentence(summary, "test_acc", noun="Test accuracy", scale=100,
-                                   unit="%", diff_unit=" points")
-    assert "90.00 ± 0.20% (SB) vs 89.00 ± 0.20% (LB); LB's is lower by 1 points" in acc
-    assert "more than 2 standard errors (0.253 points)" in acc
+    paired = {"phi full eps=0.001": _paired(8.0, 0.001, 6.5, 9.5),
+              "phi full eps=0.0005": _paired(0.02, 0.6, -0.1, 0.14),
+              "test_acc": _paired(-0.01, 0.03, -0.019, -0.001)}
+    sharp = paired_sentence(summary, paired, "phi full eps=0.001", noun="φ")
+    assert sharp.startswith("φ: 1.00 ± 0.20 (SB) vs 9.00 ± 1.00 (LB); LB − SB = +8 "
+                            "(95% interval 6.5 to 9.5), p = 0.001")
+    assert sharp.endswith("LB's is higher, 9 times SB's (p < 0.05).")
+    same = paired_sentence(summary, paired, "phi full eps=0.0005", noun="φ")
+    assert "p = 0.6: no difference at α = 0.05 over these 5 seeds" in same
+    acc = paired_sentence(summary, paired, "test_acc", noun="Test accuracy", scale=100,
+                          unit="%", diff_unit=" points")
+    assert "90.00 ± 0.20% (SB) vs 89.00 ± 0.20% (LB); LB − SB = -1 points (95% interval " \
+           "-1.9 to -0.1 points), p = 0.03: LB's is lower (p < 0.05)." in acc
+    assert "not measured" in paired_sentence(summary, paired, "hessian_top", noun="H")
+
+
+def test_generalisation_sentence_reads_accuracy_and_loss_together():
+    from lbtkit.narrative import generalisation_sentence
+
+    lower_both = {"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
+                  "test_loss": _paired(-0.03, 0.02, -0.05, -0.005)}
+    text = generalisation_sentence(lower_both)
+    assert "LB's test accuracy is lower yet its test loss is lower" in text
+    assert "over-confident" in text
+    worse = generalisation_sentence({"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
+                                     "test_loss": _paired(0.03, 0.02, 0.005, 0.05)})
+    assert "LB generalises worse by both measures" in worse
+    neither = generalisation_sentence({"test_acc": _paired(-0.009, 0.16, -0.03, 0.01),
+                                       "test_loss": _paired(-0.03, 0.2, -0.09, 0.03)})
+    assert neither.startswith("Neither the test accuracy (LB lower, p = 0.16) nor the test "
+                              "loss (LB lower, p = 0.2) differs")
+    assert "does not show that LB generalises worse" in neither
+    assert "Their directions disagree" in neither
+    one = generalisation_sentence({"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
+                                   "test_loss": _paired(-0.03, 0.2, -0.09, 0.03)})
+    assert one.startswith("Only the test accuracy differs at α = 0.05 (LB's is lower)")
 
 
 def test_fit_sentence_says_how_far_each_side_trained():
@@ -133,7 +152,10 @@ def test_fit_sentence_says_how_far_each_side_trained():
     records = [{"seed": 0, "side": "lb", "stopped_by": "epochs cap (30)"},
                {"seed": 0, "side": "sb", "stopped_by": "train_acc 0.97 >= 0.97"}]
     text = fit_sentence(_summary(), records)
-    assert "SB trained 20.0 ± 1.0 epochs to a training accuracy of 97.10 ± 0.10%" in text
+    assert "SB trained 20.0 ± 1.0 epochs, LB 17.0 ± 1.0 (mean ± std over seeds); the last " \
+           "epoch's running training accuracy (train mode, over its batches) is 97.10 ± " \
+           "0.10% (SB) and 97.30 ± 0.10% (LB)" in text
+    assert "gradient norm" not in text  # not measured
     assert "1 of 2 runs ran to the epochs cap, the rule not met before it (seed 0 LB)" in text
     assert f"0.20 points apart, within {SAME_FIT_POINTS:g}" in text
     under = fit_sentence(_summary(train_acc=_stat(0.95, 0.01)), records[1:])
@@ -153,15 +175,25 @@ def test_fit_sentence_judges_the_fit_in_evaluation_mode_when_measured():
     summary["lb"]["train_acc_eval"] = _stat(0.97, 0.01)
     assert "training accuracies in evaluation mode are 0.20 points apart" in \
         fit_sentence(summary, [])
+    summary["sb"]["grad_norm bn=running"] = _stat(0.4, 0.1)
+    summary["lb"]["grad_norm bn=running"] = _stat(2.6, 0.3)
+    assert "solution is 0.400 ± 0.100 (SB) vs 2.600 ± 0.300 (LB) with bn=running (zero at " \
+           "a minimiser)" in fit_sentence(summary, [])
 
 
 def test_paper_sentence_sorts_each_comparison():
     from lbtkit.narrative import paper_sentence
 
-    text = paper_sentence(_summary())
-    assert "goes the paper's way for test accuracy, sharpness full ε=0.001" in text
-    assert "goes against the paper for sharpness random:100 ε=0.001" in text
-    assert "no difference beyond two standard errors for sharpness full ε=0.0005" in text
+    paired = {"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
+              "phi full eps=0.001 bn=batch": _paired(8.0, 0.001, 6.5, 9.5),
+              "phi full eps=0.0005 bn=batch": _paired(0.02, 0.6, -0.1, 0.14),
+              "phi random:100 eps=0.001 bn=batch": _paired(-0.05, 0.01, -0.08, -0.02),
+              "phi full eps=0.001 bn=running": _paired(-8.0, 0.001, -9.5, -6.5)}
+    text = paper_sentence(paired)
+    assert "goes the paper's way for test accuracy, sharpness full ε=0.001 bn=batch" in text
+    assert "goes against the paper for sharpness random:100 ε=0.001 bn=batch" in text
+    assert "no difference (paired, p ≥ α) for sharpness full ε=0.0005 bn=batch" in text
+    assert "running" not in text  # the paper's φ sits beside ours with batch statistics
 
 
 def _budget_rows(best: list[float], final: list[float], test: list[float | None]) -> list:

@@ -12,6 +12,7 @@ from torch import nn
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import ConfigError
 from lbtkit.landscape import (
+    gradient_norm,
     hessian_top_eigenvalues,
     hutchinson_trace,
     keskar_sharpness,
@@ -44,6 +45,19 @@ def test_top_eigenvalues_match_eigvalsh(H):
     top = hessian_top_eigenvalues(quadratic(H), x0, k=3, iters=H.shape[0] + 5, seed=0)
     expected = np.linalg.eigvalsh(H.numpy())[::-1][:3]
     np.testing.assert_allclose(top, expected, rtol=1e-3)
+
+
+def test_gradient_norm_of_a_quadratic_and_of_a_sum_of_terms():
+    # f(x) = 0.5 x^T H x + b^T x: grad = H x + b; at x = (1, ..., 1) with H = diag(DIAG),
+    # b = -DIAG + (3, 4, 0, ..., 0) the gradient is (3, 4, 0, ...): norm 5.
+    H = torch.diag(DIAG)
+    b = -DIAG + torch.tensor([3.0, 4.0] + [0.0] * 6, dtype=torch.float64)
+    ones = torch.ones(8, dtype=torch.float64)
+    assert gradient_norm(lambda x: 0.5 * x @ H @ x + b @ x, ones) == pytest.approx(5.0)
+    # the same f split into two terms (two chunks of a sample) has the same gradient
+    terms = [lambda x: 0.5 * x @ H @ x, lambda x: b @ x]
+    assert gradient_norm(terms, ones) == pytest.approx(5.0)
+    assert gradient_norm(terms, -H.inverse() @ b) == pytest.approx(0.0, abs=1e-12)  # minimum
 
 
 def test_hutchinson_trace_of_quadratics():
@@ -134,6 +148,40 @@ def test_parse_subspace():
             parse_subspace(bad)
 
 
+def test_batch_statistics_loss_normalises_each_batch_by_itself():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    model = model.double()
+    with torch.no_grad():  # running statistics far from any batch's: the conventions differ
+        model[1].running_mean.fill_(5.0)
+        model[1].running_var.fill_(0.01)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (10,))
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def mean_ce(bn: str) -> float:
+        x0, terms = network_loss(model, x, y, lambda images: images, batch_size=4, bn=bn)
+        return float(sum(term(x0) for term in terms))
+
+    # batch: near-equal batches of at most 4 (4, 3, 3), each normalised by its own statistics
+    model.train()
+    with torch.no_grad():
+        expected = sum(nn.functional.cross_entropy(model(x[s]), y[s], reduction="sum")
+                       for s in (slice(0, 3), slice(3, 6), slice(6, 10))) / 10
+    model.load_state_dict(kept)
+    assert mean_ce("batch") == pytest.approx(float(expected), rel=1e-12)
+    model.eval()
+    with torch.no_grad():
+        running = nn.functional.cross_entropy(model(x), y)
+    assert mean_ce("running") == pytest.approx(float(running), rel=1e-12)
+    assert abs(mean_ce("batch") - mean_ce("running")) > 0.01
+    # neither convention writes the running statistics, and the model is left in eval mode
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    assert not model.training and not model[1].training
+    with pytest.raises(ConfigError, match="BatchNorm convention 'train'"):
+        network_loss(model, x, y, lambda images: images, bn="train")
+
+
 # --- on a trained run ------------------------------------------------------------------------
 
 
@@ -160,6 +208,27 @@ def test_run_sharpness_writes_every_setting(tmp_path):
     assert all(m["phi"] >= 0 for m in stored["sharpness"])
     assert len(stored["hessian"]["top_eigenvalues"]) == 1
     assert np.isfinite(stored["trace"]["mean"]) and np.isfinite(stored["train_loss"])
+    assert stored["gradient_norm"] > 0 and set(stored["by_bn"]) == {"running"}
+
+
+def test_run_sharpness_under_both_batchnorm_conventions(tmp_path):
+    from conftest import train_smoke
+
+    run_dir = tmp_path / "run"
+    train_smoke(run_dir, batch_size=256)
+    spec = SharpnessSpec(eps=(1e-3,), subspaces="full", iters=1, hessian=True, hessian_iters=2,
+                         samples=64, batch_size=32, bn="batch,running")
+    stored = run_sharpness(spec, run_dir, progress=False)
+    assert [(m["bn"], m["subspace"]) for m in stored["sharpness"]] == \
+        [("batch", "full"), ("running", "full")]
+    assert list(stored["by_bn"]) == ["batch", "running"]
+    for bn, measured in stored["by_bn"].items():
+        assert measured["gradient_norm"] > 0 and measured["train_loss"] > 0, bn
+        assert len(measured["hessian"]["top_eigenvalues"]) == 1
+    # the top level is the first convention's; the two conventions are different functions
+    assert stored["gradient_norm"] == stored["by_bn"]["batch"]["gradient_norm"]
+    assert stored["by_bn"]["batch"]["train_loss"] != stored["by_bn"]["running"]["train_loss"]
+    assert "mode=2" in stored["settings"]["bn"]["batch"]
 
 
 def test_sharpness_command_shows_each_stage_and_its_progress(tmp_path):

@@ -61,6 +61,7 @@ def test_text_forms_are_parsed_into_fields():
     assert (list(plane.x), list(plane.y)) == parse_grid("-0.5:1.5:5,-1:1:3")
     assert SharpnessSpec(eps="1e-3, 5e-4").eps == (1e-3, 5e-4)
     assert SharpnessSpec(subspaces="full,random:3").subspaces == ("full", "random:3")
+    assert SharpnessSpec(bn="batch, running").bn == ("batch", "running")
     # a whole float (a JSON 1.0) is a whole number; the stored value is an int
     assert InterpolationSpec(eval_batch_size=256.0).eval_batch_size == 256
     assert DemoSpec(batch_sizes=(256, 16, 256)).batch_sizes == (16, 256)
@@ -91,6 +92,8 @@ def test_text_forms_are_parsed_into_fields():
     (lambda: SharpnessSpec(samples=0), "samples must be a whole number >= 1, got 0"),
     (lambda: SharpnessSpec(hessian=True, top_k=3, hessian_iters=2), "got 3 and 2"),
     (lambda: SharpnessSpec(trace=True, trace_samples=1), "trace_samples must be >= 2, got 1"),
+    (lambda: SharpnessSpec(bn="eval"), "unknown BatchNorm convention 'eval' for bn"),
+    (lambda: SharpnessSpec(bn="batch,batch"), "bn must be one or more of running, batch"),
     (lambda: NoiseScaleSpec(batch_sizes=(64, 64)), "batch_sizes [64, 64]"),
     (lambda: NoiseScaleSpec(batch_sizes=(0, 64)), "batch_sizes must be a whole number >= 1, got 0"),
     (lambda: NoiseScaleSpec(batch_sizes=(32,)), "two batch sizes, got (32,)"),
@@ -149,9 +152,10 @@ def test_fashion_study_specs_round_trip_and_refuse_bad_values():
     for spec in (FASHION_FULL, FASHION_QUICK, FashionStudySpec()):
         again = through_json(spec)
         assert again == spec and type(again) is FashionStudySpec
-    assert len(FASHION_FULL.seeds) >= 3
-    assert FASHION_FULL.stop_fields() == {"epochs": 30, "stop_train_acc": 0.97,
-                                          "stop_plateau_epochs": 5, "stop_plateau_delta": 1e-3}
+    assert len(FASHION_FULL.seeds) == 5
+    assert FASHION_FULL.stop_fields() == {"epochs": 100, "stop_train_acc": 0.99,
+                                          "stop_train_acc_mode": "eval",
+                                          "stop_plateau_epochs": None, "stop_plateau_delta": 1e-3}
     bad = [
         ({"seeds": (0,)}, "at least two different seeds"),
         ({"seeds": (0, 0, 1)}, "each once"),
@@ -159,6 +163,7 @@ def test_fashion_study_specs_round_trip_and_refuse_bad_values():
         ({"sb": 6000, "lb": 256}, "need 0 < sb < lb"),
         ({"stop_train_acc": None, "stop_plateau_epochs": None}, "needs a stopping rule"),
         ({"stop_train_acc": 1.5}, "stop_train_acc must be in (0, 1], got 1.5"),
+        ({"stop_train_acc_mode": "train"}, "unknown training-accuracy mode 'train'"),
         ({"stop_plateau_epochs": 0}, "stop_plateau_epochs must be a whole number >= 1"),
         ({"stop_plateau_delta": 1.0}, "stop_plateau_delta must be in [0, 1)"),
         ({"epochs_cap": 0}, "epochs_cap must be a whole number >= 1"),

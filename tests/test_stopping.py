@@ -7,6 +7,8 @@ import pytest
 from lbtkit.errors import ConfigError
 from lbtkit.stopping import StopRule, plateau_length
 
+from conftest import train_smoke
+
 
 def rows(*losses, accs=None):
     accs = accs or [0.5] * len(losses)
@@ -24,6 +26,16 @@ def test_train_accuracy_target_fires_at_the_first_epoch_that_reaches_it():
     history = rows(0.5, 0.2, 0.1, accs=[0.9, 0.985, 0.99])
     assert rule.reason(history[:2]) is None
     assert "epoch 3" in rule.reason(history) and "0.9900" in rule.reason(history)
+
+
+def test_eval_mode_target_reads_the_training_set_evaluated_in_eval_mode():
+    rule = StopRule(train_acc=0.99, train_acc_mode="eval")
+    assert rule.evaluates_training_set
+    history = [{**row, "train_eval_acc": eval_acc} for row, eval_acc in
+               zip(rows(0.5, 0.1, accs=[0.995, 0.98]), [0.97, 0.991], strict=True)]
+    assert rule.reason(history[:1]) is None  # the running accuracy alone does not count
+    assert rule.reason(history) == "train_eval_acc 0.9910 >= 0.99 at epoch 2"
+    assert not StopRule(plateau_epochs=2, train_acc_mode="eval").evaluates_training_set
 
 
 @pytest.mark.parametrize("losses,delta,expected", [
@@ -48,6 +60,7 @@ def test_plateau_rule_fires_after_that_many_flat_epochs():
     ({"train_acc": float("nan")}, "nan"),
     ({"plateau_epochs": 0}, "0"),
     ({"plateau_delta": -0.1}, "-0.1"),
+    ({"train_acc_mode": "train"}, "stop_train_acc_mode must be one of running, eval"),
 ])
 def test_bad_rules_are_refused_by_name(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -88,3 +101,20 @@ def test_a_run_stops_at_the_first_epoch_that_meets_its_rule(tmp_path):
     assert at_cap["stopped_early"] is None and at_cap["stop_rule_met"]["epoch"] == 3
     assert stop_text(at_cap) == at_cap["stop_rule_met"]["reason"]
     assert stop_text(at_cap).startswith("train_acc ") and "at epoch 3" in stop_text(at_cap)
+
+
+def test_an_eval_mode_rule_evaluates_the_training_set_each_epoch(tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    results = train_smoke(run_dir, epochs=6, stop_train_acc=0.8,
+                          stop_train_acc_mode="eval")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["train_eval_acc"] <= 1 and r["train_eval_loss"] > 0 for r in rows)
+    first = next(r["epoch"] for r in rows if r["train_eval_acc"] >= 0.8)
+    assert results["epochs_completed"] == first
+    assert results["stop_rule_met"]["reason"].startswith("train_eval_acc ")
+    assert results["final"]["train_eval_acc"] == rows[-1]["train_eval_acc"]
+    # a run without the eval-mode rule pays for no extra pass
+    plain = train_smoke(tmp_path / "plain", epochs=1, stop_train_acc=0.8)
+    assert "train_eval_acc" not in plain["final"]

@@ -66,6 +66,9 @@ def interpolate(
     ] = "recalibrate",
     bn_samples: BnSamplesOption = None,
     eval_batch_size: EvalBatchOption = 1024,
+    refine: Annotated[int, typer.Option(
+        help="extra alphas after the grid, each halving the neighbouring pair whose "
+             "training loss differs most (log scale): resolves a cliff")] = 0,
     num_processes: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--num-processes", help="split the alpha grid over N processes"),
@@ -86,7 +89,7 @@ def interpolate(
     trackers = requested_trackers(log_with)
     spec = InterpolationSpec.from_dict({
         "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
-        "eval_batch_size": eval_batch_size,
+        "eval_batch_size": eval_batch_size, "refine": refine,
     }, source="the command line")
     _grid_command("interpolation", spec, [sb_run, lb_run], output, num_processes,
                   lambda: run_interpolation(spec, sb_run, lb_run, output),
@@ -217,6 +220,10 @@ def sharpness(
     samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
     eval_batch_size: Annotated[int, typer.Option(help="evaluation batch")] = 1024,
     seed: Annotated[int, typer.Option(help="seed for samples, subspace and probes")] = 0,
+    bn: Annotated[str, typer.Option(
+        help="BatchNorm in f: running (the run's running statistics) | batch (each batch's "
+             "own, as Keras' BatchNormalization(mode=2) in Keskar et al.'s code), or both "
+             "comma-separated: every measure once per convention")] = "running",
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
@@ -243,7 +250,7 @@ def sharpness(
     spec = SharpnessSpec.from_dict({
         "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
         "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
-        "samples": samples, "batch_size": eval_batch_size, "seed": seed,
+        "samples": samples, "batch_size": eval_batch_size, "seed": seed, "bn": bn,
     }, source="the command line")
     output = output if output is not None else run_dir / "sharpness.json"
     if _launched("sharpness", spec, run_dir, output, num_processes):

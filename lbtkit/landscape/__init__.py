@@ -23,6 +23,7 @@ from lbtkit.landscape.interpolate import (
     parse_splits,
     run_interpolation,
     shard,
+    steepest_midpoints,
     write_interpolation,
 )
 from lbtkit.landscape.plane import (
@@ -36,6 +37,7 @@ from lbtkit.landscape.plane import (
     write_landscape,
 )
 from lbtkit.landscape.sharpness import (
+    gradient_norm,
     hessian_top_eigenvalues,
     hutchinson_trace,
     keskar_sharpness,
@@ -55,6 +57,7 @@ __all__ = [
     "SharpnessSpec",
     "between_direction",
     "evaluate_batch_stats",
+    "gradient_norm",
     "hessian_top_eigenvalues",
     "hutchinson_trace",
     "interpolate_runs",
@@ -76,6 +79,7 @@ __all__ = [
     "run_sharpness",
     "shard",
     "sharpness_settings",
+    "steepest_midpoints",
     "write_interpolation",
     "write_landscape",
 ]

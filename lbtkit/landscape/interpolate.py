@@ -12,11 +12,16 @@ loaders). Only parameters are interpolated; BatchNorm statistics follow one of `
 
 Cross-entropy is the mean over samples of the log-softmax loss (``lbtkit.evaluate``), finite
 for any finite logits. With several processes (Accelerate), each takes every world-th alpha.
+
+After the grid, ``spec.refine`` extra alphas go where the training loss changes fastest
+(``steepest_midpoints``): a cliff between two grid points (accuracy falling from 97% to 14%
+within a step of 0.25) is resolved rather than drawn as one straight segment.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 import os
@@ -46,7 +51,8 @@ from lbtkit.specs import (
 )
 
 __all__ = ["BN_MODES", "SPLITS", "interpolate_runs", "interpolation_meta", "parse_alphas",
-           "parse_splits", "run_interpolation", "shard", "write_interpolation"]
+           "parse_splits", "run_interpolation", "shard", "steepest_midpoints",
+           "write_interpolation"]
 
 log = logging.getLogger(__name__)
 CSV_FIELDS = ("alpha", "split", "loss", "accuracy", "negative_variances")
@@ -115,28 +121,62 @@ def interpolate_runs(
 
     data = resident_splits(config, device, bn_samples=spec.bn_samples)
 
-    rows: list[dict[str, Any]] = []
     mine = shard(list(spec.alphas), rank, world)
+    total = len(mine) + -(-spec.refine // world)
     display = TrainingProgress(
-        total_steps=len(mine), done_steps=0, enabled=progress and rank == 0,
-        log_every=max(1, len(mine) // 10), description="interpolation", unit="alpha",
+        total_steps=total, done_steps=0, enabled=progress and rank == 0,
+        log_every=max(1, total // 10), description="interpolation", unit="alpha",
     )
-    for done, alpha in enumerate(mine, start=1):
-        with torch.no_grad():
-            torch._foreach_copy_(targets, theta_sb)
-            torch._foreach_lerp_(targets, theta_lb, float(alpha))
-        where = f"alpha {alpha:g}"
-        negative = negative_variances(model) if bn == "interpolate" else 0
-        for result in evaluate_point(model, data, spec, negative=negative,
-                                     where=f"alpha={alpha:g}"):
-            rows.append({"alpha": float(alpha), **result})
-        display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
-    display.close()
-    if world > 1:
-        from accelerate.utils import gather_object
+    done = 0
 
-        rows = gather_object(rows)
+    def evaluate(alphas: list[float]) -> list[dict[str, Any]]:
+        """Every process's rows at ``alphas`` (each evaluates its share)."""
+        nonlocal done
+        rows: list[dict[str, Any]] = []
+        for alpha in shard(alphas, rank, world):
+            with torch.no_grad():
+                torch._foreach_copy_(targets, theta_sb)
+                torch._foreach_lerp_(targets, theta_lb, float(alpha))
+            where = f"alpha {alpha:g}"
+            negative = negative_variances(model) if bn == "interpolate" else 0
+            for result in evaluate_point(model, data, spec, negative=negative,
+                                         where=f"alpha={alpha:g}"):
+                rows.append({"alpha": float(alpha), **result})
+            done += 1
+            display.step(done, lambda where=where: _describe(rows[-len(splits):], where))
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        return rows
+
+    rows = evaluate(list(spec.alphas))
+    guide = "train" if "train" in splits else splits[0]
+    added = 0
+    while added < spec.refine:  # each round: one new alpha per process
+        new = steepest_midpoints(
+            [(r["alpha"], r["loss"]) for r in rows if r["split"] == guide],
+            min(world, spec.refine - added))
+        if not new:
+            break
+        rows += evaluate(new)
+        added += len(new)
+    display.close()
     return sorted(rows, key=lambda r: (r["alpha"], splits.index(r["split"])))
+
+
+def steepest_midpoints(points: Sequence[tuple[float, float]], count: int) -> list[float]:
+    """The midpoints of the ``count`` neighbouring pairs of ``points`` (alpha, loss) whose
+    losses differ most on the log scale, largest difference first; pairs with a non-finite
+    or non-positive loss are skipped (so is a pair whose midpoint rounds to an end)."""
+    ordered = sorted({a: loss for a, loss in points}.items())
+    jumps = []
+    for (a, la), (b, lb) in itertools.pairwise(ordered):
+        middle = (a + b) / 2
+        if _finite(la) and _finite(lb) and la > 0 and lb > 0 and a < middle < b:
+            jumps.append((abs(math.log(lb) - math.log(la)), middle))
+    jumps.sort(key=lambda jump: -jump[0])
+    return [middle for _, middle in jumps[:count]]
 
 
 @dataclass(frozen=True)
@@ -253,26 +293,32 @@ def plot_interpolation(rows: list[dict[str, Any]], path: Path) -> None:
         acc = [r for r in points if _finite(r["accuracy"])]
         if loss:
             loss_axis.semilogy([r["alpha"] for r in loss], [r["loss"] for r in loss],
-                               "b" + styles[split], marker=".", label=split)
+                               "b" + styles[split], marker=".", label=f"{split} loss")
         if acc:
             acc_axis.plot([r["alpha"] for r in acc], [100 * r["accuracy"] for r in acc],
-                          "r" + styles[split], marker=".")
+                          "r" + styles[split], marker=".", label=f"{split} accuracy")
     label_parametric_axes(loss_axis, acc_axis)
     save_png(figure, path)
 
 
 def label_parametric_axes(loss_axis, acc_axis) -> None:
-    """Keskar's parametric plot's furniture: the SB/LB marks, axis labels, grid, legend."""
+    """Keskar's parametric plot's furniture: the SB/LB marks (inside the axes, at the
+    bottom, clear of any title), axis labels, grid, and one legend below the axes for the
+    lines of both (loss and accuracy). The figure needs ``layout="constrained"``."""
     for alpha, name in ((0.0, "SB"), (1.0, "LB")):
         loss_axis.axvline(alpha, color="0.8", linewidth=0.8, zorder=0)
-        loss_axis.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"),
-                           ha="center", va="bottom", fontsize=8)
+        loss_axis.annotate(name, (alpha, 0.02), xycoords=("data", "axes fraction"),
+                           ha="center", va="bottom", fontsize=8,
+                           bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})
     loss_axis.set_xlabel("alpha  (0: small-batch solution, 1: large-batch solution)")
     loss_axis.set_ylabel("cross-entropy", color="b")
     acc_axis.set_ylabel("accuracy (%)", color="r")
     loss_axis.grid(True, which="both", alpha=0.3)
-    if loss_axis.get_legend_handles_labels()[0]:
-        loss_axis.legend(loc="upper left")
+    handles, labels = loss_axis.get_legend_handles_labels()
+    more_handles, more_labels = acc_axis.get_legend_handles_labels()
+    if handles or more_handles:  # below the axes: no line is hidden behind it
+        loss_axis.figure.legend(handles + more_handles, labels + more_labels,
+                                loc="outside lower center", ncols=2, fontsize="small")
 
 
 def save_png(figure, path: Path) -> None:
@@ -324,6 +370,9 @@ def interpolation_meta(
         "lb_run": str(Path(lb_dir).resolve()),
         "spec": spec.to_dict(),
         "alphas": list(spec.alphas),
+        "refine": (f"{spec.refine} extra alphas, one at a time, each the midpoint of the "
+                   "neighbouring pair whose training loss differs most on the log scale"
+                   if spec.refine else "none"),
         "splits": list(spec.splits),
         "bn": spec.bn,
         "bn_samples": None if spec.bn != "recalibrate" else (

@@ -5,8 +5,14 @@ quadratics whose answers are known in closed form. ``f`` is either one callable 
 a sequence of them whose sum is ``f`` (a large sample differentiated one chunk at a time), or a
 ``SplitLoss``: this process's share of the terms and the all-reduce that sums every share
 (several processes, each holding part of the sample). ``run_sharpness`` builds that ``f`` for a
-trained run: the mean training cross-entropy over a stated, seeded sample, with BatchNorm on its
-running statistics and dropout off.
+trained run: the mean training cross-entropy over a stated, seeded sample, dropout off, with
+BatchNorm under each convention the spec names: its running statistics (PyTorch's eval mode),
+or each batch's own statistics (Keras' ``BatchNormalization(mode=2)``, the convention of
+Keskar et al.'s code). The two are different functions of the weights: with batch statistics
+every layer's pre-activations are re-centred and re-scaled by the batch itself, so a
+perturbation that shifts or scales them is partly normalised away, and f is flatter in those
+directions; with running statistics the normalisation is frozen and the whole perturbation
+reaches the next layer.
 
 With a ``SplitLoss`` every process runs the same maximiser and Lanczos steps on the same reduced
 values (an all-reduce gives every process the same sum), so they stay in step; only the loss
@@ -15,10 +21,11 @@ and its derivatives are split. Results match one process's up to the rounding of
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +38,16 @@ from torch import nn
 from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.landscape.bn import batch_statistics, even_batches
 from lbtkit.landscape.lbfgsb import minimize_in_box
 from lbtkit.launch import process_rank, shard
 from lbtkit.progress import TrainingProgress
 from lbtkit.rundir import RunDir, load_run, versions, write_json
-from lbtkit.specs import SharpnessSpec, parse_subspace
+from lbtkit.specs import SHARPNESS_BN, SharpnessSpec, parse_subspace
 
-__all__ = ["SharpnessSpec", "SplitLoss", "hessian_top_eigenvalues", "hutchinson_trace",
-           "keskar_sharpness", "network_loss", "parse_subspace", "random_subspace", "run_sharpness",
-           "sharpness_settings"]
+__all__ = ["SharpnessSpec", "SplitLoss", "gradient_norm", "hessian_top_eigenvalues",
+           "hutchinson_trace", "keskar_sharpness", "network_loss", "parse_subspace",
+           "random_subspace", "run_sharpness", "sharpness_settings"]
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 
@@ -102,6 +110,13 @@ def _hvp(loss: SplitLoss, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
         out += hv
     return loss.reduce(out)
+
+
+def gradient_norm(loss_fn: LossFn, x0: torch.Tensor) -> float:
+    """The Euclidean norm of the gradient of f at ``x0`` (all terms, all processes): how far
+    ``x0`` is from a stationary point of f."""
+    _, grad = _value_and_grad(_terms(loss_fn), x0.detach())
+    return float(grad.double().norm())
 
 
 # --- Keskar's metric ----------------------------------------------------------------------
@@ -255,9 +270,14 @@ def network_loss(
     inputs: InputSpec,
     *,
     batch_size: int = 1024,
+    bn: str = "running",
 ) -> tuple[torch.Tensor, list[Term]]:
     """(x0, terms): the model's parameters as one flat vector, and f(x) = mean cross-entropy
-    over the samples as one term per batch, with the model in eval mode."""
+    over the samples as one term per batch, with the model in eval mode.
+
+    ``bn``: "running", BatchNorm normalises with its running statistics; "batch", with each
+    batch's own (near-equal batches of at most ``batch_size``, so f depends on the partition,
+    which is the samples' order and the batch size: both stated)."""
     model.eval()
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     buffers = dict(model.named_buffers())
@@ -271,23 +291,48 @@ def network_loss(
             offset += p.numel()
         return out
 
+    statistics = batch_statistics if bn == "batch" else _running_statistics
+
     def term(sel: slice) -> Term:
         def f(x: torch.Tensor) -> torch.Tensor:
             state = {**unflatten(x), **buffers}
-            logits = torch.func.functional_call(model, state, (inputs(images[sel]),))
+            with statistics(model):
+                logits = torch.func.functional_call(model, state, (inputs(images[sel]),))
             # at least float32, as in evaluation (a float64 model keeps its precision)
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             return F.cross_entropy(logits, labels[sel], reduction="sum") / count
 
         return f
 
-    return x0, [term(sel) for sel in iter_batches(count, batch_size)]
+    if bn not in SHARPNESS_BN:
+        raise ConfigError(f"unknown BatchNorm convention {bn!r}; choose one of: "
+                          f"{', '.join(SHARPNESS_BN)}")
+    batches = even_batches(count, batch_size) if bn == "batch" else \
+        iter_batches(count, batch_size)
+    return x0, [term(sel) for sel in batches]
+
+
+@contextlib.contextmanager
+def _running_statistics(model: nn.Module) -> Iterator[None]:
+    yield  # the model is in eval mode: BatchNorm reads its running statistics
+
+
+BN_TEXT = {
+    "running": "BatchNorm on the running statistics the run kept (eval mode)",
+    "batch": "BatchNorm on each batch's own statistics (Keras BatchNormalization(mode=2), "
+             "as in Keskar et al.'s code), near-equal batches of at most batch_size samples",
+}
 
 
 def sharpness_settings(spec: SharpnessSpec) -> dict[str, Any]:
     """The settings of ``spec`` in words, as stored in sharpness.json next to the spec."""
     return {
-        "f": "mean training cross-entropy, BatchNorm on running statistics, dropout off",
+        "f": "mean training cross-entropy, dropout off, once per BatchNorm convention",
+        "bn": {bn: BN_TEXT[bn] for bn in spec.bn},
+        "gradient_norm": "Euclidean norm of the gradient of the mean cross-entropy at the "
+                         "solution, per BatchNorm convention, over "
+                         + ("the whole training set" if spec.gradient_samples is None else
+                            f"{spec.gradient_samples} seeded training images"),
         "samples": spec.samples,
         "sample_selection": "seeded random subset of the training set, no augmentation",
         "seed": spec.seed,
@@ -315,8 +360,12 @@ def run_sharpness(
     """Measure a finished run's sharpness as ``spec`` says; write and return sharpness.json.
 
     Written to ``output`` (default ``RUN/sharpness.json``) with the spec (under "spec") and
-    its settings in words. Under ``accelerate launch`` with several processes (``lbtkit
-    sharpness --num-processes N``; an Accelerator is made when none is given) each process
+    its settings in words. Every measure is taken once per BatchNorm convention of
+    ``spec.bn``: "sharpness" lists them all (each with its "bn"), "by_bn" holds each
+    convention's f at the solution ("train_loss"), full-batch "gradient_norm", "hessian" and
+    "trace"; the top-level "train_loss", "gradient_norm", "hessian" and "trace" are the first
+    convention's. Under ``accelerate launch`` with several processes (``lbtkit sharpness
+    --num-processes N``; an Accelerator is made when none is given) each process
     differentiates its share of the sample's batches (``SplitLoss``); the main process
     writes and returns the dict, the others return None.
     """
@@ -328,7 +377,19 @@ def run_sharpness(
             device = acc.device
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, config = load_run(run_dir, device=device)
-        x0, loss, count = _run_loss(spec, model, config, device, acc)
+        measured: dict[str, Any] = {"sharpness": [], "by_bn": {}}
+        for bn in spec.bn:
+            x0, loss, count = _run_loss(spec, model, config, device, acc, bn=bn,
+                                        samples=spec.samples)
+            one = measure_sharpness(spec, loss, x0, progress=progress and rank == 0, bn=bn)
+            measured["sharpness"] += one["sharpness"]
+            _, full, _ = _run_loss(spec, model, config, device, acc, bn=bn,
+                                   samples=spec.gradient_samples)
+            measured["by_bn"][bn] = {
+                "train_loss": _value(loss, x0),
+                "gradient_norm": gradient_norm(full, x0),
+                "hessian": one["hessian"], "trace": one["trace"]}
+        first = measured["by_bn"][spec.bn[0]]
         results: dict[str, Any] = {
             "run": str(Path(run_dir).resolve()),
             "model": config.model,
@@ -338,8 +399,8 @@ def run_sharpness(
             "processes": world,
             "spec": spec.to_dict(),
             "settings": sharpness_settings(spec),
-            "train_loss": _value(loss, x0),
-            **measure_sharpness(spec, loss, x0, progress=progress and rank == 0),
+            **{key: first[key] for key in ("train_loss", "gradient_norm", "hessian", "trace")},
+            **measured,
             "versions": versions(),
         }
     if rank != 0:
@@ -349,18 +410,23 @@ def run_sharpness(
 
 
 def _run_loss(spec: SharpnessSpec, model: nn.Module, config: Any, device: torch.device,
-              accelerator: Any) -> tuple[torch.Tensor, SplitLoss, int]:
-    """(x0, f, samples): f the mean training cross-entropy over ``spec.samples`` seeded
-    training images, this process's share of its batches and the sum over processes."""
+              accelerator: Any, *, bn: str, samples: int | None
+              ) -> tuple[torch.Tensor, SplitLoss, int]:
+    """(x0, f, samples): f the mean training cross-entropy over ``samples`` seeded training
+    images (None: the whole training set, in its order) with BatchNorm as ``bn`` says, this
+    process's share of its batches and the sum over processes."""
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         num_classes=config.num_classes)
     n_train = data.train_labels.shape[0]
-    generator = torch.Generator().manual_seed(spec.seed)
-    chosen = torch.randperm(n_train, generator=generator)[:spec.samples].sort().values
+    if samples is None:
+        chosen = torch.arange(n_train)
+    else:
+        generator = torch.Generator().manual_seed(spec.seed)
+        chosen = torch.randperm(n_train, generator=generator)[:samples].sort().values
     images = data.train_images[chosen].to(device)
     labels = data.train_labels[chosen].to(device)
     inputs = InputSpec(data.info, config.image_size, config.channels_last)
-    x0, terms = network_loss(model, images, labels, inputs, batch_size=spec.batch_size)
+    x0, terms = network_loss(model, images, labels, inputs, batch_size=spec.batch_size, bn=bn)
     if accelerator is None or accelerator.num_processes == 1:
         return x0, SplitLoss(terms), int(labels.shape[0])
     mine = shard(terms, accelerator.process_index, accelerator.num_processes)
@@ -369,34 +435,37 @@ def _run_loss(spec: SharpnessSpec, model: nn.Module, config: Any, device: torch.
 
 
 def measure_sharpness(spec: SharpnessSpec, loss_fn: LossFn, x0: torch.Tensor, *,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, bn: str | None = None) -> dict[str, Any]:
     """{"sharpness": [{subspace, eps, phi, seconds}, ...], "hessian", "trace"} of f at x0;
-    "hessian" and "trace" are None unless ``spec`` asks for them."""
+    "hessian" and "trace" are None unless ``spec`` asks for them. ``bn``: the BatchNorm
+    convention f was built with, recorded in each entry (and named in the progress lines)."""
     measured: dict[str, Any] = {"sharpness": [], "hessian": None, "trace": None}
     shown = _MeasureProgress(spec, enabled=progress)
+    stage = f"sharpness (bn={bn})" if bn is not None and len(spec.bn) > 1 else "sharpness"
+    tagged = {} if bn is None else {"bn": bn}
     for space in spec.subspaces:
         p = parse_subspace(space)
         A = None if p is None else random_subspace(x0.numel(), p, seed=spec.seed,
                                                    device=x0.device)
         for e in spec.eps:
             clock = time.monotonic()
-            shown.stage(f"sharpness: {space} space, eps {e:g} ({spec.iters} L-BFGS-B "
+            shown.stage(f"{stage}: {space} space, eps {e:g} ({spec.iters} L-BFGS-B "
                         f"iterations)")
             phi = keskar_sharpness(loss_fn, x0, eps=e, A=A, iters=spec.iters, seed=spec.seed,
                                    tick=shown.tick)
-            measured["sharpness"].append({"subspace": space, "eps": e, "phi": phi,
+            measured["sharpness"].append({"subspace": space, "eps": e, **tagged, "phi": phi,
                                           "seconds": time.monotonic() - clock})
         del A
     if spec.hessian:
         clock = time.monotonic()
-        shown.stage(f"sharpness: top {spec.top_k} Hessian eigenvalues "
+        shown.stage(f"{stage}: top {spec.top_k} Hessian eigenvalues "
                     f"({spec.hessian_iters} Lanczos products)")
         values = hessian_top_eigenvalues(loss_fn, x0, k=spec.top_k, iters=spec.hessian_iters,
                                          seed=spec.seed, tick=shown.tick)
         measured["hessian"] = {"top_eigenvalues": values, "seconds": time.monotonic() - clock}
     if spec.trace:
         clock = time.monotonic()
-        shown.stage(f"sharpness: Hessian trace ({spec.trace_samples} Hutchinson probes)")
+        shown.stage(f"{stage}: Hessian trace ({spec.trace_samples} Hutchinson probes)")
         mean, stderr = hutchinson_trace(loss_fn, x0, samples=spec.trace_samples,
                                         seed=spec.seed, tick=shown.tick)
         measured["trace"] = {"mean": mean, "stderr": stderr,

@@ -19,17 +19,19 @@ from lbtkit.narrative import (
     fashion_thresholds_sentence,
     fit_sentence,
     fixed_budget_sentence,
+    generalisation_sentence,
     markdown_table,
     noise_resolved,
     noise_scale_sentence,
+    paired_sentence,
     paper_sentence,
     pm,
-    seed_comparison_sentence,
     stability_sentence,
 )
 from lbtkit.report import DASH, format_duration, format_lr
 from lbtkit.specs import FashionStudySpec
-from lbtkit.studies.summary import falling_batch
+from lbtkit.studies.paired import ALPHA, TEST
+from lbtkit.studies.summary import falling_batch, split_measure_key
 
 LABELS = ("sb", "lb")
 
@@ -37,7 +39,7 @@ LABELS = ("sb", "lb")
 def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[str, Any]
                   ) -> dict[str, Any]:
     """Everything index.md states, as plain JSON values (study.json keeps them)."""
-    summary = keskar["summary"]
+    summary, paired = keskar["summary"], keskar.get("paired")
     fall = falling_batch(sweep["rows"], drop_points=FALL_POINTS)
     fall_final = falling_batch(sweep["rows"], drop_points=FALL_POINTS, key="final_val_acc")
     noise = sweep["noise"]
@@ -45,14 +47,18 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
     if summary is not None:
         sentences += [
             fit_sentence(summary, keskar["records"]),
-            seed_comparison_sentence(summary, "test_acc", noun="Test accuracy", scale=100,
-                                     unit="%", diff_unit=" points"),
-            seed_comparison_sentence(summary, "test_loss", noun="Test loss"),
-            *(seed_comparison_sentence(summary, key, noun=_measure_noun(key))
+            paired_sentence(summary, paired, "test_acc", noun="Test accuracy", scale=100,
+                            unit="%", diff_unit=" points"),
+            paired_sentence(summary, paired, "test_loss", noun="Test loss"),
+            generalisation_sentence(paired),
+            *(paired_sentence(summary, paired, key, noun=_measure_noun(key))
               for key in _phi_keys(summary)),
-            seed_comparison_sentence(summary, "hessian_top", noun="The top Hessian eigenvalue"),
-            paper_sentence(summary),
+            *(paired_sentence(summary, paired, key, noun=_measure_noun(key))
+              for key in summary["sb"] if key.startswith("hessian_top")),
+            _conventions_sentence(summary),
+            paper_sentence(paired),
         ]
+        sentences = [sentence for sentence in sentences if sentence]
     sentences += [fixed_budget_sentence(sweep["rows"], fall, fall_final,
                                         epochs=spec.sweep_epochs),
                   stability_sentence(sweep["rows"]),
@@ -62,6 +68,9 @@ def index_numbers(spec: FashionStudySpec, keskar: dict[str, Any], sweep: dict[st
         "seeds_measured": sorted({r["seed"] for r in keskar["records"]}),
         "left_out": keskar["left_out"],
         "summary": summary,
+        "paired": paired,
+        "alpha": ALPHA,
+        "test": TEST,
         "falling_batch": _fall_numbers(fall, "best_val_acc"),
         "falling_batch_final": _fall_numbers(fall_final, "final_val_acc"),
         "test_acc_of_best": None if fall["best"] is None else {
@@ -110,9 +119,44 @@ def _phi_keys(summary: dict[str, Any]) -> list[str]:
 
 
 def _measure_noun(key: str) -> str:
-    _, space, eps = key.split(" ")
+    if key.startswith("hessian_top"):
+        return f"The top Hessian eigenvalue ({_bn_words(key.split('bn=')[1])})"
+    if key.startswith("grad_norm"):
+        return f"The full-batch gradient norm ({_bn_words(key.split('bn=')[1])})"
+    space, eps, bn = split_measure_key(key)
     where = "full space" if space == "full" else f"random {space.split(':')[1]}-dim subspace"
-    return f"Sharpness φ ({where}, ε={eps.split('=')[1]})"
+    return f"Sharpness φ ({where}, ε={eps}, {_bn_words(bn)})"
+
+
+def _bn_words(bn: str) -> str:
+    return {"batch": "BatchNorm on batch statistics",
+            "running": "BatchNorm on running statistics"}.get(bn, f"bn={bn}")
+
+
+def _conventions_sentence(summary: dict[str, Any]) -> str | None:
+    """How much the BatchNorm convention changes φ, and whether the LB/SB ratio survives."""
+    pairs = []
+    for key in _phi_keys(summary):
+        space, eps, bn = split_measure_key(key)
+        other = f"phi {space} eps={eps} bn=running"
+        if bn == "batch" and other in summary["sb"]:
+            pairs.append((key, other, space, eps))
+    if not pairs:
+        return None
+    key, other, space, eps = pairs[0]
+    means = {(side, k): summary[side][k]["mean"] for side in LABELS for k in (key, other)}
+    if any(v is None or v <= 0 for v in means.values()):
+        return None
+    ratio = {k: means[("lb", k)] / means[("sb", k)] for k in (key, other)}
+    return (f"The BatchNorm convention changes the size of φ ({space} space, "
+            f"ε={eps}): with batch statistics φ is {means[('sb', key)]:.3g} (SB) and "
+            f"{means[('lb', key)]:.3g} (LB), with running statistics {means[('sb', other)]:.3g} "
+            f"and {means[('lb', other)]:.3g}; LB/SB is {ratio[key]:.3g} and {ratio[other]:.3g}. "
+            "With batch statistics each layer's pre-activations are re-centred and re-scaled "
+            "by the batch itself, so the part of a perturbation that shifts or scales them is "
+            "normalised away and the loss rises less in the box; with running statistics the "
+            "normalisation is frozen and the whole perturbation passes on. The paper's "
+            "numbers were measured the first way (Keras BatchNormalization(mode=2)).")
 
 
 # --- the page --------------------------------------------------------------------------------
@@ -173,20 +217,34 @@ def _keskar_section(spec: FashionStudySpec, keskar: dict[str, Any], numbers: dic
     ]
     if summary is None:
         return [*lines, "No seed completed both runs: nothing to summarise.", ""]
+    sharp = spec.sharpness
     lines += [*_keskar_table(summary), "",
-              "Ours: mean ± std over the seeds (n − 1 divisor). Train accuracy and loss: the "
-              "last epoch's running average over its batches (BatchNorm in training mode), "
-              "what the stopping rule reads; \"eval\": the final weights evaluated on all "
-              "60,000 training images in evaluation mode, BatchNorm re-estimated as for the "
-              "parametric plot below (its α = 0 and α = 1 points; the paper's train accuracy "
-              "is of this kind); test: the 10,000 test images after the last "
-              "epoch. φ is Keskar's sharpness (%): the largest relative rise of the training "
-              "loss in a box of size ε around the solution, sought by L-BFGS-B for "
-              f"{spec.sharpness.iters} iterations, with f the mean cross-entropy on a fixed "
-              f"seeded subset of {spec.sharpness.samples:,} training images (not all 60,000: "
-              "the time budget), BatchNorm on running statistics; the top Hessian eigenvalue "
-              f"of the same f from {spec.sharpness.hessian_iters} Lanczos steps. The paper "
-              "measured φ on MNIST (Table 2; its Hessian is not reported for F1).",
+              "Ours: mean ± std over the seeds (n − 1 divisor). \"eval\": the final weights "
+              "evaluated on all 60,000 training images in evaluation mode, BatchNorm on the "
+              "running statistics the run kept (the number the stopping rule reads, and the "
+              "kind of the paper's train accuracy); \"running\": the last epoch's average "
+              "over its batches in training mode; test: the 10,000 test images (the runs' "
+              "validation set is Fashion-MNIST's test set), evaluated as \"eval\".",
+              "", "### SB vs LB, paired by seed", "",
+              *_paired_table(summary, numbers["paired"], numbers["alpha"]), "",
+              f"LB − SB: the mean over seeds of each seed's LB value minus its SB value (both "
+              f"from that seed's initial weights), its 95% interval and the p-value of the "
+              f"{numbers['test']}; \"differs\" only when p < {numbers['alpha']:g}. φ is "
+              "Keskar's sharpness (%): the largest relative rise of the training loss in a "
+              "box of size ε around the solution, sought by L-BFGS-B for "
+              f"{sharp.iters} iterations, with f the mean cross-entropy on a fixed seeded "
+              f"subset of {sharp.samples:,} training images (not all 60,000: the time budget) "
+              f"in batches of at most {sharp.batch_size:,}. bn=batch: BatchNorm normalises "
+              "with each batch's own statistics, as the authors' Keras "
+              "BatchNormalization(mode=2) does at evaluation too (their parametric plot "
+              "evaluates in batches of 5,000); bn=running: with the running statistics the "
+              "run kept (PyTorch's eval mode). The top Hessian eigenvalue of the same f from "
+              f"{sharp.hessian_iters} Lanczos steps; the gradient norm: of the mean "
+              "cross-entropy over " + ("all 60,000 training images" if
+                                       sharp.gradient_samples is None else
+                                       f"{sharp.gradient_samples:,} seeded training images")
+              + " at the solution (0 at a minimiser). The paper measured φ on MNIST "
+              "(Table 2; its Hessian and gradient are not reported for F1).",
               "", "### How far each run trained", "",
               *_runs_table(keskar["records"]), "",
               f"Every number per run: [{link(keskar['paths']['runs'])}]"
@@ -205,6 +263,9 @@ def _keskar_section(spec: FashionStudySpec, keskar: dict[str, Any], numbers: dic
         f"for α in {spec.interpolation.alphas[0]:g}..{spec.interpolation.alphas[-1]:g} "
         f"({len(spec.interpolation.alphas)} points): the mean over the seeds, the band ± one "
         "standard deviation; solid: the 60,000 training images, dashed: the test images. "
+        f"Thin lines: each seed's training curve with {spec.interpolation.refine} more α "
+        "of its own, each halving the neighbouring pair whose training loss differs most "
+        "(log scale), so the cliff is resolved. "
         f"BatchNorm statistics re-estimated at every α on the first "
         f"{spec.interpolation.bn_samples or 60_000:,} training images. Numbers: "
         f"[{link(band['band_csv'])}]({link(band['band_csv'])}); each seed's own study "
@@ -215,30 +276,58 @@ def _keskar_section(spec: FashionStudySpec, keskar: dict[str, Any], numbers: dic
 
 
 def _keskar_table(summary: dict[str, Any]) -> list[str]:
-    phis = [key for key in summary["sb"] if key.startswith("phi ")]
-    header = ["", "train acc (%)", "train acc, eval (%)", "test acc (%)", "train loss",
-              "train loss, eval", "test loss", *(_phi_header(key) for key in phis),
-              "top Hessian eigenvalue"]
+    header = ["", "epochs", "train acc, eval (%)", "train acc, running (%)", "test acc (%)",
+              "train loss, eval", "test loss"]
     body = []
     for label in LABELS:
         s = summary[label]
-        body.append([f"{label.upper()} (ours, Fashion-MNIST)", pm(s["train_acc"], 100),
-                     pm(s["train_acc_eval"], 100), pm(s["test_acc"], 100),
-                     pm(s["train_loss"], digits=4), pm(s["train_loss_eval"], digits=4),
-                     pm(s["test_loss"], digits=4), *(pm(s[key], digits=3) for key in phis),
-                     pm(s["hessian_top"], digits=1)])
+        body.append([f"{label.upper()} (ours, Fashion-MNIST)", pm(s["epochs"], digits=1),
+                     pm(s["train_acc_eval"], 100), pm(s["train_acc"], 100),
+                     pm(s["test_acc"], 100), pm(s["train_loss_eval"], digits=4),
+                     pm(s["test_loss"], digits=4)])
     for label in LABELS:
         paper = PAPER_F1[label]
-        body.append([f"{label.upper()} (paper, MNIST)", DASH, _paper(paper, "train_acc"),
-                     _paper(paper, "test_acc"), DASH, DASH, DASH,
-                     *(_paper(paper, key) for key in phis), DASH])
+        body.append([f"{label.upper()} (paper, MNIST)", DASH, _paper(paper, "train_acc"), DASH,
+                     _paper(paper, "test_acc"), DASH, DASH])
+    return markdown_table(header, body)
+
+
+# The paired table's rows: (column, how it is shown: scale, digits, unit).
+def _paired_rows(summary: dict[str, Any]) -> list[tuple[str, str, float, int]]:
+    keys = list(summary["sb"])
+    rows = [("train_acc_eval", "train acc, eval (%)", 100.0, 2),
+            ("test_acc", "test acc (%)", 100.0, 2),
+            ("train_loss_eval", "train loss, eval", 1.0, 4), ("test_loss", "test loss", 1.0, 4)]
+    rows += [(k, _phi_header(k), 1.0, 3) for k in keys if k.startswith("phi ")]
+    rows += [(k, f"top Hessian eigenvalue, {k.split(' ')[1]}", 1.0, 1)
+             for k in keys if k.startswith("hessian_top")]
+    rows += [(k, f"gradient norm, {k.split(' ')[1]}", 1.0, 3)
+             for k in keys if k.startswith("grad_norm")]
+    return rows
+
+
+def _paired_table(summary: dict[str, Any], paired: dict[str, Any], alpha: float) -> list[str]:
+    header = ["measure", "SB", "LB", "LB − SB", "95% interval", "p", f"differs (p < {alpha:g})",
+              "paper SB (MNIST)", "paper LB (MNIST)"]
+    body = []
+    for key, name, scale, digits in _paired_rows(summary):
+        d = paired[key]
+        if d["mean"] is None:
+            continue
+        interval = DASH if d["low"] is None else \
+            f"{scale * d['low']:.{digits}f} to {scale * d['high']:.{digits}f}"
+        body.append([name, pm(summary["sb"][key], scale, digits),
+                     pm(summary["lb"][key], scale, digits), f"{scale * d['mean']:+.{digits}f}",
+                     interval, DASH if d["p"] is None else f"{d['p']:.2g}",
+                     "yes" if d["differs"] else "no",
+                     _paper(PAPER_F1["sb"], key), _paper(PAPER_F1["lb"], key)])
     return markdown_table(header, body)
 
 
 def _phi_header(key: str) -> str:
-    _, space, eps = key.split(" ")
+    space, eps, bn = split_measure_key(key)
     where = "full" if space == "full" else f"random {space.split(':')[1]}-dim"
-    return f"φ {where}, ε={eps.split('=')[1]}"
+    return f"φ {where}, ε={eps}, bn={bn}"
 
 
 def _paper(paper: dict[str, tuple[float, float]], key: str) -> str:
@@ -249,14 +338,17 @@ def _paper(paper: dict[str, tuple[float, float]], key: str) -> str:
 
 
 def _runs_table(records: list[dict[str, Any]]) -> list[str]:
+    grads = [k for k in records[0] if k.startswith("grad_norm")]
     header = ["seed", "side", "batch", "epochs (cap)", "stopped by", "train acc",
-              "train acc, eval", "test acc", "train loss", "test loss", "training time"]
+              "train acc, eval", "test acc", "train loss", "test loss",
+              *(f"gradient norm, {k.split(' ')[1]}" for k in grads), "training time"]
     body = [[str(r["seed"]), r["side"].upper(), str(r["batch_size"]),
              f"{r['epochs']} ({r['epochs_cap']})", r["stopped_by"],
              f"{100 * r['train_acc']:.2f}%",
              DASH if r["train_acc_eval"] is None else f"{100 * r['train_acc_eval']:.2f}%",
              f"{100 * r['test_acc']:.2f}%",
              f"{r['train_loss']:.4f}", f"{r['test_loss']:.4f}",
+             *(DASH if r[k] is None else f"{r[k]:.3g}" for k in grads),
              DASH if r["train_seconds"] is None else format_duration(r["train_seconds"])]
             for r in records]
     return markdown_table(header, body)
@@ -348,8 +440,12 @@ def _validation_words(rows: list[dict[str, Any]]) -> str:
 
 def _rule(spec: FashionStudySpec) -> str:
     rules = []
-    if spec.stop_train_acc is not None:
-        rules.append(f"the epoch's training accuracy reaches {spec.stop_train_acc:g}")
+    if spec.stop_train_acc is not None and spec.stop_train_acc_mode == "eval":
+        rules.append(f"the whole training set, evaluated in evaluation mode at the epoch's "
+                     f"end (BatchNorm on running statistics), is right for at least "
+                     f"{100 * spec.stop_train_acc:g}% of its images")
+    elif spec.stop_train_acc is not None:
+        rules.append(f"the epoch's running training accuracy reaches {spec.stop_train_acc:g}")
     if spec.stop_plateau_epochs is not None:
         rules.append(f"the training loss has not improved by more than "
                      f"{spec.stop_plateau_delta:g} (relative) for {spec.stop_plateau_epochs} "

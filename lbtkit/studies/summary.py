@@ -1,10 +1,14 @@
 """The numbers a multi-seed study reports, from its runs' files: pure functions, no training.
 
 - ``side_record``: one seed's SB or LB run as one flat row (how far it trained, which rule
-  stopped it, accuracies and losses, every sharpness measure, the top Hessian eigenvalue);
+  stopped it, accuracies and losses, every sharpness measure, the top Hessian eigenvalue and
+  the full-batch gradient norm, each under every BatchNorm convention measured, named in the
+  column: ``phi full eps=0.001 bn=batch``);
 - ``side_summary``: mean and standard deviation (n - 1 divisor, as a sample of seeds) of each
-  number over the seeds, per side;
-- ``interpolation_band``: mean and standard deviation over seeds of the interpolation curves;
+  number over the seeds, per side (the SB-vs-LB comparisons are paired by seed:
+  ``lbtkit.studies.paired``);
+- ``interpolation_band``: mean and standard deviation over seeds of the interpolation curves,
+  at the alphas every seed has (the grid; refined alphas differ from seed to seed);
 - ``falling_batch``: where accuracy starts to fall over a batch-size sweep, by a stated rule.
 """
 
@@ -19,13 +23,17 @@ LABELS = ("sb", "lb")
 # The per-run numbers summarised over seeds, in table order (sharpness columns follow).
 RUN_NUMBERS = ("epochs", "train_acc", "train_loss", "train_acc_eval", "train_loss_eval",
                "test_acc", "test_loss")
-# Where each side's own weights sit on the interpolation line theta(a) = a*LB + (1-a)*SB.
-SIDE_ALPHA = {"sb": 0.0, "lb": 1.0}
 
 
-def measure_key(subspace: str, eps: float) -> str:
-    """The column name of one sharpness measure: ``phi full eps=0.001``."""
-    return f"phi {subspace} eps={eps:g}"
+def measure_key(subspace: str, eps: float, bn: str = "running") -> str:
+    """The column name of one sharpness measure: ``phi full eps=0.001 bn=batch``."""
+    return f"phi {subspace} eps={eps:g} bn={bn}"
+
+
+def split_measure_key(key: str) -> tuple[str, str, str]:
+    """(subspace, eps text, bn) of a ``measure_key``."""
+    _, subspace, eps, bn = key.split(" ")
+    return subspace, eps.split("=", 1)[1], bn.split("=", 1)[1]
 
 
 def stop_text(results: dict[str, Any]) -> str:
@@ -40,39 +48,45 @@ def stop_text(results: dict[str, Any]) -> str:
     return str(results.get("status"))
 
 
-def side_record(seed: int, side: str, results: dict[str, Any], sharpness: dict[str, Any],
-                curve: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def side_record(seed: int, side: str, results: dict[str, Any], sharpness: dict[str, Any]
+                ) -> dict[str, Any]:
     """One run as one row: its results.json (final epoch: training accuracy and loss as the
-    running average over the epoch's batches, which the stopping rule reads; test = the
-    validation set), its sharpness.json, and from the interpolation ``curve`` (rows of
-    alpha, split, loss, accuracy) the same weights evaluated on the whole training set in
-    evaluation mode (``train_acc_eval``, ``train_loss_eval``; None when the curve has no
-    point at this side's alpha)."""
+    running average over the epoch's batches; ``train_acc_eval``/``train_loss_eval``: the
+    whole training set evaluated at the end in eval mode, BatchNorm on running statistics,
+    which the eval-mode stopping rule reads (None when the run did not measure it); test = the
+    validation set, which for Fashion-MNIST is its test set), and its sharpness.json: every φ,
+    and per BatchNorm convention the top Hessian eigenvalue and the full-batch gradient norm.
+    """
     final = results["final"]
-    own = [row for row in curve
-           if row["split"] == "train" and math.isclose(row["alpha"], SIDE_ALPHA[side])]
     record: dict[str, Any] = {
         "seed": seed, "side": side, "batch_size": results["config"]["batch_size"],
         "lr": results["lr"], "status": results["status"],
         "epochs": results["epochs_completed"], "epochs_cap": results["config"]["epochs"],
         "stopped_by": stop_text(results),
         "train_acc": final["train_acc"], "train_loss": final["train_loss"],
-        "train_acc_eval": own[0]["accuracy"] if own else None,
-        "train_loss_eval": own[0]["loss"] if own else None,
+        "train_acc_eval": final.get("train_eval_acc"),
+        "train_loss_eval": final.get("train_eval_loss"),
         "test_acc": final["val_acc"], "test_loss": final["val_loss"],
         "train_seconds": results.get("train_seconds"),
     }
     for measure in sharpness["sharpness"]:
-        record[measure_key(measure["subspace"], measure["eps"])] = measure["phi"]
-    hessian = sharpness.get("hessian")
-    record["hessian_top"] = hessian["top_eigenvalues"][0] if hessian else None
+        key = measure_key(measure["subspace"], measure["eps"], measure.get("bn", "running"))
+        record[key] = measure["phi"]
+    by_bn = sharpness.get("by_bn") or {"running": {
+        "hessian": sharpness.get("hessian"), "gradient_norm": sharpness.get("gradient_norm")}}
+    for bn, measured in by_bn.items():
+        hessian = measured.get("hessian")
+        record[f"hessian_top bn={bn}"] = hessian["top_eigenvalues"][0] if hessian else None
+        record[f"grad_norm bn={bn}"] = measured.get("gradient_norm")
     return record
 
 
 def number_columns(records: Sequence[dict[str, Any]]) -> list[str]:
     """The numeric columns of ``side_record`` rows that are summarised, in order."""
-    phis = [key for key in records[0] if key.startswith("phi ")]
-    return [*RUN_NUMBERS, *phis, "hessian_top"]
+    keys = list(records[0])
+    return [*RUN_NUMBERS, *(k for k in keys if k.startswith("phi ")),
+            *(k for k in keys if k.startswith("hessian_top")),
+            *(k for k in keys if k.startswith("grad_norm"))]
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
@@ -93,9 +107,10 @@ def side_summary(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[
 
 def interpolation_band(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of loss and accuracy at each (split, alpha) of
-    the interpolation rows (``alpha``, ``split``, ``loss``, ``accuracy``); non-finite values
-    are left out and counted (``n``)."""
-    keys = sorted({(r["split"], r["alpha"]) for rows in per_seed for r in rows})
+    the interpolation rows (``alpha``, ``split``, ``loss``, ``accuracy``) that every seed has;
+    non-finite values are left out and counted (``n``)."""
+    keys = sorted(set.intersection(*({(r["split"], r["alpha"]) for r in rows}
+                                     for rows in per_seed))) if per_seed else []
     band = []
     for split, alpha in keys:
         points = [r for rows in per_seed for r in rows
