@@ -109,19 +109,23 @@ def _remedies(spec: CriticalBatchSpec, records: list[dict[str, Any]]) -> list[di
                 mine = best[opt].get(batch)
                 row[f"{opt}_steps"] = mine.steps if mine else None
                 row[f"{opt}_lr"] = mine.lr if mine else None
-                row[f"{opt}_verdict"] = _remedy_verdict(records, target, batch, sgd, mine)
+                row[f"{opt}_verdict"] = _remedy_verdict(records, target, batch, sgd,
+                                                        (opt, mine))
             rows.append(row)
     return rows
 
 
-def _remedy_verdict(records, target, batch, sgd, mine) -> str:
+def _remedy_verdict(records: list[dict[str, Any]], target: str, batch: int, sgd: Any,
+                    remedy: tuple[str, Any]) -> str:
+    """The remedy's best against SGD's best at one batch size, by THRESHOLDS' rule."""
+    optimizer, mine = remedy
     if sgd is None or mine is None or sgd.steps is None:
         return "not comparable"
     if mine.steps is None:
         return "did not reach the target"
     margin = THRESHOLDS["remedy_margin"]
     seeds_sgd = _seed_steps(records, "sgd", target, batch, sgd.lr)
-    seeds_mine = _seed_steps(records, None, target, batch, mine.lr, exclude="sgd")
+    seeds_mine = _seed_steps(records, optimizer, target, batch, mine.lr)
     paired = [seeds_mine[s] / seeds_sgd[s] for s in seeds_sgd if s in seeds_mine]
     ratio = mine.steps / sgd.steps
     if ratio < 1 - margin and paired and all(p < 1 for p in paired):
@@ -131,11 +135,11 @@ def _remedy_verdict(records, target, batch, sgd, mine) -> str:
     return "no clear difference"
 
 
-def _seed_steps(records, optimizer, target, batch, lr, exclude=None) -> dict[int, float]:
+def _seed_steps(records: list[dict[str, Any]], optimizer: str, target: str, batch: int,
+                lr: float) -> dict[int, float]:
     return {r["seed"]: r["steps"] for r in records
             if r["target"] == target and r["batch_size"] == batch and r["lr"] == lr
-            and (optimizer is None or r["optimizer"] == optimizer)
-            and r["optimizer"] != exclude and r["steps"] is not None}
+            and r["optimizer"] == optimizer and r["steps"] is not None}
 
 
 def _method(spec: CriticalBatchSpec) -> dict[str, Any]:
