@@ -28,6 +28,8 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+# Where --quick writes unless told: a quick figure must never replace a committed one.
+QUICK_RESULTS_DIR = BENCH_DIR.parent / "build" / "bench-quick"
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -89,11 +91,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    """One line for a README: CPU, cores, device, threads, torch."""
+    """One line for a README: CPU, cores, device, threads, torch, load average."""
     device = info["gpu"] or info["device"]
     return (f"{info['cpu']}, {info['cores']} cores, device {device}, "
             f"{info['torch_threads']} torch threads, torch {info['torch']}, "
-            f"Python {info['python']}")
+            f"Python {info['python']}, 1-minute load average "
+            f"{info['load_average_at_start'][0]} at the start")
 
 
 def _git_commit() -> str | None:
@@ -186,7 +189,25 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON file goes"
     )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="the same code path on tiny sizes, in well under a minute: checks that the script "
+             f"runs and prints its ratio, not the figure (JSON to {QUICK_RESULTS_DIR} unless "
+             "--results-dir is given)",
+    )
     return parser
+
+
+def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser, **tiny: Any) -> None:
+    """With ``--quick``, use the ``tiny`` values for every option the user left at its
+    default (a flag given on the command line still wins), and the quick results folder."""
+    if not args.quick:
+        return
+    for name, value in tiny.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    if args.results_dir == RESULTS_DIR:
+        args.results_dir = QUICK_RESULTS_DIR
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
@@ -200,17 +221,20 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
 
 
 def write_result(
-    name: str, payload: dict[str, Any], *, results_dir: Path = RESULTS_DIR
+    name: str, payload: dict[str, Any], *, results_dir: Path = RESULTS_DIR, quick: bool = False,
 ) -> Path:
     """Write ``<results_dir>/<name>.json`` and print ``ratio: X.XX`` as the very last line.
 
     ``payload`` must hold ``ratio`` and ``target`` (the minimum acceptable ratio) and should
-    hold ``machine``, ``settings``, ``ours`` and ``reference``; ``target_met`` is added here.
+    hold ``machine``, ``settings``, ``ours`` and ``reference``; ``target_met``, ``quick`` and
+    the load average at the end (``machine`` has it at the start) are added here.
     """
     ratio, target = float(payload["ratio"]), float(payload["target"])
     record = {
         "benchmark": name,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         **payload,
         "ratio": round(ratio, 4),
         "target": target,
