@@ -7,7 +7,10 @@ medians and the median of the per-pair ratios (:func:`compare`), writes
 ``ratio: X.XX`` (ours over the reference, higher is better) as its last line.
 
 The scripts are run as files (``python bench/x.py``), so they import this module by name from
-their own folder.
+their own folder. Importing it puts the script under the OpenMP wait policy the ``lbtkit`` CLI
+sets (``lbtkit.cpu``): the script has loaded torch by then, so it restarts itself once with
+those variables (a variable set by the user wins, e.g. ``GOMP_SPINCOUNT=300000`` for libgomp's
+default).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -26,10 +30,24 @@ from typing import Any
 
 import torch
 
+from lbtkit.cpu import apply_wait_policy, wait_policy
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 # Where --quick writes unless told: a quick figure must never replace a committed one.
 QUICK_RESULTS_DIR = BENCH_DIR.parent / "build" / "bench-quick"
+
+
+def _under_lbtkit_wait_policy() -> None:
+    """Re-run this script with lbtkit's OpenMP variables unless it already has them: OpenMP read
+    its variables when torch loaded, before this module was imported."""
+    env = dict(os.environ)
+    if apply_wait_policy(env) and sys.argv[0].endswith(".py"):  # run as a file
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+_under_lbtkit_wait_policy()
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -80,6 +98,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        "openmp_wait": wait_policy()[0],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -186,6 +205,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--threads", type=int, default=None,
         help="torch.set_num_threads for both sides (default: leave torch's default)",
     )
+    add_output_flags(parser)
+    return parser
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--results-dir`` and ``--quick``, which every script takes."""
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON file goes"
     )
@@ -195,7 +220,6 @@ def base_parser(description: str) -> argparse.ArgumentParser:
              f"runs and prints its ratio, not the figure (JSON to {QUICK_RESULTS_DIR} unless "
              "--results-dir is given)",
     )
-    return parser
 
 
 def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser, **tiny: Any) -> None:

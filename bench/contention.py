@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--new-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the new side (repeatable)")
     args = parser.parse_args()
-    apply_quick(args, parser, dataset="digits", epochs=2, rounds=1)
+    apply_quick(args, parser, dataset="digits", epochs=1, rounds=1)
     _, machine = setup(args)
     envs = {"old": side_env(OLD_ENV), "new": side_env(parse_env(args.new_env))}
     cases = [(policy, busy) for busy in (False, True) for policy in ("old", "new")]
