@@ -161,7 +161,8 @@ def test_the_users_omp_num_threads_is_recorded_for_launched_workers_only_by_the_
 
 def test_nothing_is_set_once_torch_is_loaded(monkeypatch):
     # This test process has torch loaded: changing the variables now would only mislead.
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    for name in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
     assert apply_wait_policy() == {}
 
 
