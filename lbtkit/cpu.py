@@ -14,10 +14,11 @@ Two decisions, made from what the process may actually use rather than the machi
   epoch on Fashion-MNIST was 10x slower with one competing process. lbtkit caps the spin at
   :data:`SPIN_COUNT` (``GOMP_SPINCOUNT``), short enough to give a descheduled sibling its core
   back quickly, long enough that threads stay awake between the small ops of one training step
-  (``OMP_WAIT_POLICY=PASSIVE``, no spinning, cost a quarter of the idle speed). Measured by
-  ``bench/contention.py``. ``KMP_BLOCKTIME=1`` does the same for Intel's OpenMP (conda builds of
-  torch); it is what torch's own ``torch.backends.xeon.run_cpu`` launcher sets (not measured
-  here: this torch uses libgomp). A user's own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
+  (``OMP_WAIT_POLICY=PASSIVE``, no spinning, made an idle F1 epoch about 25% slower, 4.7 s
+  against 3.6 s, when issue 22 measured it). Measured by ``bench/contention.py``.
+  ``KMP_BLOCKTIME=1`` does the same for Intel's OpenMP (conda builds of torch); it is what
+  torch's own ``torch.backends.xeon.run_cpu`` launcher sets (not measured here: this torch
+  uses libgomp). A user's own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
   ``KMP_BLOCKTIME`` wins.
 
 Launched workers (``accelerate launch``, torchrun) inherit the environment, so the wait policy
@@ -42,8 +43,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# libgomp's spin iterations before a waiting thread sleeps (its default: 300,000). See
-# bench/contention.py for the measurement behind the value.
+# libgomp's spin iterations before a waiting thread sleeps (its default: 300,000). One
+# iteration (a PAUSE) took ~40 ns on the Intel Xeon here, so ~0.12 ms: longer than the gaps
+# between the ops of a training step, far shorter than a scheduler time slice. At load 6-8,
+# 1000, 3000 and PASSIVE were alike within the noise, 10x or more faster than the default
+# (bench/contention.py); that 3000 keeps the idle speed is reasoned, not yet measured idle.
 SPIN_COUNT = 3000
 # Milliseconds an Intel OpenMP thread spins before sleeping (its default: 200).
 BLOCKTIME_MS = 1
