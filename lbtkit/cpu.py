@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 # iteration (a PAUSE) took ~40 ns on the Intel Xeon here, so ~0.12 ms: longer than the gaps
 # between the ops of a training step, far shorter than a scheduler time slice. At load 6-8,
 # 1000, 3000 and PASSIVE were alike within the noise, 10x or more faster than the default
-# (bench/contention.py); that 3000 keeps the idle speed is reasoned, not yet measured idle.
+# (bench/contention.py). Idle, one nearly quiet round gave 0.81x the default's speed: a longer
+# spin may be needed to keep the idle target (README, Performance).
 SPIN_COUNT = 3000
 # Milliseconds an Intel OpenMP thread spins before sleeping (its default: 200).
 BLOCKTIME_MS = 1
