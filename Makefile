@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo study remedies-demo docs docs-site bench lint format clean image sif image-test
+.PHONY: install test test-fast demo study remedies-demo docs docs-site bench bench-quick lint format clean image sif image-test
 
 # Where make demo / remedies-demo / bench write: build/ (ignored by git), so trying them leaves
 # the checkout clean. `make docs` refreshes the committed copies in docs/; record benchmark
@@ -11,6 +11,11 @@ BIN    := $(VENV)/bin
 DEMO_DIR      ?= build/demo
 REMEDIES_DIR  ?= build/remedies
 BENCH_RESULTS ?= build/bench
+BENCH_QUICK_RESULTS ?= build/bench-quick
+# make bench: the ratio benchmarks at full size (bench/fashion_epochs.py, a planning measurement
+# of several minutes, runs on its own). make bench-quick: every bench/*.py.
+BENCH_SCRIPTS       = data_pipeline train_step interpolation normalize lbfgsb_box contention
+BENCH_QUICK_SCRIPTS = $(filter-out bench/common.py,$(wildcard bench/*.py))
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.
 IMAGE_NAME ?= lbtkit
@@ -71,12 +76,23 @@ remedies-demo: $(BIN)/lbtkit  ## each large-batch remedy at batch 1024 on the bu
 		--other $(REMEDIES_DIR)/work/runs/b1024-s0-baseline --directions between \
 		--grid -0.5:1.5:11,-1:1:11 --output $(REMEDIES_DIR)/landscape
 
-bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON in $(BENCH_RESULTS)/
-	$(BIN)/python bench/data_pipeline.py --results-dir $(BENCH_RESULTS)
-	$(BIN)/python bench/train_step.py --results-dir $(BENCH_RESULTS)
-	$(BIN)/python bench/interpolation.py --results-dir $(BENCH_RESULTS)
-	$(BIN)/python bench/normalize.py --results-dir $(BENCH_RESULTS)
-	$(BIN)/python bench/lbfgsb_box.py --results-dir $(BENCH_RESULTS)
+bench: $(BIN)/lbtkit  ## benchmarks (not tests): figures and JSON (with the machine and its load average) in $(BENCH_RESULTS)/
+	set -e; for name in $(BENCH_SCRIPTS); do \
+		$(BIN)/python bench/$$name.py --results-dir $(BENCH_RESULTS); done
+
+# Each script's output goes to NAME.log; a failure or a missing last line "ratio: X" prints
+# the log and stops. Whether the ratio meets its target is not checked: CI machines are noisy.
+bench-quick: $(BIN)/lbtkit  ## every bench/*.py with --quick (tiny sizes, ~2 min on 2 cores): they run and print their ratio
+	@mkdir -p $(BENCH_QUICK_RESULTS)
+	@for script in $(BENCH_QUICK_SCRIPTS); do \
+		log=$(BENCH_QUICK_RESULTS)/$$(basename $$script .py).log; start=$$(date +%s); \
+		if ! $(BIN)/python $$script --quick --results-dir $(BENCH_QUICK_RESULTS) >$$log 2>&1; \
+		then cat $$log; echo "bench-quick: $$script failed"; exit 1; fi; \
+		last=$$(tail -n 1 $$log); \
+		if ! echo "$$last" | grep -Eq '^ratio: [0-9.]+$$'; \
+		then cat $$log; echo "bench-quick: $$script did not end with 'ratio: X'"; exit 1; fi; \
+		echo "$$script --quick: $$last ($$(( $$(date +%s) - start )) s)"; \
+	done
 
 lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .

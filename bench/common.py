@@ -7,7 +7,10 @@ medians and the median of the per-pair ratios (:func:`compare`), writes
 ``ratio: X.XX`` (ours over the reference, higher is better) as its last line.
 
 The scripts are run as files (``python bench/x.py``), so they import this module by name from
-their own folder.
+their own folder. Importing it puts the script under the OpenMP wait policy the ``lbtkit`` CLI
+sets (``lbtkit.cpu``): the script has loaded torch by then, so it restarts itself once with
+those variables (a variable set by the user wins, e.g. ``GOMP_SPINCOUNT=300000`` for libgomp's
+default).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -26,8 +30,24 @@ from typing import Any
 
 import torch
 
+from lbtkit.cpu import apply_wait_policy, wait_policy
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+# Where --quick writes unless told: a quick figure must never replace a committed one.
+QUICK_RESULTS_DIR = BENCH_DIR.parent / "build" / "bench-quick"
+
+
+def _under_lbtkit_wait_policy() -> None:
+    """Re-run this script with lbtkit's OpenMP variables unless it already has them: OpenMP read
+    its variables when torch loaded, before this module was imported."""
+    env = dict(os.environ)
+    if apply_wait_policy(env) and sys.argv[0].endswith(".py"):  # run as a file
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+_under_lbtkit_wait_policy()
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -78,6 +98,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        "openmp_wait": wait_policy()[0],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -89,11 +110,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    """One line for a README: CPU, cores, device, threads, torch."""
+    """One line for a README: CPU, cores, device, threads, torch, load average."""
     device = info["gpu"] or info["device"]
     return (f"{info['cpu']}, {info['cores']} cores, device {device}, "
             f"{info['torch_threads']} torch threads, torch {info['torch']}, "
-            f"Python {info['python']}")
+            f"Python {info['python']}, 1-minute load average "
+            f"{info['load_average_at_start'][0]} at the start")
 
 
 def _git_commit() -> str | None:
@@ -183,10 +205,33 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--threads", type=int, default=None,
         help="torch.set_num_threads for both sides (default: leave torch's default)",
     )
+    add_output_flags(parser)
+    return parser
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--results-dir`` and ``--quick``, which every script takes."""
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON file goes"
     )
-    return parser
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="the same code path on tiny sizes, in well under a minute: checks that the script "
+             f"runs and prints its ratio, not the figure (JSON to {QUICK_RESULTS_DIR} unless "
+             "--results-dir is given)",
+    )
+
+
+def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser, **tiny: Any) -> None:
+    """With ``--quick``, use the ``tiny`` values for every option the user left at its
+    default (a flag given on the command line still wins), and the quick results folder."""
+    if not args.quick:
+        return
+    for name, value in tiny.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    if args.results_dir == RESULTS_DIR:
+        args.results_dir = QUICK_RESULTS_DIR
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
@@ -200,17 +245,20 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
 
 
 def write_result(
-    name: str, payload: dict[str, Any], *, results_dir: Path = RESULTS_DIR
+    name: str, payload: dict[str, Any], *, results_dir: Path = RESULTS_DIR, quick: bool = False,
 ) -> Path:
     """Write ``<results_dir>/<name>.json`` and print ``ratio: X.XX`` as the very last line.
 
     ``payload`` must hold ``ratio`` and ``target`` (the minimum acceptable ratio) and should
-    hold ``machine``, ``settings``, ``ours`` and ``reference``; ``target_met`` is added here.
+    hold ``machine``, ``settings``, ``ours`` and ``reference``; ``target_met``, ``quick`` and
+    the load average at the end (``machine`` has it at the start) are added here.
     """
     ratio, target = float(payload["ratio"]), float(payload["target"])
     record = {
         "benchmark": name,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         **payload,
         "ratio": round(ratio, 4),
         "target": target,

@@ -22,6 +22,7 @@ repeated in alternation; the ratio is the median of the per-repeat ratios.
 
     python bench/data_pipeline.py                       # defaults: 50,000 images, batch 512
     python bench/data_pipeline.py --repeats 10 --device cuda
+    python bench/data_pipeline.py --quick               # 2,048 images, 2 repeats: checks it runs
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lbtkit.data import DATASETS, draw_epoch
 from lbtkit.data.device import augment
 from lbtkit.evaluate import InputSpec
 
-from common import Timer, base_parser, compare, interleave, setup, sync, write_result
+from common import Timer, apply_quick, base_parser, compare, interleave, setup, sync, write_result
 
 TARGET = 10.0  # ours must be at least 10x the reference
 INFO = DATASETS["cifar10"]  # mean/std, crop padding 4, flip
@@ -81,6 +82,7 @@ def main() -> None:
              "with zeros)",
     )
     args = parser.parse_args()
+    apply_quick(args, parser, images=2048, repeats=2, warmup=0)
     device, machine = setup(args)
     n, batch = args.images, args.batch_size
     if n < batch:
@@ -152,7 +154,7 @@ def main() -> None:
         "unit": "images/s",
         **result,
         "target": TARGET,
-    }, results_dir=args.results_dir)
+    }, results_dir=args.results_dir, quick=args.quick)
 
 
 if __name__ == "__main__":

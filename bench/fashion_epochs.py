@@ -2,6 +2,7 @@
 Keskar's comparison needs to fit the training set: the numbers that plan the study's budget.
 
     OMP_NUM_THREADS=1 python bench/fashion_epochs.py --batch-sizes 256,6000 --max-seconds 120
+    python bench/fashion_epochs.py --quick      # one epoch per batch size: checks it runs
 
 For each batch size, from the same initial weights (seed 0): Adam at lr 1e-3 (the
 ``keskar-f1-fashion`` recipe, constant lr), the training path of ``lbtkit run`` (a seeded
@@ -15,6 +16,10 @@ statistics; timed separately, as a stopping rule would pay for it). A side stops
 training have passed, whichever comes first; the JSON in ``bench/results/`` keeps every epoch.
 No learning-rate schedule depends on the epoch count, so a capped run's curve is the start of
 the uncapped one. Timings are wall clock: on a shared machine they are inflated.
+
+Not a comparison with a target: its last line, ``ratio: X.XX``, is the first batch size's
+median seconds per epoch over the last one's (how much faster the large batch goes through
+the data), for the same shape of output as the other scripts.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from lbtkit.data import draw_epoch, load_dataset
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.models import build_model
 
-from common import RESULTS_DIR, machine_info, machine_line
+from common import add_output_flags, apply_quick, machine_info, machine_line
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,8 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results-name", default="fashion_epochs",
-                        help="write bench/results/NAME.json")
-    return parser.parse_args()
+                        help="write RESULTS_DIR/NAME.json")
+    add_output_flags(parser)
+    args = parser.parse_args()
+    apply_quick(args, parser, max_epochs=1)
+    return args
 
 
 def train_side(data, batch_size: int, args: argparse.Namespace) -> dict:
@@ -128,13 +136,20 @@ def main() -> None:
               f"after {side['epochs_run']} epochs train acc {last['train_acc']:.4f} "
               f"loss {last['train_loss']:.4f}")
     # Not a ratio benchmark (common.write_result): a measurement for planning, kept as JSON.
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{args.results_name}.json"
+    ratio = sides[0]["median_epoch_seconds"] / sides[-1]["median_epoch_seconds"]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{args.results_name}.json"
     record = {"benchmark": "fashion_epochs",
               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": info, "settings": vars(args), "sides": sides}
+              "quick": args.quick,
+              "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+              "machine": info, "settings": {**vars(args), "results_dir": str(args.results_dir)},
+              "sides": sides,
+              "ratio": round(ratio, 4),
+              "ratio_is": "seconds per epoch, first batch size over last"}
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+    print(f"ratio: {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":

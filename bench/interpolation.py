@@ -20,6 +20,7 @@ model on this device. ``--channels-last`` trains the two runs in channels-last, 
 evaluates in it (the reference stays NCHW as in the seed; the floor follows ours).
 
     python bench/interpolation.py
+    python bench/interpolation.py --quick      # 512 + 128 images, 2 alphas: checks it runs
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+import lbtkit.data.readers as readers
 from lbtkit.config import build_config
 from lbtkit.data import load_dataset
 from lbtkit.evaluate import InputSpec
 from lbtkit.landscape import interpolate_runs
 from lbtkit.models import build_model
+from lbtkit.specs import InterpolationSpec
 from lbtkit.train import run
 
-from common import Timer, base_parser, compare, interleave, setup, write_result
+from common import Timer, apply_quick, base_parser, compare, interleave, setup, write_result
 
 
 class HWCImages(Dataset):
@@ -78,9 +81,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true",
                         help="ours evaluates in channels-last (the runs are trained in it)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed grids per side first")
+    parser.add_argument(
+        "--train-images", type=int, default=readers.SYNTHETIC_NUM_TRAIN,
+        help="size of the synthetic training set (lbtkit's own is 2048)",
+    )
+    parser.add_argument(
+        "--val-images", type=int, default=readers.SYNTHETIC_NUM_VAL,
+        help="size of the synthetic test set (lbtkit's own is 512)",
+    )
     args = parser.parse_args()
+    apply_quick(args, parser, alphas=2, repeats=1, warmup=0, train_images=512, val_images=128)
     device, machine = setup(args)
     alphas = np.linspace(-1.0, 2.0, args.alphas).tolist()
+    # The runs, both sides and the floor all read this synthetic set.
+    readers.SYNTHETIC_NUM_TRAIN, readers.SYNTHETIC_NUM_VAL = args.train_images, args.val_images
+    spec = InterpolationSpec(alphas=tuple(alphas), bn="interpolate",
+                             eval_batch_size=args.batch_size)
 
     with tempfile.TemporaryDirectory() as tmp:
         sb_dir, lb_dir = train_pair(Path(tmp), channels_last=args.channels_last)
@@ -99,8 +116,7 @@ def main() -> None:
 
         def ours() -> float:
             with Timer() as t:
-                rows = interpolate_runs(sb_dir, lb_dir, alphas=alphas, bn="interpolate",
-                                        eval_batch_size=args.batch_size, progress=False)
+                rows = interpolate_runs(spec, sb_dir, lb_dir, progress=False)
             assert len(rows) == 2 * len(alphas)
             return images_per_grid / t.seconds
 
@@ -142,8 +158,8 @@ def main() -> None:
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             floor_models.append(model)
-        spec = InputSpec(info, info.image_size, args.channels_last)
-        resident = [spec(images.to(device)) for images in (data.train_images, data.val_images)]
+        inputs = InputSpec(info, info.image_size, args.channels_last)
+        resident = [inputs(images.to(device)) for images in (data.train_images, data.val_images)]
 
         def floor() -> float:
             with Timer() as t, torch.inference_mode():
@@ -158,7 +174,7 @@ def main() -> None:
         print(f"{len(alphas)}-alpha grid over train+test ({images_per_grid:,} evaluations "
               f"per grid); evaluated images/s, alternating", flush=True)
         rates = interleave({"ours": ours, "reference": reference, "floor": floor},
-                           repeats=args.repeats)
+                           repeats=args.repeats, warmup=args.warmup)
     result = compare(rates["ours"], rates["reference"])
     floor_median = float(np.median(rates["floor"]))
     bound = floor_median / result["reference"]["median"]
@@ -167,12 +183,13 @@ def main() -> None:
     print(f"floor     median {floor_median:,.0f} images/s (forward passes only): no evaluation "
           f"path can beat the reference by more than {bound:.2f}x here")
     write_result("interpolation", {
-        "description": "a 25-alpha interpolation grid (train + test splits, BN buffers "
+        "description": f"a {len(alphas)}-alpha interpolation grid (train + test splits, BN buffers "
                        "interpolated): lbtkit's resident in-place path vs the seed's state-dict "
                        "reload and DataLoader per alpha",
         "settings": {"alphas": len(alphas), "model": "c1", "dataset": "synthetic",
                      "eval_batch_size": args.batch_size, "reference_workers": args.workers,
                      "repeats": args.repeats, "images_per_grid": images_per_grid,
+                     "train_images": args.train_images, "val_images": args.val_images,
                      "channels_last": args.channels_last},
         "floor": {"median": floor_median, "values": rates["floor"],
                   "what": "forward passes only, inputs and model resident"},
@@ -181,7 +198,7 @@ def main() -> None:
         "machine": machine,
         **result,
         "target": 5.0,
-    }, results_dir=args.results_dir)
+    }, results_dir=args.results_dir, quick=args.quick)
 
 
 if __name__ == "__main__":

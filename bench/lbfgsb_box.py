@@ -11,6 +11,7 @@ part a network's gradient does not hide) and must reach the same iterate; the ra
 reference's seconds over ours (higher is better).
 
     python bench/lbfgsb_box.py                     # 1,462,538 variables, 3 iterations
+    python bench/lbfgsb_box.py --quick             # 20,000 variables: checks it runs
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from scipy.optimize import Bounds, minimize
 
 from lbtkit.landscape.lbfgsb import minimize_in_box
 
-from common import Timer, base_parser, compare, interleave, setup, write_result
+from common import Timer, apply_quick, base_parser, compare, interleave, setup, write_result
 
 F1_FASHION_PARAMETERS = 1_462_538  # lbtkit.studies.budget.PARAMETERS
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3, help="L-BFGS-B iterations per call")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    apply_quick(args, parser, variables=20_000, repeats=2)
     _, machine = setup(args)
     rng = np.random.default_rng(0)
     bound = 1e-3 * (np.abs(rng.normal(size=args.variables)) + 1.0)
@@ -73,7 +75,7 @@ def main() -> None:
         "reference_s": {"median": medians["reference"], "values": seconds["reference"]},
         **result,
         "target": 2.0,
-    }, results_dir=args.results_dir)
+    }, results_dir=args.results_dir, quick=args.quick)
 
 
 if __name__ == "__main__":

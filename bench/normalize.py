@@ -8,6 +8,7 @@ the ``addcmul`` form) so the choice can be rechecked on any machine; the ratio i
 reference's time over ours (higher is better, 1.0 = no gain).
 
     python bench/normalize.py                 # batch 512, 20 calls per repeat
+    python bench/normalize.py --quick         # 2 calls, 2 repeats: checks it runs
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from lbtkit.data import DATASETS, normalize
 from lbtkit.data.device import _affine
 
-from common import Timer, base_parser, compare, interleave, setup, sync, write_result
+from common import Timer, apply_quick, base_parser, compare, interleave, setup, sync, write_result
 
 INFO = DATASETS["cifar10"]
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20, help="calls per timed repeat")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
+    apply_quick(args, parser, calls=2, repeats=2)
     device, machine = setup(args)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8,
@@ -64,7 +66,7 @@ def main() -> None:
         "reference_ms": {"median": reference_ms, "values": ms["reference"]},
         **result,
         "target": 1.0,
-    }, results_dir=args.results_dir)
+    }, results_dir=args.results_dir, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ epochs of lbtkit's rate over the bare loop's in the same epoch.
 
     python bench/train_step.py                      # c1, batch 256, 8 epochs of 2048 images
     python bench/train_step.py --train-images 50000 --epochs 6 --channels-last  # on a GPU
+    python bench/train_step.py --quick              # batch 64, 2 epochs of 256: checks it runs
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from lbtkit.models import build_model
 from lbtkit.rundir import RunDir
 from lbtkit.schedule import Schedule
 
-from common import Timer, base_parser, compare, setup, sync, write_result
+from common import Timer, apply_quick, base_parser, compare, setup, sync, write_result
 
 TARGET = 0.95  # our overhead must stay within 5%
 SEED = 0
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = parser.parse_args()
+    apply_quick(args, parser, batch_size=64, epochs=2, train_images=256)
     if args.epochs <= args.warmup_epochs:
         parser.error("--epochs must be larger than --warmup-epochs")
     device, machine = setup(args)
@@ -240,7 +242,7 @@ def main() -> None:
         "unit": "images/s",
         **result,
         "target": TARGET,
-    }, results_dir=args.results_dir)
+    }, results_dir=args.results_dir, quick=args.quick)
 
 
 if __name__ == "__main__":

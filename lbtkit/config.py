@@ -199,8 +199,9 @@ class RunConfig:
                          default=False)
     eval_batch_size: int = _opt("per-device batch size for evaluation", default=1024)
     threads: int | None = _opt(
-        "CPU threads per process for torch (default: SLURM_CPUS_PER_TASK under SLURM, else "
-        "torch's default; 1 is often fastest for small models on a shared node)",
+        "CPU threads per process for torch (default: OMP_NUM_THREADS, else the usable CPUs "
+        "(affinity, cgroup quota, SLURM_CPUS_PER_TASK) over the processes launched on the "
+        "machine; 1 is often fastest for small models on a shared node)",
         default=None,
     )
 

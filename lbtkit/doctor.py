@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lbtkit.cpu import UsableCpus, cpu_policy
 from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_OK, ConfigError
 
 Status = Literal["ok", "warn", "fail"]
@@ -62,12 +64,15 @@ def collect_checks(
     pretrained: str,
     output_dir: str | Path,
     require_gpu: bool = False,
+    threads: int | None = None,
 ) -> list[Check]:
-    """Run every check; nothing here raises for a missing or broken item, it reports it."""
+    """Run every check; nothing here raises for a missing or broken item, it reports it.
+    ``threads`` is the run's ``threads`` setting (None: derived)."""
     checks = _version_checks(require_gpu)
     checks.append(_gpu_check(require_gpu))
     checks.append(_container_check())
     checks.append(_slurm_check())
+    checks.append(cpu_check(threads=threads))
     checks.extend(_accelerate_config_checks())
     checks.append(_dataset_check(dataset, Path(data_dir)))
     checks.append(_weights_check(pretrained))
@@ -101,6 +106,7 @@ def doctor_settings(
         "dataset": config.dataset,
         "pretrained": config.pretrained,
         "output_dir": config.output_dir or "runs",
+        "threads": config.threads,
     }
 
 
@@ -111,6 +117,7 @@ def run_doctor(
     pretrained: str,
     output_dir: str | Path,
     require_gpu: bool = False,
+    threads: int | None = None,
     console: Console | None = None,
 ) -> int:
     """Print the checks (a table on a terminal, plain lines otherwise); 1 if any failed."""
@@ -120,6 +127,7 @@ def run_doctor(
         pretrained=pretrained,
         output_dir=output_dir,
         require_gpu=require_gpu,
+        threads=threads,
     )
     console = console or Console(highlight=False)
     if console.is_terminal:
@@ -287,6 +295,35 @@ def _slurm_check() -> Check:
             value = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{value}"
         parts.append(f"{label} {value}")
     return Check("SLURM", "ok", ", ".join(parts))
+
+
+# --- CPUs ------------------------------------------------------------------------------------
+
+
+def cpu_check(*, threads: int | None = None, environ: Mapping[str, str] = os.environ,
+              load: float | None = None, online_cpus: int | None = None,
+              usable: UsableCpus | None = None) -> Check:
+    """Warn when the CPUs are oversubscribed: the run's threads times its local processes above
+    the usable CPUs, or a 1-minute load average above the machine's online CPUs (load counts
+    runnable threads on all of them, so it is compared with all of them, not with the share
+    this process may use). The arguments after ``threads`` override what is read (tests)."""
+    policy = cpu_policy(threads, environ, usable=usable)
+    load = os.getloadavg()[0] if load is None else load
+    online = online_cpus or os.cpu_count() or 1
+    wait = ", ".join(f"{k}={v}" for k, v in policy.wait.items()) or "none set"
+    detail = (f"{policy.threads} thread(s) x {policy.local_processes} process(es) on "
+              f"{policy.usable_cpus} usable CPU(s) ({policy.usable_from}); threads from "
+              f"{policy.threads_from}; load average {load:.1f} on {online} CPU(s); "
+              f"OpenMP wait: {wait} ({policy.wait_from})")
+    if policy.threads * policy.local_processes > policy.usable_cpus:
+        return Check("CPUs", "warn", "oversubscribed: " + detail,
+                     f"use at most {policy.usable_cpus // policy.local_processes} thread(s) per "
+                     "process (--threads, or unset OMP_NUM_THREADS to let lbtkit choose)")
+    if load > online:
+        return Check("CPUs", "warn", "busy machine: " + detail,
+                     "other processes compete for the CPUs and runs will be slower; "
+                     "--threads 1 suffers least from a busy machine")
+    return Check("CPUs", "ok", detail)
 
 
 # --- Accelerate ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -39,6 +38,7 @@ from lbtkit.checkpoint import (
     save_weights,
 )
 from lbtkit.config import BatchPlan, RunConfig, plan_batches
+from lbtkit.cpu import cpu_policy, set_cpu_threads
 from lbtkit.data import (
     DatasetInfo,
     EpochDraw,
@@ -106,18 +106,6 @@ def make_accelerator(config: RunConfig):
                                configured_dir=config.tracking_dir,
                                project=config.tracking_project) if trackers else None,
     )
-
-
-def set_cpu_threads(threads: int | None, environ: Mapping[str, str] = os.environ) -> int:
-    """Set torch's intra-op threads: ``threads``, else the CPUs SLURM gave the task shared by
-    the processes launched in it (torch would otherwise start one thread per core of the
-    whole node in every process); return the count in use."""
-    if threads is None and environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        local_processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        threads = max(1, int(environ["SLURM_CPUS_PER_TASK"]) // local_processes)
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -718,6 +706,7 @@ def _finish(t: Training, status: str, *,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "data_files": data_files(t.data.files) if t.is_main else None,  # path, sha256 each
+        "cpu": cpu_policy(t.config.threads).to_dict(),
     }
     t.tracking.finish(results)
     if t.is_main:

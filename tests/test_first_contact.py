@@ -12,23 +12,6 @@ def test_version_flag_prints_the_package_version(cli):
     assert result.stdout.strip() == f"lbtkit {lbtkit.__version__}"
 
 
-def test_threads_follow_the_flag_then_slurm_then_torch():
-    import torch
-
-    from lbtkit.train import set_cpu_threads
-
-    before = torch.get_num_threads()
-    try:
-        assert set_cpu_threads(1, {"SLURM_CPUS_PER_TASK": "2"}) == 1
-        assert set_cpu_threads(None, {"SLURM_CPUS_PER_TASK": "2"}) == 2
-        # Two processes launched in one 2-CPU task: one thread each, not two each.
-        assert set_cpu_threads(None, {"SLURM_CPUS_PER_TASK": "2", "LOCAL_WORLD_SIZE": "2"}) == 1
-        torch.set_num_threads(2)
-        assert set_cpu_threads(None, {}) == 2  # outside SLURM torch keeps its own choice
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_threads_flag_is_validated(cli, tmp_path):
     assert_user_error(cli("run", "--preset", "smoke", "--threads", "0",
                           "--output", tmp_path / "r"), "threads")

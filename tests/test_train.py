@@ -31,6 +31,7 @@ def test_tiny_run_writes_a_complete_run_directory(tmp_path):
         == (1, 64, 1)
     assert stored["epochs_completed"] == 3 and stored["lr"] == config.lr
     assert set(stored["versions"]) >= {"python", "torch", "accelerate", "lbtkit"}
+    assert stored["cpu"]["threads"] == torch.get_num_threads() and stored["cpu"]["usable_cpus"]
     rows = rd.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for row in rows:

@@ -195,8 +195,12 @@ def configure_logging() -> None:
 
 
 def main() -> None:
+    from lbtkit.cpu import apply_wait_policy
     from lbtkit.signals import exit_interrupted_during_startup
 
     exit_interrupted_during_startup()  # the console script's entry; python -m did it already
+    # Before any command imports torch: OpenMP reads its wait policy once, when it loads.
+    # Launched workers inherit the environment.
+    apply_wait_policy()
     configure_logging()
     app()
