@@ -568,7 +568,7 @@ class CriticalBatchSpec(Spec):
     lr_scaling: str = "sqrt"
     lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     lr_step: float = 2.0
-    extension_rounds: int = 1
+    extension_rounds: int = 2
     remedies: tuple[str, ...] = ("lars", "lamb")
     remedy_batches: int = 3
     reference_batch: int = 256

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.critical_batch import (
+    DIMINISHING,
+    MAXIMAL,
+    PERFECT,
     REGIME_FACTOR,
     ScalingFit,
     best_per_batch,
@@ -75,6 +78,9 @@ def _target_fit(spec: CriticalBatchSpec, target: str, group: list[dict[str, Any]
     entry["bootstrap_samples"] = interval["samples"]
     entry["regimes"] = {str(b.batch_size): regime(b.batch_size, fit.b_crit)
                         for b in best.values()}
+    entry["regime_batches"] = {name: [b.batch_size for b in best.values()
+                                      if regime(b.batch_size, fit.b_crit) == name]
+                               for name in (PERFECT, DIMINISHING, MAXIMAL)}
     entry["all_three_regimes"] = len(set(entry["regimes"].values())) == 3
     entry.update(_prediction(fit, entry.get("b_crit_ci"), noise))
     return entry
