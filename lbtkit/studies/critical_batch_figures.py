@@ -75,7 +75,7 @@ def _steps_vs_batch(path: Path, spec: CriticalBatchSpec, records: list[dict[str,
             measured = [b["steps"] for b in entry["best"] if b["steps"] is not None]
             ax.set_ylim(min([s_min, *measured]) / 2, max([s_min, *measured]) * 2)
         ax.set_xscale("log", base=2)
-        _log_axes(ax, entry["target"], "batch size B", "optimizer steps to target", "lower left")
+        _log_axes(ax, entry["target"], "batch size B", "optimizer steps to target", "upper right")
     fig.suptitle("Steps to target at the best learning rate per batch size", y=0.995)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -35,6 +35,9 @@ THRESHOLDS = {
     "prediction_factor": 2.0,
     # Regimes: perfect scaling at B <= B_crit / f, maximal data parallelism at B >= f B_crit.
     "regime_factor": REGIME_FACTOR,
+    # A batch size is off the fitted curve when its measured steps differ from the curve's by
+    # more than this factor either way.
+    "off_fit_factor": 1.25,
     # A remedy takes fewer (more) steps than SGD when its mean over seeds is below (above)
     # SGD's by more than this fraction AND every seed agrees (same seed: same initial weights).
     "remedy_margin": 0.2,
@@ -78,6 +81,10 @@ def _target_fit(spec: CriticalBatchSpec, target: str, group: list[dict[str, Any]
     entry["bootstrap_samples"] = interval["samples"]
     entry["regimes"] = {str(b.batch_size): regime(b.batch_size, fit.b_crit)
                         for b in best.values()}
+    entry["off_fit"] = [{"batch_size": b.batch_size, "steps": b.steps,
+                         "fitted": fit.steps(b.batch_size)} for b in best.values()
+                        if b.steps is not None and abs(math.log(b.steps / fit.steps(
+                            b.batch_size))) > math.log(THRESHOLDS["off_fit_factor"])]
     entry["regime_batches"] = {name: [b.batch_size for b in best.values()
                                       if regime(b.batch_size, fit.b_crit) == name]
                                for name in (PERFECT, DIMINISHING, MAXIMAL)}
