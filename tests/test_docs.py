@@ -62,7 +62,7 @@ def test_every_command_of_the_cli_has_a_section():
 def test_every_option_and_argument_is_in_its_section_with_its_default(path, command):
     section = _section(" ".join(path))
     names = {word.removesuffix("...") for cell in re.findall(r"^\| `([^`]*)`", section, re.M)
-             for word in re.split(r"[\s/]+", cell)}
+             for word in re.split(r"[\s/,]+", cell)}
     for param in command.params:
         for flag in [*param.opts, *param.secondary_opts]:
             assert (flag if flag.startswith("-") else flag.upper()) in names, (path, flag)
