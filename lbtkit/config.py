@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -328,7 +329,8 @@ class RunConfig:
         lr = self.lr
         if lr is None:
             lr = scale_lr(self.base_lr, self.base_batch_size, self.batch_size, self.lr_scaling)
-        name = self.name or f"{self.model}-{self.dataset}-b{self.batch_size}-s{self.seed}"
+        name = self.name or f"{self.model}-{_dataset_label(self.dataset)}-b{self.batch_size}" \
+            f"-s{self.seed}"
         return dataclasses.replace(
             self,
             lr=lr,
@@ -539,6 +541,14 @@ def build_config(
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _dataset_label(dataset: str) -> str:
+    """The dataset as a run name takes it: one folder name (an image folder's PATH becomes
+    its last component: imagefolder:/data/pets -> imagefolder-pets)."""
+    kind, _, path = dataset.partition(":")
+    label = f"{kind}-{Path(path).name}" if path else kind
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", label)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -362,7 +362,11 @@ def test_multinode_on_two_nodes_keeps_the_global_batch(slurm, tmp_path, per_node
 
 def test_multinode_signal_requeues_and_resumes_to_identical_weights(slurm, tmp_path):  # noqa: F811
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
-    flags = ["--preset", "smoke", "--model", "c1", "--epochs", "4", "--batch-size", "64"]
+    # One torch thread in every process of both runs: the job's (one process per node) and the
+    # reference's (two on this machine) would otherwise get different thread counts from the
+    # usable CPUs per local process (lbtkit.cpu), and float sums round differently.
+    flags = ["--preset", "smoke", "--model", "c1", "--epochs", "4", "--batch-size", "64",
+             "--threads", "1"]
     env = multinode_env(tmp_path, 1)
     job_id = slurm.sbatch("-N", "2", str(JOBS / "multinode.sh"), *flags, "--output",
                           str(run_dir), env=env, cwd=tmp_path)

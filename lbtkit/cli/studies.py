@@ -106,7 +106,7 @@ def study_fashion(
 
     \b
     Example:
-        lbtkit study fashion --output docs/fashion --jobs 2   # what make study runs
+        lbtkit study fashion --output docs/fashion --jobs 2   # make study
         lbtkit study fashion --output /tmp/fashion --quick
     """
     from lbtkit.errors import exit_code
