@@ -356,14 +356,17 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         stop_poll=StopPoll.for_accelerator(accelerator), tracking=tracking, sums=sums,
         stop_rule=stop_rule, history=history,
         nonfinite=torch.zeros((), dtype=torch.bool, device=device),
-        watch=_target_watch(config, run_dir, n_train, schedule.total_steps, device),
+        watch=_target_watch(config, run_dir, n_train, schedule.total_steps, device,
+                            resumed_at=state.global_step),
     )
 
 
 def _target_watch(config: RunConfig, run_dir: RunDir, n_train: int, total_steps: int,
-                  device) -> TargetWatch | None:
-    """The evaluation plan of a run with targets (None without), with the rows on record
-    (those after the resumed checkpoint were dropped by ``_resume``)."""
+                  device, *, resumed_at: int) -> TargetWatch | None:
+    """The evaluation plan of a run with targets (None without), with the rows on record up
+    to the resumed step. ``_resume`` drops later rows from the file on the main process; the
+    others may read it before that, so every process filters alike and all agree on when the
+    targets are met (a collective decision)."""
     targets = parse_targets(config.targets)
     if not targets:
         return None
@@ -371,7 +374,8 @@ def _target_watch(config: RunConfig, run_dir: RunDir, n_train: int, total_steps:
     subset = torch.randperm(n_train, generator=generator)[:config.train_eval_samples]
     return TargetWatch(targets=targets,
                        steps=frozenset(eval_steps(config.eval_growth, total_steps)),
-                       train_subset=subset.sort().values.to(device), rows=run_dir.read_evals())
+                       train_subset=subset.sort().values.to(device),
+                       rows=[r for r in run_dir.read_evals() if r["step"] <= resumed_at])
 
 
 def _load_data(config: RunConfig, accelerator) -> ImageData:

@@ -90,3 +90,37 @@ def test_ddp_sigterm_then_resume_matches_uninterrupted(ddp_reference, tmp_path):
     b = load_file(str(run_dir / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_targets_under_two_processes_evaluate_and_stop_together(tmp_path):
+    """A run with targets on 2 processes: every process evaluates at the same steps (the
+    evaluations are collective), one evals.jsonl, and all stop together at the step that met
+    the last target, as the one-process run of the same config does."""
+    from lbtkit.config import build_config
+    from lbtkit.targets import eval_steps
+    from lbtkit.train import run
+
+    flags = {"targets": "train_loss<=1.2,val_error<=0.3", "val_split": 300, "epochs": 6,
+             "train_eval_samples": 512, "scheduler": "constant", "warmup_steps": 3}
+    result = run_cli("run", "--preset", "smoke", "--batch-size", "64", "--no-progress",
+                     *[f"--{k.replace('_', '-')}={v}" for k, v in flags.items()],
+                     "--num-processes", "2", "--output", tmp_path / "two",
+                     tmp_path=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    two = _results(tmp_path / "two")
+    one = run(build_config(preset="smoke", overrides={**flags, "batch_size": 64,
+                                                      "output_dir": str(tmp_path / "one")}),
+              progress=False)
+    assert two["world_size"] == 2 and two["status"] == "completed"
+    met = two["steps_to_targets"]
+    assert None not in met.values() and two["global_step"] == max(met.values())
+    # Written once, by the main process, at the planned steps up to the stop.
+    plan = eval_steps(1.1, 6 * two["steps_per_epoch"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "evals.jsonl").open()]
+    assert steps == plan[:len(steps)]
+    # Sums over processes round differently, so a target may be met an evaluation or two
+    # apart from the one-process run.
+    ones = [json.loads(line)["step"] for line in (tmp_path / "one" / "evals.jsonl").open()]
+    assert ones == plan[:len(ones)]
+    for name, step in one["steps_to_targets"].items():
+        assert abs(steps.index(met[name]) - ones.index(step)) <= 2, (name, met, one)
