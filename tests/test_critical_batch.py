@@ -159,3 +159,22 @@ def test_first_step_meeting_a_target_is_exact_on_a_scripted_loss_curve():
     assert all_met(rows, targets[:2])
     # Rows out of order and repeated (a resumed run) give the same answer.
     assert first_steps(rows[::-1] + rows[:5], targets) == met
+
+
+def test_the_study_spec_round_trips_through_json_and_names_bad_values():
+    import json
+
+    from lbtkit.specs import CriticalBatchSpec
+    from lbtkit.studies.critical_batch import FULL, QUICK
+
+    for spec in (FULL, QUICK):
+        assert CriticalBatchSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    for bad, words in (({"batch_sizes": (16, 32)}, "at least three batch sizes"),
+                       ({"seeds": (0,)}, "at least two different seeds"),
+                       ({"lr_factors": (1.0, 2.0)}, "three or more positive factors"),
+                       ({"targets": ("loss<0.3",)}, "expected METRIC<=VALUE"),
+                       ({"reference_batch": 100}, "reference_batch 100 is not one of"),
+                       ({"remedies": ("adam",)}, "unknown remedy 'adam'"),
+                       ({"jobs": 0}, "jobs must be a whole number >= 1")):
+        with pytest.raises(ConfigError, match=words):
+            CriticalBatchSpec(**bad)
