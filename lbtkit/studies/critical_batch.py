@@ -182,7 +182,7 @@ def read_records(sweep_dir: Path, round_number: int) -> list[dict[str, Any]]:
                 "optimizer": config["optimizer"], "target": target.name, "steps": steps,
                 "examples": None if steps is None else steps * config["batch_size"],
                 "status": _record_status(status, steps), "round": round_number,
-                "run": Path(entry["run_dir"]).name,
+                "run": Path(entry["run_dir"]).name, "test_acc": results.get("test_acc"),
             })
     return records
 
@@ -324,4 +324,5 @@ def read_steps_csv(path: str | Path) -> list[dict[str, Any]]:
     return [{**r, "seed": int(r["seed"]), "batch_size": int(r["batch_size"]),
              "lr": float(r["lr"]), "steps": int(r["steps"]) if r["steps"] else None,
              "examples": int(r["examples"]) if r["examples"] else None,
+             "test_acc": float(r["test_acc"]) if r.get("test_acc") else None,
              "round": int(r["round"])} for r in rows]

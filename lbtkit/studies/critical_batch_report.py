@@ -44,7 +44,7 @@ THRESHOLDS = {
     "ci_level": 0.95,
 }
 STEPS_COLUMNS = ("seed", "batch_size", "lr", "optimizer", "target", "steps", "examples",
-                 "status", "round", "run")
+                 "status", "round", "run", "test_acc")
 
 
 def analyse(spec: CriticalBatchSpec, records: list[dict[str, Any]],
@@ -205,7 +205,8 @@ def write_steps_csv(path: Path, records: list[dict[str, Any]]) -> None:
     for r in sorted(records, key=lambda r: (r["optimizer"], r["target"], r["batch_size"],
                                             r["lr"], r["seed"])):
         writer.writerow({**r, "steps": "" if r["steps"] is None else r["steps"],
-                         "examples": "" if r["examples"] is None else r["examples"]})
+                         "examples": "" if r["examples"] is None else r["examples"],
+                         "test_acc": "" if r.get("test_acc") is None else r["test_acc"]})
     atomic_write_text(path, buffer.getvalue())
 
 
