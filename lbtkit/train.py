@@ -240,7 +240,8 @@ class TargetWatch:
 
     targets: tuple[Target, ...]
     steps: frozenset[int]  # evaluate once this many optimizer steps are done
-    train_subset: torch.Tensor  # indices of the fixed training images the loss is read on
+    # The fixed training images (and labels) the loss is read on, gathered once.
+    train_subset: tuple[torch.Tensor, torch.Tensor]
     rows: list[dict[str, Any]]  # evals.jsonl: one row per evaluation, in step order
 
 
@@ -356,13 +357,13 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
         stop_poll=StopPoll.for_accelerator(accelerator), tracking=tracking, sums=sums,
         stop_rule=stop_rule, history=history,
         nonfinite=torch.zeros((), dtype=torch.bool, device=device),
-        watch=_target_watch(config, run_dir, n_train, schedule.total_steps, device,
+        watch=_target_watch(config, run_dir, data, schedule.total_steps,
                             resumed_at=state.global_step),
     )
 
 
-def _target_watch(config: RunConfig, run_dir: RunDir, n_train: int, total_steps: int,
-                  device, *, resumed_at: int) -> TargetWatch | None:
+def _target_watch(config: RunConfig, run_dir: RunDir, data: ImageData, total_steps: int,
+                  *, resumed_at: int) -> TargetWatch | None:
     """The evaluation plan of a run with targets (None without), with the rows on record up
     to the resumed step. ``_resume`` drops later rows from the file on the main process; the
     others may read it before that, so every process filters alike and all agree on when the
@@ -371,10 +372,12 @@ def _target_watch(config: RunConfig, run_dir: RunDir, n_train: int, total_steps:
     if not targets:
         return None
     generator = torch.Generator().manual_seed(TRAIN_SUBSET_SEED)
+    n_train = data.train_labels.shape[0]
     subset = torch.randperm(n_train, generator=generator)[:config.train_eval_samples]
+    subset = subset.sort().values.to(data.train_labels.device)
     return TargetWatch(targets=targets,
                        steps=frozenset(eval_steps(config.eval_growth, total_steps)),
-                       train_subset=subset.sort().values.to(device),
+                       train_subset=(data.train_images[subset], data.train_labels[subset]),
                        rows=[r for r in run_dir.read_evals() if r["step"] <= resumed_at])
 
 
@@ -616,8 +619,7 @@ def _evaluate(t: Training, split: str = "val") -> tuple[float, float]:
     (the whole training set without augmentation) or "train_subset" (the fixed training
     images of a run with targets), each process taking its share of the split."""
     if split == "train_subset":
-        subset = t.watch.train_subset
-        images, labels = t.data.train_images[subset], t.data.train_labels[subset]
+        images, labels = t.watch.train_subset
     else:
         images, labels = getattr(t.data, f"{split}_images"), getattr(t.data, f"{split}_labels")
     _share_buffers_from_main(t.raw_model, t.world)
