@@ -136,9 +136,12 @@ def best_per_batch(records: Iterable[dict[str, Any]],
     """For each batch size, the best learning rate over ``seeds`` (default: every seed on
     record; a seed may repeat, as in a bootstrap sample) and whether the grid must grow.
 
-    Edges (Shallue et al.: the best must be interior): best at the largest lr tried -> "high",
-    at the smallest -> "low". When no lr reached the target on every seed: "low" if the
-    largest lr diverged (smaller ones may be stable), else "high" (all too slow).
+    Edges (Shallue et al.: the best must be interior): the fewest steps at the largest lr
+    tried -> "high", at the smallest -> "low", also when an inner lr ties it (steps are
+    counted at evaluation steps, so neighbours often tie, and a tie at the edge does not show
+    that the lr beyond it is worse). Among tied lrs the smallest is the best. When no lr
+    reached the target on every seed: "low" if the largest lr diverged (smaller ones may be
+    stable), else "high" (all too slow).
     """
     by_batch: dict[int, dict[float, dict[int, dict[str, Any]]]] = {}
     for r in records:
@@ -157,7 +160,8 @@ def best_per_batch(records: Iterable[dict[str, Any]],
             result[batch] = Best(batch, None, None, edge, lrs)
             continue
         lr = min(finite, key=lambda k: (finite[k], k))
-        edge = "high" if lr == lrs[-1] else "low" if lr == lrs[0] else None
+        edge = ("low" if finite.get(lrs[0]) == finite[lr]
+                else "high" if finite.get(lrs[-1]) == finite[lr] else None)
         result[batch] = Best(batch, lr, finite[lr], edge, lrs)
     return result
 

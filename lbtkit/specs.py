@@ -564,11 +564,11 @@ class CriticalBatchSpec(Spec):
     min_epochs: int = 2
     min_steps: int = 160
     lr_at_256: dict[str, float] = field(default_factory=lambda: {
-        "sgd": 0.1, "lars": 0.35, "lamb": 0.0035})
+        "sgd": 0.0125, "lars": 1.0, "lamb": 0.0025})
     lr_scaling: str = "sqrt"
     lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     lr_step: float = 2.0
-    extension_rounds: int = 2
+    extension_rounds: int = 3
     remedies: tuple[str, ...] = ("lars", "lamb")
     remedy_batches: int = 3
     reference_batch: int = 256

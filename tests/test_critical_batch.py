@@ -81,6 +81,14 @@ def test_best_on_the_edge_of_the_grid_asks_for_an_extension_that_way():
     assert (high.edge, low.edge) == ("high", "low")
 
 
+def test_a_tie_with_the_edge_counts_as_the_edge_on_either_side():
+    # Steps are counted at evaluation steps, so neighbours tie; a tie does not bracket the best.
+    high = best_per_batch(_records({(64, 0.1): 500, (64, 0.2): 300, (64, 0.4): 300}))[64]
+    low = best_per_batch(_records({(64, 0.1): 300, (64, 0.2): 300, (64, 0.4): 350}))[64]
+    assert (high.lr, high.steps, high.edge) == (0.2, 300, "high")
+    assert (low.lr, low.steps, low.edge) == (0.1, 300, "low")
+
+
 def test_a_diverged_larger_lr_makes_the_best_interior():
     best = best_per_batch(_records({(64, 0.1): 500, (64, 0.2): 300,
                                     (64, 0.4): "diverged"}))[64]
