@@ -93,8 +93,8 @@ def study_fashion(
     ] = False,
     seeds: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 3; 2 with "
-                     "--quick); each seed adds about 10 minutes")
+        typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 5; 2 with "
+                     "--quick); each seed adds about 18 minutes of one core")
     ] = None,
     data_dir: DataDir = RunConfig.data_dir,
     progress: ShowProgress = True,

@@ -222,9 +222,11 @@ def render_index(spec: CriticalBatchSpec, analysis: dict[str, Any], *, figures: 
     env.filters["interval"] = lambda ci: "n/a" if not ci else f"{_num(ci[0])}–{_num(ci[1])}"
     template = env.get_template("critical_batch.md.j2")
     runs = len({(r["round"], r["run"]) for r in records})
+    rounds = max((int(r["round"]) for r in records), default=0)
     return template.render(spec=spec, fit=analysis["fit"], remedies=analysis["remedies"],
                            thresholds=THRESHOLDS, figures=figures, machine=machine,
                            minutes={k: v / 60 for k, v in seconds.items()}, runs=runs,
+                           extension_rounds_run=rounds,
                            headline=headline(analysis["fit"]))
 
 
