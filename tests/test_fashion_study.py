@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lbtkit.studies import budget
-from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
+from lbtkit.studies.fashion import FULL, QUICK, StudyClock, run_fashion_study
 from lbtkit.studies.summary import (
     falling_batch,
     interpolation_band,
@@ -45,6 +45,17 @@ def test_full_study_budget_sums():
     # the cap is a safety net far above the expected epochs, not the plan
     assert FULL.epochs_cap >= 2 * max(budget.EXPECTED_EPOCHS)
     assert budget.estimate(FULL)["keskar seed 0"] > 2 * expected["keskar seed 0"]
+
+
+def test_the_eta_plans_the_measured_epochs_and_the_jobs_at_once(tmp_path):
+    # the ETA a user sees: the epochs measured to the stopping rule, not the cap
+    assert budget.expected(FULL) == budget.estimate(FULL, epochs=budget.EXPECTED_EPOCHS)
+    assert budget.expected(QUICK) == budget.estimate(QUICK)  # its cap is below them
+    clock = StudyClock(tmp_path / "timings.json", {"a": 100.0, "b": 100.0, "c": 50.0}, jobs=2)
+    assert clock.remaining() == 125.0  # 250 s of steps, two at a time
+    clock.record("a", 100.0)
+    clock.record("b", 100.0)
+    assert clock.remaining() == 50.0  # the last step runs alone
 
 
 def test_budget_docstring_states_the_estimates():

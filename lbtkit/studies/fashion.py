@@ -143,7 +143,7 @@ def run_fashion_study(
         work = output / "work"
         work.mkdir(exist_ok=True)
         _ignore(output, "/work/\n")
-        clock = StudyClock(work / "timings.json", budget.estimate(spec))
+        clock = StudyClock(work / "timings.json", budget.expected(spec), jobs=jobs)
         machine = describe_machine(spec.threads, jobs)
         log.info("fashion study: %d seeds, SB %d vs LB %d, then batch sizes %s; on %s",
                  len(spec.seeds), spec.sb, spec.lb,
@@ -436,8 +436,9 @@ class StudyClock:
     run, scaled by how this machine has kept to the estimates so far). Each step's wall time
     is added to ``path`` (JSON), so a resumed study reports the total over invocations."""
 
-    def __init__(self, path: Path, estimates: dict[str, float], name: str = "fashion") -> None:
-        self.path, self.name = path, name
+    def __init__(self, path: Path, estimates: dict[str, float], name: str = "fashion", *,
+                 jobs: int = 1) -> None:
+        self.path, self.name, self.jobs = path, name, jobs
         self.start = time.monotonic()
         self.estimates = estimates
         self.stored: dict[str, float] = read_json(path) if path.exists() else {}
@@ -459,13 +460,13 @@ class StudyClock:
     def remaining(self) -> float:
         """Seconds left by the estimates, scaled by actual/estimated over the steps this
         invocation really computed (a step skipped as up to date takes a small fraction of
-        its estimate and says nothing about speed)."""
+        its estimate and says nothing about speed), over ``jobs`` steps running at once."""
         computed = {k: v for k, v in self.done.items()
                     if k in self.estimates and v >= 0.25 * self.estimates[k]}
         pace = (sum(computed.values()) / sum(self.estimates[k] for k in computed)
                 if computed else 1.0)
         left = [k for k in self.estimates if k not in self.done]
-        return pace * sum(self.estimates[k] for k in left)
+        return pace * sum(self.estimates[k] for k in left) / max(1, min(self.jobs, len(left)))
 
     def log(self, text: str, *, upcoming: str | None = None) -> None:
         """A progress line; with ``upcoming`` (the step about to start) the time left."""
