@@ -146,8 +146,9 @@ def _spec_parameter(spec: Spec, path: str, help_text: str | None) -> inspect.Par
     value = getattr(owner, name)
     if kind is tuple:
         kind = str
+        # str(), not a shorter format: the text is the value the command gets unless given
         value = f.metadata["text"] if "text" in f.metadata and value == f.default else \
-            ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+            ",".join(map(str, value))
     declarations = [flag] if f.metadata.get("switch") else _declarations(flag, kind)
     option = typer.Option(*declarations, help=help_text, parser=_NUMBER_PARSERS.get(kind))
     annotation = Optional[kind] if optional else kind  # noqa: UP045
