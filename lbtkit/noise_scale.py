@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from lbtkit.errors import ConfigError
 from lbtkit.launch import process_rank, shard
-from lbtkit.specs import NoiseScaleSpec
+from lbtkit.specs import NoiseScaleSpec, parse_batches  # noqa: F401  (re-exported)
 
 NOISE_SCALE_FILE = "noise_scale.json"
 # Keys of the metrics.jsonl rows (None when the run does not log the noise scale).
@@ -349,23 +349,6 @@ def b_simple_std_error(b_small: int, small_error: float, b_big: int, big_error: 
     d_small = (g + t * c_big) / (k * g * g)
     d_big = -(g + t * c_small) / (k * g * g)
     return math.hypot(d_small * small_error, d_big * big_error)
-
-
-def parse_batches(text: str) -> tuple[int, int]:
-    """``"32,1024"`` -> (32, 1024): two different positive batch sizes, in either order."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--batches {text!r}: expected two whole numbers, e.g. 32,1024") from None
-    if len(values) != 2:
-        raise ConfigError(f"--batches {text!r}: expected exactly two batch sizes, e.g. 32,1024")
-    bad = [v for v in values if v < 1]
-    if bad:
-        raise ConfigError(f"--batches {text!r}: batch size {bad[0]} is not positive")
-    if values[0] == values[1]:
-        raise ConfigError(f"--batches {text!r}: the two batch sizes must differ")
-    small, big = sorted(values)
-    return small, big
 
 
 def default_output(run_dir: str | Path, weights: str | Path | None = None) -> Path:

@@ -15,7 +15,9 @@ a spec to its worker processes as a file. The run directories an analysis reads 
 its spec: the same spec measures both runs of a study.
 
 ``from_dict`` also reads the command line's text forms (``"-1:2:25"`` for alphas,
-``"1e-3,5e-4"`` for eps, ``"train,test"`` for splits), so flags map onto fields one to one.
+``"1e-3,5e-4"`` for eps, ``"train,test"`` for splits), so flags map onto fields one to one: a
+field's metadata holds its option's help (and, where they differ from the field's, the option's
+name and the default's text form), and ``lbtkit.cli.flags`` generates the options from it.
 The vocabularies (``BN_MODES``, ``SPLITS``, ...) and parsers of those text forms live here too;
 this module imports no torch.
 """
@@ -43,6 +45,7 @@ DIRECTIONS = ("random", "between")
 NORMS = ("filter", "layer", "none")
 DEFAULT_ALPHAS = "-1:2:25"
 DEFAULT_GRID = "-1:1:21"
+DEFAULT_EPS = "1e-3,5e-4"
 
 Grid = tuple[list[float], list[float]]
 SpecT = TypeVar("SpecT", bound="Spec")
@@ -116,6 +119,23 @@ def parse_subspace(text: str) -> int | None:
     raise ConfigError(f"unknown subspace {text!r}; use 'full' or 'random:P' (e.g. random:100)")
 
 
+def parse_batches(text: str) -> tuple[int, int]:
+    """``"32,1024"`` -> (32, 1024): two different positive batch sizes, in either order."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--batches {text!r}: expected two whole numbers, e.g. 32,1024") from None
+    if len(values) != 2:
+        raise ConfigError(f"--batches {text!r}: expected exactly two batch sizes, e.g. 32,1024")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise ConfigError(f"--batches {text!r}: batch size {bad[0]} is not positive")
+    if values[0] == values[1]:
+        raise ConfigError(f"--batches {text!r}: the two batch sizes must differ")
+    small, big = sorted(values)
+    return small, big
+
+
 def parse_floats(text: str, name: str) -> list[float]:
     """``"1e-3,5e-4"`` -> [0.001, 0.0005]; ConfigError naming ``name`` and the text."""
     try:
@@ -164,6 +184,28 @@ def _finite_numbers(name: str, values: Any) -> tuple[float, ...]:
 
 
 # --- the specs ---------------------------------------------------------------------------------
+
+
+def _setting(default: Any, help_text: str, *, flag: str | None = None,
+             text: str | None = None, switch: bool = False) -> Any:
+    """A field with the help of its command-line option; ``flag``: the option's name where it
+    is not the field's (``--subspace`` for ``subspaces``); ``text``: the default as the option
+    shows it, where the field's value reads worse (``-1:2:25`` rather than 25 numbers);
+    ``switch``: a bool whose option only turns it on (``--ignore-bn-bias``, no ``--no-``)."""
+    metadata: dict[str, Any] = {"help": help_text}
+    if flag is not None:
+        metadata["flag"] = flag
+    if text is not None:
+        metadata["text"] = text
+    if switch:
+        metadata["switch"] = True
+    return field(default=default, metadata=metadata)
+
+
+# Help shared by the fields the two grids over weight space both have.
+_SPLITS_HELP = "comma list of train, test"
+_BN_SAMPLES_HELP = "training samples for BN re-estimation (default: all)"
+_EVAL_BATCH_HELP = "evaluation batch per process"
 
 
 @dataclass(frozen=True)
@@ -239,12 +281,16 @@ class InterpolationSpec(Spec):
 
     kind: ClassVar[str] = "interpolation spec"
 
-    alphas: tuple[float, ...] = tuple(parse_alphas(DEFAULT_ALPHAS))
-    splits: tuple[str, ...] = SPLITS
-    bn: str = "recalibrate"
-    bn_samples: int | None = None
-    eval_batch_size: int = 1024
-    refine: int = 0
+    alphas: tuple[float, ...] = _setting(
+        tuple(parse_alphas(DEFAULT_ALPHAS)), "START:STOP:COUNT (inclusive) or a comma list",
+        text=DEFAULT_ALPHAS)
+    splits: tuple[str, ...] = _setting(SPLITS, _SPLITS_HELP)
+    bn: str = _setting("recalibrate",
+                       "recalibrate | batch-stats | interpolate (BatchNorm statistics)")
+    bn_samples: int | None = _setting(None, _BN_SAMPLES_HELP)
+    eval_batch_size: int = _setting(1024, _EVAL_BATCH_HELP)
+    refine: int = _setting(0, "extra alphas after the grid, each halving the neighbouring pair "
+                           "whose training loss differs most (log scale): resolves a cliff")
 
     def __post_init__(self) -> None:
         alphas = parse_alphas(self.alphas) if isinstance(self.alphas, str) else self.alphas
@@ -271,14 +317,20 @@ class PlaneSpec(Spec):
 
     x: tuple[float, ...] = tuple(parse_grid(DEFAULT_GRID)[0])
     y: tuple[float, ...] = tuple(parse_grid(DEFAULT_GRID)[1])
-    directions: str = "random"
-    norm: str = "filter"
-    ignore_bn_bias: bool = False
-    splits: tuple[str, ...] = SPLITS
-    bn: str = "recalibrate"
-    bn_samples: int | None = None
-    eval_batch_size: int = 1024
-    seed: int = 0
+    directions: str = _setting("random", "random: two random directions | between: x = OTHER "
+                               "- RUN (x=1 is OTHER), y = one random direction")
+    norm: str = _setting("filter", "filter | layer | none: scaling of the random directions "
+                         "against the run's weights (Li et al.)")
+    ignore_bn_bias: bool = _setting(False, "random directions leave biases and BatchNorm "
+                                    "parameters (1-D tensors) at the run's values",
+                                    switch=True)
+    splits: tuple[str, ...] = _setting(SPLITS, _SPLITS_HELP)
+    bn: str = _setting("recalibrate", "recalibrate | batch-stats | interpolate (BatchNorm "
+                       "statistics, as in interpolate; interpolate keeps RUN's along random "
+                       "axes)")
+    bn_samples: int | None = _setting(None, _BN_SAMPLES_HELP)
+    eval_batch_size: int = _setting(1024, _EVAL_BATCH_HELP)
+    seed: int = _setting(0, "seed of the random directions")
 
     def __post_init__(self) -> None:
         self._set("x", _finite_numbers("x", self.x))
@@ -325,18 +377,23 @@ class SharpnessSpec(Spec):
 
     kind: ClassVar[str] = "sharpness spec"
 
-    eps: tuple[float, ...] = (1e-3, 5e-4)
-    subspaces: tuple[str, ...] = ("full",)
-    iters: int = 10
-    hessian: bool = False
-    top_k: int = 1
-    hessian_iters: int = 20
-    trace: bool = False
-    trace_samples: int = 100
-    samples: int = 4096
-    batch_size: int = 1024
-    seed: int = 0
-    bn: tuple[str, ...] = ("running",)
+    eps: tuple[float, ...] = _setting(tuple(parse_floats(DEFAULT_EPS, "eps")),
+                                      "comma list of box sizes", text=DEFAULT_EPS)
+    subspaces: tuple[str, ...] = _setting(
+        ("full",), "full | random:P, or several comma-separated", flag="subspace")
+    iters: int = _setting(10, "L-BFGS-B iterations")
+    hessian: bool = _setting(False, "top Hessian eigenvalues (Lanczos)")
+    top_k: int = _setting(1, "how many eigenvalues")
+    hessian_iters: int = _setting(20, "Lanczos iterations")
+    trace: bool = _setting(False, "Hutchinson estimate of the trace")
+    trace_samples: int = _setting(100, "Hutchinson probe vectors")
+    samples: int = _setting(4096, "training samples in the loss")
+    batch_size: int = _setting(1024, "evaluation batch", flag="eval-batch-size")
+    seed: int = _setting(0, "seed for samples, subspace and probes")
+    bn: tuple[str, ...] = _setting(
+        ("running",), "BatchNorm in f: running (the run's running statistics) | batch (each "
+        "batch's own, as Keras' BatchNormalization(mode=2) in Keskar et al.'s code), or both "
+        "comma-separated: every measure once per convention")
     gradient_samples: int | None = None
 
     def __post_init__(self) -> None:
@@ -384,17 +441,19 @@ class SharpnessSpec(Spec):
 class NoiseScaleSpec(Spec):
     """E|G_B|^2 over ``draws`` random batches at each of ``batch_sizes`` (small, big),
     forward passes of at most ``chunk_size`` samples (None: the small batch), ``seed`` fixing
-    the batches and dropout masks."""
+    the batches and dropout masks. ``batch_sizes`` also takes the text ``"32,1024"``."""
 
     kind: ClassVar[str] = "noise-scale spec"
 
-    batch_sizes: tuple[int, int] = (32, 1024)
-    draws: int = 32
-    seed: int = 0
+    batch_sizes: tuple[int, int] = _setting(
+        (32, 1024), "the small and the big batch size, comma-separated", flag="batches")
+    draws: int = _setting(32, "random batches drawn per batch size")
+    seed: int = _setting(0, "seed of the batches and dropout masks")
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        sizes = self.batch_sizes
+        sizes = parse_batches(self.batch_sizes) if isinstance(self.batch_sizes, str) \
+            else self.batch_sizes
         if isinstance(sizes, str) or not isinstance(sizes, Sequence) or len(sizes) != 2:
             raise ConfigError(f"batch_sizes must be two batch sizes, got {self.batch_sizes!r}")
         small, big = (whole_number("batch_sizes", b, 1) for b in sizes)
@@ -418,8 +477,8 @@ class KeskarStudySpec(Spec):
 
     kind: ClassVar[str] = "study spec"
 
-    sb: int = 256
-    lb: int = 5000
+    sb: int = _setting(256, "small batch size")
+    lb: int = _setting(5000, "large batch size")
     interpolation: InterpolationSpec = field(default_factory=InterpolationSpec)
     sharpness: SharpnessSpec = field(default_factory=lambda: SharpnessSpec(hessian=True,
                                                                            trace=True))

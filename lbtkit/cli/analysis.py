@@ -10,24 +10,16 @@ import typer
 from rich.table import Table
 
 from lbtkit.cli.common import app, check_num_processes, console, user_errors
+from lbtkit.cli.flags import with_spec_flags
+from lbtkit.cli.options import num_processes_option, output_option
 from lbtkit.errors import UserError
 from lbtkit.rundir import read_json
-from lbtkit.specs import (
-    DEFAULT_ALPHAS,
-    DEFAULT_GRID,
-    InterpolationSpec,
-    NoiseScaleSpec,
-    PlaneSpec,
-    SharpnessSpec,
-)
+from lbtkit.specs import DEFAULT_GRID, InterpolationSpec, NoiseScaleSpec, PlaneSpec, SharpnessSpec
 
-# Options shared by the commands that evaluate grids in weight space.
-SplitsOption = Annotated[str, typer.Option(help="comma list of train, test")]
-BnSamplesOption = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option(help="training samples for BN re-estimation (default: all)"),
-]
-EvalBatchOption = Annotated[int, typer.Option(help="evaluation batch per process")]
+# An analysis's settings are its spec's fields: with_spec_flags makes them options, with their
+# help and defaults, where the command's ``spec_flags`` parameter stands. A bad value's error
+# names its source as this.
+CLI = "the command line"
 # Experiment trackers for the analysis commands (as `run --log-with`).
 LogWithOption = Annotated[
     str, typer.Option("--log-with", help="also log the results to these experiment trackers, "
@@ -53,26 +45,13 @@ TrackingProjectOption = Annotated[
 
 @app.command()
 @user_errors
+@with_spec_flags(InterpolationSpec())
 def interpolate(
     sb_run: Annotated[Path, typer.Argument(help="the small-batch run directory")],
     lb_run: Annotated[Path, typer.Argument(help="the large-batch run directory")],
-    output: Annotated[Path, typer.Option("--output", help="where to write")],
-    alphas: Annotated[
-        str, typer.Option(help="START:STOP:COUNT (inclusive) or a comma list")
-    ] = DEFAULT_ALPHAS,
-    splits: SplitsOption = "train,test",
-    bn: Annotated[
-        str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics)")
-    ] = "recalibrate",
-    bn_samples: BnSamplesOption = None,
-    eval_batch_size: EvalBatchOption = 1024,
-    refine: Annotated[int, typer.Option(
-        help="extra alphas after the grid, each halving the neighbouring pair whose "
-             "training loss differs most (log scale): resolves a cliff")] = 0,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="split the alpha grid over N processes"),
-    ] = None,
+    output: output_option("where to write"),
+    spec_flags: dict,
+    num_processes: num_processes_option("split the alpha grid over N processes") = None,
     log_with: LogWithOption = "",
     tracking_dir: GridTrackingDirOption = None,
     tracking_project: TrackingProjectOption = None,
@@ -87,10 +66,7 @@ def interpolate(
     from lbtkit.tracking import requested_trackers
 
     trackers = requested_trackers(log_with)
-    spec = InterpolationSpec.from_dict({
-        "alphas": alphas, "splits": splits, "bn": bn, "bn_samples": bn_samples,
-        "eval_batch_size": eval_batch_size, "refine": refine,
-    }, source="the command line")
+    spec = InterpolationSpec.from_dict(spec_flags, source=CLI)
     _grid_command("interpolation", spec, [sb_run, lb_run], output, num_processes,
                   lambda: run_interpolation(spec, sb_run, lb_run, output),
                   trackers=trackers, tracking_dir=tracking_dir,
@@ -99,44 +75,21 @@ def interpolate(
 
 @app.command()
 @user_errors
+@with_spec_flags(PlaneSpec(), exclude=("x", "y"))  # --grid gives both
 def landscape(
     run_dir: Annotated[Path, typer.Argument(help="the run at the centre of the plane")],
+    *,
     other: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--other", help="a second run (needed by, and only by, --directions between)"),
     ] = None,
-    output: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--output", help="where to write (default: RUN/landscape, or "
-                     "RUN/landscape-to-OTHERNAME with --other)"),
-    ] = None,
+    output: output_option("where to write (default: RUN/landscape, or "
+                          "RUN/landscape-to-OTHERNAME with --other)", optional=True) = None,
     grid: Annotated[
         str, typer.Option(help="START:STOP:COUNT (inclusive) for both axes, or X-SPEC,Y-SPEC")
     ] = DEFAULT_GRID,
-    directions: Annotated[
-        str, typer.Option(help="random: two random directions | between: x = OTHER - RUN "
-                          "(x=1 is OTHER), y = one random direction")
-    ] = "random",
-    norm: Annotated[
-        str, typer.Option(help="filter | layer | none: scaling of the random directions "
-                          "against the run's weights (Li et al.)")
-    ] = "filter",
-    ignore_bn_bias: Annotated[
-        bool, typer.Option("--ignore-bn-bias", help="random directions leave biases and "
-                           "BatchNorm parameters (1-D tensors) at the run's values")
-    ] = False,
-    splits: SplitsOption = "train,test",
-    bn: Annotated[
-        str, typer.Option(help="recalibrate | batch-stats | interpolate (BatchNorm statistics, "
-                          "as in interpolate; interpolate keeps RUN's along random axes)")
-    ] = "recalibrate",
-    bn_samples: BnSamplesOption = None,
-    eval_batch_size: EvalBatchOption = 1024,
-    seed: Annotated[int, typer.Option(help="seed of the random directions")] = 0,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="split the grid points over N processes"),
-    ] = None,
+    spec_flags: dict,
+    num_processes: num_processes_option("split the grid points over N processes") = None,
     log_with: LogWithOption = "",
     tracking_dir: GridTrackingDirOption = None,
     tracking_project: TrackingProjectOption = None,
@@ -152,11 +105,7 @@ def landscape(
     from lbtkit.tracking import requested_trackers
 
     trackers = requested_trackers(log_with)
-    spec = PlaneSpec.from_dict({
-        "grid": grid, "directions": directions, "norm": norm, "ignore_bn_bias": ignore_bn_bias,
-        "splits": splits, "bn": bn, "bn_samples": bn_samples, "eval_batch_size": eval_batch_size,
-        "seed": seed,
-    }, source="the command line")
+    spec = PlaneSpec.from_dict({**spec_flags, "grid": grid}, source=CLI)
     spec.check_other(other)
     output = output if output is not None else default_output(run_dir, other)
     if num_processes is not None and num_processes > 1:
@@ -205,34 +154,14 @@ def _print_paths(paths: dict[str, Path] | None) -> None:
 
 @app.command()
 @user_errors
+@with_spec_flags(SharpnessSpec(), exclude=("gradient_samples",))
 def sharpness(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    eps: Annotated[str, typer.Option(help="comma list of box sizes")] = "1e-3,5e-4",
-    subspace: Annotated[
-        str, typer.Option(help="full | random:P, or several comma-separated")
-    ] = "full",
-    iters: Annotated[int, typer.Option(help="L-BFGS-B iterations")] = 10,
-    hessian: Annotated[bool, typer.Option(help="top Hessian eigenvalues (Lanczos)")] = False,
-    top_k: Annotated[int, typer.Option(help="how many eigenvalues")] = 1,
-    hessian_iters: Annotated[int, typer.Option(help="Lanczos iterations")] = 20,
-    trace: Annotated[bool, typer.Option(help="Hutchinson estimate of the trace")] = False,
-    trace_samples: Annotated[int, typer.Option(help="Hutchinson probe vectors")] = 100,
-    samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
-    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch")] = 1024,
-    seed: Annotated[int, typer.Option(help="seed for samples, subspace and probes")] = 0,
-    bn: Annotated[str, typer.Option(
-        help="BatchNorm in f: running (the run's running statistics) | batch (each batch's "
-             "own, as Keras' BatchNormalization(mode=2) in Keskar et al.'s code), or both "
-             "comma-separated: every measure once per convention")] = "running",
-    output: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--output", help="file to write (default RUN/sharpness.json)"),
-    ] = None,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="split the sample's batches over N processes "
-                     "(the loss and its derivatives are summed across them)"),
-    ] = None,
+    spec_flags: dict,
+    output: output_option("file to write (default RUN/sharpness.json)", optional=True) = None,
+    num_processes: num_processes_option("split the sample's batches over N processes (the "
+                                        "loss and its derivatives are summed across them)"
+                                        ) = None,
     log_with: LogWithOption = "",
     tracking_dir: RunTrackingDirOption = None,
     tracking_project: TrackingProjectOption = None,
@@ -247,11 +176,7 @@ def sharpness(
     from lbtkit.tracking import log_run_measurement, requested_trackers
 
     trackers = requested_trackers(log_with)
-    spec = SharpnessSpec.from_dict({
-        "eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian, "top_k": top_k,
-        "hessian_iters": hessian_iters, "trace": trace, "trace_samples": trace_samples,
-        "samples": samples, "batch_size": eval_batch_size, "seed": seed, "bn": bn,
-    }, source="the command line")
+    spec = SharpnessSpec.from_dict(spec_flags, source=CLI)
     output = output if output is not None else run_dir / "sharpness.json"
     if _launched("sharpness", spec, run_dir, output, num_processes):
         result = read_json(output)
@@ -264,22 +189,13 @@ def sharpness(
 
 @app.command("noise-scale")
 @user_errors
+@with_spec_flags(NoiseScaleSpec(), exclude=("chunk_size",))
 def noise_scale(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    batches: Annotated[
-        str, typer.Option(help="the small and the big batch size, comma-separated")
-    ] = "32,1024",
-    draws: Annotated[int, typer.Option(help="random batches drawn per batch size")] = 32,
-    seed: Annotated[int, typer.Option(help="seed of the batches and dropout masks")] = 0,
-    output: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--output", help="file to write (default RUN/noise_scale.json)"),
-    ] = None,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="split the random batches over N processes "
-                     "(the same numbers as one process)"),
-    ] = None,
+    spec_flags: dict,
+    output: output_option("file to write (default RUN/noise_scale.json)", optional=True) = None,
+    num_processes: num_processes_option("split the random batches over N processes (the same "
+                                        "numbers as one process)") = None,
     weights: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--weights", help="measure at these weights of the run's model instead of "
@@ -301,14 +217,14 @@ def noise_scale(
     Example:
         lbtkit noise-scale runs/b1024 --batches 32,1024 --draws 32
     """
-    from lbtkit.noise_scale import default_output, parse_batches, run_noise_scale
+    from lbtkit.noise_scale import default_output, run_noise_scale
     from lbtkit.tracking import log_run_measurement, requested_trackers
 
     if renamed_samples is not None:
         raise UserError("noise-scale --samples is now --draws (random batches per batch size; "
                         "--samples counts training images in sharpness)")
     trackers = requested_trackers(log_with)
-    spec = NoiseScaleSpec(batch_sizes=parse_batches(batches), draws=draws, seed=seed)
+    spec = NoiseScaleSpec.from_dict(spec_flags, source=CLI)
     step = _measured_step(run_dir, weights, trackers)
     output = output if output is not None else default_output(run_dir, weights)
     if _launched("noise-scale", spec, run_dir, output, num_processes, weights=weights):
@@ -317,7 +233,7 @@ def noise_scale(
         result = run_noise_scale(spec, run_dir, output=output, weights=weights)
     at = "" if weights is None else f" at {weights}"
     console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir}{at} "
-                                                   f"({draws} batches per size)"))
+                                                   f"({spec.draws} batches per size)"))
     print(f"written: {output}")
     log_run_measurement(trackers, run_dir, "noise_scale", result, configured_dir=tracking_dir,
                         project=tracking_project, step=step)

@@ -1,19 +1,15 @@
-"""The Typer ``app`` and what its commands share: error exits, config flags, parsers, logging."""
+"""The Typer ``app`` and what its commands share: error exits, parsers, checks, logging."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 import logging
 import sys
-import typing
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from lbtkit.config import RunConfig, field_type
 from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentFault, UserError
 
 app = typer.Typer(
@@ -75,55 +71,6 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}: {exc.strerror or exc}"
 
 
-def with_config_flags(fn=None, *, exclude: tuple[str, ...] = ()):
-    """Add one ``--kebab-case`` option per RunConfig field to a command's signature
-    (``--batch-size``): generated from the dataclass, so the two cannot drift apart.
-
-    Each defaults to None ("not given"), so only flags the user typed override the preset
-    and the config file. The command receives them as ``config_flags: dict``.
-    """
-    if fn is None:
-        return functools.partial(with_config_flags, exclude=exclude)
-    original = inspect.signature(fn)
-    # Resolve the string annotations (postponed evaluation) so Typer sees real types.
-    hints = typing.get_type_hints(fn, include_extras=True)
-    params = [p.replace(annotation=hints.get(p.name, p.annotation))
-              for p in original.parameters.values() if p.name != "config_flags"]
-    names = []
-    for f in dataclasses.fields(RunConfig):
-        if f.name in exclude:
-            continue
-        flag = "--output" if f.name == "output_dir" else "--" + f.name.replace("_", "-")
-        kind = field_type(f.name)
-        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(*decls, help=_field_help(f), show_default=False,
-                              parser=_NUMBER_PARSERS.get(kind))
-        params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY,
-            default=None, annotation=Annotated[Optional[kind], option],  # noqa: UP045
-        ))
-        names.append(f.name)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        flags = {name: kwargs.pop(name) for name in names}
-        return fn(*args, config_flags=flags, **kwargs)
-
-    wrapper.__signature__ = original.replace(parameters=params)
-    return wrapper
-
-
-def _field_help(f: dataclasses.Field) -> str:
-    """A field's help with its RunConfig default (what applies without a preset)."""
-    text = f.metadata.get("help", "")
-    if f.default is None or f.default == "":
-        return text
-    shown = (f"--{f.name.replace('_', '-')}" if f.default is True else
-             f"--no-{f.name.replace('_', '-')}" if f.default is False else f"{f.default:g}"
-             if isinstance(f.default, float) else str(f.default))
-    return f"{text}  [default: {shown}]"
-
-
 def parse_int(text: str) -> int:
     try:
         return int(text)
@@ -131,15 +78,11 @@ def parse_int(text: str) -> int:
         raise typer.BadParameter(f"{text!r} is not a whole number") from None
 
 
-def _parse_float(text: str) -> float:
+def parse_float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number") from None
-
-
-# Typer's own messages ("Input should be a valid integer") do not repeat the value given.
-_NUMBER_PARSERS = {int: parse_int, float: _parse_float}
 
 
 def check_num_processes(num_processes: int | None) -> None:

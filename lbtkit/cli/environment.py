@@ -9,19 +9,15 @@ import typer
 from rich.table import Table
 
 from lbtkit.cli.common import app, console, user_errors
+from lbtkit.cli.options import config_option, preset_option
 from lbtkit.config import RunConfig, list_presets, preset_description, preset_values
 
 
 @app.command()
 @user_errors
 def doctor(
-    preset: Annotated[
-        Optional[str], typer.Option(help="check for what this preset needs")  # noqa: UP045
-    ] = None,
-    config: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--config", help="check for what this config file needs"),
-    ] = None,
+    preset: preset_option("check for what this preset needs") = None,
+    config: config_option("check for what this config file needs") = None,
     dataset: Annotated[
         Optional[str], typer.Option(help="data set to look for")  # noqa: UP045
     ] = None,

@@ -7,53 +7,55 @@ from typing import Annotated, Optional
 
 import typer
 
-from lbtkit.cli.common import (
-    app,
-    check_at_least_one,
-    check_num_processes,
-    user_errors,
-    with_config_flags,
+from lbtkit.cli.common import app, check_at_least_one, check_num_processes, user_errors
+from lbtkit.cli.flags import with_config_flags, with_spec_flags
+from lbtkit.cli.options import (
+    config_option,
+    data_dir_option,
+    jobs_option,
+    num_processes_option,
+    output_option,
+    preset_option,
+    progress_option,
+    quick_option,
+    threads_option,
 )
 from lbtkit.config import RunConfig, build_config
-from lbtkit.specs import DEFAULT_ALPHAS, InterpolationSpec, KeskarStudySpec, SharpnessSpec
+from lbtkit.specs import KeskarStudySpec
 
 study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
 # The options the whole-study commands share.
-StudyOutput = Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")]
-DataDir = Annotated[str, typer.Option("--data-dir", help="where to look for fashion-mnist first "
-                                      "(then /usr/share/datasets/fashion-mnist)")]
-ShowProgress = Annotated[bool, typer.Option(help="show progress")]
+StudyOutput = output_option("where index.md and the artefacts go")
+StudyDataDir = data_dir_option("where to look for fashion-mnist first (then "
+                               "/usr/share/datasets/fashion-mnist)")
 
 
 @study_app.command("keskar")
 @user_errors
 @with_config_flags(exclude=("output_dir", "name", "batch_size"))
+@with_spec_flags(
+    KeskarStudySpec(),
+    fields=("sb", "lb", "interpolation.alphas", "interpolation.bn", "sharpness.eps",
+            "sharpness.subspaces", "sharpness.iters", "hessian_k", "sharpness.trace",
+            "sharpness.samples"),
+    help={"interpolation.alphas": "interpolation grid",
+          "interpolation.bn": "BatchNorm handling (see interpolate)",
+          "sharpness.eps": "comma list of sharpness box sizes",
+          "sharpness.subspaces": "full | random:P", "sharpness.trace": "Hutchinson trace"},
+)
 def study_keskar(
-    output: Annotated[Path, typer.Option("--output", help="the study directory")],
-    preset: Annotated[Optional[str], typer.Option(help="e.g. keskar-c1")] = None,  # noqa: UP045
-    config: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--config", help="TOML file with base settings"),
-    ] = None,
-    sb: Annotated[int, typer.Option("--sb", help="small batch size")] = 256,
-    lb: Annotated[int, typer.Option("--lb", help="large batch size")] = 5000,
-    alphas: Annotated[str, typer.Option(help="interpolation grid")] = DEFAULT_ALPHAS,
-    bn: Annotated[str, typer.Option(help="BatchNorm handling (see interpolate)")] = "recalibrate",
-    eps: Annotated[str, typer.Option(help="comma list of sharpness box sizes")] = "1e-3,5e-4",
-    subspace: Annotated[str, typer.Option(help="full | random:P")] = "full",
-    iters: Annotated[int, typer.Option(help="L-BFGS-B iterations")] = 10,
-    hessian_k: Annotated[int, typer.Option(help="top Hessian eigenvalues (0: skip)")] = 1,
-    trace: Annotated[bool, typer.Option(help="Hutchinson trace")] = True,
-    samples: Annotated[int, typer.Option(help="training samples in the loss")] = 4096,
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="run each training, the interpolation and "
-                     "each sharpness on N processes (accelerate launch, DDP)"),
-    ] = None,
+    output: output_option("the study directory"),
+    preset: preset_option("e.g. keskar-c1") = None,
+    config: config_option("TOML file with base settings") = None,
     *,
+    spec_flags: dict,
+    hessian_k: Annotated[int, typer.Option(help="top Hessian eigenvalues (0: skip)")] = 1,
+    progress: progress_option() = True,
+    num_processes: num_processes_option("run each training, the interpolation and each "
+                                        "sharpness on N processes (accelerate launch, DDP)"
+                                        ) = None,
     config_flags: dict,
 ) -> None:
     """Train SB and LB from one initialisation, interpolate, measure sharpness, report.
@@ -66,17 +68,15 @@ def study_keskar(
     from lbtkit.studies.keskar import keskar_study
 
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
-    spec = KeskarStudySpec(
-        sb=sb, lb=lb,
-        interpolation=InterpolationSpec.from_dict(
-            {"alphas": alphas, "bn": bn, "eval_batch_size": base.eval_batch_size},
-            source="the command line"),
-        sharpness=SharpnessSpec.from_dict(
-            {"eps": eps, "subspaces": subspace, "iters": iters, "hessian": hessian_k != 0,
-             "top_k": hessian_k or 1, "trace": trace, "samples": samples,
-             "batch_size": base.eval_batch_size, "seed": base.seed},
-            source="the command line"),
-    )
+    # The measurements evaluate in the base config's batches, with its seed.
+    spec = KeskarStudySpec.from_dict({
+        **spec_flags,
+        "interpolation": {**spec_flags["interpolation"],
+                          "eval_batch_size": base.eval_batch_size},
+        "sharpness": {**spec_flags["sharpness"], "hessian": hessian_k != 0,
+                      "top_k": hessian_k or 1, "batch_size": base.eval_batch_size,
+                      "seed": base.seed},
+    }, source="the command line")
     check_num_processes(num_processes)
     summary = keskar_study(base, spec, output, progress=progress,
                            num_processes=num_processes or 1)
@@ -88,19 +88,16 @@ def study_keskar(
 @user_errors
 def study_fashion(
     output: StudyOutput,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="2 seeds, 1-2 epochs, small measurements: minutes")
-    ] = False,
+    quick: quick_option("2 seeds, 1-2 epochs, small measurements: minutes") = False,
     seeds: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 5; 2 with "
                      "--quick); each seed adds about 18 minutes of one core")
     ] = None,
-    data_dir: DataDir = RunConfig.data_dir,
-    progress: ShowProgress = True,
-    jobs: Annotated[int, typer.Option(
-        "--jobs", "-j", help="seeds, and sweep entries, at once: each in a process of its own "
-        "(logs in OUTPUT/work/); the same numbers")] = 1,
+    data_dir: StudyDataDir = RunConfig.data_dir,
+    progress: progress_option() = True,
+    jobs: jobs_option("seeds, and sweep entries, at once: each in a process of its own (logs "
+                      "in OUTPUT/work/); the same numbers") = 1,
 ) -> None:
     """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md.
 
@@ -126,19 +123,14 @@ def study_fashion(
 @user_errors
 def study_critical_batch(
     output: StudyOutput,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="3 batch sizes, easy targets, short runs: minutes")
-    ] = False,
-    jobs: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--jobs", help="runs at once on this machine, one thread each (default: "
-                     "2 where 2 or more CPUs are usable, else 1)")
-    ] = None,
+    quick: quick_option("3 batch sizes, easy targets, short runs: minutes") = False,
+    jobs: jobs_option("runs at once on this machine, one thread each (default: 2 where 2 or "
+                      "more CPUs are usable, else 1)") = None,
     remedies: Annotated[
         bool, typer.Option(help="also tune LARS and LAMB at the largest batch sizes")
     ] = True,
-    data_dir: DataDir = RunConfig.data_dir,
-    progress: ShowProgress = True,
+    data_dir: StudyDataDir = RunConfig.data_dir,
+    progress: progress_option() = True,
 ) -> None:
     """Steps to target per batch size, tuned lr, B_crit fit, noise-scale prediction.
 
@@ -150,6 +142,7 @@ def study_critical_batch(
     from lbtkit.studies.critical_batch import FULL, QUICK, default_jobs, run_critical_batch_study
     from lbtkit.train import exit_code
 
+    check_at_least_one("--jobs", jobs)
     spec = QUICK if quick else FULL
     spec = spec.updated(jobs=jobs if jobs is not None else default_jobs(),
                         remedies=spec.remedies if remedies else ())
@@ -165,11 +158,8 @@ def study_fashion_seed(
     work: Annotated[Path, typer.Argument(help="the study's work directory")],
     seed: Annotated[int, typer.Option("--seed", help="the seed to run")],
     spec: Annotated[str, typer.Option("--spec", help="the study spec, as JSON")],
-    data_dir: Annotated[str, typer.Option("--data-dir")] = RunConfig.data_dir,
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--threads", help="torch threads"),
-    ] = None,
+    data_dir: StudyDataDir = RunConfig.data_dir,
+    threads: threads_option("torch threads") = None,
 ) -> None:
     """One seed of the Keskar part of `study fashion` (what each of its --jobs children runs)."""
     import json
@@ -188,11 +178,9 @@ def study_fashion_seed(
 @app.command()
 @user_errors
 def demo(
-    output: Annotated[Path, typer.Option("--output", help="where index.md and the artefacts go")],
-    quick: Annotated[
-        bool, typer.Option("--quick", help="2 batch sizes, 1 epoch, tiny measurements: seconds")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    output: StudyOutput,
+    quick: quick_option("2 batch sizes, 1 epoch, tiny measurements: seconds") = False,
+    progress: progress_option() = True,
 ) -> None:
     """The whole study offline on the bundled digits: sweep, report, Keskar study, index.md.
 

@@ -12,9 +12,19 @@ from rich.table import Table
 from lbtkit.cli.common import (
     app,
     check_at_least_one,
+    check_num_processes,
     console,
     user_errors,
-    with_config_flags,
+)
+from lbtkit.cli.flags import with_config_flags
+from lbtkit.cli.options import (
+    config_option,
+    jobs_option,
+    num_processes_option,
+    output_option,
+    preset_option,
+    progress_option,
+    threads_option,
 )
 from lbtkit.config import build_config
 
@@ -30,7 +40,7 @@ app.add_typer(sweep_app, name="sweep")
 @user_errors
 @with_config_flags(exclude=("output_dir", "name", "batch_size"))  # --batch-sizes
 def sweep_plan(
-    output: Annotated[Path, typer.Option("--output", help="the sweep directory")],
+    output: output_option("the sweep directory"),
     batch_sizes: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--batch-sizes", help="comma list of global batch sizes "
@@ -42,14 +52,9 @@ def sweep_plan(
         Optional[list[str]],  # noqa: UP045
         typer.Option("--grid", help="sweep any other field: KEY=V1,V2 (repeatable)"),
     ] = None,
-    preset: Annotated[Optional[str], typer.Option(help="named preset (lbtkit presets)")] = None,  # noqa: UP045
-    config: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--config", help="TOML file with base settings"),
-    ] = None,
-    num_processes: Annotated[
-        int, typer.Option("--num-processes", help="processes each run will use (GPUs per node)")
-    ] = 1,
+    preset: preset_option("named preset (lbtkit presets)") = None,
+    config: config_option("TOML file with base settings") = None,
+    num_processes: num_processes_option("processes each run will use (GPUs per node)") = 1,
     *,
     config_flags: dict,
 ) -> None:
@@ -66,6 +71,7 @@ def sweep_plan(
     from lbtkit.report import format_lr
     from lbtkit.sweep import parse_grid, plan_sweep, sweep_table
 
+    check_num_processes(num_processes)
     base = build_config(preset=preset, config_file=config, overrides=config_flags, resolve=False)
     table_grid: dict[str, list] = {}
     variants = None
@@ -95,11 +101,8 @@ def sweep_plan(
 def sweep_run_task(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
     index: Annotated[int, typer.Option("--index", help="entry to run (array task id)")],
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--threads", help="torch threads, unless the entry sets its own"),
-    ] = None,
+    progress: progress_option() = True,
+    threads: threads_option("torch threads, unless the entry sets its own") = None,
 ) -> None:
     """Run one entry of a sweep (what each SLURM array task calls).
 
@@ -117,16 +120,11 @@ def sweep_run_task(
 @user_errors
 def sweep_run(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
-    progress: Annotated[bool, typer.Option(help="show progress (one entry at a time only)")
-                        ] = True,
-    jobs: Annotated[int, typer.Option(
-        "--jobs", "-j", help="entries at once, each in a process of its own with its "
-        "share of the CPUs (and its own GPUs); logs in SWEEP_DIR/logs/")] = 1,
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--threads", help="torch threads per entry, unless the entry sets "
-                     "its own [default: torch's; with --jobs N, the usable CPUs / N]"),
-    ] = None,
+    progress: progress_option("show progress (one entry at a time only)") = True,
+    jobs: jobs_option("entries at once, each in a process of its own with its share of the "
+                      "CPUs (and its own GPUs); logs in SWEEP_DIR/logs/") = 1,
+    threads: threads_option("torch threads per entry, unless the entry sets its own "
+                            "[default: torch's; with --jobs N, the usable CPUs / N]") = None,
 ) -> None:
     """Run every entry that is not completed on this machine: one after another, or --jobs N
     at once. Results equal one-at-a-time ones at the same --threads.
@@ -220,10 +218,7 @@ def _print_status(sweep_dir: Path) -> None:
 @user_errors
 def report(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
-    output: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--output", help="where to write (default: the sweep directory)"),
-    ] = None,
+    output: output_option("where to write (default: the sweep directory)", optional=True) = None,
 ) -> None:
     """Write report.md, results.csv and the figures for a sweep.
 

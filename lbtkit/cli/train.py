@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from lbtkit.cli.common import app, check_num_processes, parse_int, user_errors, with_config_flags
+from lbtkit.cli.common import app, check_num_processes, user_errors
+from lbtkit.cli.flags import with_config_flags
+from lbtkit.cli.options import (
+    config_option,
+    num_processes_option,
+    preset_option,
+    progress_option,
+)
 from lbtkit.config import build_config, plan_batches
 from lbtkit.errors import UserError
 
@@ -17,20 +23,13 @@ from lbtkit.errors import UserError
 @user_errors
 @with_config_flags
 def run(
-    preset: Annotated[Optional[str], typer.Option(help="named preset (lbtkit presets)")] = None,  # noqa: UP045
-    config: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--config", help="TOML file, or a run's config.json to repeat it"),
-    ] = None,
+    preset: preset_option("named preset (lbtkit presets)") = None,
+    config: config_option("TOML file, or a run's config.json to repeat it") = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the resolved config as JSON and exit")
     ] = False,
-    num_processes: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--num-processes", help="launch N processes (accelerate launch, DDP)",
-                     parser=parse_int),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    num_processes: num_processes_option("launch N processes (accelerate launch, DDP)") = None,
+    progress: progress_option() = True,
     *,
     config_flags: dict,
 ) -> None:
