@@ -238,7 +238,9 @@ def draw_seed(seed: int, draw: int) -> int:
 def gradient_sq(values: Sequence[float], batch_size: int) -> GradientSq:
     """The mean of the squared norms ``values`` and its standard error."""
     mean = statistics.fmean(values)
-    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    # statistics.stdev fails on NaN/inf (AttributeError in 3.11): no error bar for them
+    spread = len(values) > 1 and all(math.isfinite(v) for v in values)
+    error = statistics.stdev(values) / math.sqrt(len(values)) if spread else None
     return GradientSq(batch_size, len(values), mean, error)
 
 
@@ -423,6 +425,7 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
     weights = run.model_path if weights is None else Path(weights)
     if weights != run.model_path:
         load_weights(model, weights)
+    _require_finite(model, weights)
     b_small, b_big = spec.batch_sizes
     draws, seed = spec.draws, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
@@ -472,6 +475,15 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
         },
         "versions": versions(),
     }
+
+
+def _require_finite(model: torch.nn.Module, weights: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged run's): no gradient to measure there."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ConfigError(f"weights {weights} hold NaN or inf in {len(bad)} tensor(s) (first: "
+                          f"{bad[0]}); the noise scale is measured at finite weights only")
 
 
 # --- logging during multi-process training -------------------------------------------------
