@@ -240,13 +240,41 @@ def test_sweep_without_data_fails_before_any_entry(tmp_path, checkpointed):
     assert "failed" not in status.stdout and status.stdout.count("pending") == 6
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "abc"), ("--lr", "1e-3x"),
-                                        ("--num-processes", "two")])
-def test_non_numbers_are_named_in_typers_message(tmp_path, flag, value):
-    result = lbtkit("run", flag, value, "--dry-run", tmp_path=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert f"'{value}'" in result.stderr and flag in result.stderr
+# --- class 10: Click's usage errors are one line too ---------------------------------------------
+
+# (command line, what the one line says). Click prints its usage block, a hint and the message.
+USAGE_MISTAKES = [
+    (["run", "--batch-size", "1.5", "--dry-run"],
+     "invalid value for '--batch-size': '1.5' is not a whole number"),
+    (["run", "--batch-size", "abc", "--dry-run"], "'--batch-size': 'abc' is not a whole number"),
+    (["run", "--lr", "abc", "--dry-run"], "invalid value for '--lr': 'abc' is not a number"),
+    (["run", "--lr", "1e-3x", "--dry-run"], "'--lr': '1e-3x' is not a number"),
+    (["run", "--num-processes", "two", "--dry-run"], "'--num-processes': 'two'"),
+    (["run", "--no-such-flag"], "no such option: --no-such-flag"),
+    (["run", "--lr"], "option '--lr' requires an argument"),
+    (["run", "--preset", "smoke", "extra"], "unexpected extra argument(s) (extra)"),
+    (["sweep", "run-task", "sweeps/s"], "missing option '--index'"),
+    (["sweep", "run-task", "sweeps/s", "--index=one"], "got 'one'"),
+    (["sweep", "run-task", "sweeps/s", "--index", "one"], "got 'one'"),
+    (["report"], "missing argument"),
+    (["bogus"], "no such command 'bogus'"),
+    (["sweep", "bogus"], "no such command 'bogus'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), USAGE_MISTAKES,
+                         ids=[" ".join(argv) for argv, _ in USAGE_MISTAKES])
+def test_a_usage_mistake_is_one_line_naming_the_value(tmp_path, argv, needle):
+    fresh = argv[:3] == ["run", "--batch-size", "1.5"]  # one as a user starts it
+    line = assert_one_line(lbtkit(*argv, tmp_path=tmp_path, fresh=fresh), 2, needle)
+    assert line.startswith("error: ")
+
+
+def test_no_arguments_still_show_the_help(tmp_path):
+    for argv in ([], ["sweep"]):
+        result = lbtkit(*argv, tmp_path=tmp_path)
+        assert "Usage:" in result.stdout + result.stderr and "Commands:" in \
+            result.stdout + result.stderr
 
 
 # --- the library side of the same promises ---------------------------------------------------
@@ -939,6 +967,23 @@ def test_a_sweep_plan_writes_only_inside_its_directory(tmp_path, field, path):
     assert not (tmp_path / "x").exists()
 
 
+def test_relative_paths_in_a_toml_file_are_relative_to_the_working_directory(tmp_path,
+                                                                           monkeypatch):
+    """Decided in issue 25: as on the command line, not relative to the file's folder. A
+    run's config.json holds its paths as given, so ``--config RUN/config.json`` must read
+    them from where the run was started to repeat it; one rule for every file."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "work").mkdir()
+    toml = tmp_path / "configs" / "c.toml"
+    toml.write_text('output_dir = "runs/x"\ndata_dir = "my-data"\n')
+    monkeypatch.chdir(tmp_path / "work")
+    result = invoke_cli("run", "--preset", "smoke", "--config", "../configs/c.toml",
+                        "--dry-run", tmp_path=tmp_path, check=0)
+    shown = json.loads(result.stdout)
+    assert (shown["output_dir"], shown["data_dir"]) == ("runs/x", "my-data")
+    assert Path(shown["output_dir"]).resolve() == tmp_path / "work" / "runs" / "x"
+
+
 # --- class 8: a completed run needs no writable disk --------------------------------------------
 
 
@@ -953,3 +998,4 @@ def test_a_completed_run_on_a_read_only_file_system_is_already_completed(tmp_pat
     result = lbtkit(*SMOKE, "--epochs", "1", "--output", run_dir, tmp_path=tmp_path, fresh=True)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "already completed" in result.stdout and not result.stderr.strip()
+
