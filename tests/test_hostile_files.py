@@ -28,7 +28,7 @@ from lbtkit.errors import CheckpointError, UserError
 from lbtkit.rundir import MAX_JSON_DEPTH, RunDir, read_json, write_json
 from lbtkit.sweep import plan_sweep
 
-from conftest import assert_user_error, invoke_cli, train_smoke
+from conftest import assert_user_error, invoke_cli, run_cli, train_smoke
 
 FIFO = object()  # a damage that is not text: the file is a named pipe
 
@@ -149,6 +149,13 @@ def test_a_damaged_file_a_command_needs_is_one_line_naming_it(tmp_path, file, ki
         make, needle = wrong[kind]
         damage(path, make(path))
     assert_user_error(invoke_cli(*argv, tmp_path=tmp_path), needle)
+
+
+def test_a_damaged_plan_in_a_fresh_interpreter_is_one_line(tmp_path):
+    """As a user starts it: the interpreter's own stack, not the test runner's."""
+    path, argv = _sweep_plan(tmp_path)
+    damage(path, JSON_DAMAGE["nested 100000 deep"])
+    assert_user_error(run_cli(*argv, tmp_path=tmp_path), "sweep.json nests more than")
 
 
 @pytest.mark.parametrize("kind", list(JSON_DAMAGE))
