@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lbtkit.errors import ConfigError
+from lbtkit.errors import CheckpointError, ConfigError
 from lbtkit.launch import process_rank, shard
 from lbtkit.specs import NoiseScaleSpec
 
@@ -626,12 +626,30 @@ class NoiseScaleMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore this process's averages. On another number of processes, every process
         takes their mean: the logged values continue, no longer bit for bit."""
-        per_rank = state["ema_per_rank"]
+        per_rank = ema_rows(state, self._ema.numel())
         if len(per_rank) == self.world_size:
             mine = per_rank[self.rank]
         else:
             mine = [statistics.fmean(column) for column in zip(*per_rank, strict=True)]
         self._ema.copy_(torch.tensor(mine, dtype=torch.float64))
+
+
+def ema_rows(state: Any, width: int) -> list[list[float]]:
+    """The per-process moving averages of a checkpoint's noise-scale state: one row of
+    ``width`` finite numbers per process; anything else is a damaged checkpoint (one line)."""
+    rows = state.get("ema_per_rank") if isinstance(state, dict) else None
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    if not (isinstance(rows, list) and rows and all(
+            isinstance(row, list) and len(row) == width and all(map(finite, row))
+            for row in rows)):
+        raise CheckpointError(f"the checkpoint's noise-scale state is damaged (ema_per_rank "
+                              f"{rows!r:.60}); delete its checkpoint directory to resume from "
+                              f"an earlier one")
+    return rows
 
 
 def noise_scale_row(monitor: NoiseScaleMonitor | None) -> dict[str, float | None]:

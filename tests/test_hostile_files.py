@@ -392,6 +392,19 @@ def test_damaged_checkpoint_contents_are_one_line(tmp_path, checkpointed, kind):
     assert "delete its checkpoint directory to resume from an earlier one" in result.stderr
 
 
+@pytest.mark.parametrize("state", [None, "abc", {}, {"ema_per_rank": []},
+                                   {"ema_per_rank": [[1.0, 2.0]]},
+                                   {"ema_per_rank": [[1.0, 2.0, float("nan")]]},
+                                   {"ema_per_rank": [[1.0, 2.0, "x"]]}])
+def test_a_damaged_noise_scale_state_is_one_error(state):
+    """The moving averages a 2-process run with --log-noise-scale keeps in state.json."""
+    from lbtkit.noise_scale import ema_rows
+
+    with pytest.raises(CheckpointError, match="noise-scale state is damaged"):
+        ema_rows(state, 3)
+    assert ema_rows({"ema_per_rank": [[1, 2.0, 3.0]] * 2}, 3) == [[1, 2.0, 3.0]] * 2
+
+
 # --- weights that are all NaN --------------------------------------------------------------------
 
 
