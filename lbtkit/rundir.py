@@ -6,6 +6,7 @@
     RUN/model.safetensors  final weights (written when the run completes)
     RUN/checkpoints/       resume state (see lbtkit.checkpoint)
     RUN/.lock              the advisory lock a live run holds (flock; empty of meaning otherwise)
+    RUN/launch.log         the stderr of ``--num-processes N`` launches (lbtkit.launch_output)
 
 Every file but metrics.jsonl is written atomically (temporary name, fsync, rename), so a kill
 at any instant leaves either the old or the new file, never a torn one; files get the mode
