@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -153,7 +154,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(weights)
         optimizer.load_state_dict(optim_state)
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model: {_first_line(exc)}") from None
     rng_file = path / f"rng-rank{rank}.safetensors"
@@ -174,11 +175,14 @@ def checkpoint_step(weights: str | Path) -> int | None:
 
 def _read_state(path: Path) -> LoopState:
     """The loop state of ``state.json``, refusing one that is valid JSON but incomplete."""
+    from lbtkit.rundir import read_json
+
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    values = meta.get("state") if isinstance(meta, dict) else None
+        meta = read_json(path, kind=dict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; delete its checkpoint directory to resume from an "
+                              f"earlier one") from None
+    values = meta.get("state")
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} has no 'state' table: not a checkpoint lbtkit wrote")
     known = {f.name for f in dataclasses.fields(LoopState)}
@@ -189,17 +193,35 @@ def _read_state(path: Path) -> LoopState:
          if isinstance(values[k], bool) or not isinstance(values[k], int) or values[k] < 0),
         None,
     )
+    problem = problem or next((f"{k!r} is {v!r:.40}, not {_STATE_KINDS[k][1]}"
+                               for k, v in values.items() if not _STATE_KINDS[k][0](v)), None)
     if problem:
         raise CheckpointError(f"{path} is incomplete or damaged ({problem}); delete its "
                               f"checkpoint directory to resume from an earlier one")
     return LoopState(**values)
 
 
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and \
+        math.isfinite(value)
+
+
+# What each LoopState field may hold in state.json (the counts are checked above).
+_STATE_KINDS = {
+    **{name: (lambda v: True, "") for name in _REQUIRED_STATE},
+    **{name: (_is_number, "a finite number") for name in (
+        "train_seconds", "epoch_loss_sum", "epoch_correct", "epoch_step_seconds")},
+    "best_val_acc": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "scaler": (lambda v: v is None or isinstance(v, dict), "a table or null"),
+    "noise_scale": (lambda v: v is None or isinstance(v, dict), "a table or null"),
+}
+
+
 def _read_optimizer_state(path: Path) -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain data; a refusal is one line naming the
     file and the reason (never an invitation to lift the restriction)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         wanted = re.search(r"GLOBAL (\S+)", str(exc))
         reason = (f"it asks to import {wanted.group(1)}, and an optimizer state holds only "
@@ -209,6 +231,14 @@ def _read_optimizer_state(path: Path) -> dict[str, Any]:
                               f"to resume from an earlier one") from None
     except Exception as exc:  # zip and I/O errors surface as several types
         raise CheckpointError(f"cannot read {path}: {_first_line(exc)}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list)
+            and all(isinstance(group, dict) for group in state["param_groups"])):
+        what = "a table" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{path} holds {what}, not an optimizer state (its 'state' and "
+                              f"'param_groups'); delete its checkpoint directory to resume from "
+                              f"an earlier one")
+    return state
 
 
 def _first_line(exc: BaseException) -> str:
@@ -287,12 +317,24 @@ def _save_rng(path: Path, *, previous: Path | None) -> None:
 
 
 def _load_rng(path: Path) -> None:
+    """Restore this process's RNG; a state of the wrong kind (dtype, size) is one line."""
     states = read_weights(path)
     if "cpu" not in states:
         raise CheckpointError(f"{path} holds no 'cpu' RNG state")
-    torch.set_rng_state(states["cpu"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"])
+    current = torch.get_rng_state()
+    found = states["cpu"]
+    if found.dtype != current.dtype or found.shape != current.shape:
+        raise CheckpointError(
+            f"{path}: the 'cpu' RNG state is {found.dtype} of shape {tuple(found.shape)}, not "
+            f"{current.dtype} of shape {tuple(current.shape)}; it is damaged: delete its "
+            f"checkpoint directory to resume from an earlier one")
+    try:
+        torch.set_rng_state(found)
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states["cuda"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a usable RNG state ({_first_line(exc)}); delete "
+                              f"its checkpoint directory to resume from an earlier one") from None
 
 
 def _fsync(path: Path) -> None:

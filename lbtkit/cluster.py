@@ -20,7 +20,6 @@ spaces), ``LBT_EXEC`` (a command prefix, e.g. a pyxis ``srun``), ``LBT_GPUS_PER_
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -643,14 +642,13 @@ def _latest_checkpoint(run_dir: Path) -> str | None:
 def count_idle_restart(run_dir: Path, checkpoint: str | None) -> int:
     """Record this attempt's end in RUN/.requeues.json; how many attempts in a row ended with
     the latest checkpoint where the one before left it (0 when this one made progress)."""
-    from lbtkit.rundir import write_json
+    from lbtkit.rundir import read_json, write_json
 
     path = run_dir / REQUEUE_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    try:  # damaged or hand-made: count from here
+        record = read_json(path, kind=dict) if path.exists() else {}
+    except UserError:
         record = {}
-    record = record if isinstance(record, dict) else {}
     before, idle = record.get("checkpoint"), record.get("idle")
     idle = idle if isinstance(idle, int) and not isinstance(idle, bool) else 0
     idle = idle + 1 if before == (checkpoint and Path(checkpoint).name) else 0

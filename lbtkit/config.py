@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
 import sys
@@ -501,15 +500,20 @@ def file_values(path: str | Path) -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    from lbtkit.rundir import read_json, read_regular_file
+
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix == ".json":  # a run's config.json, read like every run file
+        return read_json(path, kind=dict, error=ConfigError)
     try:
-        if path.suffix == ".json":
-            values = json.loads(path.read_text())
-        else:
-            values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        values = tomllib.loads(read_regular_file(path).decode())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # TOMLDecodeError, not UTF-8, an integer of 5000 digits
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse config file {path}: nested too deeply") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of keys")
     return values

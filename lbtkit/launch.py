@@ -127,12 +127,14 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     stopped at a step: a rerun resumes from the last checkpoint, if there is one."""
     from lbtkit.cluster import launcher_environment
     from lbtkit.errors import exit_code
+    from lbtkit.launch_output import LaunchStderr, exit_code_of
 
     results_file = RunDir(run_dir).results_path
     before = results_file.stat().st_mtime_ns if results_file.exists() else None
     subreaper = become_subreaper()
     env = {**launcher_environment(os.environ), **os.environ}
     child: subprocess.Popen | None = None
+    stderr: LaunchStderr | None = None
     stops: list[str] = []
 
     def relay(signum, frame) -> None:
@@ -146,7 +148,10 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     # Before the launcher starts: a signal in between must reach it, not end this process.
     previous = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
-        child = subprocess.Popen(command, env=env, preexec_fn=_stop_with_parent(os.getpid()))
+        # stderr through LaunchStderr: lbtkit's lines, not torch-elastic's report of them
+        child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE,
+                                 preexec_fn=_stop_with_parent(os.getpid()))
+        stderr = LaunchStderr(child.stderr, run_dir)
         if stops:
             child.send_signal(signal.SIGTERM)
         returncode = child.wait()
@@ -157,12 +162,16 @@ def run_launched(command: list[str], run_dir: Path) -> int:
             signal.signal(signum, handler)
     results = RunDir(run_dir).read_results()
     fresh = results_file.exists() and results_file.stat().st_mtime_ns != before
+    stopped = bool(stops) and returncode != 0
+    stderr.finish(explained_elsewhere=returncode == 0 or bool(results and fresh) or stopped)
     if results and fresh:
         return exit_code(results.get("status", ""))
-    if stops and returncode != 0:
+    if stopped:
         logger.info("stopped by %s while the processes were starting or finishing (no "
                     "outcome recorded); rerun the same command", stops[0])
         return EXIT_INTERRUPTED
+    if returncode != 0 and stderr.failed_exit:  # the launcher exits 1 whatever they did
+        return exit_code_of(stderr.failed_exit)
     return returncode if returncode >= 0 else EXIT_SIGNAL_BASE - returncode  # killed: 128+N
 
 

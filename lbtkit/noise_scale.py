@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lbtkit.errors import ConfigError
+from lbtkit.errors import CheckpointError, ConfigError
 from lbtkit.launch import process_rank, shard
 from lbtkit.specs import NoiseScaleSpec, parse_batches  # noqa: F401  (re-exported)
 
@@ -238,7 +238,9 @@ def draw_seed(seed: int, draw: int) -> int:
 def gradient_sq(values: Sequence[float], batch_size: int) -> GradientSq:
     """The mean of the squared norms ``values`` and its standard error."""
     mean = statistics.fmean(values)
-    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    # statistics.stdev fails on NaN/inf (AttributeError in 3.11): no error bar for them
+    spread = len(values) > 1 and all(math.isfinite(v) for v in values)
+    error = statistics.stdev(values) / math.sqrt(len(values)) if spread else None
     return GradientSq(batch_size, len(values), mean, error)
 
 
@@ -406,6 +408,7 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
     weights = run.model_path if weights is None else Path(weights)
     if weights != run.model_path:
         load_weights(model, weights)
+    _require_finite(model, weights)
     b_small, b_big = spec.batch_sizes
     draws, seed = spec.draws, spec.seed
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
@@ -455,6 +458,15 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
         },
         "versions": versions(),
     }
+
+
+def _require_finite(model: torch.nn.Module, weights: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged run's): no gradient to measure there."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ConfigError(f"weights {weights} hold NaN or inf in {len(bad)} tensor(s) (first: "
+                          f"{bad[0]}); the noise scale is measured at finite weights only")
 
 
 # --- logging during multi-process training -------------------------------------------------
@@ -597,12 +609,30 @@ class NoiseScaleMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore this process's averages. On another number of processes, every process
         takes their mean: the logged values continue, no longer bit for bit."""
-        per_rank = state["ema_per_rank"]
+        per_rank = ema_rows(state, self._ema.numel())
         if len(per_rank) == self.world_size:
             mine = per_rank[self.rank]
         else:
             mine = [statistics.fmean(column) for column in zip(*per_rank, strict=True)]
         self._ema.copy_(torch.tensor(mine, dtype=torch.float64))
+
+
+def ema_rows(state: Any, width: int) -> list[list[float]]:
+    """The per-process moving averages of a checkpoint's noise-scale state: one row of
+    ``width`` finite numbers per process; anything else is a damaged checkpoint (one line)."""
+    rows = state.get("ema_per_rank") if isinstance(state, dict) else None
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    if not (isinstance(rows, list) and rows and all(
+            isinstance(row, list) and len(row) == width and all(map(finite, row))
+            for row in rows)):
+        raise CheckpointError(f"the checkpoint's noise-scale state is damaged (ema_per_rank "
+                              f"{rows!r:.60}); delete its checkpoint directory to resume from "
+                              f"an earlier one")
+    return rows
 
 
 def noise_scale_row(monitor: NoiseScaleMonitor | None) -> dict[str, float | None]:

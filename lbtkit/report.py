@@ -11,8 +11,8 @@ no figure outlives the call.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
 import math
 import os
 import statistics
@@ -20,7 +20,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, atomic_write_text
+from lbtkit.errors import UserError
+from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, atomic_write_text, read_json
 from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
 DASH = "—"
@@ -670,13 +671,11 @@ def _noise_scales(pairs: list[tuple[dict[str, Any], RunRecord]]) -> list[dict[st
     found = []
     for row, record in pairs:
         value, error, source = None, None, _NOISE_SCALE_FILE
-        try:
-            stored = json.loads((Path(record.entry["run_dir"]) / _NOISE_SCALE_FILE).read_text())
-            if isinstance(stored, dict):
-                value = number(stored.get("b_simple"))
-                error = number(stored.get("b_simple_std_error"))
-        except (OSError, ValueError):
-            pass
+        path = Path(record.entry["run_dir"]) / _NOISE_SCALE_FILE
+        with contextlib.suppress(UserError):
+            stored = read_json(path, kind=dict) if path.exists() else {}
+            value = number(stored.get("b_simple"))
+            error = number(stored.get("b_simple_std_error"))
         if value is None:
             source = "last value logged in training"
             value = next((number(m.get("noise_scale")) for m in reversed(record.metrics)

@@ -6,6 +6,7 @@
     RUN/model.safetensors  final weights (written when the run completes)
     RUN/checkpoints/       resume state (see lbtkit.checkpoint)
     RUN/.lock              the advisory lock a live run holds (flock; empty of meaning otherwise)
+    RUN/launch.log         the stderr of ``--num-processes N`` launches (lbtkit.launch_output)
 
 Every file but metrics.jsonl is written atomically (temporary name, fsync, rename), so a kill
 at any instant leaves either the old or the new file, never a torn one; files get the mode
@@ -24,6 +25,7 @@ import logging
 import os
 import platform
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -66,26 +68,19 @@ class RunDir:
         without it we cannot tell whether the checkpoints belong to this run."""
         if not self.config_path.exists():
             return None
-        values = read_json(self.config_path)
-        if not isinstance(values, dict):
-            raise CheckpointError(f"{self.config_path} does not hold a table of settings")
+        values = read_json(self.config_path, kind=dict)
         return RunConfig.from_dict(values, source=str(self.config_path))
 
     def read_results(self) -> dict[str, Any] | None:
         """The stored results (a dict with a string ``status``); None when absent or
         unreadable (logged). A run rewrites the file when it ends, so nothing depends on a
         damaged one; ``results_path.exists()`` tells the two cases apart."""
-        try:
-            text = self.results_path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self.results_path, exc)
+        if not self.results_path.exists():
             return None
         try:
-            results = json.loads(text)
-        except ValueError as exc:
-            log.warning("ignoring unreadable %s: %s", self.results_path, exc)
+            results = read_json(self.results_path, kind=dict)
+        except UserError as exc:
+            log.warning("ignoring an unreadable results file: %s", exc)
             return None
         if not isinstance(results, dict) or not isinstance(results.get("status"), str):
             log.warning("ignoring %s: not a results table with a status", self.results_path)
@@ -97,7 +92,7 @@ class RunDir:
         or otherwise unparseable, is dropped and logged; the file is not changed here (a live
         run may be appending): ``keep_metrics_before`` rewrites it on resume."""
         try:
-            text = self.metrics_path.read_text(errors="replace")
+            text = read_regular_file(self.metrics_path).decode(errors="replace")
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -122,7 +117,7 @@ class RunDir:
         """The evaluation rows of a run with targets (dicts with an integer ``step``); torn
         or unparseable lines are dropped, as in ``read_metrics``."""
         try:
-            text = self.evals_path.read_text(errors="replace")
+            text = read_regular_file(self.evals_path).decode(errors="replace")
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -173,11 +168,73 @@ def _append_line(path: Path, row: dict[str, Any]) -> None:
         raise WriteFailed(path, _reason(exc)) from None
 
 
-def read_json(path: Path) -> Any:
+# Far beyond any file lbtkit writes (sweep.json nests 4 deep): deeper is hand-made or hostile,
+# and would exhaust the recursion of whatever walks it next (repr, json.dumps, deepcopy).
+MAX_JSON_DEPTH = 64
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number",
+               float: "a number", bool: "true or false", type(None): "null"}
+
+
+def read_json(path: str | Path, *, kind: type = object,
+              error: type[UserError] = CheckpointError) -> Any:
+    """The JSON value in ``path``: the one reader of every JSON file a user hands over or may
+    have edited (a sweep plan, a run's config or results, a checkpoint's state). Whatever is
+    wrong with it raises ``error`` (a UserError: one line, exit 2) naming the file: missing,
+    not a regular file (a FIFO would block), unreadable, not UTF-8, empty, not JSON, nested
+    more than MAX_JSON_DEPTH deep, or its top level not a ``kind`` (e.g. ``dict``)."""
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+        text = read_regular_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise error(f"file not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise error(f"{path} is empty")
+    try:
+        value = json.loads(text)
+        deep = _deeper_than(value, MAX_JSON_DEPTH)
+    except RecursionError:
+        deep = True
+    except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
+        raise error(f"{path} is not valid JSON: {_first_line(exc)}") from None
+    if deep:
+        raise error(f"{path} nests more than {MAX_JSON_DEPTH} levels deep: not a file lbtkit "
+                    f"wrote")
+    if not isinstance(value, kind):
+        raise error(f"{path} holds {_JSON_NAMES.get(type(value), 'a value')} where "
+                    f"{_JSON_NAMES.get(kind, kind.__name__)} belongs")
+    return value
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``; OSError unless it is a regular file (opened without blocking:
+    a FIFO named like a run file would wait forever for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read()
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays/objects more than ``limit`` levels (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack += [(child, depth + 1)
+                      for child in (item.values() if isinstance(item, dict) else item)]
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from lbtkit.rundir import (
     STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     RunDir,
+    read_json,
     versions,
     write_json,
 )
@@ -375,14 +376,7 @@ def _inside(root: Path, relative: Any, where: str) -> str:
 
 
 def _read_plan_file(path: Path) -> dict[str, Any]:
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise SweepError(f"cannot read sweep plan {path}: {reason}") from None
-    if not isinstance(plan, dict):
-        raise SweepError(f"{path} is not a valid sweep plan (not a JSON object)")
-    return plan
+    return read_json(path, kind=dict, error=SweepError)
 
 
 def entry_config(sweep: dict[str, Any], index: int) -> RunConfig:
@@ -753,7 +747,11 @@ def number(value: Any) -> float | None:
     """``value`` when it is a finite real number, else None (run files are read untrusted)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _mtime(path: Path) -> float | None:

@@ -240,13 +240,41 @@ def test_sweep_without_data_fails_before_any_entry(tmp_path, checkpointed):
     assert "failed" not in status.stdout and status.stdout.count("pending") == 6
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "abc"), ("--lr", "1e-3x"),
-                                        ("--num-processes", "two")])
-def test_non_numbers_are_named_in_typers_message(tmp_path, flag, value):
-    result = lbtkit("run", flag, value, "--dry-run", tmp_path=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert f"'{value}'" in result.stderr and flag in result.stderr
+# --- class 10: Click's usage errors are one line too ---------------------------------------------
+
+# (command line, what the one line says). Click prints its usage block, a hint and the message.
+USAGE_MISTAKES = [
+    (["run", "--batch-size", "1.5", "--dry-run"],
+     "invalid value for '--batch-size': '1.5' is not a whole number"),
+    (["run", "--batch-size", "abc", "--dry-run"], "'--batch-size': 'abc' is not a whole number"),
+    (["run", "--lr", "abc", "--dry-run"], "invalid value for '--lr': 'abc' is not a number"),
+    (["run", "--lr", "1e-3x", "--dry-run"], "'--lr': '1e-3x' is not a number"),
+    (["run", "--num-processes", "two", "--dry-run"], "'--num-processes': 'two'"),
+    (["run", "--no-such-flag"], "no such option: --no-such-flag"),
+    (["run", "--lr"], "option '--lr' requires an argument"),
+    (["run", "--preset", "smoke", "extra"], "unexpected extra argument(s) (extra)"),
+    (["sweep", "run-task", "sweeps/s"], "missing option '--index'"),
+    (["sweep", "run-task", "sweeps/s", "--index=one"], "got 'one'"),
+    (["sweep", "run-task", "sweeps/s", "--index", "one"], "got 'one'"),
+    (["report"], "missing argument"),
+    (["bogus"], "no such command 'bogus'"),
+    (["sweep", "bogus"], "no such command 'bogus'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), USAGE_MISTAKES,
+                         ids=[" ".join(argv) for argv, _ in USAGE_MISTAKES])
+def test_a_usage_mistake_is_one_line_naming_the_value(tmp_path, argv, needle):
+    fresh = argv[:3] == ["run", "--batch-size", "1.5"]  # one as a user starts it
+    line = assert_one_line(lbtkit(*argv, tmp_path=tmp_path, fresh=fresh), 2, needle)
+    assert line.startswith("error: ")
+
+
+def test_no_arguments_still_show_the_help(tmp_path):
+    for argv in ([], ["sweep"]):
+        result = lbtkit(*argv, tmp_path=tmp_path)
+        assert "Usage:" in result.stdout + result.stderr and "Commands:" in \
+            result.stdout + result.stderr
 
 
 # --- the library side of the same promises ---------------------------------------------------
@@ -939,6 +967,23 @@ def test_a_sweep_plan_writes_only_inside_its_directory(tmp_path, field, path):
     assert not (tmp_path / "x").exists()
 
 
+def test_relative_paths_in_a_toml_file_are_relative_to_the_working_directory(tmp_path,
+                                                                           monkeypatch):
+    """Decided in issue 25: as on the command line, not relative to the file's folder. A
+    run's config.json holds its paths as given, so ``--config RUN/config.json`` must read
+    them from where the run was started to repeat it; one rule for every file."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "work").mkdir()
+    toml = tmp_path / "configs" / "c.toml"
+    toml.write_text('output_dir = "runs/x"\ndata_dir = "my-data"\n')
+    monkeypatch.chdir(tmp_path / "work")
+    result = invoke_cli("run", "--preset", "smoke", "--config", "../configs/c.toml",
+                        "--dry-run", tmp_path=tmp_path, check=0)
+    shown = json.loads(result.stdout)
+    assert (shown["output_dir"], shown["data_dir"]) == ("runs/x", "my-data")
+    assert Path(shown["output_dir"]).resolve() == tmp_path / "work" / "runs" / "x"
+
+
 # --- class 8: a completed run needs no writable disk --------------------------------------------
 
 
@@ -953,3 +998,97 @@ def test_a_completed_run_on_a_read_only_file_system_is_already_completed(tmp_pat
     result = lbtkit(*SMOKE, "--epochs", "1", "--output", run_dir, tmp_path=tmp_path, fresh=True)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "already completed" in result.stdout and not result.stderr.strip()
+
+
+# --- class 6: a multi-process run's stderr is what lbtkit says, not torch-elastic's report ------
+
+# What a launch of two processes wrote when rank 0 found its directory locked (shortened): the
+# one line, rank 1's end, then torch-elastic's report (dozens of lines).
+ELASTIC_REPORT = [
+    b"error: /r is in use by another live run (pid 42 on h); wait for it to end\n",
+    b"W1205 23:59:59.123000 77 torch/distributed/elastic/multiprocessing/api.py:900] "
+    b"Sending process 79 closing signal SIGTERM\n",
+    b"interrupted by SIGTERM outside the training loop; rerun the same command\n",
+    b"E1205 23:59:59.456000 77 torch/distributed/elastic/multiprocessing/api.py:874] "
+    b"failed (exitcode: 2) local_rank: 0 (pid: 78) of binary: /usr/bin/python\n",
+    b"Traceback (most recent call last):\n",
+    b'  File "/venv/bin/accelerate", line 8, in <module>\n',
+    b"torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+    b"============================================================\n",
+]
+
+
+def _through_launch_stderr(lines: list[bytes], tmp_path: Path, capsys, *,
+                           explained_elsewhere: bool = False):
+    import io
+
+    from lbtkit.launch_output import LOG_NAME, LaunchStderr
+
+    stderr = LaunchStderr(io.BytesIO(b"".join(lines)), tmp_path)
+    stderr.finish(explained_elsewhere=explained_elsewhere)
+    assert (tmp_path / LOG_NAME).read_bytes() == b"".join(lines)  # all of it, for a look
+    return stderr, capsys.readouterr().err.splitlines()
+
+
+def test_a_launch_shows_the_first_outcome_line_and_holds_the_report(tmp_path, capsys):
+    stderr, shown = _through_launch_stderr(ELASTIC_REPORT, tmp_path, capsys)
+    assert shown == [ELASTIC_REPORT[0].decode().rstrip("\n")]
+    assert stderr.failed_exit == 2  # the worker's code: the launcher's is always 1
+
+
+def test_a_launch_that_failed_unexplained_shows_everything(tmp_path, capsys):
+    """A bug in a worker: its traceback, and the launcher's report, as they came."""
+    bug = [b"Traceback (most recent call last):\n", b"ZeroDivisionError: division by zero\n",
+           *ELASTIC_REPORT[3:]]
+    _, shown = _through_launch_stderr(bug, tmp_path, capsys)
+    assert shown == [line.decode().rstrip("\n") for line in bug]
+    (tmp_path / "again").mkdir()
+    _, shown = _through_launch_stderr(bug, tmp_path / "again", capsys, explained_elsewhere=True)
+    assert shown == []  # e.g. the run recorded its outcome (diverged)
+
+
+def test_a_launch_log_that_cannot_be_written_is_skipped(tmp_path, capsys):
+    import io
+
+    from lbtkit.launch_output import LaunchStderr
+
+    stderr = LaunchStderr(io.BytesIO(b"warning: w\n"), tmp_path / "no-such-dir")
+    stderr.finish(explained_elsewhere=True)
+    assert capsys.readouterr().err == "warning: w\n"
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_full_disk_say_one_line(tmp_path, small_disk):
+    run_dir = small_disk / "run"
+    result = lbtkit("run", "--preset", "smoke", "--epochs", "3", "--num-processes", "2",
+                    "--no-progress", "--output", run_dir, tmp_path=tmp_path, fresh=True)
+    line = assert_one_line(result, 1, "No space left on device")
+    assert "the last complete checkpoint" in line and "is still there" in line
+
+
+@pytest.mark.slow
+def test_a_lock_taken_after_the_check_is_one_line_and_exit_2(tmp_path):
+    """Between the pre-flight check and rank 0's lock: taken as the launcher starts."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = _start(*TWO_PROCESSES, "--epochs", "1", "--output", run_dir, tmp_path=tmp_path)
+    lock = None
+    try:
+        def launcher_started() -> bool:
+            return any(b"accelerate.commands.launch" in _cmdline(pid)
+                       for pid in _descendants(proc.pid))
+
+        _wait_for(launcher_started, 120, "the launcher to start", proc)
+        lock = (run_dir / ".lock").open("w")  # the workers are still importing torch
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(f"{os.getpid()} testhost\n")
+        lock.flush()
+        out, err = proc.communicate(timeout=scaled_timeout(240))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if lock is not None:
+            lock.close()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_line(result, 2, f"in use by another live run (pid {os.getpid()} on testhost)")
+    assert "ChildFailedError" in (run_dir / "launch.log").read_text()  # kept for a look

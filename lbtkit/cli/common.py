@@ -2,17 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentFault, UserError
 
+# Typer >= 0.26 vendors Click and exports only BadParameter: its base is Click's UsageError.
+_UsageError = typer.BadParameter.__mro__[1]
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line(words: list[str]) -> Iterator[None]:
+    """A Click usage error (a value a flag cannot take, a missing option, an unknown command)
+    as one line naming it, exit 2, like every other user mistake: Click's own is its usage
+    block, a hint and the message (3 lines or more). ``words``: the command line below this
+    group, to name a value Typer's message leaves out ("Input should be a valid integer")."""
+    try:
+        yield
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help
+            raise
+        message = exc.format_message().rstrip(".")
+        if message[:2].istitle():  # "Invalid value ..." -> "invalid value ...", like the others
+            message = message[0].lower() + message[1:]
+        value = _given_value(words, getattr(exc, "param", None))
+        if value is not None and repr(value) not in message:
+            message += f", got {value!r}"
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        print(f"error: {message}{where}", file=sys.stderr)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _given_value(words: list[str], param) -> str | None:
+    """The value typed after option ``param`` (``--flag VALUE`` or ``--flag=VALUE``)."""
+    for flag in getattr(param, "opts", None) or []:
+        for i, word in enumerate(words):
+            if word == flag and i + 1 < len(words):
+                return words[i + 1]
+            if word.startswith(flag + "="):
+                return word[len(flag) + 1:]
+    return None
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The top-level group: parsing (here, and below in the subcommands it invokes) reports a
+    usage error as one line."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_in_one_line([]):
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_in_one_line([*getattr(ctx, "_protected_args", []), *ctx.args]):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     help="lbtkit: the large-batch training kit.",
     no_args_is_help=True,
     add_completion=False,

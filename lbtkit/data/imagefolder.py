@@ -15,6 +15,9 @@ training augmentation is a random crop with image_size/8 padding and a horizonta
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,9 +109,15 @@ def _read_image(path: Path, size: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open forever
+            raise DataNotFoundError(f"cannot decode image {path}: not a regular file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:  # a header claiming more pixels than
+        # Pillow's limit (89 million): refused before decoding, not warned about
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataNotFoundError(f"cannot decode image {path}: {first}") from None
     scale = size / min(image.size)  # shorter side -> size, then the centre square

@@ -28,6 +28,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from lbtkit.errors import UserError
+
 SIDECAR_SUFFIX = ".sha256.json"
 _CHUNK = 1 << 20
 
@@ -114,11 +116,13 @@ def _key(*parts: object) -> str:
 
 def _read_cache(path: Path, key: dict) -> str | None:
     """The cached sha256 if ``path`` holds one for exactly ``key``, else None."""
+    from lbtkit.rundir import read_json
+
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = read_json(path, kind=dict)
+    except UserError:  # none yet, or damaged: hash again
         return None
-    if not isinstance(record, dict) or any(record.get(k) != v for k, v in key.items()):
+    if any(record.get(k) != v for k, v in key.items()):
         return None
     digest = record.get("sha256")
     valid = isinstance(digest, str) and len(digest) == 64

@@ -251,8 +251,9 @@ def noise_at_targets(spec: CriticalBatchSpec, work: Path, records: list[dict[str
                         ref["step"], ref["run"], target)
             continue
         output = default_output(ref["run"], weights)
-        if output.is_file() and read_json(output).get("spec") == spec.noise_scale.to_dict():
-            result = read_json(output)
+        stored = read_json(output, kind=dict) if output.is_file() else {}
+        if stored.get("spec") == spec.noise_scale.to_dict():
+            result = stored
         else:
             log.info("critical batch: noise scale of %s at step %d (%s)", ref["run"].name,
                      ref["step"], target)

@@ -326,7 +326,7 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
     run = RunDir(run_dir)
     target = run_dir / ("noise_scale-init.json" if initial else "noise_scale.json")
     if target.exists() and target.stat().st_mtime_ns >= run.model_path.stat().st_mtime_ns and \
-            read_json(target).get("spec") == spec.to_dict():
+            read_json(target, kind=dict).get("spec") == spec.to_dict():
         log.info("fashion study: %s is up to date", target)
         return read_json(target)
     weights = None
@@ -441,7 +441,7 @@ class StudyClock:
         self.path, self.name, self.jobs = path, name, jobs
         self.start = time.monotonic()
         self.estimates = estimates
-        self.stored: dict[str, float] = read_json(path) if path.exists() else {}
+        self.stored: dict[str, float] = read_json(path, kind=dict) if path.exists() else {}
         self.done: dict[str, float] = {}  # step -> seconds, in this invocation
 
     def step(self, name: str):

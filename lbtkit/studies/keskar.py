@@ -190,5 +190,5 @@ def _up_to_date(files: list[Path], expected: dict[str, Any], inputs: list[Path])
     newest_input = max(p.stat().st_mtime_ns for p in inputs)
     if any(f.stat().st_mtime_ns < newest_input for f in files):
         return False
-    stored = read_json(next(f for f in files if f.suffix == ".json"))
+    stored = read_json(next(f for f in files if f.suffix == ".json"), kind=dict)
     return all(stored.get(k) == v for k, v in expected.items())
