@@ -30,6 +30,7 @@ from lbtkit.narrative import (
 )
 from lbtkit.report import DASH, format_duration, format_lr
 from lbtkit.specs import FashionStudySpec
+from lbtkit.studies.fashion_presets import FULL, QUICK
 from lbtkit.studies.paired import ALPHA, TEST
 from lbtkit.studies.summary import falling_batch, split_measure_key
 
@@ -455,8 +456,6 @@ def _rule(spec: FashionStudySpec) -> str:
 
 def _seeds_flag(record: dict[str, Any]) -> str:
     """``--seeds N`` when the seeds are 0..N-1 but not the default's."""
-    from lbtkit.studies.fashion import FULL, QUICK
-
     seeds = tuple(record["spec"]["seeds"])
     default = (QUICK if record["quick"] else FULL).seeds
     return "" if seeds == default else f" --seeds {len(seeds)}"
