@@ -13,8 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from lbtkit.demo import FULL, index_settings
-from lbtkit.narrative import render_index, summarise
+from lbtkit.studies.demo import FULL, index_settings
+from lbtkit.studies.demo_report import render_index, summarise
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "demo"
