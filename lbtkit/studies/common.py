@@ -61,6 +61,7 @@ def _environment():
         or_dash=_or_dash, lr=format_lr, duration=format_duration, pm=pm, listed=listed,
         table=lambda rows: "\n".join(markdown_table(rows[0], rows[1:])),
         s=lambda n: "" if n == 1 else "s",  # the plural's s
+        oneline=_one_line,  # a sentence macro's output, called from a page
     )
     env.globals["DASH"] = DASH
     return env
@@ -73,5 +74,10 @@ def render(template: str, **context: Any) -> str:
 
 def sentence(template: str, macro: str, *args: Any, **kwargs: Any) -> str:
     """One sentence: macro ``macro`` of the sentence file ``template``, its lines joined."""
-    text = getattr(_environment().get_template(template).module, macro)(*args, **kwargs)
+    return _one_line(getattr(_environment().get_template(template).module, macro)(*args,
+                                                                                   **kwargs))
+
+
+def _one_line(text: Any) -> str:
+    """Lines joined by one space: templates wrap a sentence for reading."""
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

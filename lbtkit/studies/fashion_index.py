@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lbtkit.markdown import DASH, markdown_table
 from lbtkit.narrative import (
     FALL_POINTS,
     PAPER_F1,
@@ -20,7 +21,6 @@ from lbtkit.narrative import (
     fit_sentence,
     fixed_budget_sentence,
     generalisation_sentence,
-    markdown_table,
     noise_resolved,
     noise_scale_sentence,
     paired_sentence,
@@ -28,7 +28,7 @@ from lbtkit.narrative import (
     pm,
     stability_sentence,
 )
-from lbtkit.report import DASH, format_duration, format_lr
+from lbtkit.report import format_duration, format_lr
 from lbtkit.specs import FashionStudySpec
 from lbtkit.studies.fashion_presets import FULL, QUICK
 from lbtkit.studies.paired import ALPHA, TEST
