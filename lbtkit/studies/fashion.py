@@ -10,7 +10,7 @@
    out of the training set, test reported once) through ``lbtkit sweep`` plan/run and
    ``lbtkit report``, and the gradient noise scale (``lbtkit noise-scale``) at the final
    weights of its smallest batch;
-4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_index``), with the
+4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_report``), with the
    machine and the measured wall time.
 
     OUTPUT/index.md                          start here
@@ -115,7 +115,7 @@ def run_fashion_study(
         if sweep["status"] == STATUS_INTERRUPTED:
             return sweep
 
-        from lbtkit.studies.fashion_index import index_numbers, render_index
+        from lbtkit.studies.fashion_report import index_numbers, render_index
 
         with clock.step("index"):
             numbers = index_numbers(spec, keskar, sweep)
