@@ -274,13 +274,13 @@ def run_critical_batch_study(output: str | Path, spec: CriticalBatchSpec = FULL,
     import torch
 
     from lbtkit.studies import budget
+    from lbtkit.studies.clock import StudyClock, describe_machine, ignore_in_git
     from lbtkit.studies.critical_batch_report import analyse, write_outputs
-    from lbtkit.studies.fashion import StudyClock, _ignore, describe_machine
 
     output = Path(output)
     work = output / "work"
     work.mkdir(parents=True, exist_ok=True)
-    _ignore(output, "/work/\n")
+    ignore_in_git(output, "/work/\n")
     previous_threads = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
