@@ -285,8 +285,9 @@ def run_critical_batch_study(output: str | Path, spec: CriticalBatchSpec = FULL,
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        clock = StudyClock(work / "timings.json", budget.critical_batch_estimate(spec),
-                           name="critical batch")
+        estimates = budget.critical_batch_estimate(
+            spec, [point.batch_size for point in initial_points(spec)])
+        clock = StudyClock(work / "timings.json", estimates, name="critical batch")
         machine = describe_machine(spec.threads)
         clock.log(f"{len(spec.batch_sizes)} batch sizes x "
                   f"{len(spec.lr_factors)} learning rates x {len(spec.seeds)} seeds, targets "
