@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.errors import UserError
+from lbtkit.markdown import DASH, markdown_table
 from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, atomic_write_text, read_json
 from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
-DASH = "—"
 # Keys every row has; swept keys other than these get their own columns.
 _FIXED_KEYS = ("batch_size", "seed")
 _BAD = (STATUS_DIVERGED, STATUS_FAILED)
@@ -399,7 +399,7 @@ def _run_table(rows: list[dict[str, Any]], extra: list[str], *, with_seed: bool)
          _optional(row["images_per_second"], lambda v: f"{v:,.0f}"), _status(row)]
         for row in rows
     ]
-    return _table(header, body)
+    return markdown_table(header, body)
 
 
 def _summary_table(rows: list[dict[str, Any]], extra: list[str]) -> list[str]:
@@ -425,7 +425,7 @@ def _summary_table(rows: list[dict[str, Any]], extra: list[str]) -> list[str]:
             _optional(_mean(_present(done, "images_per_second")), lambda v: f"{v:,.0f}"),
             ", ".join(f"{n} {state}" for state, n in states.items()),
         ])
-    return _table(header, body)
+    return markdown_table(header, body)
 
 
 def _per_device(row: dict[str, Any]) -> str:
@@ -433,11 +433,6 @@ def _per_device(row: dict[str, Any]) -> str:
     if row["grad_accum_steps"] > 1:
         text += f" (×{row['grad_accum_steps']} accum)"
     return text
-
-
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(cells) + " |" for cells in body)]
 
 
 def _groups(rows: list[dict[str, Any]], extra: list[str]) -> dict[tuple, list[dict[str, Any]]]:
@@ -716,7 +711,7 @@ def _noise_markdown(noise: list[dict[str, Any]], extra: list[str]) -> str:
         "below it, doubling the batch nearly halves the steps needed; well above it, larger "
         "batches buy few steps.",
         "",
-        *_table(["batch size", *extra, "seed", "B_simple", "from"],
+        *markdown_table(["batch size", *extra, "seed", "B_simple", "from"],
                 [[str(n["row"]["batch_size"]), *(_value(n["row"][k]) for k in extra),
                   str(n["row"]["seed"]), _noise_text(n["value"])
                   + ("" if n["error"] is None else f" ± {_noise_text(n['error'])}")

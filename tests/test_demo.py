@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lbtkit.demo import QUICK, run_demo
-from lbtkit.narrative import (
-    gap_threshold,
+from lbtkit.studies.demo import QUICK, run_demo
+from lbtkit.studies.demo_report import (
     interpolation_sentence,
     peak_sentence,
     recalibrated_sentence,
 )
+from lbtkit.studies.verdicts import gap_threshold
 
 from conftest import markdown_table
 
@@ -190,11 +190,11 @@ def test_cli_demo_command_is_wired(cli):
 
 
 def test_diverged_runs_are_reported_not_hidden(tmp_path, monkeypatch):
-    import lbtkit.demo
+    import lbtkit.studies.demo
 
     # An absurd learning rate: every run diverges at its first step.
-    monkeypatch.setattr(lbtkit.demo, "RECIPE",
-                        {**lbtkit.demo.RECIPE, "base_lr": 1e6, "log_every": 1})
+    monkeypatch.setattr(lbtkit.studies.demo, "RECIPE",
+                        {**lbtkit.studies.demo.RECIPE, "base_lr": 1e6, "log_every": 1})
     summary = run_demo(tmp_path / "out", QUICK, progress=False)
     assert summary["status"] == "completed" and summary["keskar"] is None
     index = (tmp_path / "out" / "index.md").read_text()

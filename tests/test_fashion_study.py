@@ -12,7 +12,8 @@ import time
 import pytest
 
 from lbtkit.studies import budget
-from lbtkit.studies.fashion import FULL, QUICK, StudyClock, run_fashion_study
+from lbtkit.studies.clock import StudyClock
+from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
 from lbtkit.studies.summary import (
     falling_batch,
     interpolation_band,

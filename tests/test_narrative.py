@@ -1,4 +1,4 @@
-"""The narrative regenerates the committed docs/demo/index.md from the committed numbers.
+"""The demo's report regenerates the committed docs/demo/index.md from the committed numbers.
 
 The inputs are the files ``make demo`` committed next to index.md (results.csv, the
 interpolation CSV, both sharpness JSONs); the two numbers that only index.md holds are
@@ -13,8 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from lbtkit.demo import FULL, index_settings
-from lbtkit.narrative import render_index, summarise
+from lbtkit.studies.demo import FULL, index_settings
+from lbtkit.studies.demo_report import render_index, summarise
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "demo"
@@ -105,7 +105,7 @@ def _paired(mean, p, low, high, n=5):
 
 
 def test_paired_sentences_follow_the_paired_test():
-    from lbtkit.narrative import paired_sentence
+    from lbtkit.studies.fashion_report import paired_sentence
 
     summary = _summary()
     paired = {"phi full eps=0.001": _paired(8.0, 0.001, 6.5, 9.5),
@@ -125,7 +125,7 @@ def test_paired_sentences_follow_the_paired_test():
 
 
 def test_generalisation_sentence_reads_accuracy_and_loss_together():
-    from lbtkit.narrative import generalisation_sentence
+    from lbtkit.studies.fashion_report import generalisation_sentence
 
     lower_both = {"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
                   "test_loss": _paired(-0.03, 0.02, -0.05, -0.005)}
@@ -147,7 +147,8 @@ def test_generalisation_sentence_reads_accuracy_and_loss_together():
 
 
 def test_fit_sentence_says_how_far_each_side_trained():
-    from lbtkit.narrative import SAME_FIT_POINTS, fit_sentence
+    from lbtkit.studies.fashion_report import fit_sentence
+    from lbtkit.studies.fashion_verdicts import SAME_FIT_POINTS
 
     records = [{"seed": 0, "side": "lb", "stopped_by": "epochs cap (30)"},
                {"seed": 0, "side": "sb", "stopped_by": "train_acc 0.97 >= 0.97"}]
@@ -165,7 +166,7 @@ def test_fit_sentence_says_how_far_each_side_trained():
 
 
 def test_fit_sentence_judges_the_fit_in_evaluation_mode_when_measured():
-    from lbtkit.narrative import fit_sentence
+    from lbtkit.studies.fashion_report import fit_sentence
 
     summary = _summary(train_acc_eval=_stat(0.95, 0.01))  # LB: running 97.30, eval 95.00
     summary["sb"]["train_acc_eval"] = _stat(0.968, 0.002)
@@ -182,7 +183,7 @@ def test_fit_sentence_judges_the_fit_in_evaluation_mode_when_measured():
 
 
 def test_paper_sentence_sorts_each_comparison():
-    from lbtkit.narrative import paper_sentence
+    from lbtkit.studies.fashion_report import paper_sentence
 
     paired = {"test_acc": _paired(-0.01, 0.01, -0.02, -0.003),
               "phi full eps=0.001 bn=batch": _paired(8.0, 0.001, 6.5, 9.5),
@@ -205,7 +206,8 @@ def _budget_rows(best: list[float], final: list[float], test: list[float | None]
 
 
 def test_fixed_budget_sentence_reports_both_falls_and_the_test_once():
-    from lbtkit.narrative import FALL_POINTS, fixed_budget_sentence
+    from lbtkit.studies.fashion_report import fixed_budget_sentence
+    from lbtkit.studies.fashion_verdicts import FALL_POINTS
     from lbtkit.studies.summary import falling_batch
 
     rows = _budget_rows([0.905, 0.906, 0.903, 0.89, 0.86], [0.904, 0.905, 0.9, 0.898, 0.85],
@@ -237,7 +239,7 @@ def test_fixed_budget_sentence_reports_both_falls_and_the_test_once():
 
 
 def test_stability_sentence():
-    from lbtkit.narrative import stability_sentence
+    from lbtkit.studies.fashion_report import stability_sentence
 
     rows = _budget_rows([0.9, 0.89, 0.5, 0.1], [0.9] * 4, [None] * 4)
     assert stability_sentence(rows).startswith("No sweep run was unstable (a training loss "
@@ -250,7 +252,7 @@ def test_stability_sentence():
 
 
 def test_noise_scale_sentence_reports_without_comparing_to_the_fall():
-    from lbtkit.narrative import noise_scale_sentence
+    from lbtkit.studies.fashion_report import noise_scale_sentence
 
     start = {"b_simple": 60.0, "b_simple_std_error": 5.0}
     # the study's case: |G|^2 at the end is 0.0015 +- 0.013, B_simple 99,183 +- 922,797

@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from lbtkit.demo import FULL, QUICK, DemoSpec
 from lbtkit.errors import ConfigError
 from lbtkit.specs import (
     InterpolationSpec,
@@ -19,6 +18,7 @@ from lbtkit.specs import (
     parse_alphas,
     parse_grid,
 )
+from lbtkit.studies.demo import FULL, QUICK, DemoSpec
 
 EVAL_BATCH = "eval_batch_size must be a whole number >= 1, got"
 

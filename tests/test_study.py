@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import ConfigError
 from lbtkit.models import build_model
-from lbtkit.narrative import compare_sharpness
 from lbtkit.specs import InterpolationSpec, KeskarStudySpec, SharpnessSpec
 from lbtkit.studies.keskar import keskar_study
+from lbtkit.studies.keskar_report import compare_sharpness
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -189,9 +189,9 @@ def demo(
         lbtkit demo --output docs/demo
         lbtkit demo --output /tmp/demo --quick
     """
-    from lbtkit.demo import FULL, QUICK, run_demo
     from lbtkit.errors import exit_code
     from lbtkit.preflight import check_output_dir
+    from lbtkit.studies.demo import FULL, QUICK, run_demo
 
     check_output_dir(output)
     summary = run_demo(output, QUICK if quick else FULL, progress=progress)

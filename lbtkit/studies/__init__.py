@@ -7,5 +7,11 @@
 - ``summary``: the numbers a study reports, from its runs' files (pure: no training);
 - ``figures``: the figures made from several runs (the interpolation band over seeds);
 - ``budget``: the time a study should take, from measured per-epoch costs;
-- ``fashion_index``: the study's index.md from its numbers.
+- ``demo``: ``lbtkit demo`` (``make demo``): both studies in minutes on the bundled digits;
+- ``verdicts``, ``fashion_verdicts``: every verdict a page states, as data, with the threshold
+  that decides it (pure functions);
+- ``demo_report``, ``keskar_report``, ``fashion_report``: the pages, rendered from the Jinja2
+  templates in ``lbtkit/templates`` (``common``: what they share: LABELS, formats, the
+  environment);
+- ``fashion_presets``: the Fashion-MNIST study's FULL and QUICK specs.
 """

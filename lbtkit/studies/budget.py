@@ -53,6 +53,7 @@ by a few epochs. ``tests/test_fashion_study.py`` checks these sums and that
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from lbtkit.specs import FashionStudySpec, parse_subspace
 
@@ -174,22 +175,20 @@ TARGET_EVAL_SECONDS = 0.3
 E_GUESS, B_GUESS = 30_000, 1_000
 
 
-def critical_batch_estimate(spec) -> dict[str, float]:
-    """Wall seconds of the critical-batch study's steps, for its ETA: round 0's runs (every
-    point and seed, each until the modelled examples or the cap), divided over ``spec.jobs``;
-    an extension round costing a quarter of that; the noise scale at each target."""
-    from lbtkit.studies.critical_batch import initial_points
+def critical_batch_estimate(spec, batch_sizes: Sequence[int]) -> dict[str, float]:
+    """Wall seconds of the critical-batch study's steps, for its ETA: round 0's runs (one per
+    point, ``batch_sizes`` giving each point's batch size; every seed, each until the modelled
+    examples or the cap), divided over ``spec.jobs``; an extension round costing a quarter of
+    that; the noise scale at each target."""
     from lbtkit.targets import eval_steps
 
     train_images = TRAIN_IMAGES - spec.val_split
     seconds = 0.0
-    for point in initial_points(spec):
-        cap = spec.epochs_for(point.batch_size, train_images) * (
-            train_images // point.batch_size)
-        steps = min(cap, math.ceil(E_GUESS * (1 + point.batch_size / B_GUESS) /
-                                   point.batch_size))
+    for batch in batch_sizes:
+        cap = spec.epochs_for(batch, train_images) * (train_images // batch)
+        steps = min(cap, math.ceil(E_GUESS * (1 + batch / B_GUESS) / batch))
         evals = sum(1 for s in eval_steps(spec.eval_growth, cap) if s <= steps)
-        seconds += len(spec.seeds) * (steps * (point.batch_size * IMAGE_SECONDS + STEP_SECONDS)
+        seconds += len(spec.seeds) * (steps * (batch * IMAGE_SECONDS + STEP_SECONDS)
                                       + evals * TARGET_EVAL_SECONDS + 3.0)
     tuning = seconds * (1.25 if spec.extension_rounds else 1.0) / spec.jobs
     sizes = spec.noise_scale.batch_sizes

@@ -275,19 +275,20 @@ def run_critical_batch_study(output: str | Path, spec: CriticalBatchSpec = FULL,
     import torch
 
     from lbtkit.studies import budget
+    from lbtkit.studies.clock import StudyClock, describe_machine, ignore_in_git
     from lbtkit.studies.critical_batch_report import analyse, write_outputs
-    from lbtkit.studies.fashion import StudyClock, _ignore, describe_machine
 
     output = Path(output)
     work = output / "work"
     work.mkdir(parents=True, exist_ok=True)
-    _ignore(output, "/work/\n")
+    ignore_in_git(output, "/work/\n")
     previous_threads = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        clock = StudyClock(work / "timings.json", budget.critical_batch_estimate(spec),
-                           name="critical batch")
+        estimates = budget.critical_batch_estimate(
+            spec, [point.batch_size for point in initial_points(spec)])
+        clock = StudyClock(work / "timings.json", estimates, name="critical batch")
         machine = describe_machine(spec.threads)
         clock.log(f"{len(spec.batch_sizes)} batch sizes x "
                   f"{len(spec.lr_factors)} learning rates x {len(spec.seeds)} seeds, targets "

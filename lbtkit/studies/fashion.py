@@ -10,7 +10,7 @@
    out of the training set, test reported once) through ``lbtkit sweep`` plan/run and
    ``lbtkit report``, and the gradient noise scale (``lbtkit noise-scale``) at the final
    weights of its smallest batch;
-4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_index``), with the
+4. ``index.md``: the tables, figures and sentences (``lbtkit.studies.fashion_report``), with the
    machine and the measured wall time.
 
     OUTPUT/index.md                          start here
@@ -35,9 +35,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import platform
-import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -54,14 +51,10 @@ from lbtkit.rundir import (
     read_json,
     write_json,
 )
-from lbtkit.specs import (
-    FashionStudySpec,
-    InterpolationSpec,
-    KeskarStudySpec,
-    NoiseScaleSpec,
-    SharpnessSpec,
-)
+from lbtkit.specs import FashionStudySpec, KeskarStudySpec, NoiseScaleSpec
 from lbtkit.studies import budget
+from lbtkit.studies.clock import StudyClock, describe_machine, ignore_in_git
+from lbtkit.studies.fashion_presets import EVAL_BATCH, FULL, QUICK
 from lbtkit.studies.paired import paired_comparisons
 from lbtkit.studies.summary import (
     interpolation_band,
@@ -75,47 +68,6 @@ log = logging.getLogger(__name__)
 KESKAR_PRESET = "keskar-f1-fashion"
 SWEEP_PRESET = "fashion-batch-sweep"
 DATASET = "fashion-mnist"
-EVAL_BATCH = 2000
-
-# See lbtkit.studies.budget for the arithmetic behind every number here.
-FULL = FashionStudySpec(
-    # Keskar et al.'s five runs per side; each seed's SB and LB share one initialisation.
-    seeds=(0, 1, 2, 3, 4), sb=256, lb=6000,
-    # Trained to fit: both sides until 99% of the whole training set is right in eval mode
-    # (the accuracy the report shows), checked at every epoch's end; the cap is a safety net
-    # far above the epochs that takes (see lbtkit.studies.budget), not a budget.
-    epochs_cap=100, stop_train_acc=0.99, stop_train_acc_mode="eval", stop_plateau_epochs=None,
-    sweep_batch_sizes=(32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), sweep_epochs=10,
-    sweep_warmup_epochs=2.0, sweep_seed=0,
-    # Keskar's 25 alphas -1..2 (step 0.125), then 8 more where the training loss changes
-    # fastest (the cliff past LB); BatchNorm re-estimated at every alpha on 10,000 images.
-    interpolation=InterpolationSpec(alphas="-1:2:25", refine=8, bn="recalibrate",
-                                    bn_samples=10_000, eval_batch_size=EVAL_BATCH),
-    # Keskar's two boxes, full space and a random 100-dim subspace, 10 L-BFGS-B iterations,
-    # under both BatchNorm conventions: batch statistics (the authors' Keras mode=2; the
-    # 4,096 images are one batch, as their evaluation used batches of 5,000) and running
-    # statistics. f on a fixed seeded subset of 4,096 training images (the budget).
-    sharpness=SharpnessSpec(eps=(1e-3, 5e-4), subspaces=("full", "random:100"), iters=10,
-                            hessian=True, top_k=1, hessian_iters=20, trace=False,
-                            samples=4096, batch_size=4096, seed=0, bn=("batch", "running")),
-    noise_scale=NoiseScaleSpec(batch_sizes=(32, 2048), draws=32, seed=0),
-    threads=1,
-)
-# ``--quick`` and the tests: the same steps on less. Two seeds (a standard deviation); SB meets
-# the 0.85 eval-mode target after its first epoch (0.872-0.878 at seeds 0-1) and stops early;
-# LB (0.78-0.80 after one epoch, 0.81-0.83 after two: its BatchNorm running statistics have
-# had 10 steps) runs to the 2-epoch cap. Three alphas and one refined, one sharpness
-# iteration on 256 images, the gradient norm on 4,096 (not all 60,000).
-QUICK = FULL.updated(
-    seeds=(0, 1), epochs_cap=2, stop_train_acc=0.85,
-    sweep_batch_sizes=(2048, 8192), sweep_epochs=1, sweep_warmup_epochs=0.0,
-    interpolation=FULL.interpolation.updated(alphas=(0.0, 0.5, 1.0), refine=1,
-                                             bn_samples=1000),
-    sharpness=FULL.sharpness.updated(eps=(1e-3,), subspaces=("full", "random:10"),
-                                     iters=1, hessian_iters=2, samples=256, batch_size=256,
-                                     gradient_samples=4096),
-    noise_scale=NoiseScaleSpec(batch_sizes=(64, 1024), draws=8, seed=0),
-)
 
 
 def run_fashion_study(
@@ -142,7 +94,7 @@ def run_fashion_study(
         output.mkdir(parents=True, exist_ok=True)
         work = output / "work"
         work.mkdir(exist_ok=True)
-        _ignore(output, "/work/\n")
+        ignore_in_git(output, "/work/\n")
         clock = StudyClock(work / "timings.json", budget.expected(spec), jobs=jobs)
         machine = describe_machine(spec.threads, jobs)
         log.info("fashion study: %d seeds, SB %d vs LB %d, then batch sizes %s; on %s",
@@ -161,7 +113,7 @@ def run_fashion_study(
         if sweep["status"] == STATUS_INTERRUPTED:
             return sweep
 
-        from lbtkit.studies.fashion_index import index_numbers, render_index
+        from lbtkit.studies.fashion_report import index_numbers, render_index
 
         with clock.step("index"):
             numbers = index_numbers(spec, keskar, sweep)
@@ -394,97 +346,12 @@ def _child_finished(task, code: int) -> bool:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def describe_machine(threads: int | None, jobs: int = 1) -> dict[str, Any]:
-    """The CPU, its cores, the cores this process may use, torch's threads, the processes
-    run at once (``jobs``), the load."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch_threads = threads if threads is not None else torch.get_num_threads()
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    text = (f"{model}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
-            f"with {torch_threads} thread{'s' if torch_threads != 1 else ''}, "
-            + (f"{jobs} processes at once" if jobs > 1 else "one process"))
-    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": usable,
-            "torch_threads": torch_threads, "processes": jobs, "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_at_start": load, "text": text}
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
-
-
-def _ignore(output: Path, entry: str) -> None:
-    ignore = output / ".gitignore"
-    if not ignore.exists() or entry not in ignore.read_text():
-        atomic_write_text(ignore, entry)
-
-
-class StudyClock:
-    """Step timing and progress lines: the time since this invocation started, and an
-    estimate of the time left (``lbtkit.studies.budget``'s estimates of the steps not yet
-    run, scaled by how this machine has kept to the estimates so far). Each step's wall time
-    is added to ``path`` (JSON), so a resumed study reports the total over invocations."""
-
-    def __init__(self, path: Path, estimates: dict[str, float], name: str = "fashion", *,
-                 jobs: int = 1) -> None:
-        self.path, self.name, self.jobs = path, name, jobs
-        self.start = time.monotonic()
-        self.estimates = estimates
-        self.stored: dict[str, float] = read_json(path, kind=dict) if path.exists() else {}
-        self.done: dict[str, float] = {}  # step -> seconds, in this invocation
-
-    def step(self, name: str):
-        return _Step(self, name)
-
-    def record(self, name: str, seconds: float) -> None:
-        self.done[name] = seconds
-        self.stored[name] = self.stored.get(name, 0.0) + seconds
-        write_json(self.path, self.stored)
-
-    def totals(self) -> dict[str, float]:
-        """Each step's wall seconds summed over invocations, and their "total"."""
-        steps = {k: v for k, v in self.stored.items() if k != "total"}
-        return {**steps, "total": sum(steps.values())}
-
-    def remaining(self) -> float:
-        """Seconds left by the estimates, scaled by actual/estimated over the steps this
-        invocation really computed (a step skipped as up to date takes a small fraction of
-        its estimate and says nothing about speed), over ``jobs`` steps running at once."""
-        computed = {k: v for k, v in self.done.items()
-                    if k in self.estimates and v >= 0.25 * self.estimates[k]}
-        pace = (sum(computed.values()) / sum(self.estimates[k] for k in computed)
-                if computed else 1.0)
-        left = [k for k in self.estimates if k not in self.done]
-        return pace * sum(self.estimates[k] for k in left) / max(1, min(self.jobs, len(left)))
-
-    def log(self, text: str, *, upcoming: str | None = None) -> None:
-        """A progress line; with ``upcoming`` (the step about to start) the time left."""
-        elapsed = _minutes(time.monotonic() - self.start)
-        eta = f"; about {_minutes(self.remaining())} left" if upcoming else ""
-        log.info("%s [%s] %s%s", self.name, elapsed, text, eta)
-
-
-class _Step:
-    def __init__(self, clock: StudyClock, name: str) -> None:
-        self.clock, self.name = clock, name
-
-    def __enter__(self) -> None:
-        self.begin = time.monotonic()
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.clock.record(self.name, time.monotonic() - self.begin)
 
 
 def _same_but_seeds(spec: FashionStudySpec, reference: FashionStudySpec) -> bool:
@@ -494,8 +361,3 @@ def _same_but_seeds(spec: FashionStudySpec, reference: FashionStudySpec) -> bool
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
-
-
-def _minutes(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"

@@ -29,12 +29,12 @@ from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError, EnvironmentFault
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
 from lbtkit.models import build_model_for
-from lbtkit.narrative import study_report
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
 from lbtkit.specs import KeskarStudySpec
+from lbtkit.studies.common import LABELS
+from lbtkit.studies.keskar_report import study_report
 
 log = logging.getLogger(__name__)
-LABELS = ("sb", "lb")
 
 
 def keskar_study(

@@ -19,7 +19,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-LABELS = ("sb", "lb")
+from lbtkit.studies.common import LABELS
+
 # The per-run numbers summarised over seeds, in table order (sharpness columns follow).
 RUN_NUMBERS = ("epochs", "train_acc", "train_loss", "train_acc_eval", "train_loss_eval",
                "test_acc", "test_loss")

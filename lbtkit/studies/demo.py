@@ -8,7 +8,8 @@ digits (no download) with Keskar's F1 MLP, through the same code paths as a clus
 2. the Keskar study on the smallest vs the largest batch of that sweep: the parametric
    interpolation plot (``run_interpolation``) and the sharpness table (``run_sharpness``);
 3. ``index.md``: what was run, the tables and figures, and sentences computed from the numbers
-   with the thresholds stated next to them (the prose is ``lbtkit.narrative``'s). Nothing is
+   with the thresholds stated next to them (``lbtkit.studies.demo_report``: verdicts as data,
+   words from the templates). Nothing is
    tuned to produce a gap.
 
 What runs is one ``DemoSpec``: ``FULL`` (``make demo``, the numbers under docs/demo) or
@@ -46,9 +47,9 @@ import torch
 
 from lbtkit.config import build_config
 from lbtkit.errors import ConfigError
-from lbtkit.narrative import render_index, summarise
 from lbtkit.rundir import STATUS_COMPLETED, STATUS_INTERRUPTED, RunDir, atomic_write_text
 from lbtkit.specs import InterpolationSpec, SharpnessSpec, Spec, whole_number
+from lbtkit.studies.demo_report import render_index, summarise
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ QUICK = DemoSpec(
     interpolation=INTERPOLATION.updated(alphas=(-0.5, 0.0, 0.5, 1.0, 1.5)),
     sharpness=SHARPNESS.updated(eps=(1e-3,), iters=2, hessian_iters=3, samples=256),
 )
-
-LABELS = ("sb", "lb")
 
 
 def run_demo(
@@ -207,7 +206,7 @@ def _sweep(spec: DemoSpec, sweep_dir: Path, clock: _Clock, *, progress: bool
 
 
 def index_settings(spec: DemoSpec, sweep_dir: Path) -> dict[str, Any]:
-    """What ``lbtkit.narrative.render_index`` says about how the demo was run."""
+    """What ``lbtkit.studies.demo_report.render_index`` says about how the demo was run."""
     sharpness = spec.sharpness
     return {"batch_sizes": list(spec.batch_sizes), "epochs": spec.epochs, "seed": spec.seed,
             "alphas": list(spec.interpolation.alphas), "eps": list(sharpness.eps),
