@@ -145,3 +145,35 @@ def test_templates_render_the_verdicts():
                   output_text="out", flags="", alphas_text="0,1")
     assert "- S.\n" in page and page.endswith("`w/s`.)\n") and not page.endswith("\n\n")
     assert "Not run: the batch-8 run is failed" in page
+
+
+def test_the_keskar_report_names_each_batchnorm_convention_with_its_own_phi():
+    from lbtkit.config import RunConfig
+    from lbtkit.studies.keskar_report import study_report
+
+    def measured(phis: dict[str, float]) -> dict:
+        return {"sharpness": [{"subspace": "full", "eps": 1e-3, "bn": bn, "phi": phi}
+                              for bn, phi in phis.items()],
+                "hessian": {"top_eigenvalues": [5.0]}, "trace": None, "samples_used": 64,
+                "settings": {"seed": 0, "iters": 10, "bn": {"batch": "batch text",
+                                                            "running": "running text"}}}
+
+    configs = {"sb": RunConfig().updated({"batch_size": 32, "lr": 0.01}),
+               "lb": RunConfig().updated({"batch_size": 512, "lr": 0.1})}
+    results = {side: {"final": {"train_acc": 0.99, "val_acc": 0.9}, "epochs_completed": 3}
+               for side in ("sb", "lb")}
+    sharp = {"sb": measured({"batch": 30.9, "running": 117.2}),
+             "lb": measured({"batch": 86.3, "running": 644.9})}
+    page = study_report(configs, results, sharp, bn="train")
+    header = next(line for line in page.splitlines() if line.startswith("|  | batch"))
+    assert "φ full space ε=0.001 bn=batch" in header
+    assert "φ full space ε=0.001 bn=running" in header
+    assert "top Hessian eigenvalue bn=batch" in header
+    sb_row = next(line for line in page.splitlines() if line.startswith("| SB"))
+    assert sb_row.split(" | ")[-3:-1] == ["30.9", "117.2"]  # each column its own convention
+    assert "(full space, ε=0.001, bn=batch): φ = 30.9 (SB) vs 86.3 (LB)" in page
+    assert "bn=batch: batch text; bn=running: running text." in page
+    # one convention: the columns as before, unnamed
+    single = {side: measured({"running": v}) for side, v in (("sb", 1.0), ("lb", 9.0))}
+    table = study_report(configs, results, single, bn="train").split("\n\n")[4]
+    assert "φ full space ε=0.001 |" in table and "bn=" not in table
