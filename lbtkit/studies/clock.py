@@ -51,6 +51,9 @@ def ignore_in_git(output: Path, entry: str) -> None:
         atomic_write_text(ignore, entry)
 
 
+CHILDREN = "child processes"  # the key of record_child's times in the timings file
+
+
 class StudyClock:
     """Step timing and progress lines: the time since this invocation started, and an
     estimate of the time left (``lbtkit.studies.budget``'s estimates of the steps not yet
@@ -73,10 +76,21 @@ class StudyClock:
         self.stored[name] = self.stored.get(name, 0.0) + seconds
         write_json(self.path, self.stored)
 
+    def record_child(self, name: str, seconds: float) -> None:
+        """A child process's wall time (``--jobs``): inside a step already counted, so kept
+        apart from the steps and the total."""
+        children = self.stored.setdefault(CHILDREN, {})
+        children[name] = children.get(name, 0.0) + seconds
+        write_json(self.path, self.stored)
+
     def totals(self) -> dict[str, float]:
         """Each step's wall seconds summed over invocations, and their "total"."""
-        steps = {k: v for k, v in self.stored.items() if k != "total"}
+        steps = {k: v for k, v in self.stored.items() if k not in ("total", CHILDREN)}
         return {**steps, "total": sum(steps.values())}
+
+    def children(self) -> dict[str, float]:
+        """Each child process's wall seconds summed over invocations (``record_child``)."""
+        return dict(self.stored.get(CHILDREN, {}))
 
     def remaining(self) -> float:
         """Seconds left by the estimates, scaled by actual/estimated over the steps this

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def run_fashion_study(
             numbers = index_numbers(spec, keskar, sweep)
             record = {"spec": spec.to_dict(), "quick": _same_but_seeds(spec, QUICK),
                       "full": _same_but_seeds(spec, FULL), "machine": machine,
-                      "seconds": clock.totals(), "numbers": numbers}
+                      "seconds": clock.totals(), "child_seconds": clock.children(),
+                      "numbers": numbers}
             write_json(output / "study.json", record)
             index = output / "index.md"
             atomic_write_text(index, render_index(output, record, keskar, sweep))
@@ -325,11 +327,19 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
     clock.log(f"steps 1-2/3 the Keskar seeds and the sweep's entries, {jobs} processes at "
               f"once, {_count(threads, 'thread')} each (logs in {work / 'logs'} and "
               f"{sweep_dir / 'logs'})", upcoming="runs at once")
+    started: dict[str, float] = {}
+
+    def on_start(task, pid: int) -> None:
+        started[task.key] = time.monotonic()
+        log.info("fashion: %s started (pid %d)", task.key, pid)
+
+    def on_finish(task, code: int) -> bool:
+        clock.record_child(task.key, time.monotonic() - started.pop(task.key))
+        return _child_finished(task, code)
+
     with clock.step(f"runs, {jobs} at once"):
-        result = run_tasks(
-            tasks, [{} for _ in range(jobs)],
-            on_start=lambda task, pid: log.info("fashion: %s started (pid %d)", task.key, pid),
-            on_finish=_child_finished)
+        result = run_tasks(tasks, [{} for _ in range(jobs)], on_start=on_start,
+                           on_finish=on_finish)
     return result.stopped_by is None
 
 
