@@ -57,6 +57,9 @@ def test_the_eta_plans_the_measured_epochs_and_the_jobs_at_once(tmp_path):
     clock.record("a", 100.0)
     clock.record("b", 100.0)
     assert clock.remaining() == 50.0  # the last step runs alone
+    clock.record_child("keskar seed 0", 90.0)  # inside step "a": not a step, not in the total
+    assert clock.totals() == {"a": 100.0, "b": 100.0, "total": 200.0}
+    assert StudyClock(tmp_path / "timings.json", {}).children() == {"keskar seed 0": 90.0}
 
 
 def test_budget_docstring_states_the_estimates():
