@@ -43,10 +43,12 @@ NOT_REACHED = "not reached"  # completed at the epochs cap without meeting the t
 # Steps-to-target on Fashion-MNIST with Keskar's F1 (the default), 16 to 8,192.
 FULL = CriticalBatchSpec()
 # ``--quick`` and the tests: the same code path on three batch sizes, easy targets, short runs,
-# and one remedy (LARS) at the largest batch.
+# smaller evaluation sets (an evaluation was most of a quick run's time), and one remedy (LARS)
+# at the largest batch.
 QUICK = FULL.updated(
     batch_sizes=(64, 512, 2048), targets=("train_loss<=0.8", "train_loss<=0.6",
                                           "val_error<=0.25"),
+    train_eval_samples=1024, val_split=2000,
     min_epochs=1, min_steps=40, extension_rounds=1, remedies=("lars",), remedy_batches=1,
     reference_batch=64,
     noise_scale=NoiseScaleSpec(batch_sizes=(32, 512), draws=4, seed=0), bootstrap_samples=200,
