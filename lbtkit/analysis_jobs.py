@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lbtkit.errors import ConfigError
-from lbtkit.rundir import read_json, write_json
+from lbtkit.fileio import read_json, write_json
 from lbtkit.specs import InterpolationSpec, NoiseScaleSpec, PlaneSpec, SharpnessSpec, Spec
 
 JOB_FILE = "launch-spec.json"

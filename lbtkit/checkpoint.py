@@ -241,7 +241,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file via a temporary name, with the umask's mode (save_file itself
     makes 0600 files), failures as WriteFailed naming ``path``."""
-    from lbtkit.rundir import file_mode
+    from lbtkit.fileio import file_mode
 
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -643,7 +643,7 @@ def _latest_checkpoint(run_dir: Path) -> str | None:
 def count_idle_restart(run_dir: Path, checkpoint: str | None) -> int:
     """Record this attempt's end in RUN/.requeues.json; how many attempts in a row ended with
     the latest checkpoint where the one before left it (0 when this one made progress)."""
-    from lbtkit.rundir import write_json
+    from lbtkit.fileio import write_json
 
     path = run_dir / REQUEUE_FILE
     try:

@@ -19,7 +19,8 @@ from typing import Any
 
 from lbtkit.config import RunConfig
 from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE
-from lbtkit.rundir import RunDir, write_json
+from lbtkit.fileio import write_json
+from lbtkit.rundir import RunDir
 from lbtkit.signals import stop_when_parent_dies
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, atomic_write_text
+from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED
+from lbtkit.fileio import atomic_write_text
 from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
 DASH = "—"

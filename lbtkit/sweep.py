@@ -36,20 +36,17 @@ from lbtkit.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
     STATUS_FAILED,
+    STATUS_INTERRUPTED,
     ConfigError,
     EnvironmentFault,
     UserError,
     exit_code,
 )
-from lbtkit.rundir import (
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    RunDir,
-    versions,
-    write_json,
-)
+from lbtkit.fileio import write_json
+from lbtkit.rundir import RunDir, versions
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ import torch
 from lbtkit.checkpoint import latest_checkpoint, save_weights
 from lbtkit.config import FLOAT_RANGES, RunConfig
 from lbtkit.errors import RunDirBusyError, UserError, WriteFailed
-from lbtkit.rundir import RunDir, atomic_write_text, guard_run, run_lock, write_json
+from lbtkit.fileio import atomic_write_text, run_lock, write_json
+from lbtkit.rundir import RunDir, guard_run
 
 from conftest import cli_env, invoke_cli, scaled_timeout, train_smoke
 
@@ -661,7 +662,7 @@ def _cmdline(pid: int) -> bytes:
 
 @pytest.mark.slow
 def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
-    from lbtkit.rundir import check_not_locked
+    from lbtkit.fileio import check_not_locked
 
     run_dir = tmp_path / "run"
     proc = _start(*TWO_PROCESSES, "--epochs", "40", "--output", run_dir, tmp_path=tmp_path)

@@ -24,7 +24,7 @@ from lbtkit.landscape import (
     shard,
     steepest_midpoints,
 )
-from lbtkit.rundir import load_run
+from lbtkit.run_model import load_run
 from lbtkit.specs import InterpolationSpec
 
 from conftest import cli_env, train_sb_lb, train_smoke

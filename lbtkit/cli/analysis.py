@@ -11,7 +11,7 @@ from rich.table import Table
 
 from lbtkit.cli.common import app, check_num_processes, console, user_errors
 from lbtkit.errors import UserError
-from lbtkit.rundir import read_json
+from lbtkit.fileio import read_json
 from lbtkit.specs import (
     DEFAULT_ALPHAS,
     DEFAULT_GRID,
@@ -350,7 +350,7 @@ def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
     False (run it here)."""
     from lbtkit.analysis_jobs import launch_job
     from lbtkit.checkpoint import load_weights
-    from lbtkit.rundir import load_run
+    from lbtkit.run_model import load_run
 
     check_num_processes(num_processes)
     if num_processes is None or num_processes == 1:

@@ -10,7 +10,7 @@
 
 Each analysis takes a typed, validated spec (``lbtkit.specs``: ``InterpolationSpec``,
 ``PlaneSpec``, ``SharpnessSpec``) and stores it under "spec" in its output JSON. Everything reads
-finished run directories (``lbtkit.rundir.load_run``), never the training loop.
+finished run directories (``lbtkit.run_model.load_run``), never the training loop.
 """
 
 from lbtkit.landscape.bn import evaluate_batch_stats, recalibrate_bn

@@ -37,10 +37,12 @@ from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+from lbtkit.fileio import atomic_write_text, write_json
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
 from lbtkit.launch import shard
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+from lbtkit.run_model import load_run
+from lbtkit.rundir import versions
 from lbtkit.specs import (
     BN_MODES,
     SPLITS,

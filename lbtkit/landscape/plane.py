@@ -49,7 +49,8 @@ from lbtkit.landscape.interpolate import (
     write_grid_files,
 )
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import load_run, versions
+from lbtkit.run_model import load_run
+from lbtkit.rundir import versions
 from lbtkit.specs import DIRECTIONS, NORMS, SPLITS, Grid, PlaneSpec, parse_grid
 
 __all__ = ["DIRECTIONS", "NORMS", "Grid", "between_direction", "landscape_meta",

@@ -38,11 +38,13 @@ from torch import nn
 from lbtkit.data import iter_batches, load_dataset
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.fileio import write_json
 from lbtkit.landscape.bn import batch_statistics, even_batches
 from lbtkit.landscape.lbfgsb import minimize_in_box
 from lbtkit.launch import process_rank, shard
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import RunDir, load_run, versions, write_json
+from lbtkit.run_model import load_run
+from lbtkit.rundir import RunDir, versions
 from lbtkit.specs import SHARPNESS_BN, SharpnessSpec, parse_subspace
 
 __all__ = ["SharpnessSpec", "SplitLoss", "gradient_norm", "hessian_top_eigenvalues",

@@ -28,8 +28,8 @@ from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError, EnvironmentFault
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
-from lbtkit.models import build_model_for
 from lbtkit.narrative import study_report
+from lbtkit.run_model import build_model_for
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
 from lbtkit.specs import KeskarStudySpec
 
