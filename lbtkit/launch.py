@@ -1,7 +1,8 @@
 """Start ``lbtkit run`` on N processes through ``accelerate launch`` and relay signals to it.
 
 ``lbtkit run --num-processes N`` is a convenience over typing the launcher command; both end
-in the same code path (``lbtkit.train.run`` in every worker).
+in the same code path (``lbtkit.train.run`` in every worker). The launcher's side only: what a
+launched worker knows of its siblings (rank, world size, its share) is ``lbtkit.distributed``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from lbtkit.config import RunConfig
 from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE
@@ -24,52 +23,6 @@ from lbtkit.rundir import RunDir
 from lbtkit.signals import stop_when_parent_dies
 
 logger = logging.getLogger(__name__)
-
-
-def in_launched_worker() -> bool:
-    """True inside a process started by accelerate launch / torchrun."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def launched_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-@contextlib.contextmanager
-def worker_accelerator(accelerator: Any = None) -> Iterator[Any]:
-    """``accelerator`` if given; else, inside ``accelerate launch`` with several processes, a
-    new Accelerator (CPU and gloo without CUDA) shut down on exit; else None (one process).
-
-    For the analysis commands that split a grid over processes but train nothing."""
-    owned = accelerator is None and launched_world_size() > 1
-    if owned:
-        import torch
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    try:
-        yield accelerator
-    finally:
-        if owned:
-            accelerator.end_training()
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """This process's share of ``items``: every ``world_size``-th one, starting at ``rank``.
-
-    Strided rather than contiguous so that the expensive extrapolated ends of a grid (and the
-    big batches after the small ones) are spread over the processes.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    return list(items[rank::world_size])
-
-
-def process_rank(accelerator: Any) -> tuple[int, int]:
-    """(rank, world size) of ``accelerator``; (0, 1) for None (one process)."""
-    if accelerator is None:
-        return 0, 1
-    return accelerator.process_index, accelerator.num_processes
 
 
 def free_port() -> int:

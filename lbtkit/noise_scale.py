@@ -57,8 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lbtkit.distributed import process_rank, shard
 from lbtkit.errors import ConfigError
-from lbtkit.launch import process_rank, shard
 from lbtkit.specs import NoiseScaleSpec
 
 NOISE_SCALE_FILE = "noise_scale.json"
@@ -395,8 +395,8 @@ def run_noise_scale(
     out and the numbers are those of one process; the main process writes and returns the
     dict, the others return None.
     """
+    from lbtkit.distributed import worker_accelerator
     from lbtkit.fileio import write_json
-    from lbtkit.launch import worker_accelerator
 
     with worker_accelerator(accelerator) as acc:
         result = _noise_scale_of_run(spec, run_dir, acc, weights)

@@ -431,7 +431,7 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True, jobs: int = 1,
     the same outcomes. ``threads``: torch threads of an entry whose config sets none (None:
     this process's setting; with ``jobs`` > 1, the usable CPUs shared out).
     """
-    from lbtkit.launch import launched_world_size
+    from lbtkit.distributed import launched_world_size
     from lbtkit.preflight import preflight_all
     from lbtkit.train import run
 
@@ -508,7 +508,7 @@ def run_entries(sweep_dir: str | Path, indices: Iterable[int] | None = None, *, 
     (``CUDA_VISIBLE_DEVICES``, through ``accelerate launch`` when more than one), and only as
     many entries run at once as fit. A child's output goes to SWEEP/logs/NAME.log.
     """
-    from lbtkit.launch import in_launched_worker
+    from lbtkit.distributed import in_launched_worker
     from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
     from lbtkit.preflight import preflight_all
 

@@ -383,7 +383,7 @@ def run_landscape(
     Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
     created (CPU/gloo without CUDA) and shut down at the end.
     """
-    from lbtkit.launch import worker_accelerator
+    from lbtkit.distributed import worker_accelerator
 
     with worker_accelerator(accelerator) as accelerator:
         rows, stats = _landscape(spec, run, other, accelerator=accelerator, progress=progress)
