@@ -3,6 +3,8 @@
 ``lbtkit run --num-processes N`` is a convenience over typing the launcher command; both end
 in the same code path (``lbtkit.train.run`` in every worker). The launcher's side only: what a
 launched worker knows of its siblings (rank, world size, its share) is ``lbtkit.distributed``.
+torchrun's grace period between its SIGTERM and SIGKILL follows the job's signal margin
+(``launcher_environment``), here and in SLURM jobs (``lbtkit.slurm.plan``).
 """
 
 from __future__ import annotations
@@ -14,15 +16,33 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE
+from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, UserError
 from lbtkit.fileio import write_json
 from lbtkit.rundir import RunDir
 from lbtkit.signals import stop_when_parent_dies
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNAL_MARGIN = 120  # the job scripts' #SBATCH --signal=B:USR1@120
+
+
+def signal_margin(environ: Mapping[str, str]) -> int:
+    """Seconds between SLURM's SIGUSR1 and the time limit (``LBT_SIGNAL_MARGIN``)."""
+    value = environ.get("LBT_SIGNAL_MARGIN", "") or str(DEFAULT_SIGNAL_MARGIN)
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # not '²', which int refuses
+        raise UserError(f"LBT_SIGNAL_MARGIN must be a whole number of seconds, got {value!r}")
+    return int(value)
+
+
+def launcher_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a torchrun launch needs besides the job's environment: a grace period between the
+    SIGTERM it forwards and its SIGKILL that follows the job's signal margin, not torchrun's
+    30 s (a slow step plus a checkpoint must fit in it)."""
+    return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(signal_margin(environ))}
 
 
 def free_port() -> int:
@@ -79,7 +99,6 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     A run told to stop that ends without writing its results (the signal came while the
     processes were starting, before any handler was in: they died of it) exits 75, like a run
     stopped at a step: a rerun resumes from the last checkpoint, if there is one."""
-    from lbtkit.cluster import launcher_environment
     from lbtkit.errors import exit_code
 
     results_file = RunDir(run_dir).results_path

@@ -585,7 +585,7 @@ def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
     for several processes), its threads, its log."""
     import sys
 
-    from lbtkit.launch import free_port, lbtkit_launch_command
+    from lbtkit.launch import free_port, launcher_environment, lbtkit_launch_command
     from lbtkit.local_pool import Task
 
     per_process = max(1, threads // processes)
@@ -593,8 +593,6 @@ def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
     args = ["sweep", "run-task", sweep["sweep_dir"], "--index", str(entry["index"]),
             "--threads", str(per_process)]
     if processes > 1:
-        from lbtkit.cluster import launcher_environment
-
         command = lbtkit_launch_command(args, processes, free_port())
         env = launcher_environment(os.environ)
     else:
