@@ -172,7 +172,7 @@ def _grid_command(analysis: str, spec: Any, runs: list[Path | None], output: Pat
                   tracking_dir: str | None, tracking_project: str | None) -> None:
     """The tail of interpolate/landscape: run the grid here (``run_here()``, its paths
     printed) or on N launched processes, then log it to the trackers; exit with the code."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
     from lbtkit.tracking import log_grid
 
     check_num_processes(num_processes)
@@ -193,7 +193,7 @@ def analysis_worker(
     job_file: Annotated[Path, typer.Argument(help="a launch-spec.json written by the launcher")],
 ) -> None:
     """(internal) One process of an analysis run by --num-processes N."""
-    from lbtkit.analysis_jobs import run_job
+    from lbtkit.analysis_workers import run_job
 
     _print_paths(run_job(job_file))
 
@@ -348,7 +348,7 @@ def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
     """With --num-processes N > 1, run ``analysis`` of ``run_dir`` (at ``weights``, if given)
     on N launched processes (exit with their code when it is not 0) and return True; else
     False (run it here)."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
     from lbtkit.checkpoint import load_weights
     from lbtkit.run_model import load_run
 

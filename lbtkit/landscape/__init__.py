@@ -6,7 +6,7 @@
   directions or through a second solution (Li et al. 2018);
 - ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace.
 
-``lbtkit.analysis_jobs`` hands any of them to ``accelerate launch`` workers (--num-processes).
+``lbtkit.analysis_workers`` hands any of them to ``accelerate launch`` workers (--num-processes).
 
 Each analysis takes a typed, validated spec (``lbtkit.specs``: ``InterpolationSpec``,
 ``PlaneSpec``, ``SharpnessSpec``) and stores it under "spec" in its output JSON. Everything reads

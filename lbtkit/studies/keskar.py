@@ -109,7 +109,7 @@ def _train(config: RunConfig, num_processes: int, *, progress: bool) -> dict[str
 def _launched(analysis: str, spec: Any, runs: list[Path], output: Path,
               num_processes: int) -> None:
     """Run ``analysis`` on ``num_processes`` launched processes; raise unless they exit 0."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
 
     code = launch_job(analysis, spec, runs, output, num_processes)
     if code != 0:

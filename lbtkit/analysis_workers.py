@@ -9,6 +9,8 @@ exactly the validated spec the user asked for, with no command line rebuilt flag
 The launch file is ``OUTPUT/launch-spec.json`` for the analyses that write a directory
 (interpolation, landscape) and ``OUTPUT`` with the suffix ``.launch.json`` for those that
 write one JSON file (sharpness, noise scale).
+
+(These are accelerate's worker processes; SLURM jobs and their scripts are ``lbtkit.slurm``.)
 """
 
 from __future__ import annotations
