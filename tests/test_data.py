@@ -443,12 +443,12 @@ def system_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     not take part unless a test puts files there)."""
     import dataclasses
 
-    from lbtkit.data import readers
+    from lbtkit.data import idx
 
     folder = tmp_path / "usr-share-datasets-fashion-mnist"
     folder.mkdir()
-    layout = dataclasses.replace(readers.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", layout)
+    layout = dataclasses.replace(idx.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", layout)
     return folder
 
 
