@@ -94,8 +94,9 @@ bench-quick: $(BIN)/lbtkit  ## every bench/*.py with --quick (tiny sizes, ~2 min
 		echo "$$script --quick: $$last ($$(( $$(date +%s) - start )) s)"; \
 	done
 
-lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
+lint: $(BIN)/lbtkit  ## ruff, the import contract (layers, no cycles: pyproject.toml), shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/shellcheck $(wildcard jobs/*.sh jobs/*.sbatch docker/*.sh)
 	$(BIN)/hadolint --failure-threshold warning Dockerfile $(wildcard docker/*.Dockerfile)
 

@@ -180,10 +180,10 @@ def _print_plain(checks: list[Check], console: Console) -> None:
 def _version_checks(require_gpu: bool) -> list[Check]:
     import torch
 
-    import lbtkit
+    from lbtkit.version import __version__
 
     checks = [
-        Check("lbtkit", "ok", lbtkit.__version__),
+        Check("lbtkit", "ok", __version__),
         Check("python", "ok", f"{platform.python_version()} ({sys.executable})"),
         Check("torch", "ok", torch.__version__),
     ]
