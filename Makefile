@@ -113,4 +113,4 @@ image-test: $(BIN)/lbtkit  ## build on a locally made CPU base, run doctor and t
 	PYTHON=$(BIN)/python DOCKER=$(DOCKER) bash docker/image-test.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .import_linter_cache
