@@ -17,7 +17,7 @@ from lbtkit.narrative import (
     recalibrated_sentence,
 )
 
-from conftest import markdown_table
+from helpers import markdown_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SB, LB = QUICK.batch_sizes

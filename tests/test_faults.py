@@ -32,7 +32,7 @@ from lbtkit.errors import RunDirBusyError, UserError, WriteFailed
 from lbtkit.fileio import atomic_write_text, run_lock, write_json
 from lbtkit.rundir import RunDir, guard_run
 
-from conftest import cli_env, invoke_cli, scaled_timeout, train_smoke
+from helpers import alive, cli_env, invoke_cli, scaled_timeout, train_smoke
 
 SMOKE = ["run", "--preset", "smoke", "--epochs", "2", "--no-progress"]
 
@@ -607,14 +607,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_for(condition: Callable[[], bool], seconds: float, what: str,
               proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + scaled_timeout(seconds)
@@ -674,10 +666,10 @@ def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
         proc.kill()
         proc.wait(timeout=scaled_timeout(30))
         # They checkpoint and stop (SIGTERM from the kernel as their parent dies).
-        _wait_for(lambda: not any(map(_alive, family)), 120, f"{family} to end")
+        _wait_for(lambda: not any(map(alive, family)), 120, f"{family} to end")
     finally:
         proc.kill()
-        for pid in filter(_alive, family):
+        for pid in filter(alive, family):
             os.kill(pid, signal.SIGKILL)
     check_not_locked(run_dir)  # the lock is free
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"

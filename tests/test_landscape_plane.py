@@ -20,7 +20,7 @@ from lbtkit.landscape import (
 )
 from lbtkit.specs import PlaneSpec
 
-from conftest import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
+from helpers import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

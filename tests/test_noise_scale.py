@@ -26,7 +26,7 @@ from lbtkit.noise_scale import (
 )
 from lbtkit.specs import NoiseScaleSpec
 
-from conftest import assert_user_error, invoke_cli, run_cli
+from helpers import assert_user_error, invoke_cli, run_cli
 
 # --- the estimators --------------------------------------------------------------------------
 

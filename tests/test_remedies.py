@@ -29,7 +29,7 @@ from lbtkit.models.norm import (
 from lbtkit.rundir import RunDir
 from lbtkit.train import run
 
-from conftest import run_cli, scaled_timeout
+from helpers import run_cli, scaled_timeout
 
 
 def _bn_mlp(*, num_classes, in_channels, image_size, pretrained):

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (slurm: the session fixture)
 
-from conftest import cli_env, install_wheel_venv, run_cli, scaled_timeout
+from helpers import cli_env, install_wheel_venv, run_cli, scaled_timeout
+from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (slurm: the session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"
