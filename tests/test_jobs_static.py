@@ -76,7 +76,7 @@ def test_the_checkout_jobs_are_the_packaged_scripts():
     for name in ["common.sh", *BATCH_SCRIPTS]:
         assert (JOBS / name).resolve() == (PACKAGED / name).resolve(), name
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"jobs/*.sh"' in pyproject  # package data: the wheel carries them
+    assert '"slurm/jobs/*.sh"' in pyproject  # package data: the wheel carries them
 
 
 def test_the_shell_is_short_and_parses_no_json():
