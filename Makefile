@@ -94,8 +94,9 @@ bench-quick: $(BIN)/lbtkit  ## every bench/*.py with --quick (tiny sizes, ~2 min
 		echo "$$script --quick: $$last ($$(( $$(date +%s) - start )) s)"; \
 	done
 
-lint: $(BIN)/lbtkit  ## ruff, shellcheck (jobs/, docker/), hadolint (Dockerfiles)
+lint: $(BIN)/lbtkit  ## ruff, the import contract (layers, no cycles: pyproject.toml), shellcheck (jobs/, docker/), hadolint (Dockerfiles)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/shellcheck $(wildcard jobs/*.sh jobs/*.sbatch docker/*.sh)
 	$(BIN)/hadolint --failure-threshold warning Dockerfile $(wildcard docker/*.Dockerfile)
 
@@ -112,4 +113,4 @@ image-test: $(BIN)/lbtkit  ## build on a locally made CPU base, run doctor and t
 	PYTHON=$(BIN)/python DOCKER=$(DOCKER) bash docker/image-test.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .import_linter_cache

@@ -1,1 +1,1 @@
-../lbtkit/jobs/common.sh
+../lbtkit/slurm/jobs/common.sh

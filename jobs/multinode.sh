@@ -1,1 +1,1 @@
-../lbtkit/jobs/multinode.sh
+../lbtkit/slurm/jobs/multinode.sh

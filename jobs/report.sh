@@ -1,1 +1,1 @@
-../lbtkit/jobs/report.sh
+../lbtkit/slurm/jobs/report.sh

@@ -1,1 +1,1 @@
-../lbtkit/jobs/run.sh
+../lbtkit/slurm/jobs/run.sh

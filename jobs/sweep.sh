@@ -1,1 +1,1 @@
-../lbtkit/jobs/sweep.sh
+../lbtkit/slurm/jobs/sweep.sh

@@ -7,9 +7,8 @@ back from its run directory.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from lbtkit.config import RunConfig, build_config
-from lbtkit.rundir import load_run
+from lbtkit.run_model import load_run
+from lbtkit.version import __version__
 
 __all__ = ["RunConfig", "__version__", "build_config", "load_run"]

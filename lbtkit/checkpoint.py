@@ -175,7 +175,7 @@ def checkpoint_step(weights: str | Path) -> int | None:
 
 def _read_state(path: Path) -> LoopState:
     """The loop state of ``state.json``, refusing one that is valid JSON but incomplete."""
-    from lbtkit.rundir import read_json
+    from lbtkit.fileio import read_json
 
     try:
         meta = read_json(path, kind=dict)
@@ -271,7 +271,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file via a temporary name, with the umask's mode (save_file itself
     makes 0600 files), failures as WriteFailed naming ``path``."""
-    from lbtkit.rundir import file_mode
+    from lbtkit.fileio import file_mode
 
     tmp = path.with_name(f".{path.name}.tmp")
     try:

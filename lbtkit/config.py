@@ -21,7 +21,6 @@ from typing import Any
 from lbtkit.errors import ConfigError
 from lbtkit.stopping import StopRule
 from lbtkit.targets import parse_targets
-from lbtkit.tracking import parse_trackers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,6 +53,31 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
 
 def _opt(help_text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": help_text}, **kwargs)
+
+
+# Tracker name (Accelerate's) -> the lbtkit extra that installs it.
+TRACKER_EXTRAS = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
+
+
+def parse_trackers(text: str | None) -> list[str]:
+    """``"tensorboard,wandb"`` -> ``["tensorboard", "wandb"]``; unknown names are refused."""
+    names = [part.strip() for part in (text or "").split(",") if part.strip()]
+    for name in names:
+        if name not in TRACKER_EXTRAS:
+            raise ConfigError(
+                f"unknown tracker {name!r} in log_with; choose from {', '.join(TRACKER_EXTRAS)}"
+            )
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -500,7 +524,7 @@ def file_values(path: str | Path) -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    from lbtkit.rundir import read_json, read_regular_file
+    from lbtkit.fileio import read_json, read_regular_file
 
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")

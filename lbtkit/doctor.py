@@ -180,10 +180,10 @@ def _print_plain(checks: list[Check], console: Console) -> None:
 def _version_checks(require_gpu: bool) -> list[Check]:
     import torch
 
-    import lbtkit
+    from lbtkit.version import __version__
 
     checks = [
-        Check("lbtkit", "ok", lbtkit.__version__),
+        Check("lbtkit", "ok", __version__),
         Check("python", "ok", f"{platform.python_version()} ({sys.executable})"),
         Check("torch", "ok", torch.__version__),
     ]
@@ -367,7 +367,8 @@ def _accelerate_config_checks() -> list[Check]:
 
 
 def _dataset_check(dataset: str, data_dir: Path) -> Check:
-    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files
+    from lbtkit.data.idx import IDX_LAYOUTS
+    from lbtkit.data.readers import dataset_files
 
     label = f"dataset {dataset}"
     try:

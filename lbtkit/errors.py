@@ -6,7 +6,7 @@ cannot carry it out (a full disk, a read-only file system): the CLI exits 1. Any
 a bug and keeps its traceback.
 
 This module is also the one home of every exit code and run status: 75, "interrupted, rerun
-me", is the number the job scripts (lbtkit/jobs/*.sh) and Python must agree on. It imports
+me", is the number the job scripts (lbtkit/slurm/jobs/*.sh) and Python must agree on. It imports
 nothing, so the earliest code of a process (lbtkit.signals, before torch) can use it.
 """
 

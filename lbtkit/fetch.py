@@ -43,7 +43,8 @@ def fetch_dataset(name: str, data_dir: str | Path) -> Path:
     on other nodes read ``data_dir``.
     """
     from lbtkit.data import load_dataset
-    from lbtkit.data.readers import IDX_LAYOUTS, dataset_files
+    from lbtkit.data.idx import IDX_LAYOUTS
+    from lbtkit.data.readers import dataset_files
 
     if name not in DATASETS:
         raise ConfigError(f"{name!r} needs no download; fetchable: {', '.join(FETCHABLE)}")

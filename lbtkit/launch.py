@@ -1,7 +1,10 @@
 """Start ``lbtkit run`` on N processes through ``accelerate launch`` and relay signals to it.
 
 ``lbtkit run --num-processes N`` is a convenience over typing the launcher command; both end
-in the same code path (``lbtkit.train.run`` in every worker).
+in the same code path (``lbtkit.train.run`` in every worker). The launcher's side only: what a
+launched worker knows of its siblings (rank, world size, its share) is ``lbtkit.distributed``.
+torchrun's grace period between its SIGTERM and SIGKILL follows the job's signal margin
+(``launcher_environment``), here and in SLURM jobs (``lbtkit.slurm.plan``).
 """
 
 from __future__ import annotations
@@ -13,62 +16,33 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE
-from lbtkit.rundir import RunDir, write_json
+from lbtkit.errors import EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, UserError
+from lbtkit.fileio import write_json
+from lbtkit.rundir import RunDir
 from lbtkit.signals import stop_when_parent_dies
 
 logger = logging.getLogger(__name__)
 
-
-def in_launched_worker() -> bool:
-    """True inside a process started by accelerate launch / torchrun."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+DEFAULT_SIGNAL_MARGIN = 120  # the job scripts' #SBATCH --signal=B:USR1@120
 
 
-def launched_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def signal_margin(environ: Mapping[str, str]) -> int:
+    """Seconds between SLURM's SIGUSR1 and the time limit (``LBT_SIGNAL_MARGIN``)."""
+    value = environ.get("LBT_SIGNAL_MARGIN", "") or str(DEFAULT_SIGNAL_MARGIN)
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # not '²', which int refuses
+        raise UserError(f"LBT_SIGNAL_MARGIN must be a whole number of seconds, got {value!r}")
+    return int(value)
 
 
-@contextlib.contextmanager
-def worker_accelerator(accelerator: Any = None) -> Iterator[Any]:
-    """``accelerator`` if given; else, inside ``accelerate launch`` with several processes, a
-    new Accelerator (CPU and gloo without CUDA) shut down on exit; else None (one process).
-
-    For the analysis commands that split a grid over processes but train nothing."""
-    owned = accelerator is None and launched_world_size() > 1
-    if owned:
-        import torch
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    try:
-        yield accelerator
-    finally:
-        if owned:
-            accelerator.end_training()
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """This process's share of ``items``: every ``world_size``-th one, starting at ``rank``.
-
-    Strided rather than contiguous so that the expensive extrapolated ends of a grid (and the
-    big batches after the small ones) are spread over the processes.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    return list(items[rank::world_size])
-
-
-def process_rank(accelerator: Any) -> tuple[int, int]:
-    """(rank, world size) of ``accelerator``; (0, 1) for None (one process)."""
-    if accelerator is None:
-        return 0, 1
-    return accelerator.process_index, accelerator.num_processes
+def launcher_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a torchrun launch needs besides the job's environment: a grace period between the
+    SIGTERM it forwards and its SIGKILL that follows the job's signal margin, not torchrun's
+    30 s (a slow step plus a checkpoint must fit in it)."""
+    return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(signal_margin(environ))}
 
 
 def free_port() -> int:
@@ -125,7 +99,6 @@ def run_launched(command: list[str], run_dir: Path) -> int:
     A run told to stop that ends without writing its results (the signal came while the
     processes were starting, before any handler was in: they died of it) exits 75, like a run
     stopped at a step: a rerun resumes from the last checkpoint, if there is one."""
-    from lbtkit.cluster import launcher_environment
     from lbtkit.errors import exit_code
     from lbtkit.launch_output import LaunchStderr, exit_code_of
 

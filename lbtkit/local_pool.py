@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lbtkit.launch import become_subreaper, child_pids, stop_orphans
+from lbtkit.launch import become_subreaper, child_pids, launcher_environment, stop_orphans
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,6 @@ class _Pool:
             if self.running:
                 time.sleep(POLL_SECONDS)
         if self.adopting:
-            from lbtkit.cluster import launcher_environment
-
             stop_orphans(float(launcher_environment(os.environ)[
                 "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))
 

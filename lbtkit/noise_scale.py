@@ -57,8 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lbtkit.distributed import process_rank, shard
 from lbtkit.errors import CheckpointError, ConfigError
-from lbtkit.launch import process_rank, shard
 from lbtkit.specs import NoiseScaleSpec, parse_batches  # noqa: F401  (re-exported)
 
 NOISE_SCALE_FILE = "noise_scale.json"
@@ -380,8 +380,8 @@ def run_noise_scale(
     out and the numbers are those of one process; the main process writes and returns the
     dict, the others return None.
     """
-    from lbtkit.launch import worker_accelerator
-    from lbtkit.rundir import write_json
+    from lbtkit.distributed import worker_accelerator
+    from lbtkit.fileio import write_json
 
     with worker_accelerator(accelerator) as acc:
         result = _noise_scale_of_run(spec, run_dir, acc, weights)
@@ -398,7 +398,8 @@ def _noise_scale_of_run(spec: NoiseScaleSpec, run_dir: str | Path, accelerator: 
     from lbtkit.checkpoint import load_weights
     from lbtkit.data import hold_out, load_dataset
     from lbtkit.evaluate import InputSpec
-    from lbtkit.rundir import RunDir, load_run, versions
+    from lbtkit.run_model import load_run
+    from lbtkit.rundir import RunDir, versions
 
     run = RunDir(run_dir)
     device = (accelerator.device if accelerator is not None

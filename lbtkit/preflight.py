@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from lbtkit.config import RunConfig, plan_batches
-from lbtkit.errors import ConfigError, DataNotFoundError, UserError, WriteFailed
-from lbtkit.rundir import STATUS_COMPLETED, RunDir, check_not_locked, ensure_directory
+from lbtkit.errors import STATUS_COMPLETED, ConfigError, DataNotFoundError, UserError, WriteFailed
+from lbtkit.fileio import check_not_locked, ensure_directory
+from lbtkit.rundir import RunDir
 
 
 def preflight(config: RunConfig, *, world_size: int = 1, check_lock: bool = True) -> None:
@@ -40,7 +41,8 @@ def check_model(config: RunConfig) -> None:
     """An external model (``pkg.mod:fn``, ``torchvision:ARCH``, a plug-in) builds and runs on
     one batch (lbtkit.models.external checks it as it is built): once here, not once per
     process or per sweep entry. The registered models need no check."""
-    from lbtkit.models import build_model_for, is_registered
+    from lbtkit.models import is_registered
+    from lbtkit.run_model import build_model_for
 
     if not is_registered(config.model):
         build_model_for(config, initial_weights=False)

@@ -1,4 +1,4 @@
-"""The run-directory format, and ``load_run``: the public way back to a trained model.
+"""The run-directory format: the one reader of run files.
 
     RUN/config.json        the resolved RunConfig (``--config RUN/config.json`` repeats the run)
     RUN/metrics.jsonl      one JSON line per epoch
@@ -8,26 +8,20 @@
     RUN/.lock              the advisory lock a live run holds (flock; empty of meaning otherwise)
     RUN/launch.log         the stderr of ``--num-processes N`` launches (lbtkit.launch_output)
 
-Every file but metrics.jsonl is written atomically (temporary name, fsync, rename), so a kill
-at any instant leaves either the old or the new file, never a torn one; files get the mode
-the umask allows, like any other file the user creates. metrics.jsonl is appended to, so a
-kill mid-append can leave a torn last line: this module is the one reader of run files, and
-it drops (and logs) what it cannot parse; a resumed run rewrites the file without it.
+Every file but metrics.jsonl is written atomically (``lbtkit.fileio``), so a kill at any
+instant leaves either the old or the new file, never a torn one. metrics.jsonl is appended to,
+so a kill mid-append can leave a torn last line: this module is the one reader of run files,
+and it drops (and logs) what it cannot parse; a resumed run rewrites the file without it.
+A finished run's model comes back with ``lbtkit.run_model.load_run``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
-import os
 import platform
-import socket
-import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +32,20 @@ from lbtkit.errors import (  # noqa: F401 (STATUS_*: importable from here, as be
     STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     CheckpointError,
-    RunDirBusyError,
     UserError,
     WriteFailed,
 )
+from lbtkit.fileio import (  # noqa: F401 (write_json: lbtkit/studies and demo.py import it from here)
+    LOCK_FILE,
+    append_json_line,
+    atomic_write_text,
+    ensure_directory,
+    read_json,
+    read_regular_file,
+    run_lock,
+    write_json,
+)
+from lbtkit.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class RunDir:
         self.evals_path = self.root / "evals.jsonl"  # runs with targets: by optimizer step
         self.checkpoints = self.root / "checkpoints"
         self.snapshots = self.root / "snapshots"  # weights kept for analysis (targets met)
-        self.lock_path = self.root / ".lock"
+        self.lock_path = self.root / LOCK_FILE
 
     def create(self) -> None:
         ensure_directory(self.root)
@@ -111,7 +115,7 @@ class RunDir:
         return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        _append_line(self.metrics_path, row)
+        append_json_line(self.metrics_path, row)
 
     def read_evals(self) -> list[dict[str, Any]]:
         """The evaluation rows of a run with targets (dicts with an integer ``step``); torn
@@ -127,7 +131,7 @@ class RunDir:
         return [row for row in rows if row is not None]
 
     def append_evals(self, row: dict[str, Any]) -> None:
-        _append_line(self.evals_path, row)
+        append_json_line(self.evals_path, row)
 
     def keep_evals_through(self, step: int) -> None:
         """Drop evaluation rows after ``step`` (a resumed run redoes them)."""
@@ -158,216 +162,6 @@ def _row_with(line: str, key: str) -> dict[str, Any] | None:
     return row
 
 
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    try:
-        with open(path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        raise WriteFailed(path, _reason(exc)) from None
-
-
-# Far beyond any file lbtkit writes (sweep.json nests 4 deep): deeper is hand-made or hostile,
-# and would exhaust the recursion of whatever walks it next (repr, json.dumps, deepcopy).
-MAX_JSON_DEPTH = 64
-_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number",
-               float: "a number", bool: "true or false", type(None): "null"}
-
-
-def read_json(path: str | Path, *, kind: type = object,
-              error: type[UserError] = CheckpointError) -> Any:
-    """The JSON value in ``path``: the one reader of every JSON file a user hands over or may
-    have edited (a sweep plan, a run's config or results, a checkpoint's state). Whatever is
-    wrong with it raises ``error`` (a UserError: one line, exit 2) naming the file: missing,
-    not a regular file (a FIFO would block), unreadable, not UTF-8, empty, not JSON, nested
-    more than MAX_JSON_DEPTH deep, or its top level not a ``kind`` (e.g. ``dict``)."""
-    path = Path(path)
-    try:
-        text = read_regular_file(path).decode("utf-8")
-    except FileNotFoundError:
-        raise error(f"file not found: {path}") from None
-    except OSError as exc:
-        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
-    if not text.strip():
-        raise error(f"{path} is empty")
-    try:
-        value = json.loads(text)
-        deep = _deeper_than(value, MAX_JSON_DEPTH)
-    except RecursionError:
-        deep = True
-    except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
-        raise error(f"{path} is not valid JSON: {_first_line(exc)}") from None
-    if deep:
-        raise error(f"{path} nests more than {MAX_JSON_DEPTH} levels deep: not a file lbtkit "
-                    f"wrote")
-    if not isinstance(value, kind):
-        raise error(f"{path} holds {_JSON_NAMES.get(type(value), 'a value')} where "
-                    f"{_JSON_NAMES.get(kind, kind.__name__)} belongs")
-    return value
-
-
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of ``path``; OSError unless it is a regular file (opened without blocking:
-    a FIFO named like a run file would wait forever for a writer)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return handle.read()
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests arrays/objects more than ``limit`` levels (without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack += [(child, depth + 1)
-                      for child in (item.values() if isinstance(item, dict) else item)]
-    return False
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-# --- writing ----------------------------------------------------------------------------------
-
-
-def ensure_directory(path: Path) -> None:
-    """``mkdir -p path``; a path that is a file is a user mistake, a refusal by the system an
-    environment fault, each one line naming the path."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        raise UserError(f"{path} cannot be a directory: {blocker} is a file; "
-                        f"choose another --output") from None
-    except OSError as exc:
-        raise WriteFailed(path, _reason(exc)) from None
-
-
-def file_mode() -> int:
-    """The mode a new file gets under the current umask (what ``open`` would give)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read the umask by setting it, then put it back
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` via a temporary file and a rename; OSError becomes WriteFailed."""
-    path = Path(path)
-    ensure_directory(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise WriteFailed(path, _reason(exc)) from None
-    try:
-        with contextlib.suppress(OSError):  # a file system without modes keeps mkstemp's
-            os.fchmod(fd, file_mode())  # mkstemp makes 0600; a run's group should read it
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WriteFailed(path, _reason(exc)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _reason(exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason += " (disk full)"
-    return reason
-
-
-# --- one live run per directory ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def run_lock(root: str | Path) -> Iterator[None]:
-    """Hold ``root/.lock`` (flock, exclusive) while the block runs; refuse when another live
-    process holds it. The kernel drops the lock when its holder dies, so the file a killed
-    run leaves behind never blocks a resume."""
-    run = RunDir(root)
-    ensure_directory(run.root)
-    try:  # never through a symbolic link: the file it names would be truncated and written
-        fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode())
-    except OSError as exc:
-        _refuse_a_linked_lock(run, exc)
-        raise WriteFailed(run.lock_path, _reason(exc)) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirBusyError(_busy_message(run, fd)) from None
-        with contextlib.suppress(OSError):  # who holds it: for the refusal message only
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def check_not_locked(root: str | Path) -> None:
-    """Raise RunDirBusyError when a live run holds ``root``'s lock (a check before launching
-    processes; the run itself takes the lock)."""
-    run = RunDir(root)
-    try:
-        fd = os.open(run.lock_path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        _refuse_a_linked_lock(run, exc)
-        return  # no lock file (or none we can open): nobody to wait for
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RunDirBusyError(_busy_message(run, fd)) from None
-    finally:
-        os.close(fd)
-
-
-def _refuse_a_linked_lock(run: RunDir, exc: OSError) -> None:
-    if exc.errno == errno.ELOOP or run.lock_path.is_symlink():
-        raise UserError(f"{run.lock_path} is a symbolic link; lbtkit does not follow it (it "
-                        f"would overwrite what it points to): remove it and rerun") from None
-
-
-def _busy_message(run: RunDir, fd: int) -> str:
-    try:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-    except OSError:
-        holder = []
-    who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
-    return (f"{run.root} is in use by another live run{who}; wait for it to end or choose "
-            f"another --output")
-
-
 @contextlib.contextmanager
 def guard_run(root: str | Path, *, main: bool) -> Iterator[None]:
     """What ``lbtkit.train.run`` holds around training: the directory's lock (main process
@@ -389,13 +183,11 @@ def versions() -> dict[str, str | None]:
     import accelerate
     import torch
 
-    import lbtkit
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "accelerate": accelerate.__version__,
-        "lbtkit": lbtkit.__version__,
+        "lbtkit": __version__,
         "git_commit": _git_commit(),
     }
 
@@ -411,22 +203,3 @@ def _git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() or None
-
-
-def load_run(path: str | Path, *, device: str = "cpu"):  # -> tuple[nn.Module, RunConfig]
-    """Return ``(model, config)`` of a completed run, its final weights loaded, in eval mode."""
-    from lbtkit.checkpoint import load_weights
-    from lbtkit.models import build_model_for
-
-    run = RunDir(path)
-    if not run.root.is_dir():
-        raise CheckpointError(f"run directory not found: {run.root}")
-    config = run.read_config()
-    if config is None:
-        raise CheckpointError(f"{run.root} is not a run directory (no config.json)")
-    if not run.model_path.exists():
-        status = (run.read_results() or {}).get("status", "not finished")
-        raise CheckpointError(f"{run.root} has no final weights (run status: {status})")
-    model = build_model_for(config, initial_weights=False)
-    load_weights(model, run.model_path)
-    return model.to(device).eval(), config

@@ -36,21 +36,17 @@ from lbtkit.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
     STATUS_FAILED,
+    STATUS_INTERRUPTED,
     ConfigError,
     EnvironmentFault,
     UserError,
     exit_code,
 )
-from lbtkit.rundir import (
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    RunDir,
-    read_json,
-    versions,
-    write_json,
-)
+from lbtkit.fileio import read_json, write_json
+from lbtkit.rundir import RunDir, versions
 
 logger = logging.getLogger(__name__)
 
@@ -428,7 +424,7 @@ def run_all(sweep_dir: str | Path, *, progress: bool = True, jobs: int = 1,
     the same outcomes. ``threads``: torch threads of an entry whose config sets none (None:
     this process's setting; with ``jobs`` > 1, the usable CPUs shared out).
     """
-    from lbtkit.launch import launched_world_size
+    from lbtkit.distributed import launched_world_size
     from lbtkit.preflight import preflight_all
     from lbtkit.train import run
 
@@ -505,7 +501,7 @@ def run_entries(sweep_dir: str | Path, indices: Iterable[int] | None = None, *, 
     (``CUDA_VISIBLE_DEVICES``, through ``accelerate launch`` when more than one), and only as
     many entries run at once as fit. A child's output goes to SWEEP/logs/NAME.log.
     """
-    from lbtkit.launch import in_launched_worker
+    from lbtkit.distributed import in_launched_worker
     from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
     from lbtkit.preflight import preflight_all
 
@@ -582,7 +578,7 @@ def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
     for several processes), its threads, its log."""
     import sys
 
-    from lbtkit.launch import free_port, lbtkit_launch_command
+    from lbtkit.launch import free_port, launcher_environment, lbtkit_launch_command
     from lbtkit.local_pool import Task
 
     per_process = max(1, threads // processes)
@@ -590,8 +586,6 @@ def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
     args = ["sweep", "run-task", sweep["sweep_dir"], "--index", str(entry["index"]),
             "--threads", str(per_process)]
     if processes > 1:
-        from lbtkit.cluster import launcher_environment
-
         command = lbtkit_launch_command(args, processes, free_port())
         env = launcher_environment(os.environ)
     else:

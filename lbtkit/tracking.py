@@ -29,36 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lbtkit.errors import ConfigError, UserError
+from lbtkit.config import TRACKER_EXTRAS, parse_trackers
+from lbtkit.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Tracker name (Accelerate's) -> the lbtkit extra that installs it.
-TRACKER_EXTRAS = {
-    "tensorboard": "tensorboard",
-    "wandb": "wandb",
-    "mlflow": "mlflow",
-    "comet_ml": "comet",
-    "aim": "aim",
-    "clearml": "clearml",
-    "dvclive": "dvclive",
-    "swanlab": "swanlab",
-    "trackio": "trackio",
-}
 # Metrics rows carry these besides the step counters; None values (no evaluation this epoch,
 # no noise scale) are left out, since trackers take numbers only.
 _STEP_KEYS = ("epoch", "step")
-
-
-def parse_trackers(text: str | None) -> list[str]:
-    """``"tensorboard,wandb"`` -> ``["tensorboard", "wandb"]``; unknown names are refused."""
-    names = [part.strip() for part in (text or "").split(",") if part.strip()]
-    for name in names:
-        if name not in TRACKER_EXTRAS:
-            raise ConfigError(
-                f"unknown tracker {name!r} in log_with; choose from {', '.join(TRACKER_EXTRAS)}"
-            )
-    return list(dict.fromkeys(names))
 
 
 def check_installed(names: list[str]) -> None:
@@ -98,7 +76,7 @@ TRACKER_RUNS_FILE = "tracker_runs.json"  # in the run directory: {"wandb": id, "
 
 def tracker_runs(output_dir: str | Path) -> dict[str, str]:
     """The W&B / MLflow run ids recorded for the run in ``output_dir`` ({} before any)."""
-    from lbtkit.rundir import read_json
+    from lbtkit.fileio import read_json
 
     path = Path(output_dir) / TRACKER_RUNS_FILE
     stored = read_json(path) if path.is_file() else None
@@ -109,7 +87,7 @@ def tracker_runs(output_dir: str | Path) -> dict[str, str]:
 def record_tracker_runs(trackers: Iterable[Any], output_dir: str | Path) -> None:
     """Keep the run ids of started W&B / MLflow trackers in ``RUN/tracker_runs.json`` (main
     process), for the next start in that directory to continue them."""
-    from lbtkit.rundir import write_json
+    from lbtkit.fileio import write_json
 
     started = {}
     for tracker in trackers:
@@ -303,7 +281,7 @@ def log_grid(names: Sequence[str], output_dir: str | Path, analysis: str, *,
     that launched the workers writes, after they have all finished."""
     if not names:
         return
-    from lbtkit.rundir import read_json
+    from lbtkit.fileio import read_json
 
     document = read_json(Path(output_dir) / f"{analysis}.json")
     log_scalars(names, output_dir=output_dir, configured_dir=configured_dir,

@@ -54,24 +54,20 @@ from lbtkit.errors import (  # noqa: F401 (EXIT_*, exit_code: importable from he
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USER_ERROR,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_INTERRUPTED,
     ConfigError,
     exit_code,
 )
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
-from lbtkit.models import build_model_for
+from lbtkit.fileio import write_json
 from lbtkit.models.norm import convert_batchnorm, frozen_running_stats
 from lbtkit.noise_scale import NoiseScaleMonitor, last_logged_noise_scale, noise_scale_row
 from lbtkit.optim import LAMB, LARS
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import (
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    RunDir,
-    guard_run,
-    versions,
-    write_json,
-)
+from lbtkit.run_model import build_model_for
+from lbtkit.rundir import RunDir, guard_run, versions
 from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
 from lbtkit.stopping import StopRule

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import scaled_timeout
+from helpers import scaled_timeout
 
 DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld",
            "slurmd": "/usr/sbin/slurmd"}

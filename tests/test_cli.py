@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error
+from helpers import assert_user_error
 
 
 def test_dry_run_prints_resolved_config_with_batch_plan(cli):

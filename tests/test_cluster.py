@@ -1,4 +1,4 @@
-"""lbtkit.cluster: what a SLURM job runs, decided from the environment and the files (no SLURM)."""
+"""lbtkit.slurm: what a SLURM job runs, decided from the environment and the files (no SLURM)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lbtkit import cluster
-from lbtkit.cluster import SlurmEnv, gpus_per_node, plan_job, rendezvous_port
 from lbtkit.errors import UserError
+from lbtkit.launch import launcher_environment
+from lbtkit.slurm import container, requeue, submit
+from lbtkit.slurm import plan as slurm_plan
+from lbtkit.slurm.env import SlurmEnv, gpus_per_node
+from lbtkit.slurm.plan import plan_job, rendezvous_port
 
 LAUNCH = ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -77,25 +80,25 @@ def test_a_busy_port_is_skipped_and_the_choice_is_still_deterministic():
 
 def test_the_real_port_is_free_and_below_the_kernels_range():
     port = rendezvous_port("123457")
-    assert 20000 <= port < cluster.ephemeral_start()
-    assert cluster.port_is_free(port)
+    assert 20000 <= port < slurm_plan.ephemeral_start()
+    assert slurm_plan.port_is_free(port)
 
 
 def test_the_grace_period_follows_the_signal_margin():
-    assert cluster.launcher_environment({}) == {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}
-    assert cluster.launcher_environment({"LBT_SIGNAL_MARGIN": "300"}) == {
+    assert launcher_environment({}) == {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}
+    assert launcher_environment({"LBT_SIGNAL_MARGIN": "300"}) == {
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
     with pytest.raises(UserError, match="LBT_SIGNAL_MARGIN"):
-        cluster.launcher_environment({"LBT_SIGNAL_MARGIN": "soon"})
+        launcher_environment({"LBT_SIGNAL_MARGIN": "soon"})
 
 
 def test_flags_of_the_run_command():
     args = ["--preset", "p", "--data-dir", "/d", "--output", "o", "--config=c.toml",
             "--init-weights", "w/init.safetensors"]
-    assert cluster.flag_value("--output", args) == "o"
-    assert cluster.flag_value("--config", args) == "c.toml"
-    assert cluster.flag_value("--epochs", args) is None
-    assert cluster.run_paths(args) == ["/d", "c.toml", "w/init.safetensors"]
+    assert slurm_plan.flag_value("--output", args) == "o"
+    assert slurm_plan.flag_value("--config", args) == "c.toml"
+    assert slurm_plan.flag_value("--epochs", args) is None
+    assert slurm_plan.run_paths(args) == ["/d", "c.toml", "w/init.safetensors"]
 
 
 def test_bind_directories(tmp_path):
@@ -105,20 +108,20 @@ def test_bind_directories(tmp_path):
     cases = {f"{tmp_path}/a/b": f"{tmp_path}/a", f"{tmp_path}/a/new/deeper/run": f"{tmp_path}/a",
              "runs/b32": str(tmp_path), "./a/../a/b/": f"{tmp_path}/a", "/tmp": "/tmp",
              "/no-such-dir": None}
-    assert {path: cluster.bind_dir(path, tmp_path) for path in cases} == cases
+    assert {path: container.bind_dir(path, tmp_path) for path in cases} == cases
 
 
 def test_container_binds_leave_out_covered_paths_and_refuse_separators(tmp_path):
     (tmp_path / "runs").mkdir()
-    binds = cluster.container_binds(
+    binds = container.container_binds(
         [tmp_path / "runs" / "b64", tmp_path / "runs" / "b64" / "x", "/usr/lib/x"],
         f"{tmp_path}/runs,/usr:/host-usr:ro", tmp_path)
     assert binds == [f"{tmp_path}/runs", "/usr:/host-usr:ro", "/usr/lib"]
     with pytest.raises(UserError, match="LBT_BIND: /no/such does not exist"):
-        cluster.container_binds([], "/no/such", tmp_path)
+        container.container_binds([], "/no/such", tmp_path)
     (tmp_path / "a,b").mkdir()
     with pytest.raises(UserError, match="cannot contain"):
-        cluster.container_binds([tmp_path / "a,b" / "run"], "", tmp_path)
+        container.container_binds([tmp_path / "a,b" / "run"], "", tmp_path)
 
 
 def job_env(**more: str) -> dict[str, str]:
@@ -188,7 +191,7 @@ def test_an_srun_prefix_relays_to_job_steps_and_multinode_refuses_it(tmp_path):
 def multinode(tmp_path, nodes: str, **env):
     environ = job_env(SLURM_JOB_ID="5000", SLURM_NNODES=nodes, SLURM_JOB_NODELIST="node[1-2]",
                       LBT_PORT="25000", **env)
-    return cluster._plan_multinode(["--preset", "smoke", "--output", "r"], environ, tmp_path,
+    return slurm_plan._plan_multinode(["--preset", "smoke", "--output", "r"], environ, tmp_path,
                                    hosts=lambda nodelist: ["node1", "node2"])
 
 
@@ -200,10 +203,10 @@ def test_multinode_runs_one_launch_per_node_with_its_rank_expanded_there(tmp_pat
               "--same_network"]
     assert plan.command == [
         "srun", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
-        "--cpus-per-task=16", "bash", "-c", cluster.NODE_SCRIPT, "lbtkit-node", *launch, "--",
+        "--cpus-per-task=16", "bash", "-c", slurm_plan.NODE_SCRIPT, "lbtkit-node", *launch, "--",
         "-m", "lbtkit", "run", "--preset", "smoke", "--output", "r"]
     # What each node's bash makes of it: the rank of that node, after the launch options.
-    script = ["bash", "-c", cluster.NODE_SCRIPT.replace("exec ", "printf '%s\\n' "), "node",
+    script = ["bash", "-c", slurm_plan.NODE_SCRIPT.replace("exec ", "printf '%s\\n' "), "node",
               *launch, "--", "-m", "lbtkit", "run"]
     out = subprocess.run(script, env={**os.environ, "SLURM_NODEID": "1"}, capture_output=True,
                          text=True, check=True).stdout.splitlines()
@@ -252,10 +255,10 @@ def test_container_prefix(tmp_path):
 
 
 def test_the_plan_evaluates_in_bash(tmp_path):
-    plan = cluster.JobPlan(["a b", "it's", "$HOME"], "r d", ["lbtkit", "job", "finish"],
-                           env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "9"})
-    script = plan.to_shell() + ('printf "%s\\n" "${LBT_CMD[@]}" "$LBT_RUN_DIR" '
-                                '"$TORCH_ELASTIC_SHUTDOWN_TIMEOUT"')
+    job = slurm_plan.JobPlan(["a b", "it's", "$HOME"], "r d", ["lbtkit", "job", "finish"],
+                       env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "9"})
+    script = job.to_shell() + ('printf "%s\\n" "${LBT_CMD[@]}" "$LBT_RUN_DIR" '
+                               '"$TORCH_ELASTIC_SHUTDOWN_TIMEOUT"')
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout
     assert out.splitlines() == ["a b", "it's", "$HOME", "r d", "9"]
 
@@ -277,17 +280,17 @@ ARRAY_TASK = SlurmEnv(job_id="12", array_job_id="10", array_task_id=2)
     (None, 7, [], ARRAY_TASK, ("exit", "7")),
 ])
 def test_outcome(status, code, signals, slurm, expected):
-    action, value, notes = cluster.outcome(status=status, exit_status=code, signals=signals,
+    action, value, notes = requeue.outcome(status=status, exit_status=code, signals=signals,
                                            diverged_exit=5, slurm=slurm, run_dir="r")
     assert (action, value) == expected, notes
 
 
 def test_only_a_fresh_results_file_counts(tmp_path):
     (tmp_path / "results.json").write_text('{"status": "completed"}')
-    assert cluster.fresh_status(tmp_path, time.time() - 60) == "completed"
-    assert cluster.fresh_status(tmp_path, time.time() + 60) is None
+    assert requeue.fresh_status(tmp_path, time.time() - 60) == "completed"
+    assert requeue.fresh_status(tmp_path, time.time() + 60) is None
     (tmp_path / "results.json").write_text('{"status": ')  # torn: no status, no crash
-    assert cluster.fresh_status(tmp_path, 0) is None
+    assert requeue.fresh_status(tmp_path, 0) is None
 
 
 def test_job_commands_of_the_cli(tmp_path, cli):
@@ -302,7 +305,7 @@ def test_job_commands_of_the_cli(tmp_path, cli):
     assert result.stdout.split() == ["exit", "0"], result.stderr
     assert "run diverged" in result.stderr
     path = cli("jobs", "path").stdout.strip()
-    assert Path(path) == Path(cluster.__file__).parent / "jobs"
+    assert Path(path) == Path(submit.__file__).parent / "jobs"
     copied = cli("jobs", "copy", str(tmp_path / "mine")).stdout.split()
     assert sorted(Path(p).name for p in copied) == sorted(
         ["common.sh", "sweep.sh", "run.sh", "multinode.sh", "report.sh"])

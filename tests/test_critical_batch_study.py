@@ -21,7 +21,7 @@ from lbtkit.studies.critical_batch import (
 )
 from lbtkit.studies.critical_batch_report import STEPS_COLUMNS, analyse
 
-from conftest import require_real_fashion_mnist
+from helpers import require_real_fashion_mnist
 
 pytestmark = pytest.mark.slow
 

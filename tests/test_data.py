@@ -31,7 +31,7 @@ from lbtkit.data import (
 from lbtkit.data.readers import DIGITS_NUM_VAL, digits_split
 from lbtkit.errors import ConfigError, DataNotFoundError, UserError
 
-from conftest import FASHION_FILES, require_real_fashion_mnist
+from helpers import FASHION_FILES, require_real_fashion_mnist
 
 # --------------------------------------------------------------------------------------------
 # Writers for the real on-disk formats
@@ -443,12 +443,12 @@ def system_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     not take part unless a test puts files there)."""
     import dataclasses
 
-    from lbtkit.data import readers
+    from lbtkit.data import idx
 
     folder = tmp_path / "usr-share-datasets-fashion-mnist"
     folder.mkdir()
-    layout = dataclasses.replace(readers.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", layout)
+    layout = dataclasses.replace(idx.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", layout)
     return folder
 
 
@@ -572,7 +572,7 @@ def test_bad_file_in_the_system_folder_says_reinstall(tmp_path: Path,
 
 
 def test_bad_fashion_file_from_the_cli_exits_2(tmp_path: Path, system_folder: Path) -> None:
-    from conftest import assert_user_error, run_cli, scaled_timeout
+    from helpers import assert_user_error, run_cli, scaled_timeout
 
     folder = tmp_path / "data" / "fashion-mnist"
     write_fashion(folder)

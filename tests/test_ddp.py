@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lbtkit.cpu import SPIN_COUNT
 
-from conftest import cli_env, run_cli
+from helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

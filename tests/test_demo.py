@@ -17,7 +17,7 @@ from lbtkit.studies.demo_report import (
 )
 from lbtkit.studies.verdicts import gap_threshold
 
-from conftest import markdown_table
+from helpers import markdown_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SB, LB = QUICK.batch_sizes

@@ -14,7 +14,7 @@ from lbtkit.errors import ConfigError
 from lbtkit.models import build_model, list_models
 from lbtkit.models.external import replace_head
 
-from conftest import assert_user_error, invoke_cli, run_cli
+from helpers import assert_user_error, invoke_cli, run_cli
 
 TINY_MODULE = """
     from torch import nn

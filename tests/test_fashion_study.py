@@ -23,7 +23,7 @@ from lbtkit.studies.summary import (
     stop_text,
 )
 
-from conftest import (
+from helpers import (
     assert_user_error,
     invoke_cli,
     markdown_table,

@@ -29,9 +29,10 @@ import torch
 from lbtkit.checkpoint import latest_checkpoint, save_weights
 from lbtkit.config import FLOAT_RANGES, RunConfig
 from lbtkit.errors import RunDirBusyError, UserError, WriteFailed
-from lbtkit.rundir import RunDir, atomic_write_text, guard_run, run_lock, write_json
+from lbtkit.fileio import atomic_write_text, run_lock, write_json
+from lbtkit.rundir import RunDir, guard_run
 
-from conftest import cli_env, invoke_cli, scaled_timeout, train_smoke
+from helpers import alive, cli_env, invoke_cli, scaled_timeout, train_smoke
 
 SMOKE = ["run", "--preset", "smoke", "--epochs", "2", "--no-progress"]
 
@@ -506,7 +507,7 @@ def test_every_exit_code_and_status_is_defined_in_errors_only():
     assert elsewhere == []
     # The job scripts' literal codes are errors' numbers (the shell cannot import them).
     codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
-    shell = (package / "jobs" / "common.sh").read_text()
+    shell = (package / "slurm" / "jobs" / "common.sh").read_text()
     literal = {int(n) for n in re.findall(r"\bexit (\d+)", shell)}
     assert literal and literal <= codes, literal - codes
 
@@ -634,14 +635,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_for(condition: Callable[[], bool], seconds: float, what: str,
               proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + scaled_timeout(seconds)
@@ -689,7 +682,7 @@ def _cmdline(pid: int) -> bytes:
 
 @pytest.mark.slow
 def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
-    from lbtkit.rundir import check_not_locked
+    from lbtkit.fileio import check_not_locked
 
     run_dir = tmp_path / "run"
     proc = _start(*TWO_PROCESSES, "--epochs", "40", "--output", run_dir, tmp_path=tmp_path)
@@ -701,10 +694,10 @@ def test_kill_9_of_lbtkit_stops_its_launcher_and_workers(tmp_path):
         proc.kill()
         proc.wait(timeout=scaled_timeout(30))
         # They checkpoint and stop (SIGTERM from the kernel as their parent dies).
-        _wait_for(lambda: not any(map(_alive, family)), 120, f"{family} to end")
+        _wait_for(lambda: not any(map(alive, family)), 120, f"{family} to end")
     finally:
         proc.kill()
-        for pid in filter(_alive, family):
+        for pid in filter(alive, family):
             os.kill(pid, signal.SIGKILL)
     check_not_locked(run_dir)  # the lock is free
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
@@ -767,7 +760,7 @@ def test_a_job_step_mistake_is_one_line_and_finish_still_says_what_to_do(tmp_pat
 
 def _finish(run_dir: Path, *, exit_status: int, signals: list[str], restart: int = 0,
             since: float = 0.0) -> tuple[str, str, list[str]]:
-    from lbtkit.cluster import finish_job
+    from lbtkit.slurm.requeue import finish_job
 
     env = {"SLURM_JOB_ID": "41", "SLURM_RESTART_COUNT": str(restart)}
     return finish_job("run", ["--output", str(run_dir)], exit_status=exit_status,
@@ -775,7 +768,7 @@ def _finish(run_dir: Path, *, exit_status: int, signals: list[str], restart: int
 
 
 def test_restarts_that_make_no_progress_stop_requeueing(tmp_path):
-    from lbtkit.cluster import MAX_IDLE_RESTARTS
+    from lbtkit.slurm.requeue import MAX_IDLE_RESTARTS
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -800,14 +793,15 @@ def test_restarts_that_make_no_progress_stop_requeueing(tmp_path):
     ("completed", 75, ["USR1"], ("exit", "0")),  # a signal as it completed: nothing to redo
 ])
 def test_the_outcome_of_a_run_told_to_stop(tmp_path, status, code, signals, expected):
-    from lbtkit.cluster import SlurmEnv, outcome
+    from lbtkit.slurm.env import SlurmEnv
+    from lbtkit.slurm.requeue import outcome
 
     action, value, notes = outcome(status=status, exit_status=code, signals=signals,
                                    diverged_exit=3, slurm=SlurmEnv(job_id="41"), run_dir="r")
     assert (action, value) == expected, notes
 
 
-JOBS_DIR = Path(__file__).resolve().parent.parent / "lbtkit" / "jobs"
+JOBS_DIR = Path(__file__).resolve().parent.parent / "lbtkit" / "slurm" / "jobs"
 
 
 def test_usr1_before_the_run_starts_is_kept_and_requeues(tmp_path):
@@ -838,7 +832,7 @@ def test_usr1_before_the_run_starts_is_kept_and_requeues(tmp_path):
     (["--time", "1-2"], 93600), (["-t", "0-0:1:5"], 65), (["-t", "UNLIMITED"], None), ([], None),
 ])
 def test_sbatch_time_limits_are_read(flags, seconds):
-    from lbtkit.slurm import time_limit_seconds
+    from lbtkit.slurm.submit import time_limit_seconds
 
     assert time_limit_seconds(["-p", "gpu", *flags]) == seconds
 

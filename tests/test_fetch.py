@@ -22,14 +22,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lbtkit.data import load_dataset, readers
+from lbtkit.data import idx, load_dataset
 from lbtkit.data.download import ChecksumError
 from lbtkit.doctor import collect_checks, run_doctor
 from lbtkit.errors import UserError
 from lbtkit.fetch import fetch
 
-NAMES = readers.IDX_FILES
-PUBLISHED_MD5 = dict(readers.IDX_LAYOUTS["fashion-mnist"].remote.md5)
+NAMES = idx.IDX_FILES
+PUBLISHED_MD5 = dict(idx.IDX_LAYOUTS["fashion-mnist"].remote.md5)
 
 
 def _idx_gz(array: np.ndarray, magic: int) -> bytes:
@@ -77,16 +77,16 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     base = f"http://127.0.0.1:{server.server_address[1]}"
     for key in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(key, raising=False)
-    remote = readers.IdxRemote(
+    remote = idx.IdxRemote(
         mirrors=(f"{base}/missing/", f"{base}/fashion/"),
         md5={name: hashlib.md5(blob).hexdigest() for name, blob in blobs.items()},
         sha256={name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
     )
     system = tmp_path / "system"
     system.mkdir()
-    layout = dataclasses.replace(readers.IDX_LAYOUTS["fashion-mnist"], remote=remote,
+    layout = dataclasses.replace(idx.IDX_LAYOUTS["fashion-mnist"], remote=remote,
                                  system_folders=(system,))
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", layout)
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", layout)
     try:
         yield {"www": www, "blobs": blobs, "requests": requests, "base": base,
                "system": system}
@@ -104,7 +104,7 @@ def test_the_published_checksums_are_the_official_ones():
         "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
     }
-    mirrors = readers.IDX_LAYOUTS["fashion-mnist"].remote.mirrors
+    mirrors = idx.IDX_LAYOUTS["fashion-mnist"].remote.mirrors
     assert all(m.endswith("/") for m in mirrors)
     assert "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" in mirrors
 
@@ -158,9 +158,9 @@ def test_partly_fetched_data_gets_only_the_missing_files(tmp_path, mirror):
 
 
 def test_checksum_mismatch_is_one_line_and_keeps_no_file(tmp_path, mirror, monkeypatch):
-    layout = readers.IDX_LAYOUTS["fashion-mnist"]
+    layout = idx.IDX_LAYOUTS["fashion-mnist"]
     md5 = dict(layout.remote.md5, **{"t10k-labels-idx1-ubyte": "0" * 32})
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
         layout, remote=dataclasses.replace(layout.remote, md5=md5)))
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumError) as info:
@@ -183,9 +183,9 @@ def test_checksum_mismatch_is_one_line_and_keeps_no_file(tmp_path, mirror, monke
 
 
 def test_sha256_is_checked_too(tmp_path, mirror, monkeypatch):
-    layout = readers.IDX_LAYOUTS["fashion-mnist"]
+    layout = idx.IDX_LAYOUTS["fashion-mnist"]
     sha = dict(layout.remote.sha256, **{"train-labels-idx1-ubyte": "f" * 64})
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
         layout, remote=dataclasses.replace(layout.remote, sha256=sha)))
     with pytest.raises(ChecksumError, match=r"sha256 \w+ is not the published f{64}"):
         fetch("fashion-mnist", data_dir=tmp_path / "data")
@@ -193,14 +193,14 @@ def test_sha256_is_checked_too(tmp_path, mirror, monkeypatch):
 
 
 def test_no_reachable_mirror_is_one_line(tmp_path, mirror, monkeypatch):
-    layout = readers.IDX_LAYOUTS["fashion-mnist"]
+    layout = idx.IDX_LAYOUTS["fashion-mnist"]
     # A port nothing listens on: connection refused, as on a node without network.
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}/"
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", dataclasses.replace(
         layout, remote=dataclasses.replace(layout.remote, mirrors=(dead,))))
     with pytest.raises(UserError) as info:
         fetch("fashion-mnist", data_dir=tmp_path / "data")

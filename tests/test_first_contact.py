@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lbtkit
 
-from conftest import assert_user_error
+from helpers import assert_user_error
 
 
 def test_version_flag_prints_the_package_version(cli):

@@ -25,10 +25,11 @@ import torch
 from lbtkit.checkpoint import latest_checkpoint
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import CheckpointError, UserError
-from lbtkit.rundir import MAX_JSON_DEPTH, RunDir, read_json, write_json
+from lbtkit.fileio import MAX_JSON_DEPTH, read_json, write_json
+from lbtkit.rundir import RunDir
 from lbtkit.sweep import plan_sweep
 
-from conftest import assert_user_error, invoke_cli, run_cli, train_smoke
+from helpers import assert_user_error, invoke_cli, run_cli, train_smoke
 
 FIFO = object()  # a damage that is not text: the file is a named pipe
 

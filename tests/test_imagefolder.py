@@ -11,7 +11,7 @@ from PIL import Image
 from lbtkit.data import dataset_info, load_dataset
 from lbtkit.errors import ConfigError, DataNotFoundError
 
-from conftest import assert_user_error, invoke_cli
+from helpers import assert_user_error, invoke_cli
 
 CLASSES = ("cat", "dog", "emu")
 

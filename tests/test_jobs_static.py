@@ -1,5 +1,5 @@
 """The SLURM job scripts without SLURM: shellcheck, their headers, usage errors, the signal relay
-of jobs/common.sh, and the sbatch command lines of lbtkit.slurm (fast; always run)."""
+of jobs/common.sh, and the sbatch command lines of lbtkit.slurm.submit (fast; always run)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from lbtkit import slurm
 from lbtkit.errors import UserError
+from lbtkit.slurm import submit as slurm
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"  # links to the package's copies: sbatch jobs/sweep.sh from a checkout
-PACKAGED = ROOT / "lbtkit" / "jobs"
+PACKAGED = ROOT / "lbtkit" / "slurm" / "jobs"
 SCRIPTS = sorted(PACKAGED.glob("*.sh")) + sorted((ROOT / "tests").glob("*.sh"))
 BATCH_SCRIPTS = ["sweep.sh", "run.sh", "multinode.sh", "report.sh"]
 # sbatch options whose values belong to a site, not to a script in a repository.
@@ -76,11 +76,11 @@ def test_the_checkout_jobs_are_the_packaged_scripts():
     for name in ["common.sh", *BATCH_SCRIPTS]:
         assert (JOBS / name).resolve() == (PACKAGED / name).resolve(), name
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"jobs/*.sh"' in pyproject  # package data: the wheel carries them
+    assert '"slurm/jobs/*.sh"' in pyproject  # package data: the wheel carries them
 
 
 def test_the_shell_is_short_and_parses_no_json():
-    """The job logic is Python (lbtkit/cluster.py); the shell relays signals and requeues."""
+    """The job logic is Python (lbtkit/slurm/); the shell relays signals and requeues."""
     texts = {p.name: p.read_text() for p in PACKAGED.glob("*.sh")}
     # 200 until the relay kept signals that come before the run (#25 class 9): 208.
     assert sum(text.count("\n") for text in texts.values()) <= 210
@@ -469,7 +469,7 @@ def test_multinode_refuses_an_srun_prefix(tmp_path):
     assert "LBT_EXEC starts with srun, and jobs/multinode.sh runs srun" in result.stderr
 
 
-# --- lbtkit.slurm command builders ---------------------------------------------------------------
+# --- lbtkit.slurm.submit command builders ----------------------------------------------------
 
 
 def test_sweep_submit_command(tmp_path):

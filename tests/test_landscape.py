@@ -24,10 +24,10 @@ from lbtkit.landscape import (
     shard,
     steepest_midpoints,
 )
-from lbtkit.rundir import load_run
+from lbtkit.run_model import load_run
 from lbtkit.specs import InterpolationSpec
 
-from conftest import cli_env, train_sb_lb, train_smoke
+from helpers import cli_env, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

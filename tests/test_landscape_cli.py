@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error, invoke_cli, run_cli, train_smoke
+from helpers import assert_user_error, invoke_cli, run_cli, train_smoke
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from lbtkit.landscape import (
 )
 from lbtkit.specs import PlaneSpec
 
-from conftest import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
+from helpers import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -165,7 +165,7 @@ def test_inconsistent_options_and_runs_are_refused(runs, tmp_path):
 
 
 def test_a_launch_file_runs_the_spec_it_holds(runs, tmp_path):
-    from lbtkit.analysis_jobs import JOB_FILE, run_job, write_job
+    from lbtkit.analysis_workers import JOB_FILE, run_job, write_job
 
     sb, _, _ = runs
     spec = PlaneSpec(x=[0.0, 0.5], y=[0.0], splits=["test"], bn="batch-stats", seed=3)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, scaled_timeout
+from helpers import alive, cli_env, scaled_timeout
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,6 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             found += [int(p) for p in task.read_text().split()]
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_killing_only_the_launcher_stops_the_workers(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from lbtkit.local_pool import Task, gpu_slots, run_tasks, threads_per_job, visible_gpus
 
-from conftest import scaled_timeout
+from helpers import alive, scaled_timeout
 
 # --- sharing the machine out ---------------------------------------------------------------------
 
@@ -92,14 +92,6 @@ def test_an_interrupted_task_stops_the_others_and_no_more_start(tmp_path):
     assert result.returncodes == {"interrupted": 75, "sleeper": -signal.SIGTERM}
     assert result.stopped_by == "a task was interrupted"
     assert not (tmp_path / "never.log").exists()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 PARENT = textwrap.dedent("""

@@ -26,7 +26,7 @@ from lbtkit.noise_scale import (
 )
 from lbtkit.specs import NoiseScaleSpec
 
-from conftest import assert_user_error, invoke_cli, run_cli
+from helpers import assert_user_error, invoke_cli, run_cli
 
 # --- the estimators --------------------------------------------------------------------------
 
@@ -550,7 +550,8 @@ def test_noise_scale_cli_needs_final_weights(trained_run, tmp_path):
 def test_report_marks_the_noise_scale(tmp_path, monkeypatch):
     import lbtkit.report as report
     from lbtkit.config import RunConfig, preset_values
-    from lbtkit.rundir import RunDir, write_json
+    from lbtkit.fileio import write_json
+    from lbtkit.rundir import RunDir
     from lbtkit.sweep import load_sweep, plan_sweep
 
     base = RunConfig().updated(preset_values("smoke")).updated({"epochs": 1})

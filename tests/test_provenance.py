@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lbtkit.config import build_config
-from lbtkit.data import load_dataset, readers
+from lbtkit.data import idx, load_dataset
 from lbtkit.data.provenance import (
     SIDECAR_SUFFIX,
     data_files,
@@ -40,8 +40,8 @@ def system_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fashion-MNIST's Debian folder, moved to an empty temporary directory."""
     folder = tmp_path / "system-fashion-mnist"
     folder.mkdir()
-    layout = dataclasses.replace(readers.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
-    monkeypatch.setitem(readers.IDX_LAYOUTS, "fashion-mnist", layout)
+    layout = dataclasses.replace(idx.IDX_LAYOUTS["fashion-mnist"], system_folders=(folder,))
+    monkeypatch.setitem(idx.IDX_LAYOUTS, "fashion-mnist", layout)
     return folder
 
 

@@ -29,7 +29,7 @@ from lbtkit.models.norm import (
 from lbtkit.rundir import RunDir
 from lbtkit.train import run
 
-from conftest import run_cli, scaled_timeout
+from helpers import run_cli, scaled_timeout
 
 
 def _bn_mlp(*, num_classes, in_channels, image_size, pretrained):
@@ -41,11 +41,11 @@ def _bn_mlp(*, num_classes, in_channels, image_size, pretrained):
 @pytest.fixture
 def bn_mlp_registered():
     """``_test_bn_mlp`` in the model registry for one test only (others list the models)."""
-    from lbtkit import models
+    from lbtkit.models import registry
 
     register_model("_test_bn_mlp")(_bn_mlp)
     yield "_test_bn_mlp"
-    del models._REGISTRY["_test_bn_mlp"]
+    del registry._REGISTRY["_test_bn_mlp"]
 
 
 def _smoke(tmp_path, name="run", **overrides):

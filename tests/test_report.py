@@ -9,8 +9,9 @@ import statistics
 import pytest
 
 from lbtkit.config import RunConfig, preset_values
+from lbtkit.fileio import write_json
 from lbtkit.report import collect, format_duration, format_lr, write_report
-from lbtkit.rundir import RunDir, write_json
+from lbtkit.rundir import RunDir
 from lbtkit.sweep import plan_sweep, run_all
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli_env, invoke_cli
+from helpers import cli_env, invoke_cli
 
 # C1 has dropout, so an exact match also shows the RNG state is restored.
 ARGS = ["run", "--preset", "smoke", "--model", "c1", "--batch-size", "32", "--epochs", "5",

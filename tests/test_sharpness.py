@@ -212,7 +212,7 @@ def test_run_sharpness_writes_every_setting(tmp_path):
 
 
 def test_run_sharpness_under_both_batchnorm_conventions(tmp_path):
-    from conftest import train_smoke
+    from helpers import train_smoke
 
     run_dir = tmp_path / "run"
     train_smoke(run_dir, batch_size=256)
@@ -232,7 +232,7 @@ def test_run_sharpness_under_both_batchnorm_conventions(tmp_path):
 
 
 def test_sharpness_command_shows_each_stage_and_its_progress(tmp_path):
-    from conftest import invoke_cli, train_smoke
+    from helpers import invoke_cli, train_smoke
 
     run_dir = tmp_path / "run"
     train_smoke(run_dir, batch_size=256)

@@ -4,8 +4,8 @@
    A plain ``sbatch jobs/sweep.sh`` (no --array) fails at once instead of training one entry.
 2. A task signalled mid-run (as SLURM does before the time limit) checkpoints, requeues itself
    (that task only), resumes, and ends with the weights of an uninterrupted run.
-3. ``lbtkit.slurm.submit_sweep``: an array with a diverging entry plus the report job after it;
-   the entry is recorded and reported as diverged, the others complete.
+3. ``lbtkit.slurm.submit.submit_sweep``: an array with a diverging entry plus the report job
+   after it; the entry is recorded and reported as diverged, the others complete.
 4. ``scancel`` (SIGTERM) checkpoints but does not requeue: the cancelled job stays cancelled.
 5. Container mode (``LBT_IMAGE``), submitted by ``submit_sweep``: the task runs ``apptainer exec
    --bind ... IMAGE lbtkit sweep run-task ...`` (the image's lbtkit, not a pinned host path),
@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (slurm: the session fixture)
 
-from conftest import cli_env, install_wheel_venv, run_cli, scaled_timeout
+from helpers import cli_env, install_wheel_venv, run_cli, scaled_timeout
+from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (slurm: the session fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"
@@ -222,7 +222,7 @@ def test_signalled_task_requeues_resumes_and_matches_an_uninterrupted_run(slurm,
 
 
 def test_submitted_sweep_records_and_reports_a_diverged_entry(slurm, tmp_path, monkeypatch):  # noqa: F811
-    from lbtkit.slurm import submit_sweep
+    from lbtkit.slurm.submit import submit_sweep
 
     sweep = tmp_path / "sweep"
     runs = plan(sweep, {"batch_size": [64], "base_lr": [0.02, 0.05, 1e8]}, epochs=1, log_every=1)
@@ -296,7 +296,7 @@ def test_a_cancelled_run_checkpoints_and_is_not_requeued(slurm, tmp_path):  # no
 def test_a_submitted_sweep_runs_in_the_container(slurm, tmp_path, monkeypatch):  # noqa: F811
     from test_jobs_static import Container
 
-    from lbtkit.slurm import submit_sweep
+    from lbtkit.slurm.submit import submit_sweep
 
     box = Container(tmp_path)
     site = tmp_path / "site"

@@ -7,7 +7,7 @@ import pytest
 from lbtkit.errors import ConfigError
 from lbtkit.stopping import StopRule, plateau_length
 
-from conftest import train_smoke
+from helpers import train_smoke
 
 
 def rows(*losses, accs=None):
@@ -72,7 +72,7 @@ def test_a_run_stops_at_the_first_epoch_that_meets_its_rule(tmp_path):
 
     from lbtkit.studies.summary import stop_text
 
-    from conftest import train_smoke
+    from helpers import train_smoke
 
     run_dir = tmp_path / "run"
     results = train_smoke(run_dir, epochs=8, stop_train_acc=0.8)

@@ -12,7 +12,8 @@ import pytest
 
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.errors import ConfigError, UserError
-from lbtkit.rundir import RunDir, write_json
+from lbtkit.fileio import write_json
+from lbtkit.rundir import RunDir
 from lbtkit.sweep import (
     ACTIVE_WINDOW_SECONDS,
     entry_config,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import assert_user_error
+from helpers import assert_user_error
 
 
 def test_plan_status_run_task_report(cli, tmp_path):

@@ -19,7 +19,7 @@ from lbtkit.local_pool import Task
 from lbtkit.rundir import RunDir
 from lbtkit.sweep import load_sweep, plan_sweep, run_all, run_entries
 
-from conftest import assert_user_error, cli_env, scaled_timeout
+from helpers import assert_user_error, cli_env, scaled_timeout
 
 
 def plan_smoke(root: Path, *, epochs: int = 1, batch_sizes=(32, 64), seeds=(0,)) -> Path:

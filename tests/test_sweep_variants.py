@@ -13,7 +13,7 @@ from lbtkit.errors import ConfigError
 from lbtkit.report import write_report
 from lbtkit.sweep import load_sweep, plan_sweep, run_all, sweep_table
 
-from conftest import assert_user_error
+from helpers import assert_user_error
 
 REMEDIES = ["baseline", "reference-b32", "sqrt-warmup", "lars", "lamb", "ghost-bn", "sync-bn",
             "sam"]

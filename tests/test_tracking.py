@@ -19,7 +19,7 @@ from lbtkit.tracking import (
     tracking_dir,
 )
 
-from conftest import (
+from helpers import (
     assert_user_error,
     invoke_cli,
     run_cli,

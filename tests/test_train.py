@@ -84,14 +84,14 @@ def test_divergence_is_recorded(tmp_path):
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
     # A model without BatchNorm or dropout: accumulation must give the same update as one
     # batch, up to float summation order.
-    from lbtkit import models
+    from lbtkit.models import registry
 
     def _linear(*, num_classes, in_channels, image_size, pretrained):
         return torch.nn.Sequential(torch.nn.Flatten(),
                                    torch.nn.Linear(in_channels * image_size ** 2, num_classes))
 
     # Registered for this test only: the registry listing tests must not see it.
-    monkeypatch.setitem(models._REGISTRY, "_test_linear", _linear)
+    monkeypatch.setitem(registry._REGISTRY, "_test_linear", _linear)
 
     weights = []
     for accum in (1, 4):

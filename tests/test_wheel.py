@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import cli_env, install_wheel_venv, scaled_timeout
+from helpers import cli_env, install_wheel_venv, scaled_timeout
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from lbtkit.cli.common import app, check_num_processes, console, user_errors
 from lbtkit.cli.flags import with_spec_flags
 from lbtkit.cli.options import num_processes_option, output_option
 from lbtkit.errors import UserError
-from lbtkit.rundir import read_json
+from lbtkit.fileio import read_json
 from lbtkit.specs import DEFAULT_GRID, InterpolationSpec, NoiseScaleSpec, PlaneSpec, SharpnessSpec
 
 # An analysis's settings are its spec's fields: with_spec_flags makes them options, with their
@@ -121,7 +121,7 @@ def _grid_command(analysis: str, spec: Any, runs: list[Path | None], output: Pat
                   tracking_dir: str | None, tracking_project: str | None) -> None:
     """The tail of interpolate/landscape: run the grid here (``run_here()``, its paths
     printed) or on N launched processes, then log it to the trackers; exit with the code."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
     from lbtkit.tracking import log_grid
 
     check_num_processes(num_processes)
@@ -142,7 +142,7 @@ def analysis_worker(
     job_file: Annotated[Path, typer.Argument(help="a launch-spec.json written by the launcher")],
 ) -> None:
     """(internal) One process of an analysis run by --num-processes N."""
-    from lbtkit.analysis_jobs import run_job
+    from lbtkit.analysis_workers import run_job
 
     _print_paths(run_job(job_file))
 
@@ -264,9 +264,9 @@ def _launched(analysis: str, spec: Any, run_dir: Path, output: Path,
     """With --num-processes N > 1, run ``analysis`` of ``run_dir`` (at ``weights``, if given)
     on N launched processes (exit with their code when it is not 0) and return True; else
     False (run it here)."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
     from lbtkit.checkpoint import load_weights
-    from lbtkit.rundir import load_run
+    from lbtkit.run_model import load_run
 
     check_num_processes(num_processes)
     if num_processes is None or num_processes == 1:

@@ -26,7 +26,7 @@ def jobs_path() -> None:
     Example:
         sbatch $(lbtkit jobs path)/run.sh --preset smoke --output runs/smoke
     """
-    from lbtkit.cluster import installed_jobs_dir
+    from lbtkit.slurm.submit import installed_jobs_dir
 
     print(installed_jobs_dir())
 
@@ -42,7 +42,7 @@ def jobs_copy(
     Example:
         lbtkit jobs copy /shared/lbtkit-jobs
     """
-    from lbtkit.slurm import copy_jobs
+    from lbtkit.slurm.submit import copy_jobs
 
     for path in copy_jobs(directory):
         print(path)
@@ -68,7 +68,7 @@ def job_plan(
     Example:
         lbtkit job plan sweep -- sweeps/s   (job scripts)
     """
-    from lbtkit.cluster import plan_job
+    from lbtkit.slurm.plan import plan_job
 
     plan = plan_job(kind, args or [])
     _job_log(plan.notes)
@@ -93,7 +93,7 @@ def job_finish(
     Example:
         lbtkit job finish sweep --exit-status 75 -- sweeps/s   (job scripts)
     """
-    from lbtkit.cluster import finish_job
+    from lbtkit.slurm.requeue import finish_job
 
     try:
         action, value, notes = finish_job(kind, args or [], exit_status=exit_status,

@@ -171,7 +171,7 @@ def sweep_submit(
     """
     import shlex
 
-    from lbtkit.slurm import SlurmUnavailable, submit_sweep
+    from lbtkit.slurm.submit import SlurmUnavailable, submit_sweep
 
     try:
         result = submit_sweep(sweep_dir, max_parallel=max_parallel, extra=sbatch_args or [],

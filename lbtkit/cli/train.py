@@ -40,13 +40,13 @@ def run(
         lbtkit run --preset smoke --output runs/smoke
         lbtkit run --preset keskar-c1 --batch-size 512 --num-processes 2
     """
-    from lbtkit import launch
+    from lbtkit import distributed, launch
 
     resolved = build_config(preset=preset, config_file=config, overrides=config_flags)
     check_num_processes(num_processes)
-    if num_processes and launch.in_launched_worker():
+    if num_processes and distributed.in_launched_worker():
         raise UserError("--num-processes launches processes; inside accelerate launch, omit it")
-    world = num_processes or launch.launched_world_size()
+    world = num_processes or distributed.launched_world_size()
     batch_plan = plan_batches(resolved, world)
     if dry_run:
         shown = {**resolved.to_dict(), **batch_plan.to_dict()}
@@ -55,7 +55,7 @@ def run(
     from lbtkit.preflight import preflight
 
     # Once here, not once per process (rank 0 of a launch holds the lock: others skip it).
-    preflight(resolved, world_size=world, check_lock=not launch.in_launched_worker())
+    preflight(resolved, world_size=world, check_lock=not distributed.in_launched_worker())
     if num_processes and num_processes > 1:
         raise typer.Exit(launch.launch_run(resolved, num_processes, progress=progress))
 

@@ -2,15 +2,8 @@
 
 from lbtkit.data.device import EpochDraw, augment, draw_epoch, iter_batches, normalize
 from lbtkit.data.provenance import data_files
-from lbtkit.data.readers import (
-    DATASETS,
-    DatasetInfo,
-    ImageData,
-    dataset_files,
-    dataset_info,
-    hold_out,
-    load_dataset,
-)
+from lbtkit.data.readers import DATASETS, dataset_files, dataset_info, hold_out, load_dataset
+from lbtkit.data.types import DatasetInfo, ImageData
 
 __all__ = [
     "DATASETS",

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from lbtkit.data.idx import IDX_FILES, IDX_LAYOUTS, idx_search_dirs
 from lbtkit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ def download_idx(name: str, data_dir: str | Path) -> Path:
     """Fetch IDX data set ``name``'s archives into its folder under ``data_dir`` (the first of
     ``idx_search_dirs``), skipping those already there with the published checksum; the
     folder. The caller reads the result back (``load_dataset``) to check its content."""
-    from lbtkit.data.readers import IDX_FILES, IDX_LAYOUTS, idx_search_dirs
-
     remote = IDX_LAYOUTS[name].remote
     if remote is None:
         raise ValueError(f"{name!r} has no published mirrors here")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lbtkit.data.readers import DatasetInfo, ImageData
+from lbtkit.data.types import DatasetInfo, ImageData
 from lbtkit.errors import ConfigError, DataNotFoundError
 
 PREFIX = "imagefolder:"

@@ -116,7 +116,7 @@ def _key(*parts: object) -> str:
 
 def _read_cache(path: Path, key: dict) -> str | None:
     """The cached sha256 if ``path`` holds one for exactly ``key``, else None."""
-    from lbtkit.rundir import read_json
+    from lbtkit.fileio import read_json
 
     try:
         record = read_json(path, kind=dict)

@@ -10,7 +10,9 @@ downloader for CIFAR and MNIST, ``lbtkit.data.download`` with the published chec
 Fashion-MNIST); the result is always read back by these readers.
 
 Where each data set's files are is public (``dataset_files``, ``idx_search_dirs``), so that
-``lbtkit doctor`` and ``lbtkit fetch`` look exactly where the readers do.
+``lbtkit doctor`` and ``lbtkit fetch`` look exactly where the readers do. The types are in
+``lbtkit.data.types``, the IDX data sets' files and mirrors in ``lbtkit.data.idx``, image
+folders in ``lbtkit.data.imagefolder``.
 """
 
 from __future__ import annotations
@@ -31,22 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from lbtkit.data.idx import IDX_FILES, IDX_LAYOUTS, idx_search_dirs
+from lbtkit.data.types import DatasetInfo, ImageData
 from lbtkit.errors import ConfigError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static description of a dataset and its standard train-time augmentation."""
-
-    name: str
-    num_classes: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
-    std: tuple[float, ...]
-    crop_padding: int
-    flip: bool
 
 
 # Digits: a fixed held-out split that no run seed can change. RandomState is used (not
@@ -144,54 +135,6 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {known}, or "
                           f"imagefolder:PATH") from None
 
-
-@dataclass
-class ImageData:
-    """One dataset, both splits, as uint8 ``(N, C, H, W)`` images and int64 labels, and the
-    files (or folders) it was read from (``files``; empty for generated data)."""
-
-    info: DatasetInfo
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-    files: tuple[Path, ...] = ()
-    # Set by ``hold_out``: the dataset's own test split, once validation is carved from train.
-    test_images: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        # Shape checks only (no .item()), so this stays free of device syncs.
-        splits = ("train", "val") if self.test_images is None else ("train", "val", "test")
-        for split in splits:
-            images = getattr(self, f"{split}_images")
-            labels = getattr(self, f"{split}_labels")
-            if images.dtype != torch.uint8 or images.ndim != 4:
-                raise ValueError(
-                    f"{split}_images must be uint8 (N, C, H, W), got {images.dtype} "
-                    f"{tuple(images.shape)}"
-                )
-            if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
-                raise ValueError(
-                    f"{split}_labels must be int64 ({images.shape[0]},), got "
-                    f"{labels.dtype} {tuple(labels.shape)}"
-                )
-
-    def to(self, device: torch.device | str) -> ImageData:
-        """A copy with all four tensors on ``device`` (contiguous, ready for indexing)."""
-        def move(images: torch.Tensor | None) -> torch.Tensor | None:
-            return None if images is None else images.to(device).contiguous()
-
-        return ImageData(
-            info=self.info,
-            train_images=move(self.train_images),
-            train_labels=self.train_labels.to(device),
-            val_images=move(self.val_images),
-            val_labels=self.val_labels.to(device),
-            files=self.files,
-            test_images=move(self.test_images),
-            test_labels=move(self.test_labels),
-        )
 
 
 # The held-out validation draw: a fixed seed, not the run's, so every run of a study (every
@@ -466,70 +409,6 @@ def _load_cifar(info: DatasetInfo, root: Path) -> ImageData:
 
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dims
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim
-IDX_FILES = (  # the four files of an IDX data set, in the order dataset_files lists them
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-
-
-@dataclass(frozen=True)
-class IdxRemote:
-    """The published archives: ``mirror + NAME.gz`` for each of ``IDX_FILES``, tried in order,
-    each checked against its md5 (as published) and, when known, its sha256."""
-
-    mirrors: tuple[str, ...]
-    md5: dict[str, str]
-    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class IdxLayout:
-    """Where an IDX data set's four files may be: folders under ``--data-dir`` first (the first
-    is where ``lbtkit fetch`` writes), then system folders that a distribution package fills.
-    Each file may be gzipped (``NAME.gz``)."""
-
-    folders: tuple[str, ...]
-    system_folders: tuple[Path, ...] = ()
-    package: str | None = None  # the Debian package that fills system_folders
-    remote: IdxRemote | None = None  # None: torchvision's downloader fetches it
-
-
-IDX_LAYOUTS: dict[str, IdxLayout] = {
-    # torchvision's layout, which `--download` (torchvision's MNIST downloader) writes.
-    "mnist": IdxLayout(folders=("MNIST/raw",)),
-    # `apt-get install dataset-fashion-mnist` puts the four .gz files in /usr/share/datasets;
-    # FashionMNIST/raw is torchvision's layout, for data fetched by torchvision elsewhere.
-    "fashion-mnist": IdxLayout(
-        folders=("fashion-mnist", "FashionMNIST/raw"),
-        system_folders=(Path("/usr/share/datasets/fashion-mnist"),),
-        package="dataset-fashion-mnist",
-        # The mirrors and md5s that zalandoresearch/fashion-mnist's README publishes (and
-        # torchvision's FashionMNIST lists). Debian's .gz files are not byte-identical to these
-        # (other md5s); their content is checked by the reader like any other file.
-        remote=IdxRemote(
-            mirrors=(
-                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            ),
-            md5={
-                "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
-                "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
-                "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
-            },
-        ),
-    ),
-}
-
-
-def idx_search_dirs(name: str, data_dir: str | Path) -> list[Path]:
-    """The folders searched, in order, for IDX data set ``name`` (the first is fetch's)."""
-    layout = IDX_LAYOUTS[name]
-    root = Path(data_dir).expanduser().absolute()
-    return [root / folder for folder in layout.folders] + list(layout.system_folders)
-
 
 def _idx_file(folder: Path, basename: str) -> Path | None:
     for candidate in (folder / basename, folder / f"{basename}.gz"):

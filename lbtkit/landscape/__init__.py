@@ -6,11 +6,11 @@
   directions or through a second solution (Li et al. 2018);
 - ``sharpness``: Keskar's sharpness metric, top Hessian eigenvalues, the Hessian trace.
 
-``lbtkit.analysis_jobs`` hands any of them to ``accelerate launch`` workers (--num-processes).
+``lbtkit.analysis_workers`` hands any of them to ``accelerate launch`` workers (--num-processes).
 
 Each analysis takes a typed, validated spec (``lbtkit.specs``: ``InterpolationSpec``,
 ``PlaneSpec``, ``SharpnessSpec``) and stores it under "spec" in its output JSON. Everything reads
-finished run directories (``lbtkit.rundir.load_run``), never the training loop.
+finished run directories (``lbtkit.run_model.load_run``), never the training loop.
 """
 
 from lbtkit.landscape.bn import evaluate_batch_stats, recalibrate_bn

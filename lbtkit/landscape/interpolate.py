@@ -35,12 +35,14 @@ import torch
 
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
+from lbtkit.distributed import shard
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
+from lbtkit.fileio import atomic_write_text, write_json
 from lbtkit.landscape.bn import evaluate_batch_stats, negative_variances, recalibrate_bn
-from lbtkit.launch import shard
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import atomic_write_text, load_run, versions, write_json
+from lbtkit.run_model import load_run
+from lbtkit.rundir import versions
 from lbtkit.specs import (
     BN_MODES,
     SPLITS,
@@ -343,7 +345,7 @@ def run_interpolation(
     Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
     created (CPU/gloo without CUDA) and shut down at the end.
     """
-    from lbtkit.launch import worker_accelerator
+    from lbtkit.distributed import worker_accelerator
 
     with worker_accelerator(accelerator) as accelerator:
         rows = interpolate_runs(spec, sb_dir, lb_dir, accelerator=accelerator,

@@ -49,7 +49,8 @@ from lbtkit.landscape.interpolate import (
     write_grid_files,
 )
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import load_run, versions
+from lbtkit.run_model import load_run
+from lbtkit.rundir import versions
 from lbtkit.specs import DIRECTIONS, NORMS, SPLITS, Grid, PlaneSpec, parse_grid
 
 __all__ = ["DIRECTIONS", "NORMS", "Grid", "between_direction", "landscape_meta",
@@ -382,7 +383,7 @@ def run_landscape(
     Under ``accelerate launch`` with several processes and no ``accelerator`` given, one is
     created (CPU/gloo without CUDA) and shut down at the end.
     """
-    from lbtkit.launch import worker_accelerator
+    from lbtkit.distributed import worker_accelerator
 
     with worker_accelerator(accelerator) as accelerator:
         rows, stats = _landscape(spec, run, other, accelerator=accelerator, progress=progress)

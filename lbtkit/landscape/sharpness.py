@@ -36,13 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbtkit.data import iter_batches, load_dataset
+from lbtkit.distributed import process_rank, shard
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec
+from lbtkit.fileio import write_json
 from lbtkit.landscape.bn import batch_statistics, even_batches
 from lbtkit.landscape.lbfgsb import minimize_in_box
-from lbtkit.launch import process_rank, shard
 from lbtkit.progress import TrainingProgress
-from lbtkit.rundir import RunDir, load_run, versions, write_json
+from lbtkit.run_model import load_run
+from lbtkit.rundir import RunDir, versions
 from lbtkit.specs import SHARPNESS_BN, SharpnessSpec, parse_subspace
 
 __all__ = ["SharpnessSpec", "SplitLoss", "gradient_norm", "hessian_top_eigenvalues",
@@ -369,7 +371,7 @@ def run_sharpness(
     differentiates its share of the sample's batches (``SplitLoss``); the main process
     writes and returns the dict, the others return None.
     """
-    from lbtkit.launch import worker_accelerator
+    from lbtkit.distributed import worker_accelerator
 
     with worker_accelerator(accelerator) as acc:
         rank, world = process_rank(acc)

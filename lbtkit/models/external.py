@@ -165,10 +165,10 @@ def torchvision_builder(arch: str) -> ModelBuilder:
 
 def _pretrained_state(arch: str, pretrained: str) -> dict:
     # One reader of weights for every model: the hub cache or a local file, weights only.
-    from lbtkit.models.mobilenet import _as_state_dict, _describe, _read_weights_file
+    from lbtkit.models.weights import as_state_dict, describe_error, read_weights_file
 
     if pretrained != "imagenet":
-        return _as_state_dict(_read_weights_file(pretrained), f"weights file {pretrained!r}")
+        return as_state_dict(read_weights_file(pretrained), f"weights file {pretrained!r}")
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -177,11 +177,11 @@ def _pretrained_state(arch: str, pretrained: str) -> dict:
                                        weights_only=True)
     except Exception as exc:  # no network, no cache, or a corrupt cached file
         raise ConfigError(
-            f"the ImageNet weights of torchvision:{arch} are not usable ({_describe(exc)}); "
+            f"the ImageNet weights of torchvision:{arch} are not usable ({describe_error(exc)}); "
             f"fetch {weights.url} into the torch hub cache on a machine with internet, or "
             "pass a local weights file with --pretrained PATH"
         ) from exc
-    return _as_state_dict(state, f"the ImageNet weights of torchvision:{arch}")
+    return as_state_dict(state, f"the ImageNet weights of torchvision:{arch}")
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:

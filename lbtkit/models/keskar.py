@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from lbtkit.models import register_model, reject_pretrained
+from lbtkit.models.registry import register_model, reject_pretrained
 
 
 def _ceil_half(size: int) -> int:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import pickle
-from collections.abc import Mapping
 from urllib.parse import urlparse
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from lbtkit.errors import ConfigError
-from lbtkit.models import register_model
+from lbtkit.models.registry import register_model
+from lbtkit.models.weights import as_state_dict, describe_error, read_weights_file
 
 _STEM_KEY = "features.0.0.weight"
 _HEAD_KEYS = ("classifier.1.weight", "classifier.1.bias")
@@ -79,8 +77,8 @@ def _load_pretrained(model: nn.Module, pretrained: str, *, model_name: str) -> N
     if pretrained == "imagenet":
         state, source = _imagenet_state_dict(), "the torchvision ImageNet MobileNetV2 weights"
     else:
-        state, source = _read_weights_file(pretrained), f"weights file {pretrained!r}"
-    state = _as_state_dict(state, source)
+        state, source = read_weights_file(pretrained), f"weights file {pretrained!r}"
+    state = as_state_dict(state, source)
 
     own = model.state_dict()
     # The stem (if in_channels != 3) and the head (if num_classes differs) were replaced, so the
@@ -155,59 +153,12 @@ def _imagenet_state_dict() -> object:
         if os.path.exists(cache_path):
             raise ConfigError(
                 f"the ImageNet MobileNetV2 weights in the torch hub cache ({cache_path}) cannot "
-                f"be read ({_describe(exc)}); delete that file and fetch it again on a machine "
-                "with internet, or pass a local weights file with --pretrained PATH"
+                f"be read ({describe_error(exc)}); delete that file and fetch it again on a "
+                "machine with internet, or pass a local weights file with --pretrained PATH"
             ) from exc
         raise ConfigError(
             f"the ImageNet MobileNetV2 weights are not in the torch hub cache (expected "
-            f"{cache_path}) and could not be downloaded ({_describe(exc)}); fetch them on a "
+            f"{cache_path}) and could not be downloaded ({describe_error(exc)}); fetch them on a "
             f"machine with internet ({imagenet_weights_url()} into that path), or pass a local "
             "weights file with --pretrained PATH"
         ) from exc
-
-
-def _read_weights_file(path: str) -> object:
-    resolved = os.path.expanduser(path)
-    if not os.path.isfile(resolved):
-        raise ConfigError(
-            f"pretrained weights file not found (or not a file): {path!r} "
-            "(pretrained must be 'none', 'imagenet' or a path to a .safetensors/.pth file)"
-        )
-    try:
-        if resolved.lower().endswith(".safetensors"):
-            return safetensors.torch.load_file(resolved, device="cpu")
-        # weights_only: a weights file must never be able to run code when loaded.
-        return torch.load(resolved, map_location="cpu", weights_only=True)
-    # The weights-only unpickler can fail on a corrupt file with almost any exception type
-    # (KeyError, IndexError, ...); all of them mean "this file is not readable weights".
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot read pretrained weights file {path!r}: {_describe(exc)}"
-        ) from exc
-
-
-def _as_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
-    # Training checkpoints usually nest the weights next to optimizer state, epoch, etc.
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise ConfigError(
-            f"{source} does not hold a state dict (a mapping of parameter names to tensors, "
-            "optionally under a 'state_dict' or 'model' key)"
-        )
-    return dict(obj)
-
-
-def _describe(exc: Exception) -> str:
-    """One line for an error message (the CLI prints user errors as a single line)."""
-    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
-        # torch's own text suggests weights_only=False, which lbtkit deliberately never does.
-        return "it holds pickled objects other than tensors, and lbtkit never unpickles code"
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

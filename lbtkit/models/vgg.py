@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from lbtkit.models import register_model, reject_pretrained
+from lbtkit.models.registry import register_model, reject_pretrained
 
 # VGG configuration "A" (Simonyan & Zisserman 2014); "M" is a 2x2 max pool.
 _VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")

@@ -254,7 +254,7 @@ def _train_fit(run_path: Path) -> dict[str, float]:
     running statistics, as the validation numbers in results.json)."""
     from lbtkit.data import load_dataset
     from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
-    from lbtkit.rundir import load_run
+    from lbtkit.run_model import load_run
 
     model, config = load_run(run_path)
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
@@ -286,7 +286,7 @@ def _split_sizes() -> tuple[int, int]:
 
 def _parameter_count() -> int:
     from lbtkit.config import RunConfig
-    from lbtkit.models import build_model_for
+    from lbtkit.run_model import build_model_for
 
     with torch.random.fork_rng():  # building draws initial weights: leave the global RNG alone
         model = build_model_for(RunConfig(model=MODEL, dataset=DATASET), initial_weights=False)

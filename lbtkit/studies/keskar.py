@@ -28,7 +28,7 @@ from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
 from lbtkit.errors import ConfigError, EnvironmentFault
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
-from lbtkit.models import build_model_for
+from lbtkit.run_model import build_model_for
 from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
 from lbtkit.specs import KeskarStudySpec
 from lbtkit.studies.common import LABELS
@@ -109,7 +109,7 @@ def _train(config: RunConfig, num_processes: int, *, progress: bool) -> dict[str
 def _launched(analysis: str, spec: Any, runs: list[Path], output: Path,
               num_processes: int) -> None:
     """Run ``analysis`` on ``num_processes`` launched processes; raise unless they exit 0."""
-    from lbtkit.analysis_jobs import launch_job
+    from lbtkit.analysis_workers import launch_job
 
     code = launch_job(analysis, spec, runs, output, num_processes)
     if code != 0:

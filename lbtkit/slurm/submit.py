@@ -3,14 +3,14 @@
     sbatch --parsable --array=0-(N-1)[%K] [extra...] JOBS/sweep.sh SWEEP_DIR
     sbatch --parsable --dependency=afterany:<array job id> [extra...] JOBS/report.sh SWEEP_DIR
 
-The job scripts ship inside the package (``lbtkit/jobs``, ``lbtkit jobs path``); what they run
-on the nodes (GPU count, accelerate launch, container, rendezvous port) is decided by
-``lbtkit.cluster``; the scripts relay SIGUSR1 and requeue. The command builders are pure
-functions; ``submit_sweep`` runs them. The jobs run the lbtkit of the submitting interpreter:
-``submit_sweep`` exports ``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this Python's ``-m lbtkit`` /
-``-m accelerate...`` (sbatch passes the environment on), unless they are set already, or
-``LBT_IMAGE`` (a container image, whose lbtkit is on the image's PATH) or ``LBT_EXEC`` (a
-command prefix) is.
+The job scripts ship inside the package (``lbtkit/slurm/jobs``, ``lbtkit jobs path``); what
+they run on the nodes (GPU count, accelerate launch, container, rendezvous port) is decided by
+``lbtkit.slurm.plan``; the scripts relay SIGUSR1 and requeue (``lbtkit.slurm.requeue``). The
+command builders are pure functions; ``submit_sweep`` runs them. The jobs run the lbtkit of
+the submitting interpreter: ``submit_sweep`` exports ``LBT_LBTKIT`` / ``LBT_ACCELERATE`` as this
+Python's ``-m lbtkit`` / ``-m accelerate...`` (sbatch passes the environment on), unless they
+are set already, or ``LBT_IMAGE`` (a container image, whose lbtkit is on the image's PATH) or
+``LBT_EXEC`` (a command prefix) is.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.errors import EXIT_ENVIRONMENT, UserError
+from lbtkit.launch import signal_margin
+from lbtkit.slurm.plan import flag_value
+from lbtkit.slurm.requeue import MAX_IDLE_RESTARTS
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ GPU_FLAGS = ("--gpus-per-node", "--gpus", "-G", "--gres", "--gpus-per-task",
 
 def jobs_dir() -> Path:
     """The folder holding the job scripts: ``$LBT_JOBS_DIR``, else the installed copies."""
-    from lbtkit.cluster import installed_jobs_dir
-
     configured = os.environ.get(JOBS_DIR_ENV)
     if configured:
         folder = Path(configured).absolute()
@@ -189,8 +190,6 @@ def submit_sweep(
 def time_limit_seconds(sbatch_args: Sequence[str]) -> int | None:
     """The ``-t``/``--time`` of sbatch flags in seconds (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]);
     None when absent or not a length (UNLIMITED)."""
-    from lbtkit.cluster import flag_value
-
     value = flag_value("--time", sbatch_args) or flag_value("-t", sbatch_args)
     if not value:
         return None
@@ -211,8 +210,6 @@ def time_limit_seconds(sbatch_args: Sequence[str]) -> int | None:
 def warn_short_time_limit(sbatch_args: Sequence[str]) -> None:
     """Warn when the time limit leaves no training time before the time-limit signal: every
     attempt would checkpoint nothing and requeue (lbtkit job finish stops that after a few)."""
-    from lbtkit.cluster import MAX_IDLE_RESTARTS, signal_margin
-
     limit, margin = time_limit_seconds(sbatch_args), signal_margin(os.environ)
     if limit is not None and limit <= margin:
         logger.warning("the time limit (%d s) is not longer than the signal margin (%d s, "
@@ -264,3 +261,8 @@ def _sbatch(command: list[str], env: dict[str, str]) -> str:
     if not job_id.isdigit():
         raise UserError(f"unexpected sbatch output: {done.stdout.strip()!r}")
     return job_id
+
+
+def installed_jobs_dir() -> Path:
+    """The job scripts shipped inside the package (``lbtkit/slurm/jobs``)."""
+    return Path(__file__).resolve().parent / "jobs"

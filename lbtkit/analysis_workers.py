@@ -9,6 +9,8 @@ exactly the validated spec the user asked for, with no command line rebuilt flag
 The launch file is ``OUTPUT/launch-spec.json`` for the analyses that write a directory
 (interpolation, landscape) and ``OUTPUT`` with the suffix ``.launch.json`` for those that
 write one JSON file (sharpness, noise scale).
+
+(These are accelerate's worker processes; SLURM jobs and their scripts are ``lbtkit.slurm``.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lbtkit.errors import ConfigError
-from lbtkit.rundir import read_json, write_json
+from lbtkit.fileio import read_json, write_json
 from lbtkit.specs import InterpolationSpec, NoiseScaleSpec, PlaneSpec, SharpnessSpec, Spec
 
 JOB_FILE = "launch-spec.json"

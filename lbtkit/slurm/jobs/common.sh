@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by lbtkit's job scripts. lbtkit decides what the job runs (`lbtkit job plan`,
-# lbtkit/cluster.py: processes, rendezvous port, container, srun); this file keeps only what
+# lbtkit/slurm/plan.py: processes, rendezvous port, container, srun); this file keeps only what
 # must be shell: run it in the background, relay SIGUSR1/SIGTERM to it as SIGTERM (torchrun
 # forwards SIGTERM to its workers, not SIGUSR1), and `scontrol requeue` on the host.
 
