@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import invoke_cli, run_cli
+from helpers import invoke_cli, run_cli, train_smoke
 
 # The files that take minutes each (one real SLURM with its job waits, the quick Fashion-MNIST
 # study, the multi-process analyses), collected first: under pytest-xdist (make test) a
@@ -32,3 +33,14 @@ def cli(tmp_path):
 # In-process training on a 2-core machine that also runs subprocess tests: one thread each
 # avoids oversubscription (several times faster here, and the same numbers).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory) -> Path:
+    """A 2-epoch smoke run with its epoch-1 checkpoint, as a kill before the end leaves it
+    (test_faults, test_hostile_files)."""
+    run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
+    assert train_smoke(run_dir, epochs=2)["status"] == "completed"
+    (run_dir / "results.json").unlink()
+    (run_dir / "model.safetensors").unlink()
+    return run_dir

@@ -139,7 +139,7 @@ def invoke_cli(*args: str, tmp_path: Path | None = None, check: int | None = Non
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
     stderr = result.stderr
-    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(*result.exc_info))
     done = subprocess.CompletedProcess(["lbtkit", *map(str, args)], result.exit_code,
                                        result.stdout, stderr)

@@ -60,16 +60,6 @@ def assert_one_line(result: subprocess.CompletedProcess, code: int, needle: str)
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def checkpointed(tmp_path_factory) -> Path:
-    """A 2-epoch smoke run with its epoch-1 checkpoint, as a kill before the end leaves it."""
-    run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
-    assert train_smoke(run_dir, epochs=2)["status"] == "completed"
-    (run_dir / "results.json").unlink()
-    (run_dir / "model.safetensors").unlink()
-    return run_dir
-
-
 def _interrupted_copy(checkpointed: Path, tmp_path: Path) -> tuple[Path, Path]:
     run_dir = tmp_path / "run"
     shutil.copytree(checkpointed, run_dir)

@@ -235,7 +235,7 @@ def test_report_and_status_never_fail_on_a_broken_entry(tmp_path):
 
 @pytest.mark.parametrize("kind", [*JSON_DAMAGE, "a list"])
 def test_the_job_step_counts_on_without_a_damaged_requeue_record(tmp_path, kind):
-    from lbtkit.cluster import REQUEUE_FILE, count_idle_restart
+    from lbtkit.slurm.requeue import REQUEUE_FILE, count_idle_restart
 
     (tmp_path / "clean").mkdir()
     (tmp_path / "damaged").mkdir()
@@ -335,16 +335,6 @@ def test_a_decompression_bomb_in_a_run_is_one_line(tmp_path):
 
 
 # --- damaged checkpoint contents ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpointed(tmp_path_factory) -> Path:
-    """A 2-epoch smoke run with its epoch-1 checkpoint, as a kill before the end leaves it."""
-    run_dir = tmp_path_factory.mktemp("checkpointed") / "run"
-    assert train_smoke(run_dir, epochs=2)["status"] == "completed"
-    (run_dir / "results.json").unlink()
-    (run_dir / "model.safetensors").unlink()
-    return run_dir
 
 
 def _save_rng(checkpoint: Path, state: torch.Tensor) -> None:
