@@ -30,8 +30,9 @@ from typing import IO
 LOG_NAME = "launch.log"
 _OWN = re.compile(rb"^(?:warning: |error: |interrupted by )")
 _OUTCOME = (b"error: ", b"interrupted by ")
-# torch-elastic's record of the first worker that failed (logged once, after stopping the rest)
-_FIRST_FAILURE = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: \d+")
+# torch-elastic's records of failed workers: the log line of the first it observed, and each
+# entry of its ChildFailedError report
+_FAILURE = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: \d+|^\s*exitcode\s*: (-?\d+)")
 _HELD_LINES = 2000  # the end of a long run's other output, for a failure nothing explained
 
 
@@ -39,13 +40,22 @@ class LaunchStderr:
     """Reads a launcher's stderr in a thread of its own until ``finish``."""
 
     def __init__(self, stream: IO[bytes], run_dir: Path) -> None:
-        self.failed_exit: int | None = None  # the first failed worker's exit code
+        self._failed_exits: list[int] = []  # every failed worker's, as torch-elastic records
         self.explained = False  # an outcome line (error, interrupted) was shown
         self._held: collections.deque[bytes] = collections.deque(maxlen=_HELD_LINES)
         self._log = _open_log(Path(run_dir) / LOG_NAME)
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True,
                                         name="launch-stderr")
         self._thread.start()
+
+    @property
+    def failed_exit(self) -> int | None:
+        """The exit code that says why the launch failed: the first lbtkit code among the
+        failed workers' (2 a user mistake, 3 diverged, 75 interrupted, ...), else the first.
+        The worker torch-elastic observed first is often a bystander: when rank 0 refuses a
+        locked directory (2), rank 1 loses its connection to it and exits 1 first."""
+        specific = [code for code in self._failed_exits if code > 1]
+        return (specific or self._failed_exits or [None])[0]
 
     def _read(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(OSError, ValueError):  # the pipe closed under us
@@ -55,9 +65,9 @@ class LaunchStderr:
     def take(self, line: bytes) -> None:
         """Log ``line``; show it, or hold it (see the module's docstring)."""
         self._write_log(line)
-        found = _FIRST_FAILURE.search(line)
-        if found and self.failed_exit is None:
-            self.failed_exit = int(found.group(1))
+        found = _FAILURE.search(line)
+        if found:
+            self._failed_exits.append(int(found.group(1) or found.group(2)))
         outcome = line.startswith(_OUTCOME)
         if _OWN.match(line) and not (outcome and self.explained):
             self.explained |= outcome

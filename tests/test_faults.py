@@ -1020,6 +1020,22 @@ def test_a_launch_shows_the_first_outcome_line_and_holds_the_report(tmp_path, ca
     assert stderr.failed_exit == 2  # the worker's code: the launcher's is always 1
 
 
+def test_a_launch_takes_the_code_of_the_worker_that_said_why_not_of_a_bystander(tmp_path,
+                                                                              capsys):
+    # rank 0 refused a locked directory (2); rank 1 lost its connection and was observed first
+    lines = [ELASTIC_REPORT[0],
+             b"E1206 01:46:03.988000 20501 api.py:1002] failed (exitcode: 1) local_rank: 1 "
+             b"(pid: 20508) of binary: /usr/bin/python3\n",
+             b"Failures:\n", b"  rank      : 0 (local_rank: 0)\n",
+             b"  exitcode  : 2 (pid: 20507) \n", b"Root Cause (first observed failure):\n",
+             b"  rank      : 1 (local_rank: 1)\n", b"  exitcode  : 1 (pid: 20508) \n"]
+    stderr, _ = _through_launch_stderr(lines, tmp_path, capsys)
+    assert stderr.failed_exit == 2
+    (tmp_path / "x").mkdir()
+    alone, _ = _through_launch_stderr(lines[:2], tmp_path / "x", capsys)
+    assert alone.failed_exit == 1  # nothing more specific: the generic failure
+
+
 def test_a_launch_that_failed_unexplained_shows_everything(tmp_path, capsys):
     """A bug in a worker: its traceback, and the launcher's report, as they came."""
     bug = [b"Traceback (most recent call last):\n", b"ZeroDivisionError: division by zero\n",
