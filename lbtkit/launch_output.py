@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from lbtkit.errors import EXIT_INTERRUPTED
+
 LOG_NAME = "launch.log"
 _OWN = re.compile(rb"^(?:warning: |error: |interrupted by )")
 _OUTCOME = (b"error: ", b"interrupted by ")
@@ -50,12 +52,16 @@ class LaunchStderr:
 
     @property
     def failed_exit(self) -> int | None:
-        """The exit code that says why the launch failed: the first lbtkit code among the
-        failed workers' (2 a user mistake, 3 diverged, 75 interrupted, ...), else the first.
-        The worker torch-elastic observed first is often a bystander: when rank 0 refuses a
-        locked directory (2), rank 1 loses its connection to it and exits 1 first."""
-        specific = [code for code in self._failed_exits if code > 1]
-        return (specific or self._failed_exits or [None])[0]
+        """The exit code that says why the launch failed, from the failed workers' records:
+        a specific lbtkit code first (2 a user mistake, 3 diverged, ...), then 1 (a failure),
+        then 75 (interrupted) or a signal, each the first of its kind. The worker torch-elastic
+        observed first is often a bystander: when rank 0 refuses a locked directory (2), rank 1
+        loses its connection to it and exits 1 first; when rank 0 fails (1), the others it
+        stops may exit 75, and a failure must not read as "requeue me"."""
+        def rank(code: int) -> int:
+            return 0 if code > 1 and code != EXIT_INTERRUPTED else 1 if code == 1 else 2
+
+        return min(self._failed_exits, key=rank, default=None)
 
     def _read(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(OSError, ValueError):  # the pipe closed under us

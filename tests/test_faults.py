@@ -1034,6 +1034,10 @@ def test_a_launch_takes_the_code_of_the_worker_that_said_why_not_of_a_bystander(
     (tmp_path / "x").mkdir()
     alone, _ = _through_launch_stderr(lines[:2], tmp_path / "x", capsys)
     assert alone.failed_exit == 1  # nothing more specific: the generic failure
+    (tmp_path / "y").mkdir()
+    stopped = [b"  exitcode  : 75 (pid: 2) \n", b"  exitcode  : 1 (pid: 1) \n"]
+    failed, _ = _through_launch_stderr(stopped, tmp_path / "y", capsys)
+    assert failed.failed_exit == 1  # a rank stopped by the launcher is not "requeue me"
 
 
 def test_a_launch_that_failed_unexplained_shows_everything(tmp_path, capsys):
