@@ -13,8 +13,8 @@ stream and shows
   one process.
 
 Every line also goes to ``RUN/launch.log`` (appended; skipped when it cannot be written, e.g.
-on a full disk). torch-elastic's record of the first failed worker gives its exit code: the
-launcher itself always exits 1.
+on a full disk). torch-elastic's records of the failed workers give the exit code (the
+launcher itself always exits 1): see ``LaunchStderr.failed_exit``.
 """
 
 from __future__ import annotations

@@ -627,7 +627,7 @@ class _EntryWatcher:
     def _status(self, entry: dict[str, Any], task, returncode: int) -> str:
         import signal
 
-        from lbtkit.train import EXIT_INTERRUPTED
+        from lbtkit.errors import EXIT_INTERRUPTED
 
         run = RunDir(entry["run_dir"])
         if _mtime(run.results_path) != self.before[task.key]:

@@ -345,7 +345,7 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
 
 def _child_finished(task, code: int) -> bool:
     """A progress line; True (stop the others) when the child was interrupted."""
-    from lbtkit.train import EXIT_INTERRUPTED
+    from lbtkit.errors import EXIT_INTERRUPTED
 
     outcome = {0: "done", 3: "diverged", EXIT_INTERRUPTED: "interrupted"}.get(
         code, f"failed (exit {code}; see {task.log})")
