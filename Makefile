@@ -14,7 +14,7 @@ BENCH_RESULTS ?= build/bench
 BENCH_QUICK_RESULTS ?= build/bench-quick
 # make bench: the ratio benchmarks at full size (bench/fashion_epochs.py, a planning measurement
 # of several minutes, runs on its own). make bench-quick: every bench/*.py.
-BENCH_SCRIPTS       = data_pipeline train_step interpolation normalize lbfgsb_box contention optimizer_step
+BENCH_SCRIPTS       = data_pipeline train_step interpolation normalize lbfgsb_box contention optimizer_step study_jobs
 BENCH_QUICK_SCRIPTS = $(filter-out bench/common.py,$(wildcard bench/*.py))
 
 # Container images: the Docker image lbtkit:TAG (tag = the package version) and its SIF.

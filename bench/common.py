@@ -7,10 +7,8 @@ medians and the median of the per-pair ratios (:func:`compare`), writes
 ``ratio: X.XX`` (ours over the reference, higher is better) as its last line.
 
 The scripts are run as files (``python bench/x.py``), so they import this module by name from
-their own folder. Importing it puts the script under the OpenMP wait policy the ``lbtkit`` CLI
-sets (``lbtkit.cpu``): the script has loaded torch by then, so it restarts itself once with
-those variables (a variable set by the user wins, e.g. ``GOMP_SPINCOUNT=300000`` for libgomp's
-default).
+their own folder. They run under OpenMP's default wait policy, as the ``lbtkit`` CLI does, or
+under the one the user's environment sets (recorded with each result).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -30,24 +27,12 @@ from typing import Any
 
 import torch
 
-from lbtkit.cpu import apply_wait_policy, wait_policy
+from lbtkit.cpu import wait_policy
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 # Where --quick writes unless told: a quick figure must never replace a committed one.
 QUICK_RESULTS_DIR = BENCH_DIR.parent / "build" / "bench-quick"
-
-
-def _under_lbtkit_wait_policy() -> None:
-    """Re-run this script with lbtkit's OpenMP variables unless it already has them: OpenMP read
-    its variables when torch loaded, before this module was imported."""
-    env = dict(os.environ)
-    if apply_wait_policy(env) and sys.argv[0].endswith(".py"):  # run as a file
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-_under_lbtkit_wait_policy()
 
 
 # --- the machine -------------------------------------------------------------------------------

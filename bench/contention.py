@@ -1,19 +1,20 @@
 """F1 training throughput with a competing busy process, against the same run on its own.
 
-Each measurement is one ``python -m lbtkit run --model f1`` in a fresh process (the OpenMP wait
-policy is read once, when torch loads), reading ``images_per_second`` (training steps only)
+Each measurement is one ``python -m lbtkit run --model f1`` in a fresh process (OpenMP reads
+its wait policy once, when torch loads), reading ``images_per_second`` (training steps only)
 from its results.json. Two policies:
 
-- **old**, lbtkit's behaviour before ``lbtkit.cpu``: libgomp's default wait, spelt out as
-  ``GOMP_SPINCOUNT=300000`` (libgomp's documented default when ``OMP_WAIT_POLICY`` is unset);
-- **new**, whatever the CLI now chooses by itself (``lbtkit.cpu``).
+- **old**, lbtkit's behaviour before ``lbtkit.cpu``: a fixed thread count, the usable CPUs
+  (``OMP_NUM_THREADS``), with libgomp's default wait, spelt out as ``GOMP_SPINCOUNT=300000``
+  (its documented default when ``OMP_WAIT_POLICY`` is unset);
+- **new**, whatever the CLI now chooses by itself (``lbtkit.cpu``, ``lbtkit.contention``: the
+  same count as a ceiling, following other processes' load).
 
-Both use the thread count ``lbtkit.cpu`` derives (the usable CPUs; torch's own default is the
-same count on a machine without a cgroup quota or SLURM limit). Each round runs both policies
-idle and then each with one competing process (``python -c "while True: pass"``) started just
-before it, in alternating order. The headline ratio is the new policy's contended over idle
-throughput (median of the per-round ratios; target >= 0.5); the new policy's idle throughput
-over the old one's is the second target (>= 0.9, no more than 10% lost when nothing competes).
+Each round runs both policies idle and then each with one competing process
+(``python -c "while True: pass"``) started just before it, in alternating order. The headline
+ratio is the new policy's contended over idle throughput (median of the per-round ratios;
+target >= 0.5); the new policy's idle throughput over the old one's is the second target
+(>= 0.9, no more than 10% lost when nothing competes).
 
     python bench/contention.py                  # F1, Fashion-MNIST, batch 256, 1 epoch, 3 rounds
     python bench/contention.py --quick          # the bundled digits, 1 round: checks it runs
@@ -35,9 +36,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lbtkit.cpu import usable_cpus
+
 from common import apply_quick, base_parser, setup, summary, write_result
 
-OLD_ENV = {"GOMP_SPINCOUNT": "300000"}  # libgomp's default when OMP_WAIT_POLICY is unset
+# libgomp's default spin when OMP_WAIT_POLICY is unset, at a fixed count: the usable CPUs.
+OLD_ENV = {"GOMP_SPINCOUNT": "300000", "OMP_NUM_THREADS": str(usable_cpus().count)}
 # The shell's own settings must not leak into either side.
 CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
            "LBTKIT_SET_OMP", "LBTKIT_USER_OMP_NUM_THREADS")
@@ -123,8 +127,8 @@ def main() -> None:
     idle_kept = medians["new_idle_over_old_idle"]
     write_result("contention", {
         "description": "F1 training img/s with one competing busy process over img/s without "
-                       "(new thread/wait policy); and the new policy's idle img/s over the "
-                       "old one's",
+                       "(new thread policy, following the load); and the new policy's idle "
+                       "img/s over the old one's (fixed threads, default spin)",
         "settings": {"model": "f1", "dataset": args.dataset, "batch_size": args.batch_size,
                      "epochs": args.epochs, "rounds": args.rounds,
                      "old_env": OLD_ENV, "new_env": parse_env(args.new_env)},

@@ -1,4 +1,4 @@
-"""How many CPU threads a training process uses, and how its idle OpenMP threads wait.
+"""How many CPU threads a training process uses, and whether the count follows the load.
 
 Two decisions, made from what the process may actually use rather than the machine's core count:
 
@@ -7,27 +7,20 @@ Two decisions, made from what the process may actually use rather than the machi
   this machine (but not more than a program using lbtkit as a library set torch to). Usable
   CPUs are the fewest of: the CPUs this process may run on (``sched_getaffinity``), the cgroup's
   CPU quota (``cpu.max``, or ``cpu.cfs_quota_us`` in cgroup v1) and ``SLURM_CPUS_PER_TASK``.
-- **Waiting** (:func:`apply_wait_policy`, called by the CLI before anything imports torch): torch's
-  OpenMP (libgomp in the pip wheels) lets a thread that reaches a barrier spin for 300,000
-  iterations (milliseconds) before it sleeps. When another process holds a core, the sibling the
-  spinner waits for is descheduled, and every parallel region costs a scheduler time slice: an F1
-  epoch on Fashion-MNIST was 10x slower with one competing process. lbtkit caps the spin at
-  :data:`SPIN_COUNT` (``GOMP_SPINCOUNT``), short enough to give a descheduled sibling its core
-  back quickly, long enough that threads stay awake between the small ops of one training step
-  (``OMP_WAIT_POLICY=PASSIVE``, no spinning, made an idle F1 epoch about 25% slower, 4.7 s
-  against 3.6 s, when issue 22 measured it). Measured by ``bench/contention.py``.
-  ``KMP_BLOCKTIME=1`` does the same for Intel's OpenMP (conda builds of torch); it is what
-  torch's own ``torch.backends.xeon.run_cpu`` launcher sets (not measured here: this torch
-  uses libgomp). A user's own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or
-  ``KMP_BLOCKTIME`` wins.
+- **Following the load** (:mod:`lbtkit.contention`): a count lbtkit derived is a ceiling; during
+  training the run leaves the CPUs that other processes keep busy to them
+  (:attr:`CpuPolicy.adaptive`). OpenMP keeps its default wait (libgomp spins at barriers): with
+  one thread per free CPU nothing waits on a descheduled sibling, and the idle case keeps its
+  speed. Capping the spin instead (``GOMP_SPINCOUNT=3000``, lbtkit's policy before) made an idle
+  F1 epoch on the 2-core Intel Xeon here about half as fast (``bench/contention.py``). A user's
+  own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is passed on and recorded.
 
-Launched workers (``accelerate launch``, torchrun) inherit the environment, so the wait policy
-reaches them. The launchers set ``OMP_NUM_THREADS`` in every worker themselves (accelerate to 1),
-so inside a worker only a value the user gave the ``lbtkit`` command counts (it records it in
-:data:`USER_THREADS_VAR`); ``--threads`` is the way to set threads for a bare
-``accelerate launch -m lbtkit run``.
+Launched workers (``accelerate launch``, torchrun) inherit the environment. The launchers set
+``OMP_NUM_THREADS`` in every worker themselves (accelerate to 1), so inside a worker only a value
+the user gave the ``lbtkit`` command counts (it records it in :data:`USER_THREADS_VAR`);
+``--threads`` is the way to set threads for a bare ``accelerate launch -m lbtkit run``.
 
-Nothing here imports torch at module level: the CLI imports this before torch loads OpenMP.
+Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
@@ -35,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,24 +35,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# libgomp's spin iterations before a waiting thread sleeps (its default: 300,000). One
-# iteration (a PAUSE) took ~40 ns on the Intel Xeon here, so ~0.12 ms: longer than the gaps
-# between the ops of a training step, far shorter than a scheduler time slice. At load 6-8,
-# 1000, 3000 and PASSIVE were alike within the noise, 10x or more faster than the default
-# (bench/contention.py). Idle, one nearly quiet round gave 0.81x the default's speed: a longer
-# spin may be needed to keep the idle target (README, Performance).
-SPIN_COUNT = 3000
-# Milliseconds an Intel OpenMP thread spins before sleeping (its default: 200).
-BLOCKTIME_MS = 1
-
-# What lbtkit sets unless the user set it, or set a variable that decides the same thing.
-_WAIT_VARIABLES: dict[str, tuple[str, str]] = {
-    "GOMP_SPINCOUNT": (str(SPIN_COUNT), "OMP_WAIT_POLICY"),
-    "KMP_BLOCKTIME": (str(BLOCKTIME_MS), "OMP_WAIT_POLICY"),
-}
-# The variables lbtkit set (comma-separated), so workers and results.json can tell them from the
-# user's; and the user's OMP_NUM_THREADS, passed to launched workers whose launcher overwrites it.
-SET_BY_LBTKIT_VAR = "LBTKIT_SET_OMP"
+# The user's OMP_NUM_THREADS, passed to launched workers whose launcher overwrites it.
 USER_THREADS_VAR = "LBTKIT_USER_OMP_NUM_THREADS"
 _WAIT_REPORTED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -186,7 +161,8 @@ def user_threads(environ: Mapping[str, str] = os.environ) -> int | None:
 @dataclass(frozen=True)
 class CpuPolicy:
     """What a training process uses: ``threads`` (and where that came from), the usable CPUs
-    (and the limit that decided them), the processes sharing them, and the OpenMP wait
+    (and the limit that decided them), the processes sharing them, whether the count follows
+    other processes' load during training (``adaptive``: lbtkit chose it), and the OpenMP wait
     variables in effect with who set them."""
 
     threads: int
@@ -194,6 +170,7 @@ class CpuPolicy:
     usable_cpus: int
     usable_from: str
     local_processes: int
+    adaptive: bool
     wait: dict[str, str]
     wait_from: str
 
@@ -206,11 +183,13 @@ def cpu_policy(threads: int | None = None, environ: Mapping[str, str] = os.envir
     """The policy for a process with the ``threads`` setting (None: derive it) in ``environ``
     whose torch currently runs ``torch_threads`` (None: ask torch).
 
-    Derived, the count is the usable CPUs over the local processes; outside a launched worker
-    never more than torch's current count, so a program that lowered it (``set_num_threads``)
-    keeps its choice (torch's own default is every CPU of the affinity mask)."""
+    Derived, the count is the usable CPUs over the local processes, and adaptive; outside a
+    launched worker never more than torch's current count, so a program that lowered it
+    (``set_num_threads``) keeps its choice, fixed (torch's own default is every CPU of the
+    affinity mask)."""
     usable = usable or usable_cpus(environ)
     processes = local_processes(environ)
+    adaptive = False
     if threads:
         chosen, source = threads, "threads setting"
     elif (asked := user_threads(environ)) is not None:
@@ -218,55 +197,44 @@ def cpu_policy(threads: int | None = None, environ: Mapping[str, str] = os.envir
     else:
         chosen = max(1, usable.count // processes)
         source = f"usable CPUs / {processes} local process{'es' if processes > 1 else ''}"
+        adaptive = True
         if torch_threads is None:
             import torch
 
             torch_threads = torch.get_num_threads()
         if not in_launched_worker(environ) and torch_threads < chosen:
             chosen, source = torch_threads, "torch.set_num_threads (below the usable CPUs)"
+            adaptive = False
     wait, wait_from = wait_policy(environ)
-    return CpuPolicy(chosen, source, usable.count, usable.source, processes, wait, wait_from)
+    return CpuPolicy(chosen, source, usable.count, usable.source, processes, adaptive, wait,
+                     wait_from)
 
 
 def wait_policy(environ: Mapping[str, str] = os.environ) -> tuple[dict[str, str], str]:
-    """The OpenMP wait variables set, and who set them: ``lbtkit``, ``environment`` (the
-    user), both, or ``OpenMP default (spins)`` when none is."""
+    """The OpenMP wait variables the user set, and a word on who set them: ``environment``, or
+    ``OpenMP default (spins)`` when none is set."""
     wait = {name: environ[name] for name in _WAIT_REPORTED if name in environ}
-    ours = set(filter(None, environ.get(SET_BY_LBTKIT_VAR, "").split(",")))
-    if not wait:
-        return wait, "OpenMP default (spins)"
-    by = {"lbtkit" if name in ours else "environment" for name in wait}
-    return wait, " and ".join(sorted(by))
+    return wait, ("environment" if wait else "OpenMP default (spins)")
 
 
-def set_cpu_threads(threads: int | None, environ: Mapping[str, str] = os.environ) -> int:
-    """Set torch's intra-op threads as :func:`cpu_policy` says; return the count in use."""
+def set_cpu_threads(threads: int | None, environ: Mapping[str, str] = os.environ) -> CpuPolicy:
+    """Set torch's intra-op threads as :func:`cpu_policy` says; return the policy."""
     import torch
 
     policy = cpu_policy(threads, environ, torch_threads=torch.get_num_threads())
     if policy.threads != torch.get_num_threads():
         torch.set_num_threads(policy.threads)
-    return torch.get_num_threads()
+    return policy
 
 
 # --- the environment, before torch loads ------------------------------------------------------
 
 
-def apply_wait_policy(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Set lbtkit's OpenMP wait variables in ``environ`` where the user set none, and record the
-    user's ``OMP_NUM_THREADS`` for launched workers; return what was set. Only effective before
-    torch is imported (OpenMP reads its variables once, when it loads)."""
-    if environ is os.environ and "torch" in sys.modules:
-        log.debug("torch is already imported: the OpenMP wait policy stays as it is")
-        return {}
-    if not in_launched_worker(environ) and "OMP_NUM_THREADS" in environ:
-        environ.setdefault(USER_THREADS_VAR, environ["OMP_NUM_THREADS"])
-    ours = set(filter(None, environ.get(SET_BY_LBTKIT_VAR, "").split(",")))
-    added = {}
-    for name, (value, overridden_by) in _WAIT_VARIABLES.items():
-        if name not in environ and overridden_by not in environ:
-            environ[name] = added[name] = value
-            ours.add(name)
-    if ours:
-        environ[SET_BY_LBTKIT_VAR] = ",".join(sorted(ours))
-    return added
+def record_user_threads(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Record the user's ``OMP_NUM_THREADS`` for launched workers (whose launcher overwrites
+    it); return whether it was recorded now. A launched worker records nothing."""
+    if in_launched_worker(environ) or "OMP_NUM_THREADS" not in environ \
+            or USER_THREADS_VAR in environ:
+        return False
+    environ[USER_THREADS_VAR] = environ["OMP_NUM_THREADS"]
+    return True

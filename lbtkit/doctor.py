@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lbtkit.cpu import UsableCpus, cpu_policy
+from lbtkit.cpu import CpuPolicy, UsableCpus, cpu_policy
 from lbtkit.errors import EXIT_ENVIRONMENT, EXIT_OK, ConfigError
 
 Status = Literal["ok", "warn", "fail"]
@@ -320,10 +320,19 @@ def cpu_check(*, threads: int | None = None, environ: Mapping[str, str] = os.env
                      f"use at most {policy.usable_cpus // policy.local_processes} thread(s) per "
                      "process (--threads, or unset OMP_NUM_THREADS to let lbtkit choose)")
     if load > online:
-        return Check("CPUs", "warn", "busy machine: " + detail,
-                     "other processes compete for the CPUs and runs will be slower; "
-                     "--threads 1 suffers least from a busy machine")
+        return Check("CPUs", "warn", "busy machine: " + detail, _busy_machine_advice(policy))
     return Check("CPUs", "ok", detail)
+
+
+def _busy_machine_advice(policy: CpuPolicy) -> str:
+    if policy.adaptive:
+        return ("other processes compete for the CPUs and runs will be slower; lbtkit leaves "
+                "the CPUs they keep busy to them (its thread count follows their load)")
+    if policy.threads == 1:
+        return "other processes compete for the CPUs and runs will be slower"
+    return (f"{policy.threads} threads pinned by the {policy.threads_from} do not follow the "
+            "load: with OpenMP's spinning threads a busy machine can make each step ~10x "
+            "slower; let lbtkit choose (no --threads, no OMP_NUM_THREADS) or pin 1 thread")
 
 
 # --- Accelerate ------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from lbtkit.checkpoint import (
     save_weights,
 )
 from lbtkit.config import BatchPlan, RunConfig, plan_batches
-from lbtkit.cpu import cpu_policy, set_cpu_threads
+from lbtkit.contention import ThreadGovernor
+from lbtkit.cpu import CpuPolicy, set_cpu_threads
 from lbtkit.data import (
     DatasetInfo,
     EpochDraw,
@@ -114,12 +115,12 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     completed = _completed(config)  # first: no lock, nothing written (a read-only disk is fine)
     if completed is not None:
         return completed
-    set_cpu_threads(config.threads)
+    cpu = CpuUse.start(set_cpu_threads(config.threads))
     accelerator = make_accelerator(config)
     ended = False
     try:
         with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
-            results = _run(config, accelerator, progress=progress)
+            results = _run(config, accelerator, cpu, progress=progress)
         ended = True
         return results
     finally:
@@ -133,6 +134,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             logger.debug("closing the trackers failed after the run failed", exc_info=True)
         finally:
             _reset_accelerate_state()
+            cpu.restore()
 
 
 def _completed(config: RunConfig) -> dict[str, Any] | None:
@@ -170,11 +172,42 @@ class Clock:
 
 
 @dataclass
+class CpuUse:
+    """The process's CPU policy, and the governor that follows other processes' load with the
+    thread count when the policy is adaptive (lbtkit chose the count and there are 2 or more)."""
+
+    policy: CpuPolicy
+    governor: ThreadGovernor | None
+
+    @classmethod
+    def start(cls, policy: CpuPolicy) -> CpuUse:
+        if not (policy.adaptive and policy.threads > 1):
+            return cls(policy, None)
+        cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else frozenset(range(os.cpu_count() or 1))
+        # Others' load is measured on the CPUs the process may run on: a cgroup quota below
+        # them caps the threads (the policy's count), not which CPUs are free.
+        return cls(policy, ThreadGovernor(cap=policy.threads, usable=len(cpus), cpus=cpus,
+                                          set_threads=torch.set_num_threads))
+
+    def restore(self) -> None:
+        """Put torch's thread count back to the policy's: the next run of this process (a
+        sweep's next entry) must not take a count the load chose for this one as a setting."""
+        if self.governor is not None and torch.get_num_threads() != self.policy.threads:
+            torch.set_num_threads(self.policy.threads)
+
+    def record(self) -> dict[str, Any]:
+        """results.json's "cpu": the policy, and the thread changes when it adapted."""
+        return {**self.policy.to_dict(), **(self.governor.record() if self.governor else {})}
+
+
+@dataclass
 class Training:
     """Everything the loop works with, built once by ``_setup``."""
 
     config: RunConfig
     accelerator: Any
+    cpu: CpuUse
     plan: BatchPlan
     run_dir: RunDir
     data: ImageData
@@ -255,7 +288,7 @@ class _EarlyStop:
     record: dict[str, Any] | None = None  # results.json's "stopped_early" (the stop rule)
 
 
-def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
+def _run(config: RunConfig, accelerator, cpu: CpuUse, *, progress: bool) -> dict[str, Any]:
     """Set up, train epoch by epoch until done or stopped early, then the one exit: close the
     display, say why it stopped early, write results.json (signals still deferred meanwhile)."""
     plan = plan_batches(config, accelerator.num_processes)
@@ -263,7 +296,7 @@ def _run(config: RunConfig, accelerator, *, progress: bool) -> dict[str, Any]:
     previous = _claim_run_dir(run_dir, config, accelerator)
     if previous is not None:
         return previous
-    training = _setup(config, accelerator, plan, run_dir)
+    training = _setup(config, accelerator, cpu, plan, run_dir)
     display = TrainingProgress(
         total_steps=training.schedule.total_steps, done_steps=training.state.global_step,
         log_every=config.log_every, enabled=progress and training.is_main,
@@ -305,7 +338,8 @@ def _claim_run_dir(run_dir: RunDir, config: RunConfig, accelerator) -> dict[str,
     return None
 
 
-def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> Training:
+def _setup(config: RunConfig, accelerator, cpu: CpuUse, plan: BatchPlan,
+           run_dir: RunDir) -> Training:
     """Data, model, optimizer and schedule; the loop state from the latest checkpoint."""
     device = accelerator.device
     data = _load_data(config, accelerator)
@@ -346,7 +380,7 @@ def _setup(config: RunConfig, accelerator, plan: BatchPlan, run_dir: RunDir) -> 
     if accelerator.process_index == 0:
         sums += torch.tensor([state.epoch_loss_sum, state.epoch_correct], dtype=torch.float64)
     return Training(
-        config=config, accelerator=accelerator, plan=plan, run_dir=run_dir, data=data,
+        config=config, accelerator=accelerator, cpu=cpu, plan=plan, run_dir=run_dir, data=data,
         inputs=InputSpec(data.info, config.image_size, config.channels_last),
         model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
         state=state, noise=noise, clock=Clock(banked=state.train_seconds),
@@ -468,6 +502,8 @@ def _take_steps(t: Training, draw: EpochDraw, display: TrainingProgress,
     config, state = t.config, t.state
     for step in range(state.step_in_epoch, t.steps_per_epoch):
         _optimizer_step(t, draw, step)
+        if t.cpu.governor is not None:
+            t.cpu.governor.check(state.global_step)
         display.step(state.global_step, t.describe)
         if t.tracking.enabled and state.global_step % config.log_every == 0:
             t.tracking.log_step(state.global_step, t.running_means())
@@ -708,7 +744,7 @@ def _finish(t: Training, status: str, *,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "data_files": data_files(t.data.files) if t.is_main else None,  # path, sha256 each
-        "cpu": cpu_policy(t.config.threads).to_dict(),
+        "cpu": t.cpu.record(),
     }
     t.tracking.finish(results)
     if t.is_main:

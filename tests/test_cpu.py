@@ -1,20 +1,17 @@
-"""lbtkit.cpu: usable CPUs (affinity, cgroup quota, SLURM), the thread count, the OpenMP wait
-variables set before torch loads, and doctor's oversubscription warning."""
+"""lbtkit.cpu: usable CPUs (affinity, cgroup quota, SLURM), the thread count and whether it
+follows the load, the user's variables recorded for launched workers, and doctor's warnings."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from lbtkit import cpu
 from lbtkit.cpu import (
-    SET_BY_LBTKIT_VAR,
-    SPIN_COUNT,
     USER_THREADS_VAR,
     UsableCpus,
-    apply_wait_policy,
     cgroup_cpu_quota,
     cpu_policy,
+    record_user_threads,
     set_cpu_threads,
     usable_cpus,
     wait_policy,
@@ -111,14 +108,23 @@ def test_launched_workers_share_the_usable_cpus_and_ignore_the_launchers_omp_num
 def test_a_program_that_lowered_torchs_threads_keeps_them():
     kept = policy(None, {}, usable=8, torch_threads=1)
     assert kept.threads == 1 and "set_num_threads" in kept.threads_from
+    assert kept.adaptive is False
+
+
+def test_only_a_count_lbtkit_chose_follows_the_load():
+    assert policy(None, {}).adaptive is True
+    assert policy(None, {**WORKER, "OMP_NUM_THREADS": "1"}, torch_threads=1).adaptive is True
+    assert policy(3).adaptive is False
+    assert policy(None, {"OMP_NUM_THREADS": "5"}).adaptive is False
 
 
 def test_set_cpu_threads_sets_torch():
     before = torch.get_num_threads()
     try:
-        assert set_cpu_threads(1, {}) == 1 == torch.get_num_threads()
+        assert set_cpu_threads(1, {}).threads == 1 == torch.get_num_threads()
         usable = cpu.usable_cpus({}).count
-        assert set_cpu_threads(None, WORKER) == max(1, usable // 2) == torch.get_num_threads()
+        assert set_cpu_threads(None, WORKER).threads == max(1, usable // 2) \
+            == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 
@@ -126,44 +132,20 @@ def test_set_cpu_threads_sets_torch():
 # --- the wait policy -------------------------------------------------------------------------
 
 
-def test_wait_policy_is_set_where_the_user_set_none_and_recorded_as_lbtkits():
-    env: dict[str, str] = {}
-    assert apply_wait_policy(env) == {"GOMP_SPINCOUNT": str(SPIN_COUNT), "KMP_BLOCKTIME": "1"}
-    assert env[SET_BY_LBTKIT_VAR] == "GOMP_SPINCOUNT,KMP_BLOCKTIME"
-    assert wait_policy(env) == ({"GOMP_SPINCOUNT": str(SPIN_COUNT), "KMP_BLOCKTIME": "1"},
-                                "lbtkit")
-    assert apply_wait_policy(env) == {}  # a launched worker inherits it: nothing changes
-
-
-@pytest.mark.parametrize("user", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}])
-def test_the_users_own_wait_setting_wins(user):
-    env = dict(user)
-    added = apply_wait_policy(env)
-    assert "GOMP_SPINCOUNT" not in added
-    assert {k: env[k] for k in user} == user
-    wait, who = wait_policy(env)
-    assert wait.items() >= user.items()
-    assert who == ("environment" if "OMP_WAIT_POLICY" in user else "environment and lbtkit")
-
-
-def test_no_wait_variable_means_openmps_spinning_default():
+def test_the_users_own_wait_setting_is_reported_and_none_means_openmps_default():
+    assert wait_policy({"OMP_WAIT_POLICY": "PASSIVE", "OTHER": "x"}) \
+        == ({"OMP_WAIT_POLICY": "PASSIVE"}, "environment")
     assert wait_policy({}) == ({}, "OpenMP default (spins)")
 
 
 def test_the_users_omp_num_threads_is_recorded_for_launched_workers_only_by_the_top_process():
     env = {"OMP_NUM_THREADS": "3"}
-    apply_wait_policy(env)
+    assert record_user_threads(env) is True
     assert env[USER_THREADS_VAR] == "3" and env["OMP_NUM_THREADS"] == "3"
+    assert record_user_threads(env) is False  # a nested lbtkit keeps the first record
     worker = {**WORKER, "OMP_NUM_THREADS": "1"}  # the launcher's, not the user's
-    apply_wait_policy(worker)
-    assert USER_THREADS_VAR not in worker
-
-
-def test_nothing_is_set_once_torch_is_loaded(monkeypatch):
-    # This test process has torch loaded: changing the variables now would only mislead.
-    for name in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_WAIT_POLICY"):
-        monkeypatch.delenv(name, raising=False)
-    assert apply_wait_policy() == {}
+    assert record_user_threads(worker) is False and USER_THREADS_VAR not in worker
+    assert record_user_threads({}) is False
 
 
 # --- doctor ----------------------------------------------------------------------------------
@@ -193,3 +175,6 @@ def test_doctor_warns_when_the_load_average_exceeds_the_machines_cpus():
     assert result.status == "warn" and result.detail.startswith("busy machine")
     assert "load average 6.5 on 2 CPU(s)" in result.detail
     assert check(threads=1, load=6.5, online=64).status == "ok"
+    assert "follows their load" in check(environ=WORKER, load=6.5, usable=4).fix
+    pinned = check(threads=2, load=6.5)
+    assert "threads pinned by the threads setting" in pinned.fix and "pin 1" in pinned.fix

@@ -192,12 +192,11 @@ def configure_logging() -> None:
 
 
 def main() -> None:
-    from lbtkit.cpu import apply_wait_policy
+    from lbtkit.cpu import record_user_threads
     from lbtkit.signals import exit_interrupted_during_startup
 
     exit_interrupted_during_startup()  # the console script's entry; python -m did it already
-    # Before any command imports torch: OpenMP reads its wait policy once, when it loads.
-    # Launched workers inherit the environment.
-    apply_wait_policy()
+    # For launched workers, whose launcher sets OMP_NUM_THREADS itself.
+    record_user_threads()
     configure_logging()
     app()

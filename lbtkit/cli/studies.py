@@ -164,9 +164,10 @@ def study_fashion_seed(
     """One seed of the Keskar part of `study fashion` (what each of its --jobs children runs)."""
     import json
 
+    from lbtkit.cpu import set_cpu_threads
     from lbtkit.specs import FashionStudySpec
     from lbtkit.studies.fashion import keskar_seed
-    from lbtkit.train import exit_code, set_cpu_threads
+    from lbtkit.train import exit_code
 
     check_at_least_one("--threads", threads)
     study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")
