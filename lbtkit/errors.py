@@ -67,6 +67,9 @@ class WriteFailed(EnvironmentFault):
         self.path, self.reason, self.note = path, reason, note
         super().__init__(f"cannot write {path}: {reason}{note}")
 
+    def __reduce__(self):  # pickled whole (sent to the other processes of a run), not by args
+        return WriteFailed, (self.path, self.reason, self.note)
+
     def noting(self, note: str) -> WriteFailed:
         """The same failure with ``note`` appended (e.g. where the last checkpoint is)."""
         return WriteFailed(self.path, self.reason, self.note + note)

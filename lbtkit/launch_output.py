@@ -55,9 +55,11 @@ class LaunchStderr:
         """The exit code that says why the launch failed, from the failed workers' records:
         a specific lbtkit code first (2 a user mistake, 3 diverged, ...), then 1 (a failure),
         then 75 (interrupted) or a signal, each the first of its kind. The worker torch-elastic
-        observed first is often a bystander: when rank 0 refuses a locked directory (2), rank 1
-        loses its connection to it and exits 1 first; when rank 0 fails (1), the others it
-        stops may exit 75, and a failure must not read as "requeue me"."""
+        observed first may be a bystander: when rank 0 alone fails with a specific code, the
+        others lose their connection to it and may exit 1 first (a refused run directory is
+        not such a case: every rank refuses it, see ``lbtkit.rundir.guard_run``); when rank 0
+        fails (1), the others it stops may exit 75, and a failure must not read as "requeue
+        me"."""
         def rank(code: int) -> int:
             return 0 if code > 1 and code != EXIT_INTERRUPTED else 1 if code == 1 else 2
 

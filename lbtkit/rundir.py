@@ -22,7 +22,7 @@ import json
 import logging
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from lbtkit.errors import (  # noqa: F401 (STATUS_*: importable from here, as be
     STATUS_DIVERGED,
     STATUS_INTERRUPTED,
     CheckpointError,
+    EnvironmentFault,
     UserError,
     WriteFailed,
 )
@@ -163,12 +164,24 @@ def _row_with(line: str, key: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def guard_run(root: str | Path, *, main: bool) -> Iterator[None]:
+def guard_run(root: str | Path, *, main: bool,
+              from_main: Callable[[Any], Any] = lambda value: value) -> Iterator[None]:
     """What ``lbtkit.train.run`` holds around training: the directory's lock (main process
-    only), and a failed write that says where the last complete checkpoint is."""
+    only), and a failed write that says where the last complete checkpoint is.
+
+    ``from_main`` gives every process the main process's value (a collective: every process
+    calls it once, here). Through it the main process's refusal of the directory (another live
+    run holds it, a linked or unwritable lock) is raised on every process, so every process
+    ends with the same line and exit code, whichever ends first. Else the others fail as
+    bystanders when the main process leaves their next collective ("connection closed", exit 1),
+    and the launcher, seeing one of them end first, records that and stops the main process
+    before its own exit code is recorded."""
     from lbtkit.checkpoint import latest_checkpoint
 
-    with run_lock(root) if main else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        refusal = from_main(_lock_or_refusal(root, held) if main else None)
+        if refusal is not None:
+            raise refusal
         try:
             yield
         except WriteFailed as exc:
@@ -176,6 +189,15 @@ def guard_run(root: str | Path, *, main: bool) -> Iterator[None]:
             note = (f"; the last complete checkpoint {last} is still there: free space and "
                     f"rerun the same command to resume") if last else "; no checkpoint yet"
             raise exc.noting(note) if "checkpoint" not in exc.note else exc from None
+
+
+def _lock_or_refusal(root: str | Path, held: contextlib.ExitStack) -> Exception | None:
+    """Take ``root``'s lock into ``held``; the one-line error that refused it, if any."""
+    try:
+        held.enter_context(run_lock(root))
+    except (UserError, EnvironmentFault) as exc:
+        return exc
+    return None
 
 
 def versions() -> dict[str, str | None]:

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -119,7 +120,8 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     accelerator = make_accelerator(config)
     ended = False
     try:
-        with guard_run(config.output_dir, main=accelerator.is_main_process):  # lock, disk full
+        with guard_run(config.output_dir, main=accelerator.is_main_process,  # lock, disk full
+                       from_main=_from_main(accelerator)):
             results = _run(config, accelerator, cpu, progress=progress)
         ended = True
         return results
@@ -842,6 +844,22 @@ def _any_process(accelerator, flag: torch.Tensor | bool) -> bool:
     if accelerator.num_processes > 1:
         value = accelerator.reduce(value, reduction="sum")
     return bool(value.item() > 0)
+
+
+def _from_main(accelerator) -> Callable[[Any], Any]:
+    """A function every process calls at once with a value: the main process's comes back."""
+    def share(value: Any) -> Any:
+        if accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        (value,) = broadcast_object_list([value], from_process=0)
+        # No process acts on it (ends, if it is an error) before every process has it, as
+        # at a run's end: none is left inside a collective when another leaves.
+        accelerator.wait_for_everyone()
+        return value
+
+    return share
 
 
 def _share_buffers_from_main(model: torch.nn.Module, world_size: int) -> None:
