@@ -165,8 +165,17 @@ CASES: dict[str, Callable[[Path], Path]] = {
 }
 
 
+@pytest.fixture
+def no_figures(monkeypatch):
+    """The figures are test_report.py's; drawing them would triple these tests' time."""
+    import lbtkit.report
+
+    monkeypatch.setattr(lbtkit.report, "_plot_accuracy", lambda *args, **kwargs: None)
+    monkeypatch.setattr(lbtkit.report, "_plot_curves", lambda *args, **kwargs: None)
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_report_says_what_the_old_code_said(name, tmp_path):
+def test_the_report_says_what_the_old_code_said(name, tmp_path, no_figures):
     sweep_dir = CASES[name](tmp_path / name.replace("_", "-"))
     expected = (GOLDEN / f"{name}.md").read_text()
     assert write_report(sweep_dir)["report"].read_text() == expected
@@ -209,7 +218,7 @@ def write_fashion_run(entry: dict[str, Any], row: dict[str, str]) -> None:
                   "train_loss": float(row["final_train_loss"])}, **numbers})
 
 
-def test_docs_fashion_sweep_report_renders_byte_identical(tmp_path):
+def test_docs_fashion_sweep_report_renders_byte_identical(tmp_path, no_figures):
     paths = write_report(fashion_sweep(tmp_path), tmp_path / "sweep")
     assert paths["report"].read_bytes() == (FASHION_SWEEP / "report.md").read_bytes()
     assert paths["csv"].read_bytes() == (FASHION_SWEEP / "results.csv").read_bytes()
