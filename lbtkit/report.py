@@ -4,6 +4,11 @@ Every sweep entry gets a row, whatever state its run is in; a missing or damaged
 shows up as a status ("pending", "unreadable", ...) with empty numbers, never as an
 exception or a silently shorter table.
 
+The markdown's words are in the templates ``sweep_report.md.j2`` and ``sweep_sentences.md.j2``
+(``lbtkit/templates``); the functions here compute what they say: the numbers, and which
+sentence applies (``plan_data``, ``budget_data``, ``validation_data``, ``stability_data``,
+``noise_data``).
+
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, not
 through pyplot: nothing global is switched (a notebook calling this keeps its backend) and
 no figure outlives the call.
@@ -16,49 +21,29 @@ import csv
 import math
 import os
 import statistics
+from collections import Counter
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, UserError
 from lbtkit.fileio import atomic_write_text, read_json
-from lbtkit.markdown import DASH, markdown_table
+from lbtkit.markdown import DASH, format_duration, format_lr, render, sentence
 from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
 # Keys every row has; swept keys other than these get their own columns.
 _FIXED_KEYS = ("batch_size", "seed")
 _BAD = (STATUS_DIVERGED, STATUS_FAILED)
 
+# format_lr and format_duration live in lbtkit.markdown (the templates' filters use them); they
+# are part of this module's interface too.
+__all__ = ["accuracy_measures", "accuracy_ylim", "budget_data", "chance_loss", "collect",
+           "dodge_factor", "fixed_epochs", "format_duration", "format_lr", "held_out",
+           "noise_data", "plan_data", "stability_data", "stability_text", "validation_data",
+           "validation_text", "write_report"]
+
 
 # --- formatting --------------------------------------------------------------------------
-
-
-def format_lr(x: float) -> str:
-    """A learning rate as the seed's table writes it: 3e-4, 1.2e-3, 9.6e-3, 0.1, 0.05.
-
-    Three significant digits; scientific notation when the rounded value is below 0.01 or
-    10000 and above.
-    """
-    if x == 0:
-        return "0"
-    if not math.isfinite(x):
-        return str(x)
-    mantissa, exponent = f"{x:.2e}".split("e")
-    power = int(exponent)
-    if -2 <= power <= 3:
-        return _strip_zeros(f"{x:.{max(0, 2 - power)}f}")
-    return f"{_strip_zeros(mantissa)}e{power}"
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds (>= 0) as h:mm:ss, hours unbounded: 3725 -> "1:02:05"."""
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _strip_zeros(text: str) -> str:
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _percent(value: float | None) -> str:
@@ -74,12 +59,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
 
 
-def _optional(value: float | None, fmt) -> str:
-    return DASH if value is None else fmt(value)
-
-
 def _value(value: Any) -> str:
-    """A swept value for a table or legend: floats the way the lr column writes them."""
+    """A swept value for a legend: floats the way the lr column writes them."""
     return format_lr(value) if isinstance(value, float) else str(value)
 
 
@@ -184,6 +165,14 @@ def _val_split(config: dict[str, Any]) -> int:
 
 # --- writing -------------------------------------------------------------------------------
 
+# The report's page and its sentences (lbtkit/templates): the words are there, the numbers and
+# which sentence applies are computed here.
+PAGE = "sweep_report.md.j2"
+SENTENCES = "sweep_sentences.md.j2"
+
+# The plan settings the report's first line names.
+_PLAN_KEYS = ("model", "dataset", "epochs", "optimizer", "base_lr", "lr_scaling", "lr")
+
 
 def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str, Path]:
     """Write report.md, results.csv, accuracy_vs_batch.png and learning_curves.png.
@@ -207,8 +196,7 @@ def write_report(sweep_dir: str | Path, output: Path | None = None) -> dict[str,
     _plot_accuracy(rows, extra, paths["accuracy_vs_batch"], noise=_noise_summary(noise),
                    budget=fixed_epochs(sweep))
     _plot_curves(pairs, extra, paths["learning_curves"])
-    sections = [_markdown(sweep, rows, extra, paths), _noise_markdown(noise, extra)]
-    atomic_write_text(paths["report"], "\n".join(s.rstrip("\n") + "\n" for s in sections if s))
+    atomic_write_text(paths["report"], _markdown(sweep, rows, paths, noise))
     return paths
 
 
@@ -220,52 +208,47 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], extra: list[str],
-              paths: dict[str, Path]) -> str:
+def _markdown(sweep: dict[str, Any], rows: list[dict[str, Any]], paths: dict[str, Path],
+              noise: list[dict[str, Any]]) -> str:
+    """report.md's text, from ``sweep_report.md.j2``."""
+    extra = _extra_keys(sweep)
     root = Path(sweep["sweep_dir"])
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    budget = fixed_epochs(sweep)
-    title = "at a fixed epoch budget" if budget is not None else ""
-    lines = [
-        f"# Batch-size sweep {title + ': ' if title else ''}{root.name}",
-        "",
-        _plan_summary(sweep),
-        "",
-        f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + ".",
-        "",
-    ]
-    if budget is not None:
-        lines += [_budget_sentence(budget, rows), ""]
-    if not counts.get(STATUS_COMPLETED):
-        lines += ["**No completed runs yet**: the table lists what there is.", ""]
     several_seeds = len(sweep["grid"].get("seed", [])) > 1
-    if several_seeds:
-        lines += ["## Summary over seeds", "", *_summary_table(rows, extra), "",
-                  "## Per-run results", ""]
-    else:
-        lines += ["## Results", ""]
-    lines += [*_run_table(rows, extra, with_seed=several_seeds), ""]
-    lines += [
-        "Accuracies are top-1. " + validation_text(rows) + " Best is the highest validation "
-        "accuracy over evaluated epochs, final the last. Wall time is training time across "
-        "resumes (evaluation excluded from images/s).",
-        "",
-        stability_text(rows, extra),
-        "",
-        "## Figures",
-        "",
-        f"![best and final validation and test top-1 vs batch size]"
-        f"({paths['accuracy_vs_batch'].name})",
-        "",
-        f"![learning curves]({paths['learning_curves'].name})",
-        "",
-        f"All numbers: [{paths['csv'].name}]({paths['csv'].name}). "
-        f"Plan: `{os.path.relpath(root / SWEEP_FILE, paths['report'].parent)}`.",
-        "",
-    ]
-    return "\n".join(lines)
+    budget = fixed_epochs(sweep)
+    files = {kind: paths[kind].name for kind in ("accuracy_vs_batch", "learning_curves", "csv")}
+    return render(
+        PAGE, name=root.name, plan=plan_data(sweep), extra=extra, several_seeds=several_seeds,
+        counts=list(Counter(row["status"] for row in rows).items()),
+        budget=None if budget is None else budget_data(budget, rows),
+        completed=any(row["status"] == STATUS_COMPLETED for row in rows),
+        test_column=held_out(rows) != "test", runs=[_flagged(row) for row in rows],
+        groups=[_group_data(group) for group in _groups(rows, extra).values()]
+        if several_seeds else [],
+        validation=validation_data(rows), stability=stability_data(rows, extra),
+        files={**files, "plan": os.path.relpath(root / SWEEP_FILE, paths["report"].parent)},
+        noise=noise_data(noise), noise_file=_NOISE_SCALE_FILE)
+
+
+def plan_data(sweep: dict[str, Any]) -> dict[str, Any]:
+    """What the plan's line says: each setting in ``_PLAN_KEYS`` as its base value and, when
+    the grid sweeps it, its swept values; how the lr follows the batch size (``lr_rule``); the
+    base batch size; the number of processes."""
+    base, grid = sweep["base"], sweep["grid"]
+    axes = {key: {"key": key, "value": base.get(key),
+                  "swept": [_value(v) for v in grid[key]] if key in grid else None}
+            for key in _PLAN_KEYS}
+    return {"axes": axes, "lr_rule": _lr_rule(base, grid),
+            "base_batch_size": base["base_batch_size"], "world_size": sweep["world_size"]}
+
+
+def _lr_rule(base: dict[str, Any], grid: dict[str, Any]) -> str:
+    """"lr swept"; "fixed lr" (the base's lr at every batch size); "scaling swept" (base_lr
+    scaled by each swept rule); else "scaled" by the base's lr_scaling rule."""
+    if "lr" in grid:
+        return "lr swept"
+    if base.get("lr") is not None:
+        return "fixed lr"
+    return "scaling swept" if "lr_scaling" in grid else "scaled"
 
 
 def fixed_epochs(sweep: dict[str, Any]) -> int | None:
@@ -280,19 +263,13 @@ def fixed_epochs(sweep: dict[str, Any]) -> int | None:
     return int(base["epochs"])
 
 
-def _budget_sentence(epochs: int, rows: list[dict[str, Any]]) -> str:
+def budget_data(epochs: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch budget and, when runs of more than one batch size trained all of it, the
+    steps the smallest and the largest batch size took ({"batch_size", "steps"} each)."""
     steps = sorted((row["batch_size"], row["steps"]) for row in rows
                    if row["steps"] is not None and row["epochs_completed"] == row["epochs"])
-    taken = ""
-    if len(steps) > 1 and steps[0][0] != steps[-1][0]:
-        taken = (f" ({steps[0][1]:,} at batch {steps[0][0]}, {steps[-1][1]:,} "
-                 f"at batch {steps[-1][0]})")
-    return (f"**A fixed epoch budget**: every run trains {epochs} epoch"
-            f"{'s' if epochs != 1 else ''}, whatever its batch size, so larger batches take "
-            f"fewer optimizer steps{taken}. Where accuracy falls with the batch size under such "
-            "a budget mixes too few steps with the batch size itself; it does not locate the "
-            "critical batch (steps to a target with the learning rate tuned per batch size: "
-            "`lbtkit study critical-batch`).")
+    ends = [steps[0], steps[-1]] if len(steps) > 1 and steps[0][0] != steps[-1][0] else []
+    return {"epochs": epochs, "steps": [{"batch_size": b, "steps": n} for b, n in ends]}
 
 
 def held_out(rows: list[dict[str, Any]]) -> str:
@@ -302,137 +279,68 @@ def held_out(rows: list[dict[str, Any]]) -> str:
     return "held out" if splits == {True} else "test" if splits == {False} else "mixed"
 
 
+def validation_data(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which images the validation numbers are of (``held_out``'s kind) and, when every run
+    held out the same number, that number (else None)."""
+    sizes = sorted({row["val_split"] for row in rows})
+    return {"kind": held_out(rows), "size": sizes[0] if len(sizes) == 1 else None}
+
+
 def validation_text(rows: list[dict[str, Any]]) -> str:
     """Which images the validation numbers are of, and whether the test set is separate."""
-    kind = held_out(rows)
-    if kind == "held out":
-        sizes = sorted({row["val_split"] for row in rows})
-        size = f"{sizes[0]:,} images" if len(sizes) == 1 else "val_split images"
-        return (f"Validation: {size} held out of the training set (a fixed seeded draw, not "
-                "trained on). Test: the dataset's test split, evaluated once at the end of "
-                "each completed run, never selected on.")
-    if kind == "test":
-        return ("Validation is the dataset's test split (no validation split held out of the "
-                "training set: val_split = 0), so the best over epochs is selected on the "
-                "test set; there is no separate test accuracy.")
-    return ("Validation: held out of the training set for runs with val_split > 0 (their test "
-            "accuracy, evaluated once at the end, is separate), the test split for the others.")
+    return sentence(SENTENCES, "validation", validation_data(rows))
+
+
+def stability_data(rows: list[dict[str, Any]], extra: list[str]) -> dict[str, Any]:
+    """The chance level (when every run shares one), the unstable runs (a training loss
+    above it at some epoch: their highest loss and its epoch) and the diverged runs (a
+    non-finite loss)."""
+    chance = {row["chance_loss"] for row in rows} - {None}
+    return {
+        "chance": chance.pop() if len(chance) == 1 else None,
+        "unstable": [{**_who(row, extra), "loss": row["max_train_loss"],
+                      "epoch": row["max_train_loss_epoch"]}
+                     for row in rows if _flag_unstable(row)],
+        "diverged": [_who(row, extra) for row in rows if row["status"] == STATUS_DIVERGED],
+    }
 
 
 def stability_text(rows: list[dict[str, Any]], extra: list[str]) -> str:
     """Which runs diverged (a non-finite loss) and which were unstable (a training loss
     above chance at some epoch), in one paragraph."""
-    chance = {row["chance_loss"] for row in rows} - {None}
-    diverged = [row for row in rows if row["status"] == STATUS_DIVERGED]
-    unstable = [row for row in rows if row["unstable"] and row["status"] != STATUS_DIVERGED]
-    rule = "A run is unstable when its training loss (an epoch's running average) exceeds " \
-           "chance, ln(number of classes)" + (f" = {chance.pop():.2f}" if len(chance) == 1
-                                               else "") + ", at some epoch."
-    parts = [rule]
-    if unstable:
-        parts.append("Unstable: " + "; ".join(
-            f"{_describe(row, extra)} (training loss {row['max_train_loss']:.2f} at epoch "
-            f"{row['max_train_loss_epoch']})" for row in unstable) + ".")
-    if diverged:
-        parts.append("Diverged (a non-finite training loss stopped the run): "
-                     + "; ".join(_describe(row, extra) for row in diverged) + ".")
-    if not unstable and not diverged:
-        parts.append("No run was unstable or diverged.")
-    return " ".join(parts)
+    return sentence(SENTENCES, "stability", stability_data(rows, extra))
 
 
-def _describe(row: dict[str, Any], extra: list[str]) -> str:
-    return ", ".join([f"batch {row['batch_size']}", *(f"{k}={_value(row[k])}" for k in extra),
-                      f"seed {row['seed']}"])
+def _who(row: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """What tells a run apart: batch size, the other swept values, seed."""
+    return {"batch_size": row["batch_size"], "seed": row["seed"],
+            "others": [{"key": key, "value": row[key]} for key in extra]}
 
 
-def _status(row: dict[str, Any]) -> str:
-    unstable = row["unstable"] and row["status"] != STATUS_DIVERGED
-    return row["status"] + (" (unstable)" if unstable else "")
+def _flag_unstable(row: dict[str, Any]) -> bool:
+    """Whether the run's status is flagged unstable (a diverged run says more already)."""
+    return bool(row["unstable"]) and row["status"] != STATUS_DIVERGED
 
 
-def _plan_summary(sweep: dict[str, Any]) -> str:
-    """One line: model, dataset, epochs, optimizer, lr rule, processes."""
-    base, grid = sweep["base"], sweep["grid"]
-
-    def shown(key: str, text: str) -> str:
-        if key in grid:
-            return f"{key} ∈ {{{', '.join(map(_value, grid[key]))}}}"
-        return text
-
-    base_lr = shown("base_lr", format_lr(base["base_lr"]))
-    rule = base["lr_scaling"]
-    scaled = {
-        "linear": f"lr = {base_lr} × batch/{base['base_batch_size']} (linear scaling)",
-        "sqrt": f"lr = {base_lr} × √(batch/{base['base_batch_size']}) (sqrt scaling)",
-        "none": f"lr = {base_lr} at every batch size (no scaling)",
-    }.get(rule, f"lr rule {rule}")
-    if "lr_scaling" in grid:
-        scaled = (f"lr = {base_lr} at batch {base['base_batch_size']}, scaled by "
-                  f"{shown('lr_scaling', rule)}")
-    if base.get("lr") is not None and "lr" not in grid:
-        scaled = f"fixed lr {format_lr(base['lr'])} at every batch size"
-    elif "lr" in grid:
-        scaled = shown("lr", "")
-    world = sweep["world_size"]
-    epochs = shown("epochs", f"{base['epochs']} epoch{'s' if base['epochs'] != 1 else ''}")
-    return (f"{shown('model', str(base['model']))} on {shown('dataset', str(base['dataset']))}, "
-            f"{epochs}, "
-            f"{shown('optimizer', str(base['optimizer']))}, {scaled}; planned for "
-            f"{world} process{'es' if world != 1 else ''}.")
+def _flagged(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "flag_unstable": _flag_unstable(row)}
 
 
-def _run_table(rows: list[dict[str, Any]], extra: list[str], *, with_seed: bool) -> list[str]:
-    test = held_out(rows) != "test"
-    header = ["batch size", *extra, *(["seed"] if with_seed else []), "per-GPU batch",
-              "initial lr (scaled)", "best val top-1", "final val top-1",
-              *(["test top-1"] if test else []), "epochs", "steps", "wall time", "images/s",
-              "status"]
-    body = [
-        [str(row["batch_size"]), *(_value(row[k]) for k in extra),
-         *([str(row["seed"])] if with_seed else []), _per_device(row), format_lr(row["lr"]),
-         _percent(row["best_val_acc"]), _percent(row["final_val_acc"]),
-         *([_percent(row["test_acc"])] if test else []),
-         f"{row['epochs_completed']}/{row['epochs']}",
-         _optional(row["steps"], lambda v: f"{v:,}"),
-         _optional(row["train_seconds"], format_duration),
-         _optional(row["images_per_second"], lambda v: f"{v:,.0f}"), _status(row)]
-        for row in rows
-    ]
-    return markdown_table(header, body)
-
-
-def _summary_table(rows: list[dict[str, Any]], extra: list[str]) -> list[str]:
-    """One row per batch size (and other swept values): mean ± std over completed seeds."""
-    test = held_out(rows) != "test"
-    header = ["batch size", *extra, "per-GPU batch", "initial lr (scaled)", "seeds",
-              "best val top-1", "final val top-1", *(["test top-1"] if test else []), "epochs",
-              "wall time", "images/s", "status"]
-    body = []
-    for group in _groups(rows, extra).values():
-        done = [r for r in group if r["status"] == STATUS_COMPLETED]
-        first = group[0]
-        states: dict[str, int] = {}
-        for row in group:
-            states[_status(row)] = states.get(_status(row), 0) + 1
-        body.append([
-            str(first["batch_size"]), *(_value(first[k]) for k in extra), _per_device(first),
-            format_lr(first["lr"]), f"{len(done)}/{len(group)}",
-            _mean_std(_present(done, "best_val_acc")), _mean_std(_present(done, "final_val_acc")),
-            *([_mean_std(_present(done, "test_acc"))] if test else []),
-            str(first["epochs"]),
-            _optional(_mean(_present(done, "train_seconds")), format_duration),
-            _optional(_mean(_present(done, "images_per_second")), lambda v: f"{v:,.0f}"),
-            ", ".join(f"{n} {state}" for state, n in states.items()),
-        ])
-    return markdown_table(header, body)
-
-
-def _per_device(row: dict[str, Any]) -> str:
-    text = str(row["per_device_batch_size"])
-    if row["grad_accum_steps"] > 1:
-        text += f" (×{row['grad_accum_steps']} accum)"
-    return text
+def _group_data(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch size's (and other swept values') runs pooled over seeds: the accuracies'
+    mean ± std over completed seeds, mean wall time and images/s, and how many runs ended
+    how (a run of each status, with its count)."""
+    done = [r for r in group if r["status"] == STATUS_COMPLETED]
+    states: dict[tuple, list] = {}
+    for row in group:
+        states.setdefault((row["status"], _flag_unstable(row)), [_flagged(row), 0])[1] += 1
+    return {
+        "first": _flagged(group[0]), "completed": len(done), "runs": len(group),
+        **{key: _mean_std(_present(done, key))
+           for key in ("best_val_acc", "final_val_acc", "test_acc")},
+        **{key: _mean(_present(done, key)) for key in ("train_seconds", "images_per_second")},
+        "states": [tuple(state) for state in states.values()],
+    }
 
 
 def _groups(rows: list[dict[str, Any]], extra: list[str]) -> dict[tuple, list[dict[str, Any]]]:
@@ -665,18 +573,18 @@ def _noise_scales(pairs: list[tuple[dict[str, Any], RunRecord]]) -> list[dict[st
     within two of its standard errors of zero is "unresolved": listed, not drawn."""
     found = []
     for row, record in pairs:
-        value, error, source = None, None, _NOISE_SCALE_FILE
+        value, error, from_file = None, None, True
         path = Path(record.entry["run_dir"]) / _NOISE_SCALE_FILE
         with contextlib.suppress(UserError):
             stored = read_json(path, kind=dict) if path.exists() else {}
             value = number(stored.get("b_simple"))
             error = number(stored.get("b_simple_std_error"))
         if value is None:
-            source = "last value logged in training"
+            from_file = False
             value = next((number(m.get("noise_scale")) for m in reversed(record.metrics)
                           if number(m.get("noise_scale")) is not None), None)
         if value is not None and value > 0:
-            found.append({"row": row, "value": value, "source": source, "error": error,
+            found.append({"row": row, "value": value, "from_file": from_file, "error": error,
                           "resolved": error is None or value > 2 * error})
     return found
 
@@ -692,34 +600,17 @@ def _noise_text(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
-def _noise_markdown(noise: list[dict[str, Any]], extra: list[str]) -> str:
-    """A report section on the noise scale ("" when no run has one)."""
+def noise_data(noise: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The noise-scale section's numbers (None when no run has one): the summary the figure
+    marks and how many resolved runs it is the median of, and each run's estimate."""
     if not noise:
-        return ""
+        return None
     summary = _noise_summary(noise)
-    resolved = sum(n["resolved"] for n in noise)
-    headline = ("No B_simple is resolved (each is within two standard errors of zero)"
-                if summary is None else
-                f"B_simple ~ {_noise_text(summary)}"
-                + (f" (median of {resolved} runs)" if resolved > 1 else "")
-                + ", the dashed line on the accuracy figure")
-    lines = [
-        "## Gradient noise scale",
-        "",
-        headline + ". B_simple = tr(Σ)/|G|² (McCandlish et al. "
-        "2018) is the batch size at which the gradient noise is as large as the gradient: well "
-        "below it, doubling the batch nearly halves the steps needed; well above it, larger "
-        "batches buy few steps.",
-        "",
-        *markdown_table(["batch size", *extra, "seed", "B_simple", "from"],
-                [[str(n["row"]["batch_size"]), *(_value(n["row"][k]) for k in extra),
-                  str(n["row"]["seed"]), _noise_text(n["value"])
-                  + ("" if n["error"] is None else f" ± {_noise_text(n['error'])}")
-                  + ("" if n["resolved"] else " (not resolved)"), n["source"]]
-                 for n in noise]),
-        "",
-    ]
-    return "\n".join(lines)
+    return {"summary": None if summary is None else _noise_text(summary),
+            "resolved": sum(n["resolved"] for n in noise),
+            "runs": [{**n, "value": _noise_text(n["value"]),
+                      "error": None if n["error"] is None else _noise_text(n["error"])}
+                     for n in noise]}
 
 
 def _save(figure, path: Path) -> None:

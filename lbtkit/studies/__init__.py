@@ -11,7 +11,7 @@
 - ``verdicts``, ``fashion_verdicts``: every verdict a page states, as data, with the threshold
   that decides it (pure functions);
 - ``demo_report``, ``keskar_report``, ``fashion_report``: the pages, rendered from the Jinja2
-  templates in ``lbtkit/templates`` (``common``: what they share: LABELS, formats, the
-  environment);
+  templates in ``lbtkit/templates`` (``common``: what they share: LABELS, links; the formats
+  and the template environment are ``lbtkit.markdown``'s, shared with the sweep report);
 - ``fashion_presets``: the Fashion-MNIST study's FULL and QUICK specs.
 """
