@@ -47,6 +47,20 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def format_number(value: Any) -> str:
+    """A number for prose: 3 significant digits, thousands separated; n/a for None."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{round(value):,}"
+    return f"{value:.3g}"
+
+
+def format_interval(ci: Any) -> str:
+    """An interval (low, high) for prose, as :func:`format_number` writes each end."""
+    return "n/a" if not ci else f"{format_number(ci[0])}–{format_number(ci[1])}"
+
+
 def _strip_zeros(text: str) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
@@ -87,6 +101,7 @@ def _environment():
         table=lambda rows: "\n".join(markdown_table(rows[0], rows[1:])),
         s=lambda n: "" if n == 1 else "s",  # the plural's s
         oneline=_one_line,  # a sentence macro's output, called from a page
+        num=format_number, interval=format_interval,
     )
     env.globals["DASH"] = DASH
     return env

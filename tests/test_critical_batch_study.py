@@ -101,3 +101,20 @@ def test_an_edge_of_grid_optimum_triggers_the_extension():
     # Once tried and worse, the best is interior: nothing more to add.
     records += records_of([(128, 0.8, 170), (256, 0.05, 120)])
     assert extensions(spec, records) == []
+
+
+def test_the_headline_names_the_hardest_fitted_training_loss_target():
+    from pathlib import Path
+
+    from lbtkit.studies.critical_batch_report import REGIME_FACTOR, headline
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "critical-batch"
+    fit = json.loads((docs / "fit.json").read_text())
+    said = headline(fit)
+    assert said["target"] == "train_loss ≤ 0.4" and round(said["b_crit"]) == 857
+    assert said["beyond"] == REGIME_FACTOR * said["b_crit"]
+    assert "B_crit = 857 (95% interval 848–873)" in (docs / "index.md").read_text()
+    only_val = {"targets": [{"target": "val_error<=0.16", "b_crit": 400.0, "b_crit_ci": None},
+                            {"target": "train_loss<=0.5", "b_crit": None}]}
+    assert headline(only_val)["target"] == "val_error ≤ 0.16"
+    assert headline({"targets": [{"target": "train_loss<=0.5", "b_crit": None}]}) is None

@@ -26,6 +26,7 @@ from lbtkit.critical_batch import (
     ratio_interval,
     regime,
 )
+from lbtkit.markdown import render
 from lbtkit.rundir import atomic_write_text, write_json
 from lbtkit.specs import CriticalBatchSpec
 
@@ -214,42 +215,24 @@ def render_index(spec: CriticalBatchSpec, analysis: dict[str, Any], *, figures: 
                  machine: dict[str, Any], seconds: dict[str, float],
                  records: list[dict[str, Any]]) -> str:
     """index.md from the template: every number comes from ``analysis``."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
-    env = Environment(loader=PackageLoader("lbtkit", "templates"), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["num"] = _num
-    env.filters["interval"] = lambda ci: "n/a" if not ci else f"{_num(ci[0])}–{_num(ci[1])}"
-    template = env.get_template("critical_batch.md.j2")
     runs = len({(r["round"], r["run"]) for r in records})
     rounds = max((int(r["round"]) for r in records), default=0)
-    return template.render(spec=spec, fit=analysis["fit"], remedies=analysis["remedies"],
-                           thresholds=THRESHOLDS, figures=figures, machine=machine,
-                           minutes={k: v / 60 for k, v in seconds.items()}, runs=runs,
-                           extension_rounds_run=rounds,
-                           headline=headline(analysis["fit"]))
+    return render("critical_batch.md.j2", spec=spec, fit=analysis["fit"],
+                  remedies=analysis["remedies"], thresholds=THRESHOLDS, figures=figures,
+                  machine=machine, minutes={k: v / 60 for k, v in seconds.items()}, runs=runs,
+                  extension_rounds_run=rounds, headline=headline(analysis["fit"]))
 
 
-def headline(fit: dict[str, Any]) -> str:
-    """The answer in one sentence: B_crit with its interval at the hardest training-loss
-    target that was fitted."""
+def headline(fit: dict[str, Any]) -> dict[str, Any] | None:
+    """What the one-sentence answer says: the hardest training-loss target that was fitted
+    (else the first fitted), its B_crit with interval, and where doublings stop paying
+    (``REGIME_FACTOR`` x B_crit); None when no target was fitted."""
     fitted = [t for t in fit["targets"] if t.get("b_crit") is not None]
     if not fitted:
-        return "No target was reached at two or more batch sizes: no critical batch size."
+        return None
     train = [t for t in fitted if t["target"].startswith("train_loss")]
     chosen = min(train, key=lambda t: float(t["target"].split("<=")[1])) if train else fitted[0]
-    ci = chosen.get("b_crit_ci")
-    interval = f" (95% interval {_num(ci[0])}–{_num(ci[1])})" if ci else ""
-    return (f"To reach {chosen['target'].replace('<=', ' ≤ ')}, batches up to about "
-            f"B_crit = {_num(chosen['b_crit'])}{interval} cut the optimizer steps almost in "
-            f"proportion; beyond it each doubling buys less, and past "
-            f"{_num(REGIME_FACTOR * chosen['b_crit'])} almost nothing.")
+    return {"target": chosen["target"].replace("<=", " ≤ "), "b_crit": chosen["b_crit"],
+            "ci": chosen.get("b_crit_ci"), "beyond": REGIME_FACTOR * chosen["b_crit"]}
 
 
-def _num(value: Any) -> str:
-    """A number for prose: 3 significant digits, thousands separated; n/a for None."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, int) or abs(value) >= 100:
-        return f"{round(value):,}"
-    return f"{value:.3g}"
