@@ -26,7 +26,7 @@ from lbtkit.critical_batch import (
     ratio_interval,
     regime,
 )
-from lbtkit.rundir import atomic_write_text, write_json
+from lbtkit.fileio import atomic_write_text, write_json
 from lbtkit.specs import CriticalBatchSpec
 
 # The thresholds behind every verdict in index.md.
