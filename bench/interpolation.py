@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-import lbtkit.data.readers as readers
+import lbtkit.data.synthetic as synthetic
 from lbtkit.config import build_config
 from lbtkit.data import load_dataset
 from lbtkit.evaluate import InputSpec
@@ -83,11 +83,11 @@ def main() -> None:
                         help="ours evaluates in channels-last (the runs are trained in it)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed grids per side first")
     parser.add_argument(
-        "--train-images", type=int, default=readers.SYNTHETIC_NUM_TRAIN,
+        "--train-images", type=int, default=synthetic.SYNTHETIC_NUM_TRAIN,
         help="size of the synthetic training set (lbtkit's own is 2048)",
     )
     parser.add_argument(
-        "--val-images", type=int, default=readers.SYNTHETIC_NUM_VAL,
+        "--val-images", type=int, default=synthetic.SYNTHETIC_NUM_VAL,
         help="size of the synthetic test set (lbtkit's own is 512)",
     )
     args = parser.parse_args()
@@ -95,7 +95,7 @@ def main() -> None:
     device, machine = setup(args)
     alphas = np.linspace(-1.0, 2.0, args.alphas).tolist()
     # The runs, both sides and the floor all read this synthetic set.
-    readers.SYNTHETIC_NUM_TRAIN, readers.SYNTHETIC_NUM_VAL = args.train_images, args.val_images
+    synthetic.SYNTHETIC_NUM_TRAIN, synthetic.SYNTHETIC_NUM_VAL = args.train_images, args.val_images
     spec = InterpolationSpec(alphas=tuple(alphas), bn="interpolate",
                              eval_batch_size=args.batch_size)
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import lbtkit.data.readers as readers
+import lbtkit.data.synthetic as synthetic
 import lbtkit.train
 from lbtkit.config import build_config
 from lbtkit.data import draw_epoch, load_dataset
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per side")
     parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs dropped first")
     parser.add_argument(
-        "--train-images", type=int, default=readers.SYNTHETIC_NUM_TRAIN,
+        "--train-images", type=int, default=synthetic.SYNTHETIC_NUM_TRAIN,
         help="size of the synthetic training set (lbtkit's own is 2048; larger epochs "
              "time better on a fast GPU)",
     )
@@ -151,7 +151,7 @@ def main() -> None:
         interleave = "step" if device.type == "cpu" else "epoch"
 
     # lbtkit's synthetic set has a fixed size; the bench may ask for more (both sides read it).
-    readers.SYNTHETIC_NUM_TRAIN = args.train_images
+    synthetic.SYNTHETIC_NUM_TRAIN = args.train_images
     steps = args.train_images // args.batch_size
     if steps == 0:
         parser.error("--batch-size is larger than --train-images")

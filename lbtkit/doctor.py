@@ -377,7 +377,7 @@ def _accelerate_config_checks() -> list[Check]:
 
 def _dataset_check(dataset: str, data_dir: Path) -> Check:
     from lbtkit.data.idx import IDX_LAYOUTS
-    from lbtkit.data.readers import dataset_files
+    from lbtkit.data.registry import dataset_files
 
     label = f"dataset {dataset}"
     try:

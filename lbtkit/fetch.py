@@ -44,7 +44,7 @@ def fetch_dataset(name: str, data_dir: str | Path) -> Path:
     """
     from lbtkit.data import load_dataset
     from lbtkit.data.idx import IDX_LAYOUTS
-    from lbtkit.data.readers import dataset_files
+    from lbtkit.data.registry import dataset_files
 
     if name not in DATASETS:
         raise ConfigError(f"{name!r} needs no download; fetchable: {', '.join(FETCHABLE)}")
@@ -78,7 +78,7 @@ def fetch_dataset(name: str, data_dir: str | Path) -> Path:
 
 
 def _local_idx_files(name: str, root: Path) -> list[Path] | None:
-    from lbtkit.data.readers import dataset_files
+    from lbtkit.data.registry import dataset_files
 
     files = dataset_files(name, root)
     return files if files and all(root in f.parents for f in files) else None

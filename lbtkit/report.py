@@ -26,10 +26,10 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, UserError
+from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, UserError
 from lbtkit.fileio import atomic_write_text, read_json
 from lbtkit.markdown import DASH, format_duration, format_lr, render, sentence
-from lbtkit.sweep import STATUS_FAILED, SWEEP_FILE, RunRecord, load_sweep, number, read_run
+from lbtkit.sweep import SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
 # Keys every row has; swept keys other than these get their own columns.
 _FIXED_KEYS = ("batch_size", "seed")

@@ -27,16 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.errors import (  # noqa: F401 (STATUS_*: importable from here, as before)
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    CheckpointError,
-    EnvironmentFault,
-    UserError,
-    WriteFailed,
-)
-from lbtkit.fileio import (  # noqa: F401 (write_json: lbtkit/studies and demo.py import it from here)
+from lbtkit.errors import EnvironmentFault, UserError, WriteFailed
+from lbtkit.fileio import (
     LOCK_FILE,
     append_json_line,
     atomic_write_text,
@@ -44,7 +36,6 @@ from lbtkit.fileio import (  # noqa: F401 (write_json: lbtkit/studies and demo.p
     read_json,
     read_regular_file,
     run_lock,
-    write_json,
 )
 from lbtkit.version import __version__
 

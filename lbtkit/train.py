@@ -51,17 +51,7 @@ from lbtkit.data import (
     load_dataset,
 )
 from lbtkit.data.provenance import data_files
-from lbtkit.errors import (  # noqa: F401 (EXIT_*, exit_code: importable from here, as before)
-    EXIT_DIVERGED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USER_ERROR,
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    ConfigError,
-    exit_code,
-)
+from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_INTERRUPTED, ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.fileio import write_json
 from lbtkit.models.norm import convert_batchnorm, frozen_running_stats

@@ -28,7 +28,7 @@ from lbtkit.data import (
     load_dataset,
     normalize,
 )
-from lbtkit.data.readers import DIGITS_NUM_VAL, digits_split
+from lbtkit.data.digits import DIGITS_NUM_VAL, digits_split
 from lbtkit.errors import ConfigError, DataNotFoundError, UserError
 
 from helpers import FASHION_FILES, require_real_fashion_mnist
@@ -467,7 +467,7 @@ def write_fashion(folder: Path, n_train: int = 7, n_val: int = 4, seed: int = 3)
 
 
 def test_fashion_mnist_round_trip_from_data_dir(tmp_path: Path, system_folder: Path) -> None:
-    from lbtkit.data.readers import dataset_files
+    from lbtkit.data.registry import dataset_files
 
     written = write_fashion(tmp_path / "data" / "fashion-mnist")
     write_fashion(system_folder, n_train=3, n_val=2, seed=9)  # must not be used
@@ -483,7 +483,8 @@ def test_fashion_mnist_round_trip_from_data_dir(tmp_path: Path, system_folder: P
 
 def test_fashion_mnist_falls_back_to_the_system_folder(tmp_path: Path,
                                                        system_folder: Path) -> None:
-    from lbtkit.data.readers import dataset_files, idx_search_dirs
+    from lbtkit.data.idx import idx_search_dirs
+    from lbtkit.data.registry import dataset_files
 
     written = write_fashion(system_folder, n_train=5, n_val=2)
     # An incomplete copy under --data-dir is skipped as a whole, not mixed with the other.

@@ -139,8 +139,8 @@ def study_critical_batch(
         lbtkit study critical-batch --output docs/critical-batch   # make study
         lbtkit study critical-batch --output /tmp/cb --quick
     """
+    from lbtkit.errors import exit_code
     from lbtkit.studies.critical_batch import FULL, QUICK, default_jobs, run_critical_batch_study
-    from lbtkit.train import exit_code
 
     check_at_least_one("--jobs", jobs)
     spec = QUICK if quick else FULL
@@ -165,9 +165,9 @@ def study_fashion_seed(
     import json
 
     from lbtkit.cpu import set_cpu_threads
+    from lbtkit.errors import exit_code
     from lbtkit.specs import FashionStudySpec
     from lbtkit.studies.fashion import keskar_seed
-    from lbtkit.train import exit_code
 
     check_at_least_one("--threads", threads)
     study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")

@@ -1,5 +1,5 @@
 """The IDX data sets (MNIST, Fashion-MNIST): their four files, the folders they may be in, and
-the mirrors they are published on. The reader is ``lbtkit.data.readers``, the downloader
+the mirrors they are published on. The reader is ``lbtkit.data.idx_reader``, the downloader
 ``lbtkit.data.download``; both look here, so ``lbtkit doctor`` and ``lbtkit fetch`` look where
 the reader does."""
 

@@ -50,7 +50,7 @@ def data_files(paths: Iterable[Path], *,
     the folders an installed package owns); their hashes go to the user cache.
     """
     if sidecar_dirs is None:
-        from lbtkit.data.readers import package_data_folders
+        from lbtkit.data.registry import package_data_folders
 
         sidecar_dirs = package_data_folders()
     no_sidecar = {Path(d).absolute() for d in sidecar_dirs}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lbtkit.rundir import atomic_write_text, read_json, write_json
+from lbtkit.fileio import atomic_write_text, read_json, write_json
 
 # Progress lines keep the logger name they have always had (log filters and tests use it).
 log = logging.getLogger("lbtkit.studies.fashion")

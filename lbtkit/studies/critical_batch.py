@@ -32,7 +32,9 @@ from typing import Any
 
 from lbtkit.config import RunConfig, scale_lr
 from lbtkit.critical_batch import DIVERGED, best_per_batch
-from lbtkit.rundir import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_INTERRUPTED, RunDir
+from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_INTERRUPTED
+from lbtkit.fileio import read_json
+from lbtkit.rundir import RunDir
 from lbtkit.specs import CriticalBatchSpec, NoiseScaleSpec
 from lbtkit.targets import parse_targets
 
@@ -243,7 +245,6 @@ def noise_at_targets(spec: CriticalBatchSpec, work: Path, records: list[dict[str
                      ) -> dict[str, dict[str, Any]]:
     """B_simple (``lbtkit noise-scale --weights``) of the reference run at each target."""
     from lbtkit.noise_scale import default_output, run_noise_scale
-    from lbtkit.rundir import read_json
 
     measured = {}
     for target, ref in reference_runs(spec, work, records).items():

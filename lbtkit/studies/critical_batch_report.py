@@ -26,8 +26,8 @@ from lbtkit.critical_batch import (
     ratio_interval,
     regime,
 )
+from lbtkit.fileio import atomic_write_text, write_json
 from lbtkit.markdown import render
-from lbtkit.rundir import atomic_write_text, write_json
 from lbtkit.specs import CriticalBatchSpec
 
 # The thresholds behind every verdict in index.md.

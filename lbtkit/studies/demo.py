@@ -46,8 +46,9 @@ from typing import Any, ClassVar
 import torch
 
 from lbtkit.config import build_config
-from lbtkit.errors import ConfigError
-from lbtkit.rundir import STATUS_COMPLETED, STATUS_INTERRUPTED, RunDir, atomic_write_text
+from lbtkit.errors import STATUS_COMPLETED, STATUS_INTERRUPTED, ConfigError
+from lbtkit.fileio import atomic_write_text
+from lbtkit.rundir import RunDir
 from lbtkit.specs import InterpolationSpec, SharpnessSpec, Spec, whole_number
 from lbtkit.studies.demo_report import render_index, summarise
 

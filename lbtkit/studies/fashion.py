@@ -43,15 +43,9 @@ from typing import Any
 import torch
 
 from lbtkit.config import build_config
-from lbtkit.rundir import (
-    STATUS_COMPLETED,
-    STATUS_DIVERGED,
-    STATUS_INTERRUPTED,
-    RunDir,
-    atomic_write_text,
-    read_json,
-    write_json,
-)
+from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_INTERRUPTED
+from lbtkit.fileio import atomic_write_text, read_json, write_json
+from lbtkit.rundir import RunDir
 from lbtkit.specs import FashionStudySpec, KeskarStudySpec, NoiseScaleSpec
 from lbtkit.studies import budget
 from lbtkit.studies.clock import StudyClock, describe_machine, ignore_in_git

@@ -26,10 +26,11 @@ import torch
 from lbtkit.checkpoint import read_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.data import load_dataset
-from lbtkit.errors import ConfigError, EnvironmentFault
+from lbtkit.errors import STATUS_COMPLETED, ConfigError, EnvironmentFault
+from lbtkit.fileio import atomic_write_text, read_json
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
 from lbtkit.run_model import build_model_for
-from lbtkit.rundir import STATUS_COMPLETED, RunDir, atomic_write_text, read_json
+from lbtkit.rundir import RunDir
 from lbtkit.specs import KeskarStudySpec
 from lbtkit.studies.common import LABELS
 from lbtkit.studies.keskar_report import study_report
