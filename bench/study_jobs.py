@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lbtkit.specs import FashionStudySpec
-from lbtkit.studies.fashion import QUICK, run_fashion_study
+from lbtkit.studies.fashion import run_fashion_study
+from lbtkit.studies.fashion_presets import QUICK
 
 from common import apply_quick, base_parser, setup, summary, write_result
 

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from lbtkit.distributed import process_rank, shard
 from lbtkit.errors import CheckpointError, ConfigError
-from lbtkit.specs import NoiseScaleSpec, parse_batches  # noqa: F401  (re-exported)
+from lbtkit.specs import NoiseScaleSpec
 
 NOISE_SCALE_FILE = "noise_scale.json"
 # Keys of the metrics.jsonl rows (None when the run does not log the noise scale).

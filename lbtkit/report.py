@@ -28,19 +28,17 @@ from typing import Any
 
 from lbtkit.errors import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, UserError
 from lbtkit.fileio import atomic_write_text, read_json
-from lbtkit.markdown import DASH, format_duration, format_lr, render, sentence
+from lbtkit.markdown import DASH, format_lr, render, sentence
 from lbtkit.sweep import SWEEP_FILE, RunRecord, load_sweep, number, read_run
 
 # Keys every row has; swept keys other than these get their own columns.
 _FIXED_KEYS = ("batch_size", "seed")
 _BAD = (STATUS_DIVERGED, STATUS_FAILED)
 
-# format_lr and format_duration live in lbtkit.markdown (the templates' filters use them); they
-# are part of this module's interface too.
 __all__ = ["accuracy_measures", "accuracy_ylim", "budget_data", "chance_loss", "collect",
-           "dodge_factor", "fixed_epochs", "format_duration", "format_lr", "held_out",
-           "noise_data", "plan_data", "stability_data", "stability_text", "validation_data",
-           "validation_text", "write_report"]
+           "dodge_factor", "fixed_epochs", "held_out", "noise_data", "plan_data",
+           "stability_data", "stability_text", "validation_data", "validation_text",
+           "write_report"]
 
 
 # --- formatting --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from lbtkit.checkpoint import (
     save_snapshot,
     save_weights,
 )
-from lbtkit.config import BatchPlan, RunConfig, plan_batches
+from lbtkit.config import BatchPlan, RunConfig, parse_trackers, plan_batches
 from lbtkit.contention import ThreadGovernor
 from lbtkit.cpu import CpuPolicy, set_cpu_threads
 from lbtkit.data import (
@@ -64,7 +64,7 @@ from lbtkit.schedule import Schedule
 from lbtkit.signals import GracefulStop, StopPoll
 from lbtkit.stopping import StopRule
 from lbtkit.targets import Target, all_met, eval_steps, first_steps, parse_targets
-from lbtkit.tracking import Tracking, make_trackers, parse_trackers
+from lbtkit.tracking import Tracking, make_trackers
 
 logger = logging.getLogger(__name__)
 

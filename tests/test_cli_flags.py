@@ -263,7 +263,7 @@ def test_jobs_has_its_short_form_everywhere():
 
 
 def test_study_fashion_help_states_the_studys_seed_counts(cli):
-    from lbtkit.studies.fashion import FULL, QUICK
+    from lbtkit.studies.fashion_presets import FULL, QUICK
 
     shown = " ".join(cli("study", "fashion", "--help", check=0).stdout.split())
     assert f"(default: {len(FULL.seeds)}; {len(QUICK.seeds)} with --quick)" in shown

@@ -13,7 +13,8 @@ import pytest
 
 from lbtkit.studies import budget
 from lbtkit.studies.clock import StudyClock
-from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
+from lbtkit.studies.fashion import run_fashion_study
+from lbtkit.studies.fashion_presets import FULL, QUICK
 from lbtkit.studies.summary import (
     falling_batch,
     interpolation_band,

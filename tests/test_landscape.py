@@ -14,18 +14,17 @@ import sys
 import pytest
 
 from lbtkit.data import load_dataset
+from lbtkit.distributed import shard
 from lbtkit.errors import ConfigError
 from lbtkit.evaluate import InputSpec, evaluate_sums, mean_loss_and_accuracy
 from lbtkit.landscape import (
     interpolate_runs,
-    parse_alphas,
     recalibrate_bn,
     run_interpolation,
-    shard,
     steepest_midpoints,
 )
 from lbtkit.run_model import load_run
-from lbtkit.specs import InterpolationSpec
+from lbtkit.specs import InterpolationSpec, parse_alphas
 
 from helpers import cli_env, train_sb_lb, train_smoke
 

@@ -15,10 +15,9 @@ from lbtkit.landscape import (
     between_direction,
     landscape_runs,
     normalize_direction,
-    parse_grid,
     random_direction,
 )
-from lbtkit.specs import PlaneSpec
+from lbtkit.specs import PlaneSpec, parse_grid
 
 from helpers import assert_user_error, invoke_cli, run_cli, train_sb_lb, train_smoke
 

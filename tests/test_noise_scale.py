@@ -22,9 +22,8 @@ from lbtkit.noise_scale import (
     last_logged_noise_scale,
     measure_noise_scale,
     noise_factor,
-    parse_batches,
 )
-from lbtkit.specs import NoiseScaleSpec
+from lbtkit.specs import NoiseScaleSpec, parse_batches
 
 from helpers import assert_user_error, invoke_cli, run_cli
 

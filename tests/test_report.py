@@ -10,7 +10,8 @@ import pytest
 
 from lbtkit.config import RunConfig, preset_values
 from lbtkit.fileio import write_json
-from lbtkit.report import collect, format_duration, format_lr, write_report
+from lbtkit.markdown import format_duration, format_lr
+from lbtkit.report import collect, write_report
 from lbtkit.rundir import RunDir
 from lbtkit.sweep import plan_sweep, run_all
 

@@ -17,11 +17,10 @@ from lbtkit.landscape import (
     hutchinson_trace,
     keskar_sharpness,
     network_loss,
-    parse_subspace,
     run_sharpness,
 )
 from lbtkit.landscape.sharpness import pinv_apply
-from lbtkit.specs import SharpnessSpec
+from lbtkit.specs import SharpnessSpec, parse_subspace
 
 DIAG = torch.tensor([13.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
 

@@ -146,8 +146,8 @@ def test_specs_are_frozen_and_updated_copies_are_validated():
 
 def test_fashion_study_specs_round_trip_and_refuse_bad_values():
     from lbtkit.specs import FashionStudySpec
-    from lbtkit.studies.fashion import FULL as FASHION_FULL
-    from lbtkit.studies.fashion import QUICK as FASHION_QUICK
+    from lbtkit.studies.fashion_presets import FULL as FASHION_FULL
+    from lbtkit.studies.fashion_presets import QUICK as FASHION_QUICK
 
     for spec in (FASHION_FULL, FASHION_QUICK, FashionStudySpec()):
         again = through_json(spec)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from lbtkit.config import TRACKER_EXTRAS, parse_trackers
 from lbtkit.errors import ConfigError, UserError
 from lbtkit.tracking import (
-    TRACKER_EXTRAS,
     check_installed,
     hyperparameters,
     landscape_rows,
     log_scalars,
-    parse_trackers,
     tracking_dir,
 )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from lbtkit.markdown import render, sentence
 from lbtkit.studies import fashion_verdicts, verdicts
-from lbtkit.studies.common import render, sentence
 
 
 def _row(batch: int, acc: float | None, steps: int = 10, status: str = "completed") -> dict:

@@ -107,7 +107,8 @@ def study_fashion(
         lbtkit study fashion --output /tmp/fashion --quick
     """
     from lbtkit.errors import exit_code
-    from lbtkit.studies.fashion import FULL, QUICK, run_fashion_study
+    from lbtkit.studies.fashion import run_fashion_study
+    from lbtkit.studies.fashion_presets import FULL, QUICK
 
     check_at_least_one("--jobs", jobs)
     spec = QUICK if quick else FULL

@@ -68,7 +68,7 @@ def sweep_plan(
         lbtkit sweep plan --preset smoke --batch-sizes 32,128 --output sweeps/s
     """
     from lbtkit.config import sweep_settings
-    from lbtkit.report import format_lr
+    from lbtkit.markdown import format_lr
     from lbtkit.sweep import parse_grid, plan_sweep, sweep_table
 
     check_num_processes(num_processes)

@@ -15,14 +15,9 @@ finished run directories (``lbtkit.run_model.load_run``), never the training loo
 
 from lbtkit.landscape.bn import evaluate_batch_stats, recalibrate_bn
 from lbtkit.landscape.interpolate import (
-    BN_MODES,
-    SPLITS,
     interpolate_runs,
     interpolation_meta,
-    parse_alphas,
-    parse_splits,
     run_interpolation,
-    shard,
     steepest_midpoints,
     write_interpolation,
 )
@@ -31,7 +26,6 @@ from lbtkit.landscape.plane import (
     landscape_meta,
     landscape_runs,
     normalize_direction,
-    parse_grid,
     random_direction,
     run_landscape,
     write_landscape,
@@ -42,19 +36,12 @@ from lbtkit.landscape.sharpness import (
     hutchinson_trace,
     keskar_sharpness,
     network_loss,
-    parse_subspace,
     random_subspace,
     run_sharpness,
     sharpness_settings,
 )
-from lbtkit.specs import InterpolationSpec, PlaneSpec, SharpnessSpec
 
 __all__ = [
-    "BN_MODES",
-    "SPLITS",
-    "InterpolationSpec",
-    "PlaneSpec",
-    "SharpnessSpec",
     "between_direction",
     "evaluate_batch_stats",
     "gradient_norm",
@@ -67,17 +54,12 @@ __all__ = [
     "landscape_runs",
     "network_loss",
     "normalize_direction",
-    "parse_alphas",
-    "parse_grid",
-    "parse_splits",
-    "parse_subspace",
     "random_direction",
     "random_subspace",
     "recalibrate_bn",
     "run_interpolation",
     "run_landscape",
     "run_sharpness",
-    "shard",
     "sharpness_settings",
     "steepest_midpoints",
     "write_interpolation",

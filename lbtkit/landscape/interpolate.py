@@ -44,16 +44,12 @@ from lbtkit.progress import TrainingProgress
 from lbtkit.run_model import load_run
 from lbtkit.rundir import versions
 from lbtkit.specs import (
-    BN_MODES,
     SPLITS,
     InterpolationSpec,
     PlaneSpec,
-    parse_alphas,
-    parse_splits,
 )
 
-__all__ = ["BN_MODES", "SPLITS", "interpolate_runs", "interpolation_meta", "parse_alphas",
-           "parse_splits", "run_interpolation", "shard", "steepest_midpoints",
+__all__ = ["interpolate_runs", "interpolation_meta", "run_interpolation", "steepest_midpoints",
            "write_interpolation"]
 
 log = logging.getLogger(__name__)

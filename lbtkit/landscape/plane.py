@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lbtkit.distributed import shard
 from lbtkit.errors import ConfigError
 from lbtkit.landscape.bn import negative_variances
 from lbtkit.landscape.interpolate import (
@@ -45,17 +46,15 @@ from lbtkit.landscape.interpolate import (
     check_same_setup,
     evaluate_point,
     resident_splits,
-    shard,
     write_grid_files,
 )
 from lbtkit.progress import TrainingProgress
 from lbtkit.run_model import load_run
 from lbtkit.rundir import versions
-from lbtkit.specs import DIRECTIONS, NORMS, SPLITS, Grid, PlaneSpec, parse_grid
+from lbtkit.specs import NORMS, SPLITS, PlaneSpec
 
-__all__ = ["DIRECTIONS", "NORMS", "Grid", "between_direction", "landscape_meta",
-           "landscape_runs", "normalize_direction", "parse_grid", "random_direction",
-           "run_landscape", "write_landscape"]
+__all__ = ["between_direction", "landscape_meta", "landscape_runs", "normalize_direction",
+           "random_direction", "run_landscape", "write_landscape"]
 
 CSV_FIELDS = ("x", "y", "split", "loss", "accuracy", "negative_variances")
 

@@ -47,9 +47,9 @@ from lbtkit.run_model import load_run
 from lbtkit.rundir import RunDir, versions
 from lbtkit.specs import SHARPNESS_BN, SharpnessSpec, parse_subspace
 
-__all__ = ["SharpnessSpec", "SplitLoss", "gradient_norm", "hessian_top_eigenvalues",
-           "hutchinson_trace", "keskar_sharpness", "network_loss", "parse_subspace",
-           "random_subspace", "run_sharpness", "sharpness_settings"]
+__all__ = ["SplitLoss", "gradient_norm", "hessian_top_eigenvalues", "hutchinson_trace",
+           "keskar_sharpness", "network_loss", "random_subspace", "run_sharpness",
+           "sharpness_settings"]
 
 Term = Callable[[torch.Tensor], torch.Tensor]
 

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lbtkit.markdown import render, sentence
 from lbtkit.studies import verdicts
-from lbtkit.studies.common import LABELS, relative_link, render, sentence
+from lbtkit.studies.common import LABELS, relative_link
 
 SENTENCES = "sb_lb_sentences.md.j2"
 

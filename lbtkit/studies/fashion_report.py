@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lbtkit.markdown import render, sentence
 from lbtkit.specs import FashionStudySpec
 from lbtkit.studies import fashion_verdicts as verdicts
-from lbtkit.studies.common import LABELS, relative_link, render, sentence
+from lbtkit.studies.common import LABELS, relative_link
 from lbtkit.studies.fashion_presets import FULL, QUICK
 from lbtkit.studies.fashion_verdicts import FALL_POINTS, PAPER_F1, THRESHOLDS, noise_resolved
 from lbtkit.studies.paired import ALPHA, TEST

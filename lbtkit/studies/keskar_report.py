@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from lbtkit.config import RunConfig
-from lbtkit.studies.common import LABELS, render, sentence
+from lbtkit.markdown import render, sentence
+from lbtkit.studies.common import LABELS
 from lbtkit.studies.verdicts import relative_verdict
 
 
