@@ -82,6 +82,17 @@ def others_busy(before: CpuSample, after: CpuSample, ticks_per_second: float) ->
     return max(0.0, (total - (after.own_seconds - before.own_seconds)) / wall)
 
 
+def measure_others(cpus: Iterable[int], seconds: float) -> float | None:
+    """CPUs' worth of time other processes use on ``cpus``, measured over ``seconds`` now
+    (None without ``/proc/stat``)."""
+    before = read_sample(cpus)
+    if before is None:
+        return None
+    time.sleep(seconds)  # a measurement window
+    after = read_sample(cpus)
+    return None if after is None else others_busy(before, after, os.sysconf("SC_CLK_TCK"))
+
+
 def threads_for(others: float, *, usable: int, cap: int) -> int:
     """Threads for a process that may use ``usable`` CPUs and wants at most ``cap`` threads,
     when other processes keep ``others`` CPUs busy: the CPUs they leave, at least 1."""

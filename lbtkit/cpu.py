@@ -9,7 +9,8 @@ Two decisions, made from what the process may actually use rather than the machi
   CPU quota (``cpu.max``, or ``cpu.cfs_quota_us`` in cgroup v1) and ``SLURM_CPUS_PER_TASK``.
 - **Following the load** (:mod:`lbtkit.contention`): a count lbtkit derived is a ceiling; during
   training the run leaves the CPUs that other processes keep busy to them
-  (:attr:`CpuPolicy.adaptive`). OpenMP keeps its default wait (libgomp spins at barriers): with
+  (:attr:`CpuPolicy.adaptive`); an analysis run from the CLI does so once, as it starts
+  (:func:`threads_for_the_load`). OpenMP keeps its default wait (libgomp spins at barriers): with
   one thread per free CPU nothing waits on a descheduled sibling, and the idle case keeps its
   speed. Capping the spin instead (``GOMP_SPINCOUNT=3000``, lbtkit's policy before) made an idle
   F1 epoch on the 2-core Intel Xeon here about half as fast (``bench/contention.py``). A user's
@@ -25,13 +26,16 @@ Nothing here imports torch at module level.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from lbtkit.contention import FIRST_WINDOW_SECONDS, measure_others, threads_for
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +229,38 @@ def set_cpu_threads(threads: int | None, environ: Mapping[str, str] = os.environ
     if policy.threads != torch.get_num_threads():
         torch.set_num_threads(policy.threads)
     return policy
+
+
+@contextlib.contextmanager
+def threads_for_the_load(environ: Mapping[str, str] = os.environ,
+                         seconds: float = FIRST_WINDOW_SECONDS) -> Iterator[int]:
+    """For one analysis (interpolation, sharpness, ...): when lbtkit chooses the thread count,
+    measure other processes' load over ``seconds`` now and leave the CPUs they keep busy to
+    them until the block ends (torch's count is restored then). A pinned count is kept as it
+    is, with no measurement. Yields the threads in use."""
+    import torch
+
+    before = torch.get_num_threads()
+    policy = cpu_policy(None, environ, torch_threads=before)
+    threads = before
+    if policy.adaptive and policy.threads > 1:
+        cpus = affinity_set()
+        others = measure_others(cpus, seconds)
+        threads = policy.threads if others is None else \
+            threads_for(others, usable=len(cpus), cap=policy.threads)
+        log.debug("other processes use %s CPUs: %d thread(s)", others, threads)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def affinity_set() -> frozenset[int]:
+    """The numbers of the CPUs this process may run on (all of them where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
 
 
 # --- the environment, before torch loads ------------------------------------------------------

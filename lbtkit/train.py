@@ -40,7 +40,7 @@ from lbtkit.checkpoint import (
 )
 from lbtkit.config import BatchPlan, RunConfig, parse_trackers, plan_batches
 from lbtkit.contention import ThreadGovernor
-from lbtkit.cpu import CpuPolicy, set_cpu_threads
+from lbtkit.cpu import CpuPolicy, affinity_set, set_cpu_threads
 from lbtkit.data import (
     DatasetInfo,
     EpochDraw,
@@ -175,8 +175,7 @@ class CpuUse:
     def start(cls, policy: CpuPolicy) -> CpuUse:
         if not (policy.adaptive and policy.threads > 1):
             return cls(policy, None)
-        cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else frozenset(range(os.cpu_count() or 1))
+        cpus = affinity_set()
         # Others' load is measured on the CPUs the process may run on: a cgroup quota below
         # them caps the threads (the policy's count), not which CPUs are free.
         return cls(policy, ThreadGovernor(cap=policy.threads, usable=len(cpus), cpus=cpus,

@@ -160,3 +160,32 @@ def test_a_run_whose_threads_lbtkit_chose_follows_the_load_and_gives_them_back(t
                            output_dir=str(tmp_path / "pinned"), checkpoint_every=0, threads=1),
                  progress=False)
     assert pinned["cpu"]["adaptive"] is False and "thread_changes" not in pinned["cpu"]
+
+
+@pytest.mark.skipif(len(contention.os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_an_analysis_leaves_busy_cpus_to_others_for_its_duration(monkeypatch):
+    from lbtkit import cpu
+
+    monkeypatch.setattr(cpu, "measure_others", lambda cpus, seconds: 1.0)  # one busy CPU
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # lbtkit's own choice on 2 CPUs (the suite pins 1)
+    try:
+        with cpu.threads_for_the_load({}) as threads:
+            inside = torch.get_num_threads()
+        after = torch.get_num_threads()
+        monkeypatch.setattr(cpu, "measure_others", lambda cpus, seconds: None)  # no /proc/stat
+        with cpu.threads_for_the_load({}) as unmeasured:
+            pass
+    finally:
+        torch.set_num_threads(before)
+    assert (threads, inside, after, unmeasured) == (1, 1, 2, 2)
+
+
+def test_a_pinned_thread_count_is_not_measured_or_changed(monkeypatch):
+    from lbtkit import cpu
+
+    monkeypatch.setattr(cpu, "measure_others", pytest.fail)
+    before = torch.get_num_threads()
+    with cpu.threads_for_the_load({"OMP_NUM_THREADS": "1"}) as threads:
+        assert threads == torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

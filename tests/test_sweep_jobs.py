@@ -173,10 +173,10 @@ def test_the_fashion_studys_children_run_the_parents_spec_seeds_and_entries(
     """What the parent asks for (the spec as JSON, the seed or entry, the threads) is what the
     children's commands run: the children are captured, then each command is run in this
     process with its work faked."""
+    import lbtkit.cpu
     import lbtkit.local_pool as local_pool
     import lbtkit.studies.fashion as fashion
     import lbtkit.sweep
-    import lbtkit.train
     from lbtkit.local_pool import PoolResult
 
     spec = fashion.QUICK.updated(seeds=(3, 5, 7), threads=1)
@@ -199,7 +199,7 @@ def test_the_fashion_studys_children_run_the_parents_spec_seeds_and_entries(
         ran.append((args, kwargs)) or {"status": "completed"}))
     monkeypatch.setattr(lbtkit.sweep, "run_task", lambda *args, **kwargs: (
         ran.append((args, kwargs)) or 0))
-    monkeypatch.setattr(lbtkit.train, "set_cpu_threads", threads.append)
+    monkeypatch.setattr(lbtkit.cpu, "set_cpu_threads", threads.append)
     for task in captured:
         assert task.command[1:3] == ["-m", "lbtkit"]
         cli(*task.command[3:], check=0)

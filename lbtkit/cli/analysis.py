@@ -12,6 +12,7 @@ from rich.table import Table
 from lbtkit.cli.common import app, check_num_processes, console, user_errors
 from lbtkit.cli.flags import with_spec_flags
 from lbtkit.cli.options import num_processes_option, output_option
+from lbtkit.cpu import threads_for_the_load
 from lbtkit.errors import UserError
 from lbtkit.fileio import read_json
 from lbtkit.specs import DEFAULT_GRID, InterpolationSpec, NoiseScaleSpec, PlaneSpec, SharpnessSpec
@@ -128,7 +129,8 @@ def _grid_command(analysis: str, spec: Any, runs: list[Path | None], output: Pat
     if num_processes is not None and num_processes > 1:
         code = launch_job(analysis, spec, runs, output, num_processes)
     else:
-        _print_paths(run_here())
+        with threads_for_the_load():
+            _print_paths(run_here())
         code = 0
     if code == 0:
         log_grid(trackers, output, analysis, configured_dir=tracking_dir,
@@ -181,7 +183,8 @@ def sharpness(
     if _launched("sharpness", spec, run_dir, output, num_processes):
         result = read_json(output)
     else:
-        result = run_sharpness(spec, run_dir, output=output)
+        with threads_for_the_load():
+            result = run_sharpness(spec, run_dir, output=output)
     print(json.dumps(result, indent=2))
     log_run_measurement(trackers, run_dir, "sharpness", result, configured_dir=tracking_dir,
                         project=tracking_project)
@@ -230,7 +233,8 @@ def noise_scale(
     if _launched("noise-scale", spec, run_dir, output, num_processes, weights=weights):
         result = read_json(output)
     else:
-        result = run_noise_scale(spec, run_dir, output=output, weights=weights)
+        with threads_for_the_load():
+            result = run_noise_scale(spec, run_dir, output=output, weights=weights)
     at = "" if weights is None else f" at {weights}"
     console.print(_noise_scale_table(result, title=f"gradient noise scale of {run_dir}{at} "
                                                    f"({spec.draws} batches per size)"))
