@@ -25,6 +25,7 @@ import torch
 
 from lbtkit.checkpoint import read_weights, save_weights
 from lbtkit.config import RunConfig
+from lbtkit.cpu import threads_for_the_load
 from lbtkit.data import load_dataset
 from lbtkit.errors import STATUS_COMPLETED, ConfigError, EnvironmentFault
 from lbtkit.fileio import atomic_write_text, read_json
@@ -80,8 +81,10 @@ def keskar_study(
         if results[label].get("status") != STATUS_COMPLETED:
             return {"status": results[label].get("status"), "stopped_at": label,
                     "runs": results}
-    interpolation = _interpolate(spec, output, progress=progress, num_processes=num_processes)
-    sharpness = {label: _measure(spec, output / label, num_processes) for label in LABELS}
+    with threads_for_the_load():  # training followed the load itself; the analyses, from here
+        interpolation = _interpolate(spec, output, progress=progress,
+                                     num_processes=num_processes)
+        sharpness = {label: _measure(spec, output / label, num_processes) for label in LABELS}
 
     report = output / "report.md"
     atomic_write_text(report, study_report(configs, results, sharpness,
