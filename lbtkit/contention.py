@@ -3,22 +3,23 @@
 Why: torch's OpenMP threads (libgomp) spin at every barrier, waiting for their siblings. When
 another busy process holds one of the CPUs, the sibling a spinner waits for is descheduled and
 every parallel region costs a scheduler time slice: an F1 epoch on Fashion-MNIST was 10x slower
-with one competing process on 2 cores. One thread has no sibling to wait for (measured on the
-2-core Intel Xeon here, ``bench/contention.py``: 2 spinning threads 16,400 img/s alone and
-1,600 contended; 1 thread 10,100 alone and 9,200 contended). Shorter spinning was not the
-answer: it costs the idle case more than a thread does (``GOMP_SPINCOUNT=3000``: 8,700 alone).
+with one competing process on 2 cores. One thread has no sibling to wait for (on the 2-core Intel
+Xeon here, ``bench/contention.py``: 2 fixed spinning threads 11,000 img/s alone and 1,000
+contended; following the load, 7,900 contended). Shorter spinning was not the answer: it cost
+the idle case more than the lost thread does (``GOMP_SPINCOUNT=3000``: 0.63x of the idle speed).
 
 So a run whose thread count lbtkit chose (not pinned by ``--threads`` or ``OMP_NUM_THREADS``)
 keeps libgomp's default spin and, every :data:`CHECK_SECONDS`, measures how much of the CPUs it
 may run on other processes used (``/proc/stat`` per CPU, minus this process's own CPU time):
-CPUs that others keep at least :data:`TOLERANCE` busy are left to them. The first decision
-comes at the first step, from the window since the run started.
+CPUs that others keep more than :data:`TOLERANCE` busy are left to them. The first decision
+comes at the first step after :data:`FIRST_WINDOW_SECONDS`, from the window since the run
+started. An analysis measures once, as it starts (``lbtkit.cpu.threads_for_the_load``).
 
 The thread count changes the numbers: reductions split differently, so a run is bitwise
 repeatable only at a fixed thread count. Every change is recorded (step, threads, the others'
 load) in results.json; pin the threads for bitwise repeatability on a busy machine.
 
-Nothing here imports torch at module level; it is passed the functions to call.
+Nothing here imports torch: the governor is passed the function that sets the threads.
 """
 
 from __future__ import annotations
