@@ -44,7 +44,7 @@ from common import apply_quick, base_parser, setup, summary, write_result
 OLD_ENV = {"GOMP_SPINCOUNT": "300000", "OMP_NUM_THREADS": str(usable_cpus().count)}
 # The shell's own settings must not leak into either side.
 CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-           "LBTKIT_SET_OMP", "LBTKIT_USER_OMP_NUM_THREADS")
+           "LBTKIT_USER_OMP_NUM_THREADS")
 BUSY = [sys.executable, "-c", "while True: pass"]
 
 

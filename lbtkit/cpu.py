@@ -12,8 +12,8 @@ Two decisions, made from what the process may actually use rather than the machi
   (:attr:`CpuPolicy.adaptive`); an analysis run from the CLI does so once, as it starts
   (:func:`threads_for_the_load`). OpenMP keeps its default wait (libgomp spins at barriers): with
   one thread per free CPU nothing waits on a descheduled sibling, and the idle case keeps its
-  speed. Capping the spin instead (``GOMP_SPINCOUNT=3000``, lbtkit's policy before) made an idle
-  F1 epoch on the 2-core Intel Xeon here about half as fast (``bench/contention.py``). A user's
+  speed. Capping the spin instead (``GOMP_SPINCOUNT=3000``, lbtkit's policy before) left an idle
+  F1 epoch on the 2-core Intel Xeon here 0.63x as fast (``bench/contention.py``). A user's
   own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` is passed on and recorded.
 
 Launched workers (``accelerate launch``, torchrun) inherit the environment. The launchers set
@@ -52,10 +52,14 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 
 def affinity_cpus() -> int:
     """CPUs this process may run on (its affinity mask), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(affinity_set())
+
+
+def affinity_set() -> frozenset[int]:
+    """The numbers of the CPUs this process may run on (all of them where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
 
 
 def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
@@ -254,13 +258,6 @@ def threads_for_the_load(environ: Mapping[str, str] = os.environ,
         yield threads
     finally:
         torch.set_num_threads(before)
-
-
-def affinity_set() -> frozenset[int]:
-    """The numbers of the CPUs this process may run on (all of them where that is unknown)."""
-    if hasattr(os, "sched_getaffinity"):
-        return frozenset(os.sched_getaffinity(0))
-    return frozenset(range(os.cpu_count() or 1))
 
 
 # --- the environment, before torch loads ------------------------------------------------------
