@@ -19,10 +19,12 @@ Nothing here knows about sweeps: ``lbtkit.sweep.run_entries`` builds the tasks.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # how often the pool looks for finished children
 _RELAYED = ("SIGTERM", "SIGINT", "SIGUSR1")
 _PR_SET_PDEATHSIG = 1
+_LBTKIT = (sys.executable, "-m", "lbtkit")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Task:
     log: Path
     env: Mapping[str, str] = field(default_factory=dict)
     launches: bool = False  # starts processes of its own (accelerate launch): adopt them
+    # ``python -m lbtkit ARGS`` that may run in its slot's worker process, after other such
+    # tasks (``lbtkit.pool_worker``): the imports are paid once per slot, not once per task.
+    in_worker: bool = False
+
+
+def lbtkit_task(key: Hashable, args: Sequence[str | int | Path], log: Path,
+                env: Mapping[str, str] | None = None) -> Task:
+    """A task that runs ``lbtkit ARGS`` (in its slot's worker process)."""
+    return Task(key=key, command=[*_LBTKIT, *map(str, args)], log=log, env=dict(env or {}),
+                in_worker=True)
 
 
 @dataclass
@@ -137,6 +150,43 @@ class _Running:
     slot: int
     process: subprocess.Popen
     signalled: bool = False
+    worker: _Worker | None = None  # the task runs in this worker (its process is ``process``)
+
+
+class _Worker:
+    """``python -m lbtkit.pool_worker``: one slot's process for ``in_worker`` tasks, one
+    task at a time (a JSON line in, its exit code out). It ends itself after a task that did
+    not exit 0; at the end of the pool its input is closed and it ends with 0."""
+
+    def __init__(self, env: Mapping[str, str], first_log: Path) -> None:
+        with first_log.open("a") as errors:  # what it prints before its first task starts
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lbtkit.pool_worker"], env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=errors,
+                preexec_fn=_terminate_with_parent(os.getpid()))
+        os.set_blocking(self.process.stdout.fileno(), False)
+        self._unread = b""
+
+    def send(self, task: Task) -> None:
+        request = {"args": list(map(str, task.command[len(_LBTKIT):])), "log": str(task.log),
+                   "env": dict(task.env)}
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
+        self.process.stdin.flush()
+
+    def exit_code(self) -> int | None:
+        """The running task's exit code once it ended (the worker's own when the worker
+        died first: a signal before the task could answer), else None."""
+        with contextlib.suppress(BlockingIOError):
+            self._unread += self.process.stdout.read() or b""
+        if b"\n" in self._unread:
+            line, self._unread = self._unread.split(b"\n", 1)
+            return int(line)
+        return self.process.poll()
+
+    def close(self) -> None:
+        """No more tasks: the worker ends at the end of its input."""
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.process.stdin.close()
 
 
 class _Pool:
@@ -151,6 +201,8 @@ class _Pool:
         self.returncodes: dict[Hashable, int] = {}
         self.stopped_by: str | None = None
         self.adopting = False
+        self.workers: dict[int, _Worker] = {}  # slot -> its worker, while it can take tasks
+        self.retired: list[subprocess.Popen] = []  # workers that are ending
 
     @contextlib.contextmanager
     def relaying_signals(self):
@@ -181,6 +233,7 @@ class _Pool:
                     running.process.send_signal(signal.SIGTERM)
         if self.adopting:  # launchers' workers whose launcher already died
             known = {running.process.pid for running in self.running}
+            known |= {worker.process.pid for worker in self.workers.values()}
             for pid in child_pids():
                 if pid not in known:
                     with contextlib.suppress(ProcessLookupError):
@@ -202,28 +255,50 @@ class _Pool:
         with task.log.open("a") as out:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             out.write(f"--- {stamp} {' '.join(map(str, task.command))}\n")
-            out.flush()
-            process = subprocess.Popen(
-                list(map(str, task.command)), env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, preexec_fn=_terminate_with_parent(os.getpid()))
-        running = _Running(task, slot, process)
+        if task.in_worker:
+            worker = self._worker(slot, env, task.log)
+            worker.send(task)
+            running = _Running(task, slot, worker.process, worker=worker)
+        else:
+            with task.log.open("a") as out:
+                process = subprocess.Popen(
+                    list(map(str, task.command)), env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT,
+                    preexec_fn=_terminate_with_parent(os.getpid()))
+            running = _Running(task, slot, process)
         self.running.append(running)
         if self.stopped_by is not None:  # a signal came while it started
             self.stop(self.stopped_by)
         if self.on_start is not None:
-            self.on_start(task, process.pid)
+            self.on_start(task, running.process.pid)
 
     def _reap(self) -> None:
         for running in list(self.running):
-            returncode = running.process.poll()
+            returncode = (running.process.poll() if running.worker is None
+                          else running.worker.exit_code())
             if returncode is None:
                 continue
             self.running.remove(running)
+            if running.worker is not None and returncode != 0:
+                self._retire(running.slot)  # it ends itself: the slot's next task, a new one
             self.free_slots.append(running.slot)
             self.free_slots.sort()
             self.returncodes[running.task.key] = returncode
             if self.on_finish is not None and self.on_finish(running.task, returncode):
                 self.stop("a task was interrupted")
+
+    def _worker(self, slot: int, env: Mapping[str, str], log: Path) -> _Worker:
+        """The slot's worker, started now when it has none (or its last one died idle)."""
+        if slot in self.workers and self.workers[slot].process.poll() is not None:
+            self._retire(slot)
+        if slot not in self.workers:
+            self.workers[slot] = _Worker(env, log)
+        return self.workers[slot]
+
+    def _retire(self, slot: int) -> None:
+        worker = self.workers.pop(slot)
+        worker.close()
+        self.retired.append(worker.process)
 
     def stop_and_wait(self) -> None:
         if self.running:
@@ -232,6 +307,10 @@ class _Pool:
             self._reap()
             if self.running:
                 time.sleep(POLL_SECONDS)
+        for slot in list(self.workers):
+            self._retire(slot)
+        for process in self.retired:
+            process.wait()  # an idle worker ends at once; a stopped one after its checkpoint
         if self.adopting:
             stop_orphans(float(launcher_environment(os.environ)[
                 "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))

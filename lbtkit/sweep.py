@@ -593,7 +593,7 @@ def _entry_task(sweep: dict[str, Any], entry: dict[str, Any], threads: int,
         env = {}
     log = Path(sweep["sweep_dir"]) / LOGS_FOLDER / f"{entry['config']['name']}.log"
     return Task(key=entry["index"], command=command, log=log, launches=processes > 1,
-                env={**env, "OMP_NUM_THREADS": str(per_process)})
+                env={**env, "OMP_NUM_THREADS": str(per_process)}, in_worker=processes == 1)
 
 
 class _EntryWatcher:

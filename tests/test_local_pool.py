@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from lbtkit.local_pool import Task, gpu_slots, run_tasks, threads_per_job, visible_gpus
+import lbtkit
+from lbtkit.local_pool import (
+    Task,
+    gpu_slots,
+    lbtkit_task,
+    run_tasks,
+    threads_per_job,
+    visible_gpus,
+)
 
 from helpers import alive, scaled_timeout
 
@@ -92,6 +100,28 @@ def test_an_interrupted_task_stops_the_others_and_no_more_start(tmp_path):
     assert result.returncodes == {"interrupted": 75, "sleeper": -signal.SIGTERM}
     assert result.stopped_by == "a task was interrupted"
     assert not (tmp_path / "never.log").exists()
+
+
+def test_lbtkit_tasks_share_their_slots_worker_until_one_fails(tmp_path):
+    """One process per slot runs its tasks one after another, each task's output in its own
+    log; a task that did not exit 0 ends that worker, and the next task gets a fresh one."""
+    no_plan = tmp_path / "nowhere"
+    tasks = [lbtkit_task("a", ["--version"], tmp_path / "a.log"),
+             lbtkit_task("b", ["--version"], tmp_path / "b.log"),
+             lbtkit_task("mistake", ["sweep", "status", no_plan], tmp_path / "mistake.log"),
+             lbtkit_task("c", ["--version"], tmp_path / "c.log")]
+    pids = {}
+    result = run_tasks(tasks, [{}], on_start=lambda task, pid: pids.setdefault(task.key, pid))
+    assert result.returncodes == {"a": 0, "b": 0, "mistake": 2, "c": 0}
+    assert pids["a"] == pids["b"] == pids["mistake"] != pids["c"]
+    for key in "abc":
+        log = (tmp_path / f"{key}.log").read_text().splitlines()
+        assert log[0].startswith("--- ") and log[0].endswith("--version")
+        assert log[1:] == [f"lbtkit {lbtkit.__version__}"]
+    mistake = (tmp_path / "mistake.log").read_text().splitlines()
+    assert mistake[1:] == [f"error: no sweep plan at {no_plan / 'sweep.json'} "
+                           "(make one with: lbtkit sweep plan)"]
+    assert not any(alive(pid) for pid in pids.values())  # every worker ended with the pool
 
 
 PARENT = textwrap.dedent("""

@@ -295,19 +295,16 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
     child left failed, so its error shows as it would one at a time. Each child gets
     ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the same numbers."""
     import json
-    import sys
 
-    from lbtkit.local_pool import Task, run_tasks, threads_per_job, usable_cpus
+    from lbtkit.local_pool import lbtkit_task, run_tasks, threads_per_job, usable_cpus
     from lbtkit.sweep import load_sweep, plan_sweep, read_run
 
     threads = spec.threads or threads_per_job(usable_cpus(), jobs)
-    lbtkit = [sys.executable, "-m", "lbtkit"]
     env = {"OMP_NUM_THREADS": str(threads)}
-    tasks = [Task(key=f"keskar seed {seed}", log=work / "logs" / f"keskar-s{seed}.log", env=env,
-                  command=[*lbtkit, "study", "fashion-seed", str(work), "--seed", str(seed),
-                           "--spec", json.dumps(spec.to_dict()), "--data-dir", data_dir,
-                           "--threads", str(threads)])
-             for seed in spec.seeds]
+    tasks = [lbtkit_task(f"keskar seed {seed}", [
+        "study", "fashion-seed", work, "--seed", seed, "--spec", json.dumps(spec.to_dict()),
+        "--data-dir", data_dir, "--threads", threads], work / "logs" / f"keskar-s{seed}.log",
+        env) for seed in spec.seeds]
     sweep_dir = work / "sweep"
     plan_sweep(sweep_base(spec, data_dir=data_dir),
                {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
@@ -315,9 +312,9 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
         if read_run(entry).state in (STATUS_COMPLETED, STATUS_DIVERGED):
             continue  # a rerun: nothing to start a process for
         name = entry["config"]["name"]
-        tasks.append(Task(key=f"sweep {name}", log=sweep_dir / "logs" / f"{name}.log", env=env,
-                          command=[*lbtkit, "sweep", "run-task", str(sweep_dir), "--index",
-                                   str(entry["index"]), "--threads", str(threads)]))
+        tasks.append(lbtkit_task(f"sweep {name}", [
+            "sweep", "run-task", sweep_dir, "--index", entry["index"], "--threads", threads],
+            sweep_dir / "logs" / f"{name}.log", env))
     clock.log(f"steps 1-2/3 the Keskar seeds and the sweep's entries, {jobs} processes at "
               f"once, {_count(threads, 'thread')} each (logs in {work / 'logs'} and "
               f"{sweep_dir / 'logs'})", upcoming="runs at once")
