@@ -55,13 +55,14 @@ class Task:
     # ``python -m lbtkit ARGS`` that may run in its slot's worker process, after other such
     # tasks (``lbtkit.pool_worker``): the imports are paid once per slot, not once per task.
     in_worker: bool = False
+    after: tuple[Hashable, ...] = ()  # keys of tasks that must end with 0 before this starts
 
 
 def lbtkit_task(key: Hashable, args: Sequence[str | int | Path], log: Path,
-                env: Mapping[str, str] | None = None) -> Task:
+                env: Mapping[str, str] | None = None, after: Sequence[Hashable] = ()) -> Task:
     """A task that runs ``lbtkit ARGS`` (in its slot's worker process)."""
     return Task(key=key, command=[*_LBTKIT, *map(str, args)], log=log, env=dict(env or {}),
-                in_worker=True)
+                in_worker=True, after=tuple(after))
 
 
 @dataclass
@@ -126,6 +127,8 @@ def run_tasks(
     on_finish: Callable[[Task, int], bool | None] | None = None,
 ) -> PoolResult:
     """Run ``tasks`` in order, one per slot at a time (``len(slots)`` at once); wait for all.
+    A task with ``after`` waits for those tasks (the first ready task in order starts next)
+    and is dropped, never started, when one of them does not end with 0.
 
     ``on_start(task, pid)`` is called as a task starts; ``on_finish(task, returncode)`` as it
     ends, and returning True stops the pool as a signal would (the running tasks get SIGTERM,
@@ -135,7 +138,13 @@ def run_tasks(
     """
     if not slots:
         raise ValueError("run_tasks needs at least one slot")
-    pool = _Pool(list(tasks), list(slots), on_start, on_finish)
+    tasks = list(tasks)
+    keys = {task.key for task in tasks}
+    for task in tasks:
+        if not set(task.after) <= keys:
+            raise ValueError(f"task {task.key!r} waits for tasks not in the pool: "
+                             f"{sorted(map(repr, set(task.after) - keys))}")
+    pool = _Pool(tasks, list(slots), on_start, on_finish)
     with pool.relaying_signals():
         try:
             pool.run()
@@ -241,11 +250,30 @@ class _Pool:
 
     def run(self) -> None:
         while self.running or (self.waiting and self.stopped_by is None):
-            while self.waiting and self.free_slots and self.stopped_by is None:
-                self._start(self.waiting.pop(0), self.free_slots.pop(0))
+            while self.free_slots and self.stopped_by is None and \
+                    (task := self._next_ready()) is not None:
+                self._start(task, self.free_slots.pop(0))
+            if not self.running and self.waiting and self.stopped_by is None:
+                # every one waits for a task that was dropped
+                log.info("pool: %s not started: tasks they need did not run",
+                         ", ".join(str(task.key) for task in self.waiting))
+                self.waiting.clear()
             self._reap()
             if self.running:
                 time.sleep(POLL_SECONDS)
+
+    def _next_ready(self) -> Task | None:
+        """The first waiting task whose ``after`` all ended with 0 (taken off the list);
+        those waiting for a task that ended otherwise are dropped on the way."""
+        for task in list(self.waiting):
+            ended = [self.returncodes[key] for key in task.after if key in self.returncodes]
+            if any(code != 0 for code in ended):
+                self.waiting.remove(task)
+                log.info("pool: %s not started: a task it needs did not succeed", task.key)
+            elif len(ended) == len(task.after):
+                self.waiting.remove(task)
+                return task
+        return None
 
     def _start(self, task: Task, slot: int) -> None:
         if task.launches and not self.adopting:

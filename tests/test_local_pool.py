@@ -124,6 +124,23 @@ def test_lbtkit_tasks_share_their_slots_worker_until_one_fails(tmp_path):
     assert not any(alive(pid) for pid in pids.values())  # every worker ended with the pool
 
 
+def test_a_task_waits_for_the_tasks_it_needs_and_is_dropped_when_one_fails(tmp_path):
+    tasks = [sh(f"while [ ! -e {tmp_path}/go ]; do sleep 0.01; done", tmp_path / "a.log", "a"),
+             Task(key="needs a", command=["true"], log=tmp_path / "na.log", after=("a",)),
+             sh(f"touch {tmp_path}/go; exit 1", tmp_path / "fails.log", "fails"),
+             Task(key="needs fails", command=["true"], log=tmp_path / "nf.log",
+                  after=("fails",)),
+             Task(key="needs that", command=["true"], log=tmp_path / "nn.log",
+                  after=("needs fails",))]
+    started = []
+    result = run_tasks(tasks, [{}, {}], on_start=lambda task, pid: started.append(task.key))
+    assert started == ["a", "fails", "needs a"]  # "needs a" waited: a slot was free before
+    assert result.returncodes == {"fails": 1, "a": 0, "needs a": 0}
+    with pytest.raises(ValueError, match="'b'"):
+        run_tasks([Task(key="x", command=["true"], log=tmp_path / "x.log", after=("b",))],
+                  [{}])
+
+
 PARENT = textwrap.dedent("""
     import sys
     from pathlib import Path

@@ -193,20 +193,25 @@ def test_the_fashion_studys_children_run_the_parents_spec_seeds_and_entries(
     clock = fashion.StudyClock(tmp_path / "timings.json", {})
     assert fashion._runs_at_once(spec, work, clock, jobs=2, data_dir="/data")
     assert [task.key for task in captured] == [
-        "keskar seed 3", "keskar seed 5", "keskar seed 7", "sweep b2048-s0", "sweep b8192-s0"]
+        "keskar seed 3", "keskar seed 5", "keskar seed 7", "sweep b2048-s0", "sweep b8192-s0",
+        "noise scale at init", "noise scale"]
+    assert [task.after for task in captured[-2:]] == [("sweep b2048-s0",)] * 2
 
     ran, threads = [], []
     monkeypatch.setattr(fashion, "keskar_seed", lambda *args, **kwargs: (
         ran.append((args, kwargs)) or {"status": "completed"}))
     monkeypatch.setattr(lbtkit.sweep, "run_task", lambda *args, **kwargs: (
         ran.append((args, kwargs)) or 0))
+    monkeypatch.setattr(fashion, "sweep_noise_scale", lambda *args, **kwargs: (
+        ran.append((args, kwargs))))
     monkeypatch.setattr(lbtkit.cpu, "set_cpu_threads", threads.append)
     for task in captured:
         assert task.command[1:3] == ["-m", "lbtkit"]
         cli(*task.command[3:], check=0)
     assert ran == [((spec, seed, work), {"data_dir": "/data"}) for seed in (3, 5, 7)] + [
-        ((work / "sweep", index), {"progress": True, "threads": 1}) for index in (0, 1)]
-    assert threads == [1, 1, 1]  # the spec's, in the seeds' children
+        ((work / "sweep", index), {"progress": True, "threads": 1}) for index in (0, 1)] + [
+        ((spec, work / "sweep"), {"initial": initial}) for initial in (True, False)]
+    assert threads == [1] * 5  # the spec's, in the seeds' and the noise scale's children
     assert "runs, 2 at once" in json.loads((tmp_path / "timings.json").read_text())
     # The entries are the sweep the study runs after: its plan, so it finds them done.
     assert load_sweep(work / "sweep")["grid"] == {"batch_size": [2048, 8192]}

@@ -177,6 +177,27 @@ def study_fashion_seed(
     raise typer.Exit(exit_code(summary["status"]))
 
 
+@study_app.command("fashion-noise", hidden=True)
+@user_errors
+def study_fashion_noise(
+    work: Annotated[Path, typer.Argument(help="the study's work directory")],
+    spec: Annotated[str, typer.Option("--spec", help="the study spec, as JSON")],
+    initial: Annotated[bool, typer.Option("--initial", help="at the initial weights")] = False,
+    threads: threads_option("torch threads") = None,
+) -> None:
+    """The noise scale of `study fashion`'s smallest-batch sweep run (a --jobs child)."""
+    import json
+
+    from lbtkit.cpu import set_cpu_threads
+    from lbtkit.specs import FashionStudySpec
+    from lbtkit.studies.fashion import sweep_noise_scale
+
+    check_at_least_one("--threads", threads)
+    study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")
+    set_cpu_threads(threads)
+    sweep_noise_scale(study_spec, work / "sweep", initial=initial)
+
+
 @app.command()
 @user_errors
 def demo(

@@ -232,7 +232,7 @@ def sweep_base(spec: FashionStudySpec, *, data_dir: str):
 def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock, *,
            data_dir: str, progress: bool, jobs: int = 1) -> dict[str, Any]:
     from lbtkit.report import collect, write_report
-    from lbtkit.sweep import load_sweep, plan_sweep, run_all
+    from lbtkit.sweep import plan_sweep, run_all
 
     sizes = ", ".join(map(str, spec.sweep_batch_sizes))
     clock.log(f"step 2/3 batch-size sweep at a fixed epoch budget: batch sizes {sizes}, "
@@ -245,7 +245,7 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
     if STATUS_INTERRUPTED in statuses.values() or len(statuses) < len(spec.sweep_batch_sizes):
         clock.log("interrupted: rerun the same command to resume")
         return {"status": STATUS_INTERRUPTED}
-    smallest = Path(load_sweep(sweep_dir)["runs"][0]["run_dir"])
+    smallest = _smallest_run(sweep_dir)
     noise = noise_init = None
     if RunDir(smallest).read_results().get("status") == STATUS_COMPLETED:
         clock.log(f"step 3/3 gradient noise scale of the batch-{spec.sweep_batch_sizes[0]} "
@@ -253,13 +253,30 @@ def _sweep(spec: FashionStudySpec, sweep_dir: Path, out: Path, clock: StudyClock
                   f"{spec.noise_scale.batch_sizes[0]} and {spec.noise_scale.batch_sizes[1]}, "
                   f"{spec.noise_scale.draws} of each", upcoming="noise scale")
         with clock.step("noise scale"):
-            noise_init = _noise_scale(spec.noise_scale, smallest, initial=True)
-            noise = _noise_scale(spec.noise_scale, smallest)
+            noise_init = sweep_noise_scale(spec, sweep_dir, initial=True)
+            noise = sweep_noise_scale(spec, sweep_dir)
     with clock.step("sweep report"):
         report = write_report(sweep_dir, out)
     return {"status": STATUS_COMPLETED, "rows": collect(sweep_dir), "noise": noise,
             "noise_init": noise_init, "noise_run": smallest, "report": report,
             "sweep_dir": sweep_dir}
+
+
+def _smallest_run(sweep_dir: Path) -> Path:
+    from lbtkit.sweep import load_sweep
+
+    return Path(load_sweep(sweep_dir)["runs"][0]["run_dir"])
+
+
+def sweep_noise_scale(spec: FashionStudySpec, sweep_dir: Path, *, initial: bool = False
+                      ) -> dict[str, Any] | None:
+    """The noise scale of the sweep's smallest-batch run (``_noise_scale``), None unless that
+    run completed; what step 3 reads, or what a child of ``--jobs`` (``lbtkit study
+    fashion-noise``) writes for it."""
+    smallest = _smallest_run(sweep_dir)
+    if RunDir(smallest).read_results().get("status") != STATUS_COMPLETED:
+        return None
+    return _noise_scale(spec.noise_scale, smallest, initial=initial)
 
 
 def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
@@ -288,36 +305,18 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
 
 def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs: int,
                   data_dir: str) -> bool:
-    """Every seed's ``keskar_seed`` (``lbtkit study fashion-seed``) and every sweep entry
-    (``lbtkit sweep run-task``) in a child process, ``jobs`` at once, the long seeds first so
-    the short entries fill the gaps; False when one was interrupted (a signal stops them
-    all). The steps after read their results up to date, and retry in this process what a
-    child left failed, so its error shows as it would one at a time. Each child gets
-    ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the same numbers."""
-    import json
-
-    from lbtkit.local_pool import lbtkit_task, run_tasks, threads_per_job, usable_cpus
-    from lbtkit.sweep import load_sweep, plan_sweep, read_run
+    """``_child_tasks`` in child processes, ``jobs`` at once; False when one was interrupted
+    (a signal stops them all). The steps after read their results up to date, and retry in
+    this process what a child left failed, so its error shows as it would one at a time.
+    Each child gets ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the
+    same numbers."""
+    from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
 
     threads = spec.threads or threads_per_job(usable_cpus(), jobs)
-    env = {"OMP_NUM_THREADS": str(threads)}
-    tasks = [lbtkit_task(f"keskar seed {seed}", [
-        "study", "fashion-seed", work, "--seed", seed, "--spec", json.dumps(spec.to_dict()),
-        "--data-dir", data_dir, "--threads", threads], work / "logs" / f"keskar-s{seed}.log",
-        env) for seed in spec.seeds]
-    sweep_dir = work / "sweep"
-    plan_sweep(sweep_base(spec, data_dir=data_dir),
-               {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
-    for entry in load_sweep(sweep_dir)["runs"]:
-        if read_run(entry).state in (STATUS_COMPLETED, STATUS_DIVERGED):
-            continue  # a rerun: nothing to start a process for
-        name = entry["config"]["name"]
-        tasks.append(lbtkit_task(f"sweep {name}", [
-            "sweep", "run-task", sweep_dir, "--index", entry["index"], "--threads", threads],
-            sweep_dir / "logs" / f"{name}.log", env))
-    clock.log(f"steps 1-2/3 the Keskar seeds and the sweep's entries, {jobs} processes at "
-              f"once, {_count(threads, 'thread')} each (logs in {work / 'logs'} and "
-              f"{sweep_dir / 'logs'})", upcoming="runs at once")
+    tasks = _child_tasks(spec, work, threads, data_dir=data_dir)
+    clock.log(f"steps 1-3/3 the Keskar seeds, the sweep's entries and its noise scale, "
+              f"{jobs} processes at once, {_count(threads, 'thread')} each (logs in "
+              f"{work / 'logs'} and {work / 'sweep' / 'logs'})", upcoming="runs at once")
     started: dict[str, float] = {}
 
     def on_start(task, pid: int) -> None:
@@ -332,6 +331,43 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
         result = run_tasks(tasks, [{} for _ in range(jobs)], on_start=on_start,
                            on_finish=on_finish)
     return result.stopped_by is None
+
+
+def _child_tasks(spec: FashionStudySpec, work: Path, threads: int, *, data_dir: str) -> list:
+    """Every seed's ``keskar_seed`` (``lbtkit study fashion-seed``), the long ones first so
+    the short ones fill the gaps; every sweep entry not yet done (``lbtkit sweep run-task``);
+    the noise scale of the smallest batch's run at its initial and final weights once it is
+    trained (``lbtkit study fashion-noise``): in the slots the last entries free, not after."""
+    import json
+
+    from lbtkit.local_pool import lbtkit_task
+    from lbtkit.sweep import load_sweep, plan_sweep, read_run
+
+    env = {"OMP_NUM_THREADS": str(threads)}
+    spec_json = json.dumps(spec.to_dict())
+    tasks = [lbtkit_task(f"keskar seed {seed}", [
+        "study", "fashion-seed", work, "--seed", seed, "--spec", spec_json,
+        "--data-dir", data_dir, "--threads", threads], work / "logs" / f"keskar-s{seed}.log",
+        env) for seed in spec.seeds]
+    sweep_dir = work / "sweep"
+    plan_sweep(sweep_base(spec, data_dir=data_dir),
+               {"batch_size": list(spec.sweep_batch_sizes)}, sweep_dir)  # as _sweep will
+    entries = load_sweep(sweep_dir)["runs"]
+    for entry in entries:
+        if read_run(entry).state in (STATUS_COMPLETED, STATUS_DIVERGED):
+            continue  # a rerun: nothing to start a process for
+        name = entry["config"]["name"]
+        tasks.append(lbtkit_task(f"sweep {name}", [
+            "sweep", "run-task", sweep_dir, "--index", entry["index"], "--threads", threads],
+            sweep_dir / "logs" / f"{name}.log", env))
+    smallest = f"sweep {entries[0]['config']['name']}"
+    after = [smallest] if smallest in {task.key for task in tasks} else []
+    for initial in (True, False):
+        tasks.append(lbtkit_task(f"noise scale{' at init' if initial else ''}", [
+            "study", "fashion-noise", work, "--spec", spec_json, "--threads", threads,
+            *(["--initial"] if initial else [])],
+            work / "logs" / f"noise-scale{'-init' if initial else ''}.log", env, after=after))
+    return tasks
 
 
 def _child_finished(task, code: int) -> bool:
