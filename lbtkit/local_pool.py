@@ -77,16 +77,9 @@ class PoolResult:
 # --- sharing the machine out (pure) ------------------------------------------------------------
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a SLURM or taskset limit), not the
-    machine's core count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def threads_per_job(cpus: int, jobs: int) -> int:
-    """torch threads for each of ``jobs`` concurrent children on ``cpus`` CPUs (at least 1)."""
+    """torch threads for each of ``jobs`` concurrent children on ``cpus`` CPUs (at least 1;
+    ``cpus``: ``lbtkit.cpu.usable_cpus``, the affinity, cgroup quota or SLURM's limit)."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     return max(1, cpus // jobs)

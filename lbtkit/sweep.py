@@ -501,8 +501,9 @@ def run_entries(sweep_dir: str | Path, indices: Iterable[int] | None = None, *, 
     (``CUDA_VISIBLE_DEVICES``, through ``accelerate launch`` when more than one), and only as
     many entries run at once as fit. A child's output goes to SWEEP/logs/NAME.log.
     """
+    from lbtkit.cpu import usable_cpus
     from lbtkit.distributed import in_launched_worker
-    from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
+    from lbtkit.local_pool import run_tasks, threads_per_job
     from lbtkit.preflight import preflight_all
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -527,7 +528,7 @@ def run_entries(sweep_dir: str | Path, indices: Iterable[int] | None = None, *, 
             todo.append(entry)
     slots, processes = _slots(sweep["world_size"], jobs)
     preflight_all([entry_config(sweep, entry["index"]) for entry in todo], world_size=processes)
-    per_job = threads or threads_per_job(usable_cpus(), len(slots))
+    per_job = threads or threads_per_job(usable_cpus().count, len(slots))
     tasks = [_entry_task(sweep, entry, per_job, processes) for entry in todo]
     watcher = _EntryWatcher(sweep, todo)
     run_tasks(tasks, slots, on_start=watcher.started, on_finish=watcher.finished)

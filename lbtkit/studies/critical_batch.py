@@ -72,9 +72,9 @@ class Point:
 
 def default_jobs() -> int:
     """Runs at once: 2 where 2 or more CPUs are usable (each run takes one thread), else 1."""
-    from lbtkit.local_pool import usable_cpus
+    from lbtkit.cpu import usable_cpus
 
-    return 2 if usable_cpus() >= 2 else 1
+    return 2 if usable_cpus().count >= 2 else 1
 
 
 def center_lr(spec: CriticalBatchSpec, optimizer: str, batch_size: int) -> float:

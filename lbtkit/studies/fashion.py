@@ -310,9 +310,10 @@ def _runs_at_once(spec: FashionStudySpec, work: Path, clock: StudyClock, *, jobs
     this process what a child left failed, so its error shows as it would one at a time.
     Each child gets ``spec.threads`` torch threads (else the usable CPUs / ``jobs``): the
     same numbers."""
-    from lbtkit.local_pool import run_tasks, threads_per_job, usable_cpus
+    from lbtkit.cpu import usable_cpus
+    from lbtkit.local_pool import run_tasks, threads_per_job
 
-    threads = spec.threads or threads_per_job(usable_cpus(), jobs)
+    threads = spec.threads or threads_per_job(usable_cpus().count, jobs)
     tasks = _child_tasks(spec, work, threads, data_dir=data_dir)
     clock.log(f"steps 1-3/3 the Keskar seeds, the sweep's entries and its noise scale, "
               f"{jobs} processes at once, {_count(threads, 'thread')} each (logs in "
