@@ -2,7 +2,9 @@
 
 The local counterpart of a SLURM job array, for ``lbtkit sweep run --jobs N`` and the studies:
 each task is a command (usually ``python -m lbtkit ...``) run in a child process, at most one
-per *slot* at a time. A slot is a set of environment variables: the GPUs it owns
+per *slot* at a time. An ``lbtkit`` command (``lbtkit_task``) runs in its slot's worker process
+(``lbtkit.pool_worker``), which takes the slot's tasks one after another until one fails, so
+torch is imported once per slot; a task may wait for others (``Task.after``). A slot is a set of environment variables: the GPUs it owns
 (``CUDA_VISIBLE_DEVICES``), for instance; the CPUs are shared out by giving every child
 ``threads_per_job`` torch threads (``OMP_NUM_THREADS`` and the task's own flags).
 
@@ -172,8 +174,9 @@ class _Worker:
     def send(self, task: Task) -> None:
         request = {"args": list(map(str, task.command[len(_LBTKIT):])), "log": str(task.log),
                    "env": dict(task.env)}
-        self.process.stdin.write((json.dumps(request) + "\n").encode())
-        self.process.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # it just died: exit_code() says how
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
 
     def exit_code(self) -> int | None:
         """The running task's exit code once it ended (the worker's own when the worker
