@@ -4,9 +4,10 @@ The local counterpart of a SLURM job array, for ``lbtkit sweep run --jobs N`` an
 each task is a command (usually ``python -m lbtkit ...``) run in a child process, at most one
 per *slot* at a time. An ``lbtkit`` command (``lbtkit_task``) runs in its slot's worker process
 (``lbtkit.pool_worker``), which takes the slot's tasks one after another until one fails, so
-torch is imported once per slot; a task may wait for others (``Task.after``). A slot is a set of environment variables: the GPUs it owns
-(``CUDA_VISIBLE_DEVICES``), for instance; the CPUs are shared out by giving every child
-``threads_per_job`` torch threads (``OMP_NUM_THREADS`` and the task's own flags).
+torch is imported once per slot; a task may wait for others (``Task.after``). A slot is a set
+of environment variables: the GPUs it owns (``CUDA_VISIBLE_DEVICES``), for instance; the CPUs
+are shared out by giving every child ``threads_per_job`` torch threads (``OMP_NUM_THREADS`` and
+the task's own flags).
 
 Stopping behaves as for one run: SIGTERM, SIGINT or SIGUSR1 to this process is relayed to every
 running child as SIGTERM (each checkpoints and exits 75) and no further task starts. A child
