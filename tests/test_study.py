@@ -18,6 +18,8 @@ from lbtkit.specs import InterpolationSpec, KeskarStudySpec, SharpnessSpec
 from lbtkit.studies.keskar import keskar_study
 from lbtkit.studies.keskar_report import compare_sharpness
 
+from helpers import assert_user_error
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -105,3 +107,46 @@ def test_compare_sharpness_sentence_follows_the_numbers():
     assert compare_sharpness(10.0, 1.0, what="x").startswith("SB is sharper than LB")
     assert compare_sharpness(1.0, 1.01, what="x").startswith("No sharpness gap measured")
     assert compare_sharpness(0.0, 0.0, what="x").startswith("No sharpness gap measured")
+
+
+def test_with_jobs_the_steps_run_in_children_and_give_the_same_numbers(tmp_path, caplog):
+    """SB and LB train at once, then the three analyses (each once the runs it reads are
+    trained) in the pool's worker processes; the study then only reads them. One thread
+    everywhere: a run's numbers depend on its thread count."""
+    caplog.set_level(logging.INFO, logger="lbtkit")
+    spec = KeskarStudySpec(
+        sb=32, lb=512, interpolation=InterpolationSpec(alphas=[0.0, 0.5, 1.0]),
+        sharpness=SharpnessSpec(eps=(1e-3,), subspaces=("random:5",), iters=2, hessian=False,
+                                trace=False, samples=256))
+    base = smoke(threads=1)
+    assert keskar_study(base, spec, tmp_path / "one", progress=False)["status"] == "completed"
+    caplog.clear()
+    at_once = keskar_study(base, spec, tmp_path / "two", progress=False, jobs=2)
+    assert at_once["status"] == "completed"
+    assert caplog.text.count("already completed; not retraining") == 2  # trained by children
+    assert "up to date" in caplog.text and "interpolating over" not in caplog.text
+    for label in ("sb", "lb"):
+        assert (tmp_path / "two" / label / "model.safetensors").read_bytes() == \
+            (tmp_path / "one" / label / "model.safetensors").read_bytes()
+        sharpness = [[{key: value for key, value in entry.items() if key != "seconds"}
+                      for entry in json.loads((tmp_path / side / label / "sharpness.json")
+                                              .read_text())["sharpness"]]
+                     for side in ("one", "two")]
+        assert sharpness[0] == sharpness[1] and sharpness[0][0]["phi"] > 0
+        assert "epoch 1/1" in (tmp_path / "two" / "logs" / f"{label}.log").read_text()
+    assert (tmp_path / "two" / "interpolation" / "interpolation.csv").read_text() == \
+        (tmp_path / "one" / "interpolation" / "interpolation.csv").read_text()
+    with pytest.raises(ConfigError, match="jobs or num_processes"):
+        keskar_study(base, spec, tmp_path / "both", jobs=2, num_processes=2)
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--jobs", "2", "--num-processes", "2"], "cannot be combined with --num-processes 2"),
+])
+def test_cli_names_bad_jobs_before_anything_runs(cli, tmp_path, flags, needle):
+    # With --num-processes: in a fresh interpreter (conftest refuses launches in this one).
+    result = cli("study", "keskar", "--preset", "smoke", "--output", str(tmp_path / "s"),
+                 *flags, check=None, fresh="--num-processes" in flags)
+    assert_user_error(result, needle)
+    assert not (tmp_path / "s").exists()

@@ -21,6 +21,7 @@ from lbtkit.cli.options import (
     threads_option,
 )
 from lbtkit.config import RunConfig, build_config
+from lbtkit.errors import UserError
 from lbtkit.specs import KeskarStudySpec
 
 study_app = typer.Typer(help="Whole studies in one command.", no_args_is_help=True)
@@ -56,6 +57,10 @@ def study_keskar(
     num_processes: num_processes_option("run each training, the interpolation and each "
                                         "sharpness on N processes (accelerate launch, DDP)"
                                         ) = None,
+    jobs: jobs_option("steps at once, each in a process of its own: SB and LB train together, "
+                      "then the interpolation and both sharpness measurements (logs in "
+                      "OUTPUT/logs); the same numbers as one at a time at the same --threads"
+                      ) = None,
     config_flags: dict,
 ) -> None:
     """Train SB and LB from one initialisation, interpolate, measure sharpness, report.
@@ -63,6 +68,7 @@ def study_keskar(
     \b
     Example:
         lbtkit study keskar --preset keskar-c1 --sb 256 --lb 5000 --output c1
+        lbtkit study keskar --preset keskar-c1 --output c1 --jobs 2 --threads 1
     """
     from lbtkit.errors import exit_code
     from lbtkit.studies.keskar import keskar_study
@@ -78,8 +84,12 @@ def study_keskar(
                       "seed": base.seed},
     }, source="the command line")
     check_num_processes(num_processes)
+    check_at_least_one("--jobs", jobs)
+    if (jobs or 1) > 1 and (num_processes or 1) > 1:
+        raise UserError(f"--jobs {jobs} runs each step in one process of its own; it cannot "
+                        f"be combined with --num-processes {num_processes}")
     summary = keskar_study(base, spec, output, progress=progress,
-                           num_processes=num_processes or 1)
+                           num_processes=num_processes or 1, jobs=jobs or 1)
     print(f"report: {output / 'report.md'}")
     raise typer.Exit(exit_code(summary["status"]))
 

@@ -27,7 +27,13 @@ from lbtkit.checkpoint import read_weights, save_weights
 from lbtkit.config import RunConfig
 from lbtkit.cpu import threads_for_the_load
 from lbtkit.data import load_dataset
-from lbtkit.errors import STATUS_COMPLETED, ConfigError, EnvironmentFault
+from lbtkit.errors import (
+    EXIT_INTERRUPTED,
+    STATUS_COMPLETED,
+    STATUS_INTERRUPTED,
+    ConfigError,
+    EnvironmentFault,
+)
 from lbtkit.fileio import atomic_write_text, read_json
 from lbtkit.landscape import interpolation_meta, run_interpolation, run_sharpness
 from lbtkit.run_model import build_model_for
@@ -41,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def keskar_study(
     base: RunConfig, spec: KeskarStudySpec, output: str | Path, *, progress: bool = True,
-    num_processes: int = 1,
+    num_processes: int = 1, jobs: int = 1,
 ) -> dict[str, Any]:
     """Train SB (batch ``spec.sb``) and LB (batch ``spec.lb``) from one initialisation,
     interpolate, measure sharpness (both as ``spec`` says), write ``report.md``.
@@ -52,6 +58,8 @@ def keskar_study(
     stopped the study (diverged, interrupted). ``num_processes`` > 1: each step (the two
     trainings, the interpolation, each sharpness) runs on that many launched processes, as
     ``lbtkit run|interpolate|sharpness --num-processes N`` would; this process only drives.
+    ``jobs`` > 1 (one process per step): the steps run that many at once first
+    (``steps_at_once``), with the same numbers as one at a time.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
@@ -73,6 +81,13 @@ def keskar_study(
         for label, size in zip(LABELS, (spec.sb, spec.lb), strict=True)
     }
 
+    if jobs > 1:
+        if num_processes > 1:
+            raise ConfigError("jobs > 1 runs each step in one process of its own: give jobs "
+                              "or num_processes, not both")
+        stopped = steps_at_once(spec, configs, output, jobs=jobs)
+        if stopped is not None:
+            return stopped
     results = {}
     for label, config in configs.items():
         log.info("study: %s run, batch %d, in %s", label.upper(), config.batch_size,
@@ -92,6 +107,56 @@ def keskar_study(
     log.info("study: wrote %s", report)
     return {"status": STATUS_COMPLETED, "report": report, "init": init, "runs": results,
             "interpolation": interpolation, "sharpness": sharpness}
+
+
+def steps_at_once(spec: KeskarStudySpec, configs: dict[str, RunConfig], output: Path, *,
+                  jobs: int) -> dict[str, Any] | None:
+    """The two trainings, then the interpolation and each side's sharpness as soon as the
+    runs they read are trained, ``jobs`` child processes at once (``lbtkit.local_pool``),
+    each with the base config's threads (else the usable CPUs / ``jobs``). The study then
+    finds them done. None, or the study's result when a run was interrupted or did not
+    complete (a child that failed otherwise is left to the study, which repeats its error
+    in this process)."""
+    from lbtkit.analysis_workers import write_job
+    from lbtkit.cpu import usable_cpus
+    from lbtkit.fileio import write_json
+    from lbtkit.local_pool import lbtkit_task, run_tasks, threads_per_job
+
+    threads = configs["sb"].threads or threads_per_job(usable_cpus().count, jobs)
+    env = {"OMP_NUM_THREADS": str(threads)}
+    logs = output / "logs"
+    tasks = []
+    for label, config in configs.items():
+        run_dir = Path(config.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "launch-config.json", config.to_dict())
+        tasks.append(lbtkit_task(label, [
+            "run", "--config", run_dir / "launch-config.json", "--output", run_dir,
+            "--threads", threads], logs / f"{label}.log", env))  # progress: plain lines
+    for label in LABELS:
+        job = write_job("sharpness", spec.sharpness, [output / label],
+                        output / label / "sharpness.json")
+        tasks.append(lbtkit_task(f"sharpness {label}", ["analysis-worker", job],
+                                 logs / f"sharpness-{label}.log", env, after=[label]))
+    job = write_job("interpolation", spec.interpolation, [output / "sb", output / "lb"],
+                    output / "interpolation")
+    tasks.append(lbtkit_task("interpolation", ["analysis-worker", job],
+                             logs / "interpolation.log", env, after=LABELS))
+    log.info("study: the trainings and the analyses, %d at once (logs in %s)", jobs, logs)
+    result = run_tasks(tasks, [{} for _ in range(jobs)], on_finish=_child_finished)
+    if result.stopped_by is not None:
+        return {"status": STATUS_INTERRUPTED}
+    runs = {label: RunDir(output / label).read_results() or {} for label in LABELS}
+    for label in LABELS:
+        if runs[label].get("status") not in (None, STATUS_COMPLETED):
+            return {"status": runs[label]["status"], "stopped_at": label, "runs": runs}
+    return None
+
+
+def _child_finished(task, code: int) -> bool:
+    """A log line; True (stop the others) when the child was interrupted."""
+    log.info("study: %s exited %d", task.key, code)
+    return code == EXIT_INTERRUPTED
 
 
 def _train(config: RunConfig, num_processes: int, *, progress: bool) -> dict[str, Any]:
