@@ -57,8 +57,8 @@ def study_keskar(
     num_processes: num_processes_option("run each training, the interpolation and each "
                                         "sharpness on N processes (accelerate launch, DDP)"
                                         ) = None,
-    jobs: jobs_option("steps at once, each in a process of its own: SB and LB train together, "
-                      "then the interpolation and both sharpness measurements (logs in "
+    jobs: jobs_option("steps at once, in N worker processes: SB and LB train together, then "
+                      "the interpolation and both sharpness measurements (logs in "
                       "OUTPUT/logs); the same numbers as one at a time at the same --threads"
                       ) = None,
     config_flags: dict,
@@ -86,7 +86,7 @@ def study_keskar(
     check_num_processes(num_processes)
     check_at_least_one("--jobs", jobs)
     if (jobs or 1) > 1 and (num_processes or 1) > 1:
-        raise UserError(f"--jobs {jobs} runs each step in one process of its own; it cannot "
+        raise UserError(f"--jobs {jobs} runs each step in one process; it cannot "
                         f"be combined with --num-processes {num_processes}")
     summary = keskar_study(base, spec, output, progress=progress,
                            num_processes=num_processes or 1, jobs=jobs or 1)
@@ -106,8 +106,9 @@ def study_fashion(
     ] = None,
     data_dir: StudyDataDir = RunConfig.data_dir,
     progress: progress_option() = True,
-    jobs: jobs_option("seeds, and sweep entries, at once: each in a process of its own (logs "
-                      "in OUTPUT/work/); the same numbers") = 1,
+    jobs: jobs_option("seeds, and sweep entries, at once: N worker processes, each running "
+                      "its share one after another (logs in OUTPUT/work/); the same numbers"
+                      ) = 1,
 ) -> None:
     """Keskar's F1 protocol over seeds and the batch-size sweep on Fashion-MNIST -> index.md.
 

@@ -121,8 +121,9 @@ def sweep_run_task(
 def sweep_run(
     sweep_dir: Annotated[Path, typer.Argument(help="the sweep directory")],
     progress: progress_option("show progress (one entry at a time only)") = True,
-    jobs: jobs_option("entries at once, each in a process of its own with its share of the "
-                      "CPUs (and its own GPUs); logs in SWEEP_DIR/logs/") = 1,
+    jobs: jobs_option("entries at once, in N worker processes that each run their entries one "
+                      "after another, with a share of the CPUs (and GPUs of their own); logs in "
+                      "SWEEP_DIR/logs/") = 1,
     threads: threads_option("torch threads per entry, unless the entry sets its own "
                             "[default: torch's; with --jobs N, the usable CPUs / N]") = None,
 ) -> None:

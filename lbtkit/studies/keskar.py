@@ -83,7 +83,7 @@ def keskar_study(
 
     if jobs > 1:
         if num_processes > 1:
-            raise ConfigError("jobs > 1 runs each step in one process of its own: give jobs "
+            raise ConfigError("jobs > 1 runs each step in one process: give jobs "
                               "or num_processes, not both")
         stopped = steps_at_once(spec, configs, output, jobs=jobs)
         if stopped is not None:
