@@ -136,6 +136,13 @@ def test_with_jobs_the_steps_run_in_children_and_give_the_same_numbers(tmp_path,
         assert "epoch 1/1" in (tmp_path / "two" / "logs" / f"{label}.log").read_text()
     assert (tmp_path / "two" / "interpolation" / "interpolation.csv").read_text() == \
         (tmp_path / "one" / "interpolation" / "interpolation.csv").read_text()
+    # A rerun starts no child: every step is done.
+    measured = (tmp_path / "two" / "sb" / "sharpness.json").stat().st_mtime_ns
+    caplog.clear()
+    assert keskar_study(base, spec, tmp_path / "two", progress=False, jobs=2)["status"] == \
+        "completed"
+    assert "exited" not in caplog.text and "at once" not in caplog.text
+    assert (tmp_path / "two" / "sb" / "sharpness.json").stat().st_mtime_ns == measured
     with pytest.raises(ConfigError, match="jobs or num_processes"):
         keskar_study(base, spec, tmp_path / "both", jobs=2, num_processes=2)
 

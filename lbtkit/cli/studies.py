@@ -102,7 +102,7 @@ def study_fashion(
     seeds: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--seeds", help="seeds 0..N-1 for the Keskar part (default: 5; 2 with "
-                     "--quick); each seed adds about 18 minutes of one core")
+                     "--quick); each seed adds about 12 minutes of one core")
     ] = None,
     data_dir: StudyDataDir = RunConfig.data_dir,
     progress: progress_option() = True,

@@ -292,7 +292,7 @@ def run_critical_batch_study(output: str | Path, spec: CriticalBatchSpec = FULL,
         estimates = budget.critical_batch_estimate(
             spec, [point.batch_size for point in initial_points(spec)])
         clock = StudyClock(work / "timings.json", estimates, name="critical batch")
-        machine = describe_machine(spec.threads)
+        machine = describe_machine(spec.threads, spec.jobs)
         clock.log(f"{len(spec.batch_sizes)} batch sizes x "
                   f"{len(spec.lr_factors)} learning rates x {len(spec.seeds)} seeds, targets "
                   f"{', '.join(spec.targets)}; on {machine['text']}, {spec.jobs} job(s)",

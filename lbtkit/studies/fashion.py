@@ -289,15 +289,26 @@ def _noise_scale(spec: NoiseScaleSpec, run_dir: Path, *, initial: bool = False
     from lbtkit.studies.keskar import write_initial_weights
 
     run = RunDir(run_dir)
-    target = run_dir / ("noise_scale-init.json" if initial else "noise_scale.json")
-    if target.exists() and target.stat().st_mtime_ns >= run.model_path.stat().st_mtime_ns and \
-            read_json(target, kind=dict).get("spec") == spec.to_dict():
+    target = _noise_target(run_dir, initial)
+    if _noise_up_to_date(spec, run_dir, initial):
         log.info("fashion study: %s is up to date", target)
         return read_json(target)
     weights = None
     if initial:
         weights = write_initial_weights(run.read_config(), run_dir / "init.safetensors")
     return run_noise_scale(spec, run_dir, output=target, weights=weights)
+
+
+def _noise_target(run_dir: Path, initial: bool) -> Path:
+    return run_dir / ("noise_scale-init.json" if initial else "noise_scale.json")
+
+
+def _noise_up_to_date(spec: NoiseScaleSpec, run_dir: Path, initial: bool) -> bool:
+    """The noise-scale file exists, is newer than the run's weights and holds ``spec``."""
+    target, weights = _noise_target(run_dir, initial), RunDir(run_dir).model_path
+    return target.exists() and weights.exists() and \
+        target.stat().st_mtime_ns >= weights.stat().st_mtime_ns and \
+        read_json(target, kind=dict).get("spec") == spec.to_dict()
 
 
 # --- with --jobs N: the independent runs at once -----------------------------------------------
@@ -364,6 +375,9 @@ def _child_tasks(spec: FashionStudySpec, work: Path, threads: int, *, data_dir: 
     smallest = f"sweep {entries[0]['config']['name']}"
     after = [smallest] if smallest in {task.key for task in tasks} else []
     for initial in (True, False):
+        if not after and _noise_up_to_date(spec.noise_scale, Path(entries[0]["run_dir"]),
+                                           initial):
+            continue  # a rerun: measured already
         tasks.append(lbtkit_task(f"noise scale{' at init' if initial else ''}", [
             "study", "fashion-noise", work, "--spec", spec_json, "--threads", threads,
             *(["--initial"] if initial else [])],

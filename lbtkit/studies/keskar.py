@@ -112,45 +112,62 @@ def keskar_study(
 def steps_at_once(spec: KeskarStudySpec, configs: dict[str, RunConfig], output: Path, *,
                   jobs: int) -> dict[str, Any] | None:
     """The two trainings, then the interpolation and each side's sharpness as soon as the
-    runs they read are trained, ``jobs`` child processes at once (``lbtkit.local_pool``),
-    each with the base config's threads (else the usable CPUs / ``jobs``). The study then
-    finds them done. None, or the study's result when a run was interrupted or did not
-    complete (a child that failed otherwise is left to the study, which repeats its error
-    in this process)."""
-    from lbtkit.analysis_workers import write_job
+    runs they read are trained (``_step_tasks``), ``jobs`` child processes at once
+    (``lbtkit.local_pool``), each with the base config's threads (else the usable CPUs /
+    ``jobs``). The study then finds them done. None, or the study's result when a run was
+    interrupted or did not complete (a child that failed otherwise is left to the study,
+    which repeats its error in this process)."""
     from lbtkit.cpu import usable_cpus
-    from lbtkit.fileio import write_json
-    from lbtkit.local_pool import lbtkit_task, run_tasks, threads_per_job
+    from lbtkit.local_pool import run_tasks, threads_per_job
 
     threads = configs["sb"].threads or threads_per_job(usable_cpus().count, jobs)
-    env = {"OMP_NUM_THREADS": str(threads)}
-    logs = output / "logs"
-    tasks = []
-    for label, config in configs.items():
-        run_dir = Path(config.output_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "launch-config.json", config.to_dict())
-        tasks.append(lbtkit_task(label, [
-            "run", "--config", run_dir / "launch-config.json", "--output", run_dir,
-            "--threads", threads], logs / f"{label}.log", env))  # progress: plain lines
-    for label in LABELS:
-        job = write_job("sharpness", spec.sharpness, [output / label],
-                        output / label / "sharpness.json")
-        tasks.append(lbtkit_task(f"sharpness {label}", ["analysis-worker", job],
-                                 logs / f"sharpness-{label}.log", env, after=[label]))
-    job = write_job("interpolation", spec.interpolation, [output / "sb", output / "lb"],
-                    output / "interpolation")
-    tasks.append(lbtkit_task("interpolation", ["analysis-worker", job],
-                             logs / "interpolation.log", env, after=LABELS))
-    log.info("study: the trainings and the analyses, %d at once (logs in %s)", jobs, logs)
-    result = run_tasks(tasks, [{} for _ in range(jobs)], on_finish=_child_finished)
-    if result.stopped_by is not None:
-        return {"status": STATUS_INTERRUPTED}
+    tasks = _step_tasks(spec, configs, output, threads)
+    if tasks:
+        log.info("study: %s, %d at once (logs in %s)", ", ".join(t.key for t in tasks), jobs,
+                 output / "logs")
+        result = run_tasks(tasks, [{} for _ in range(jobs)], on_finish=_child_finished)
+        if result.stopped_by is not None:
+            return {"status": STATUS_INTERRUPTED}
     runs = {label: RunDir(output / label).read_results() or {} for label in LABELS}
     for label in LABELS:
         if runs[label].get("status") not in (None, STATUS_COMPLETED):
             return {"status": runs[label]["status"], "stopped_at": label, "runs": runs}
     return None
+
+
+def _step_tasks(spec: KeskarStudySpec, configs: dict[str, RunConfig], output: Path,
+                threads: int) -> list:
+    """The steps not done yet, as pool tasks: ``lbtkit run`` of each side's config, then
+    ``lbtkit analysis-worker`` of each measurement once the runs it reads are trained."""
+    from lbtkit.analysis_workers import write_job
+    from lbtkit.fileio import write_json
+    from lbtkit.local_pool import lbtkit_task
+
+    env, logs = {"OMP_NUM_THREADS": str(threads)}, output / "logs"
+    tasks = []
+    for label, config in configs.items():
+        run_dir = Path(config.output_dir)
+        if (RunDir(run_dir).read_results() or {}).get("status") == STATUS_COMPLETED:
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "launch-config.json", config.to_dict())
+        tasks.append(lbtkit_task(label, [
+            "run", "--config", run_dir / "launch-config.json", "--output", run_dir,
+            "--threads", threads], logs / f"{label}.log", env))  # progress: plain lines
+    training = {task.key for task in tasks}
+    for label in LABELS:
+        if label in training or not _sharpness_up_to_date(spec, output / label):
+            job = write_job("sharpness", spec.sharpness, [output / label],
+                            output / label / "sharpness.json")
+            tasks.append(lbtkit_task(f"sharpness {label}", ["analysis-worker", job],
+                                     logs / f"sharpness-{label}.log", env,
+                                     after=[label] if label in training else []))
+    if training or not _interpolation_up_to_date(spec, output):
+        job = write_job("interpolation", spec.interpolation, [output / "sb", output / "lb"],
+                        output / "interpolation")
+        tasks.append(lbtkit_task("interpolation", ["analysis-worker", job],
+                                 logs / "interpolation.log", env, after=sorted(training)))
+    return tasks
 
 
 def _child_finished(task, code: int) -> bool:
@@ -190,11 +207,8 @@ def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool,
                  num_processes: int = 1) -> dict[str, Path]:
     """OUTPUT/interpolation/, unless it is newer than both runs' weights and has this spec."""
     directory = output / "interpolation"
-    paths = {kind: directory / f"interpolation.{kind}" for kind in ("csv", "png", "json")}
-    meta = interpolation_meta(spec.interpolation, output / "sb", output / "lb")
-    weights = [RunDir(output / label).model_path for label in LABELS]
-    if _up_to_date(list(paths.values()), {"sb_run": meta["sb_run"], "lb_run": meta["lb_run"],
-                                          "spec": meta["spec"]}, weights):
+    paths = _interpolation_paths(output)
+    if _interpolation_up_to_date(spec, output):
         log.info("study: %s is up to date", directory)
         return paths
     log.info("study: interpolating over %d alphas (BatchNorm: %s)",
@@ -210,7 +224,7 @@ def _interpolate(spec: KeskarStudySpec, output: Path, *, progress: bool,
 def _measure(spec: KeskarStudySpec, run_dir: Path, num_processes: int = 1) -> dict[str, Any]:
     """RUN/sharpness.json, unless it is newer than the run's weights and has this spec."""
     target = run_dir / "sharpness.json"
-    if _up_to_date([target], {"spec": spec.sharpness.to_dict()}, [RunDir(run_dir).model_path]):
+    if _sharpness_up_to_date(spec, run_dir):
         log.info("study: %s is up to date", target)
         return read_json(target)
     log.info("study: sharpness of the %s solution", run_dir.name.upper())
@@ -251,10 +265,29 @@ def _check_batch_sizes(base: RunConfig, sb: int, lb: int) -> None:
         )
 
 
+def _interpolation_paths(output: Path) -> dict[str, Path]:
+    directory = output / "interpolation"
+    return {kind: directory / f"interpolation.{kind}" for kind in ("csv", "png", "json")}
+
+
+def _interpolation_up_to_date(spec: KeskarStudySpec, output: Path) -> bool:
+    """OUTPUT/interpolation/ is newer than both runs' weights and holds this spec."""
+    meta = interpolation_meta(spec.interpolation, output / "sb", output / "lb")
+    weights = [RunDir(output / label).model_path for label in LABELS]
+    return _up_to_date(list(_interpolation_paths(output).values()), {
+        "sb_run": meta["sb_run"], "lb_run": meta["lb_run"], "spec": meta["spec"]}, weights)
+
+
+def _sharpness_up_to_date(spec: KeskarStudySpec, run_dir: Path) -> bool:
+    """RUN/sharpness.json is newer than the run's weights and holds this spec."""
+    return _up_to_date([run_dir / "sharpness.json"], {"spec": spec.sharpness.to_dict()},
+                       [RunDir(run_dir).model_path])
+
+
 def _up_to_date(files: list[Path], expected: dict[str, Any], inputs: list[Path]) -> bool:
-    """All ``files`` exist, are newer than every input, and the JSON among them (the first
-    .json) holds ``expected``."""
-    if not all(f.exists() for f in files):
+    """All ``files`` and ``inputs`` exist, the files are newer than every input, and the JSON
+    among them (the first .json) holds ``expected``."""
+    if not all(f.exists() for f in files + inputs):
         return False
     newest_input = max(p.stat().st_mtime_ns for p in inputs)
     if any(f.stat().st_mtime_ns < newest_input for f in files):
