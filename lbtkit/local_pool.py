@@ -276,19 +276,21 @@ class _Pool:
         if task.launches and not self.adopting:
             self.adopting = become_subreaper()
         task.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.slots[slot], **task.env}
         with task.log.open("a") as out:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             out.write(f"--- {stamp} {' '.join(map(str, task.command))}\n")
+        slot_env = {**os.environ, **self.slots[slot]}
         if task.in_worker:
-            worker = self._worker(slot, env, task.log)
+            # the worker's own environment is the slot's; each task adds its env for its run
+            # only (pool_worker restores it), so nothing of one task's env leaks to the next
+            worker = self._worker(slot, slot_env, task.log)
             worker.send(task)
             running = _Running(task, slot, worker.process, worker=worker)
         else:
             with task.log.open("a") as out:
                 process = subprocess.Popen(
-                    list(map(str, task.command)), env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT,
+                    list(map(str, task.command)), env={**slot_env, **task.env},
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     preexec_fn=_terminate_with_parent(os.getpid()))
             running = _Running(task, slot, process)
         self.running.append(running)

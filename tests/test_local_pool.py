@@ -124,6 +124,20 @@ def test_lbtkit_tasks_share_their_slots_worker_until_one_fails(tmp_path):
     assert not any(alive(pid) for pid in pids.values())  # every worker ended with the pool
 
 
+def test_a_tasks_env_does_not_leak_into_the_next_task_of_its_worker(tmp_path, monkeypatch):
+    """The worker starts with the slot's environment; a task's env holds for that task only."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    tasks = [lbtkit_task("passive", ["doctor"], tmp_path / "passive.log",
+                         env={"OMP_WAIT_POLICY": "PASSIVE"}),
+             lbtkit_task("plain", ["doctor"], tmp_path / "plain.log")]
+    pids = {}
+    result = run_tasks(tasks, [{}], on_start=lambda task, pid: pids.setdefault(task.key, pid))
+    assert result.returncodes == {"passive": 0, "plain": 0}
+    assert pids["passive"] == pids["plain"]  # the same worker ran both
+    assert "OMP_WAIT_POLICY=PASSIVE" in (tmp_path / "passive.log").read_text()
+    assert "OMP_WAIT_POLICY" not in (tmp_path / "plain.log").read_text()
+
+
 def test_a_task_waits_for_the_tasks_it_needs_and_is_dropped_when_one_fails(tmp_path):
     tasks = [sh(f"while [ ! -e {tmp_path}/go ]; do sleep 0.01; done", tmp_path / "a.log", "a"),
              Task(key="needs a", command=["true"], log=tmp_path / "na.log", after=("a",)),
