@@ -41,7 +41,7 @@ install: $(BIN)/lbtkit  ## create .venv and install lbtkit with its dev extras
 TEST_WORKERS ?= 2
 TEST_DIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: $(BIN)/lbtkit  ## the whole suite (CPU; 13-16 minutes on 2 cores)
+test: $(BIN)/lbtkit  ## the whole suite (CPU; 8-14 minutes on 2 cores)
 	$(BIN)/pytest -q $(TEST_DIST)
 
 test-fast: $(BIN)/lbtkit  ## skip the multi-process and kill/resume integration tests
