@@ -127,9 +127,10 @@ def test_lbtkit_tasks_share_their_slots_worker_until_one_fails(tmp_path):
 def test_a_tasks_env_does_not_leak_into_the_next_task_of_its_worker(tmp_path, monkeypatch):
     """The worker starts with the slot's environment; a task's env holds for that task only."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    tasks = [lbtkit_task("passive", ["doctor"], tmp_path / "passive.log",
+    doctor = ["doctor", "--output", tmp_path / "run"]  # a writable output dir: it exits 0
+    tasks = [lbtkit_task("passive", doctor, tmp_path / "passive.log",
                          env={"OMP_WAIT_POLICY": "PASSIVE"}),
-             lbtkit_task("plain", ["doctor"], tmp_path / "plain.log")]
+             lbtkit_task("plain", doctor, tmp_path / "plain.log")]
     pids = {}
     result = run_tasks(tasks, [{}], on_start=lambda task, pid: pids.setdefault(task.key, pid))
     assert result.returncodes == {"passive": 0, "plain": 0}
