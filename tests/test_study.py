@@ -157,3 +157,11 @@ def test_cli_names_bad_jobs_before_anything_runs(cli, tmp_path, flags, needle):
                  *flags, check=None, fresh="--num-processes" in flags)
     assert_user_error(result, needle)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", [["fashion-seed", "--seed", "0"], ["fashion-noise"]])
+def test_a_study_fashion_child_names_a_spec_that_is_not_json(cli, tmp_path, command):
+    result = cli("study", command[0], str(tmp_path / "work"), *command[1:], "--spec", "{bad",
+                 check=None)
+    assert_user_error(result, "--spec is not JSON")
+    assert "'{bad'" in result.stderr

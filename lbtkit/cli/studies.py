@@ -174,15 +174,12 @@ def study_fashion_seed(
     threads: threads_option("torch threads") = None,
 ) -> None:
     """One seed of the Keskar part of `study fashion` (what each of its --jobs children runs)."""
-    import json
-
     from lbtkit.cpu import set_cpu_threads
     from lbtkit.errors import exit_code
-    from lbtkit.specs import FashionStudySpec
     from lbtkit.studies.fashion import keskar_seed
 
     check_at_least_one("--threads", threads)
-    study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")
+    study_spec = _fashion_spec(spec)
     set_cpu_threads(threads)
     summary = keskar_seed(study_spec, seed, work, data_dir=data_dir)
     raise typer.Exit(exit_code(summary["status"]))
@@ -197,16 +194,26 @@ def study_fashion_noise(
     threads: threads_option("torch threads") = None,
 ) -> None:
     """The noise scale of `study fashion`'s smallest-batch sweep run (a --jobs child)."""
-    import json
-
     from lbtkit.cpu import set_cpu_threads
-    from lbtkit.specs import FashionStudySpec
     from lbtkit.studies.fashion import sweep_noise_scale
 
     check_at_least_one("--threads", threads)
-    study_spec = FashionStudySpec.from_dict(json.loads(spec), source="--spec")
+    study_spec = _fashion_spec(spec)
     set_cpu_threads(threads)
     sweep_noise_scale(study_spec, work / "sweep", initial=initial)
+
+
+def _fashion_spec(text: str):
+    """The ``--spec`` JSON of a ``study fashion --jobs`` child, as a FashionStudySpec."""
+    import json
+
+    from lbtkit.specs import FashionStudySpec
+
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--spec is not JSON ({exc}): {text[:80]!r}") from None
+    return FashionStudySpec.from_dict(values, source="--spec")
 
 
 @app.command()
